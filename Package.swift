@@ -1,0 +1,106 @@
+// swift-tools-version: 6.1
+//
+// pager: a remote pager for post-copy memory migration.
+//
+// Dependencies point one way (see ../shared/docs/STYLE.md):
+//
+//   CPagerKernel, CURing, CRDMA        C shims: headers and tiny inline helpers only
+//   PagerKernel  -> CPagerKernel, CURing, SystemPackage
+//                                      the only module that makes system calls
+//   PagerWire    -> (nothing)          wire protocol v1, pure value types
+//   PagerCore    -> (nothing)          page bookkeeping, pure and synchronous
+//   executables  -> everything
+//
+// RDMA (libibverbs, librdmacm) sits behind the `RDMA` trait, off by default, so the
+// package builds on machines without those development packages.
+
+import PackageDescription
+
+let package = Package(
+    name: "pager",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "pagerd", targets: ["pagerd"]),
+        .executable(name: "pager-bench", targets: ["pager-bench"]),
+        .executable(name: "uffd-fault-bench-c", targets: ["uffd-fault-bench-c"]),
+        .executable(name: "PagerWireFuzz", targets: ["PagerWireFuzz"]),
+        .library(name: "PagerWire", targets: ["PagerWire"]),
+        .library(name: "PagerCore", targets: ["PagerCore"]),
+        .library(name: "PagerKernel", targets: ["PagerKernel"]),
+    ],
+    traits: [
+        .trait(
+            name: "RDMA",
+            description: "Build the RDMA transport against libibverbs and librdmacm (apt-get install libibverbs-dev librdmacm-dev)."
+        ),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // MARK: C shims
+        .target(
+            name: "CPagerKernel",
+            cSettings: [.define("_GNU_SOURCE")]
+        ),
+        .systemLibrary(
+            name: "CURing",
+            pkgConfig: "liburing",
+            providers: [.apt(["liburing-dev"])]
+        ),
+        .systemLibrary(
+            name: "CRDMA",
+            providers: [.apt(["libibverbs-dev", "librdmacm-dev"])]
+        ),
+
+        // MARK: Libraries
+        .target(
+            name: "PagerKernel",
+            dependencies: [
+                "CPagerKernel",
+                "CURing",
+                .target(name: "CRDMA", condition: .when(traits: ["RDMA"])),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .target(name: "PagerWire"),
+        .target(name: "PagerCore"),
+
+        // MARK: Executables
+        .executableTarget(
+            name: "pagerd",
+            dependencies: [
+                "PagerKernel", "PagerWire", "PagerCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "pager-bench",
+            dependencies: [
+                "PagerKernel", "PagerCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        // The same fault micro-benchmark in plain C, so pager-bench can show Swift's
+        // overhead against C measured in the same run on the same machine.
+        .executableTarget(
+            name: "uffd-fault-bench-c",
+            cSettings: [.define("_GNU_SOURCE")],
+            linkerSettings: [.linkedLibrary("pthread")]
+        ),
+        // libFuzzer target for the wire decoder:
+        //   swift build -c debug --sanitize fuzzer --sanitize address --product PagerWireFuzz -Xswiftc -DFUZZING
+        .executableTarget(
+            name: "PagerWireFuzz",
+            dependencies: ["PagerWire"]
+        ),
+
+        // MARK: Tests
+        .testTarget(name: "PagerWireTests", dependencies: ["PagerWire"]),
+        .testTarget(name: "PagerCoreTests", dependencies: ["PagerCore"]),
+        .testTarget(name: "PagerKernelTests", dependencies: ["PagerKernel", "PagerWire"]),
+    ]
+)

@@ -1,0 +1,3 @@
+#include <features.h>
+#include <infiniband/verbs.h>
+#include <rdma/rdma_cma.h>

@@ -1,0 +1,76 @@
+import CPagerKernel
+import Glibc
+import SystemPackage
+
+/// A dedicated OS thread (`pthread_create`), for fault handling and serving loops that
+/// block in `read`, `poll` or io_uring waits and so must stay off Swift's cooperative pool.
+public final class KernelThread: @unchecked Sendable {
+    private var thread: pthread_t
+    private var joined = false
+
+    /// Starts `body` on a new thread. `cpu` pins the thread to one CPU (sched_setaffinity)
+    /// before `body` runs; pinning failures are ignored because they only affect timing.
+    public init(name: String, cpu: Int? = nil, _ body: @escaping @Sendable () -> Void) throws(KernelError) {
+        final class Box: @unchecked Sendable {
+            let body: @Sendable () -> Void
+            let cpu: Int?
+            let name: String
+            init(_ body: @escaping @Sendable () -> Void, cpu: Int?, name: String) {
+                self.body = body
+                self.cpu = cpu
+                self.name = name
+            }
+        }
+        let box = Unmanaged.passRetained(Box(body, cpu: cpu, name: name))
+        var t = pthread_t()
+        let rc = pthread_create(&t, nil, { raw in
+            // SAFETY: `raw` is the retained Box passed below; this thread owns the +1.
+            let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
+            if let cpu = box.cpu { _ = pager_pin_to_cpu(Int32(cpu)) }
+            // Thread names are limited to 15 bytes plus NUL by the kernel.
+            pager_set_thread_name(String(box.name.utf8.prefix(15))!)
+            box.body()
+            return nil
+        }, box.toOpaque())
+        if rc != 0 {
+            box.release()
+            throw KernelError("pthread_create", Errno(rawValue: rc), detail: name)
+        }
+        thread = t
+    }
+
+    /// Waits for the thread to finish (`pthread_join`). Calling it twice is a no-op.
+    public func join() {
+        guard !joined else { return }
+        joined = true
+        pthread_join(thread, nil)
+    }
+
+    deinit {
+        if !joined { pthread_detach(thread) }
+    }
+}
+
+/// Pins the calling thread to `cpu` (`sched_setaffinity`).
+public func pinCurrentThread(to cpu: Int) throws(KernelError) {
+    let r = pager_pin_to_cpu(Int32(cpu))
+    if r < 0 { throw KernelError("sched_setaffinity", negatedErrno: r, detail: "cpu \(cpu)") }
+}
+
+/// The CPU the calling thread runs on now (`sched_getcpu`).
+public func currentCPU() -> Int { Int(pager_current_cpu()) }
+
+/// Number of online CPUs (`sysconf(_SC_NPROCESSORS_ONLN)`).
+public func onlineCPUCount() -> Int { max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
+
+/// Runs a child process (a raw `clone`, no atfork handlers) that reads one byte at
+/// `address` (if given) and exits, and reaps it. Returns the signal that killed the child
+/// (`SIGBUS` for a poisoned page), or 0 if it exited normally.
+///
+/// With a userfaultfd that asked for `UFFD_EVENT_FORK`, the clone waits until a handler
+/// reads the fork event. Used by tests and by `pagerd` self-checks.
+public func runTouchingChild(address: UnsafeRawPointer? = nil) throws(KernelError) -> Int32 {
+    let r = pager_clone_touch_and_reap(address)
+    if r < 0 { throw KernelError("clone", negatedErrno: r) }
+    return r
+}

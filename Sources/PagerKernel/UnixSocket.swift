@@ -1,0 +1,104 @@
+import CPagerKernel
+import Glibc
+import SystemPackage
+
+/// Unix-domain stream sockets, and passing descriptors between processes over them
+/// (`SCM_RIGHTS`), the way a process hands its userfaultfd to a pager.
+public enum UnixSocket {
+    /// A connected pair (`socketpair(AF_UNIX, SOCK_STREAM)`), both close-on-exec.
+    public static func pair() throws(KernelError) -> (FileDescriptor, FileDescriptor) {
+        var fds: [Int32] = [-1, -1]
+        if socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) < 0 {
+            throw KernelError("socketpair", Errno(rawValue: Glibc.errno))
+        }
+        return (FileDescriptor(rawValue: fds[0]), FileDescriptor(rawValue: fds[1]))
+    }
+
+    /// Creates, binds and listens on a socket at `path`, replacing a stale socket file.
+    public static func listen(path: String, backlog: Int32 = 16) throws(KernelError) -> FileDescriptor {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        if fd < 0 { throw KernelError("socket", Errno(rawValue: Glibc.errno), detail: path) }
+        unlink(path)
+        let r = withSocketAddress(path) { bind(fd, $0, $1) }
+        if r.result < 0 || Glibc.listen(fd, backlog) < 0 {
+            let e = r.result < 0 ? r.errno : Glibc.errno
+            close(fd)
+            throw KernelError(r.result < 0 ? "bind" : "listen", Errno(rawValue: e), detail: path)
+        }
+        return FileDescriptor(rawValue: fd)
+    }
+
+    /// Connects to the socket at `path`.
+    public static func connect(path: String) throws(KernelError) -> FileDescriptor {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        if fd < 0 { throw KernelError("socket", Errno(rawValue: Glibc.errno), detail: path) }
+        let r = withSocketAddress(path) { Glibc.connect(fd, $0, $1) }
+        if r.result < 0 {
+            close(fd)
+            throw KernelError("connect", Errno(rawValue: r.errno), detail: path)
+        }
+        return FileDescriptor(rawValue: fd)
+    }
+
+    /// Accepts one connection (`accept4` with `SOCK_CLOEXEC`).
+    public static func accept(_ listener: FileDescriptor) throws(KernelError) -> FileDescriptor {
+        let fd = pager_accept_cloexec(listener.rawValue)
+        if fd < 0 { throw KernelError("accept4", negatedErrno: fd) }
+        return FileDescriptor(rawValue: fd)
+    }
+
+    /// Sends `bytes` with `descriptors` attached (`sendmsg` with `SCM_RIGHTS`). The
+    /// descriptors stay open in this process. The corresponding C function is `sendmsg`.
+    public static func send(_ socket: FileDescriptor, bytes: [UInt8], descriptors: [FileDescriptor]) throws(KernelError) {
+        let fds = descriptors.map(\.rawValue)
+        let payload = bytes.isEmpty ? [0] : bytes // a message with descriptors needs a data byte
+        let n = payload.withUnsafeBytes { buf in
+            fds.withUnsafeBufferPointer { pager_send_fds(socket.rawValue, buf.baseAddress, buf.count, $0.baseAddress, Int32(fds.count)) }
+        }
+        if n < 0 { throw KernelError("sendmsg", negatedErrno: Int32(n), detail: "SCM_RIGHTS x\(fds.count)") }
+        if n != payload.count { throw KernelError("sendmsg", .messageTooLong, detail: "short send \(n) of \(payload.count)") }
+    }
+
+    /// What ``receive(_:maxBytes:maxDescriptors:)`` read.
+    public struct Received: Sendable {
+        public var bytes: [UInt8]
+        /// Descriptors received, now owned by the caller.
+        public var descriptors: [FileDescriptor]
+        /// The sender sent more bytes or descriptors than asked for; extra descriptors were closed.
+        public var truncated: Bool
+    }
+
+    /// Receives one message with up to `maxDescriptors` descriptors (`recvmsg`,
+    /// `MSG_CMSG_CLOEXEC`). Zero bytes with no descriptors means the peer closed.
+    public static func receive(_ socket: FileDescriptor, maxBytes: Int, maxDescriptors: Int) throws(KernelError) -> Received {
+        var bytes = [UInt8](repeating: 0, count: maxBytes)
+        var fds = [Int32](repeating: -1, count: max(1, maxDescriptors))
+        var nfds: Int32 = 0
+        var truncated: Int32 = 0
+        let n = bytes.withUnsafeMutableBytes { buf in
+            fds.withUnsafeMutableBufferPointer {
+                pager_recv_fds(socket.rawValue, buf.baseAddress, buf.count, $0.baseAddress, Int32(maxDescriptors), &nfds, &truncated)
+            }
+        }
+        if n < 0 { throw KernelError("recvmsg", negatedErrno: Int32(n)) }
+        bytes.removeSubrange(Int(n)...)
+        return Received(bytes: bytes, descriptors: fds.prefix(Int(nfds)).map { FileDescriptor(rawValue: $0) },
+                        truncated: truncated != 0)
+    }
+
+    private static func withSocketAddress(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Int32) -> (result: Int32, errno: Int32) {
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let capacity = MemoryLayout.size(ofValue: addr.sun_path)
+        let utf8 = Array(path.utf8)
+        guard utf8.count < capacity else { return (-1, ENAMETOOLONG) }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            raw.copyBytes(from: utf8)
+            raw[utf8.count] = 0
+        }
+        let r = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        return (r, r < 0 ? Glibc.errno : 0)
+    }
+}

@@ -1,0 +1,1 @@
+public enum PagerWireVersion { public static let current: UInt16 = 1 }
