@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""Writes vectors/valid.hex and vectors/invalid.hex for pager wire protocol v1.
+
+An encoder written from pager-wire-v1.md alone, independent of the Swift implementation:
+the Swift tests decode these frames, compare with the `meaning` lines, and re-encode them,
+so the two implementations check each other.  Run: python3 Protocols/make_vectors.py
+"""
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MAGIC = 0x50475231
+T = dict(HELLO=0x0001, WELCOME=0x0002, AUTH_CHALLENGE=0x0003, AUTH_RESPONSE=0x0004, AUTH_CONFIRM=0x0005,
+         REGION=0x0010, PAGE_REQUEST=0x0020, PAGE_DATA=0x0021, INVALIDATE=0x0030, INVALIDATE_ACK=0x0031,
+         PUSH_COMPLETE=0x0040, COMPLETE=0x0041, COMPLETE_ACK=0x0042, PING=0x0050, PONG=0x0051,
+         RDMA_KEY=0x0060, GOODBYE=0x007E, ERROR=0x007F)
+CODES = {1: "malformed-frame", 2: "unsupported-version", 3: "unknown-region", 4: "out-of-range", 5: "misaligned",
+         6: "too-large", 7: "authentication-failed", 8: "io-error", 9: "unexpected-message", 10: "shutting-down",
+         11: "internal-error", 12: "timeout"}
+
+
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+    return crc ^ 0xFFFFFFFF
+
+
+assert crc32c(b"123456789") == 0xE3069283
+
+
+def frame(name, flags, payload):
+    return struct.pack(">HHI", T[name], flags, len(payload)) + payload
+
+
+def string(s):
+    b = s.encode()
+    return struct.pack(">H", len(b)) + b
+
+
+def hx(v):
+    return "0x%x" % v
+
+
+def flagnames(flags, names):
+    out = [n for bit, n in names if flags & bit]
+    return "|".join(out) if out else "-"
+
+
+def hello(minv, maxv, features, maxp, session, token, client):
+    p = struct.pack(">IHHQII Q", MAGIC, minv, maxv, features, maxp, 0, session) + token + string(client)
+    m = f'HELLO min-version={minv} max-version={maxv} features={hx(features)} max-payload={hx(maxp)} ' \
+        f'resume-session={hx(session)} resume-token={token.hex()} client="{client}"'
+    return frame("HELLO", 0, p), m
+
+
+def welcome(version, features, maxp, count, session, token):
+    p = struct.pack(">HHQIIQ", version, 0, features, maxp, count, session) + token
+    m = f"WELCOME version={version} features={hx(features)} max-payload={hx(maxp)} regions={count} " \
+        f"session={hx(session)} resume-token={token.hex()}"
+    return frame("WELCOME", 0, p), m
+
+
+def region(rid, shift, flags, length, name):
+    p = struct.pack(">IBBHQ", rid, shift, flags, 0, length) + string(name)
+    m = f'REGION id={rid} page-shift={shift} flags={"live" if flags & 1 else "-"} length={hx(length)} name="{name}"'
+    return frame("REGION", 0, p), m
+
+
+def page_request(flags, rid, region_id, offset, length):
+    p = struct.pack(">IIQQ", rid, region_id, offset, length)
+    m = f"PAGE_REQUEST flags={flagnames(flags, [(1, 'urgent'), (2, 'prefetch')])} request={rid} region={region_id} " \
+        f"offset={hx(offset)} length={hx(length)}"
+    return frame("PAGE_REQUEST", flags, p), m
+
+
+def page_data(flags, rid, region_id, offset, length, encoding, data=b"", checksums=None):
+    p = struct.pack(">IIQQB7x", rid, region_id, offset, length, encoding)
+    if checksums is not None:
+        flags |= 4
+        p += b"".join(struct.pack(">I", c) for c in checksums)
+    p += data
+    m = f"PAGE_DATA flags={flagnames(flags, [(1, 'urgent'), (2, 'push'), (4, 'checksums')])} request={rid} " \
+        f"region={region_id} offset={hx(offset)} length={hx(length)} encoding={['raw', 'zero', 'compressed'][encoding]}"
+    if checksums is not None:
+        m += " checksums=[" + ",".join(hx(c) for c in checksums) + "]"
+    if encoding != 1:
+        m += f" data-bytes={len(data)} data-crc32c={hx(crc32c(data))}"
+    return frame("PAGE_DATA", flags, p), m
+
+
+def page_bytes(index):
+    """A recognisable 4 KiB page: bytes (index * 31 + i) mod 251."""
+    return bytes((index * 31 + i) % 251 for i in range(4096))
+
+
+def valid():
+    v = []
+    v.append(("a new session offering checksums, invalidation and huge pages",
+              *hello(1, 1, 0x61, 0x210000, 0, bytes(16), "pagerd-dest@host-b")))
+    v.append(("a resume of session 0x1122334455667788, versions 1 to 3",
+              *hello(1, 3, 0x08, 0x10000, 0x1122334455667788, bytes(range(16)), "")))
+    v.append(("the server accepts version 1 with checksums and announces two regions",
+              *welcome(1, 0x01, 0x210000, 2, 0x0123456789ABCDEF, bytes([0xA5] * 16))))
+    nonce = bytes(range(32))
+    v.append(("authentication challenge", frame("AUTH_CHALLENGE", 0, nonce), f"AUTH_CHALLENGE nonce={nonce.hex()}"))
+    mac = bytes(range(32, 64))
+    v.append(("authentication response", frame("AUTH_RESPONSE", 0, nonce[::-1] + mac),
+              f"AUTH_RESPONSE client-nonce={nonce[::-1].hex()} mac={mac.hex()}"))
+    v.append(("authentication confirmation", frame("AUTH_CONFIRM", 0, mac[::-1]), f"AUTH_CONFIRM mac={mac[::-1].hex()}"))
+    v.append(("a 1 GiB region of 4 KiB pages", *region(1, 12, 0, 1 << 30, "vm.ram")))
+    v.append(("a live 64 MiB hugetlbfs region of 2 MiB pages", *region(2, 21, 1, 64 << 20, "/dev/hugepages/vm")))
+    v.append(("an urgent demand fault for one 4 KiB page", *page_request(1, 7, 1, 0x200000, 0x1000)))
+    v.append(("a prefetch hint for 64 KiB", *page_request(2, 8, 1, 0x201000, 0x10000)))
+    v.append(("an ordinary request for a whole 2 MiB page", *page_request(0, 9, 2, 0x400000, 0x200000)))
+    v.append(("the reply to request 7: one raw 4 KiB page",
+              *page_data(1, 7, 1, 0x200000, 0x1000, 0, page_bytes(512))))
+    two = page_bytes(3) + page_bytes(4)
+    v.append(("background push of two raw pages with per-page CRC-32C",
+              *page_data(2, 0, 1, 0x3000, 0x2000, 0, two, [crc32c(page_bytes(3)), crc32c(page_bytes(4))])))
+    v.append(("a whole 1 GiB region is zero: no bytes cross the wire", *page_data(2, 0, 1, 0, 1 << 30, 1)))
+    v.append(("the reply to request 9 says the 2 MiB page is zero", *page_data(0, 9, 2, 0x400000, 0x200000, 1)))
+    v.append(("compressed data (reserved encoding; the codec carries the bytes)",
+              *page_data(2, 0, 1, 0x5000, 0x1000, 2, b"\x01\x02\x03")))
+    inv = struct.pack(">IIII", 3, 1, 2, 0) + struct.pack(">QQQQ", 0, 0x1000, 0x200000, 0x4000)
+    v.append(("pages written after they were sent are stale", frame("INVALIDATE", 0, inv),
+              "INVALIDATE sequence=3 region=1 ranges=[0x0+0x1000,0x200000+0x4000]"))
+    v.append(("acknowledgement of INVALIDATE 3", frame("INVALIDATE_ACK", 0, struct.pack(">II", 3, 1)),
+              "INVALIDATE_ACK sequence=3 region=1"))
+    v.append(("every page of region 1 was sent", frame("PUSH_COMPLETE", 0, struct.pack(">IIQ", 1, 0, 1 << 30)),
+              "PUSH_COMPLETE region=1 bytes=0x40000000"))
+    v.append(("the destination holds every page of every region",
+              frame("COMPLETE", 0, struct.pack(">IIQ", 0xFFFFFFFF, 0, (1 << 30) + (64 << 20))),
+              "COMPLETE region=all resident-bytes=0x44000000"))
+    v.append(("completion acknowledged", frame("COMPLETE_ACK", 0, struct.pack(">II", 0xFFFFFFFF, 0)),
+              "COMPLETE_ACK region=all"))
+    v.append(("keepalive", frame("PING", 0, struct.pack(">QQ", 42, 123456789)), "PING token=0x2a timestamp=0x75bcd15"))
+    v.append(("keepalive answer", frame("PONG", 0, struct.pack(">QQ", 42, 123456789)), "PONG token=0x2a timestamp=0x75bcd15"))
+    v.append(("RDMA memory key for region 1",
+              frame("RDMA_KEY", 0, struct.pack(">IIQQ", 1, 0xABCD, 0x7F0000000000, 1 << 30)),
+              "RDMA_KEY region=1 rkey=0xabcd address=0x7f0000000000 length=0x40000000"))
+    v.append(("clean end", frame("GOODBYE", 0, b""), "GOODBYE"))
+    msg = "region 5 is not served (served: 1, 2)"
+    v.append(("request 11 named a region the source does not serve",
+              frame("ERROR", 0, struct.pack(">HHI", 3, 0, 11) + string(msg)),
+              f'ERROR code=unknown-region request=11 message="{msg}"'))
+    msg = "server speaks versions 1-1, client offered 2-3"
+    v.append(("version mismatch ends the session", frame("ERROR", 0, struct.pack(">HHI", 2, 0, 0) + string(msg)),
+              f'ERROR code=unsupported-version request=0 message="{msg}"'))
+    return v
+
+
+def invalid():
+    ok_req = struct.pack(">IIQQ", 7, 1, 0x200000, 0x1000)
+    data_hdr = lambda length, enc, flags=0: struct.pack(">IIQQB7x", 1, 1, 0, length, enc)
+    hello_ok = struct.pack(">IHHQIIQ", MAGIC, 1, 1, 0, 0x210000, 0, 0) + bytes(16) + string("x")
+    v = []
+    v.append(("type 0x0099 does not exist", "unknown-message-type", struct.pack(">HHI", 0x99, 0, 0)))
+    v.append(("GOODBYE defines no flags", "unknown-flags", struct.pack(">HHI", 0x7E, 1, 0)))
+    v.append(("PAGE_REQUEST flag bit 2 is undefined", "unknown-flags", frame("PAGE_REQUEST", 4, ok_req)))
+    v.append(("a frame announcing 16 MiB", "frame-too-large", struct.pack(">HHI", 0x21, 0, 16 << 20)))
+    v.append(("PAGE_REQUEST cut after the offset", "truncated-payload", frame("PAGE_REQUEST", 1, ok_req[:16])))
+    v.append(("PAGE_REQUEST with 4 extra bytes", "trailing-bytes", frame("PAGE_REQUEST", 1, ok_req + b"\0\0\0\0")))
+    v.append(("offset not a multiple of 4096", "misaligned",
+              frame("PAGE_REQUEST", 1, struct.pack(">IIQQ", 7, 1, 0x200201, 0x1000))))
+    v.append(("length not a multiple of 4096", "misaligned",
+              frame("PAGE_REQUEST", 1, struct.pack(">IIQQ", 7, 1, 0x200000, 100))))
+    v.append(("zero length", "field-out-of-range", frame("PAGE_REQUEST", 1, struct.pack(">IIQQ", 7, 1, 0, 0))))
+    v.append(("offset + length passes 2^64", "field-out-of-range",
+              frame("PAGE_REQUEST", 1, struct.pack(">IIQQ", 7, 1, 0xFFFFFFFFFFFFF000, 0x2000))))
+    v.append(("urgent and prefetch together", "field-out-of-range", frame("PAGE_REQUEST", 3, ok_req)))
+    v.append(("raw PAGE_DATA with fewer bytes than its length", "field-out-of-range",
+              frame("PAGE_DATA", 0, data_hdr(0x2000, 0) + bytes(4096))))
+    v.append(("unknown encoding 7", "field-out-of-range", frame("PAGE_DATA", 0, data_hdr(0x1000, 7) + bytes(4096))))
+    v.append(("zero encoding with checksums", "field-out-of-range", frame("PAGE_DATA", 4, data_hdr(0x1000, 1))))
+    v.append(("urgent and push together", "field-out-of-range", frame("PAGE_DATA", 3, data_hdr(0x1000, 1))))
+    v.append(("reserved byte after the encoding is set", "reserved-not-zero",
+              frame("PAGE_DATA", 0, struct.pack(">IIQQB", 1, 1, 0, 0x1000, 1) + b"\0\x01\0\0\0\0\0")))
+    v.append(("checksum array cut short", "truncated-payload",
+              frame("PAGE_DATA", 4, data_hdr(0x2000, 0) + b"\0\0\0\1")))
+    v.append(("HELLO from a peer speaking something else", "bad-magic",
+              frame("HELLO", 0, b"GET / HTTP/1.1\r\n" + bytes(40))))
+    v.append(("HELLO with min_version above max_version", "field-out-of-range",
+              frame("HELLO", 0, struct.pack(">IHHQIIQ", MAGIC, 3, 2, 0, 0x210000, 0, 0) + bytes(16) + string("x"))))
+    v.append(("HELLO with max_payload below 64 KiB", "field-out-of-range",
+              frame("HELLO", 0, struct.pack(">IHHQIIQ", MAGIC, 1, 1, 0, 4096, 0, 0) + bytes(16) + string("x"))))
+    v.append(("HELLO client name longer than 64 bytes", "field-out-of-range",
+              frame("HELLO", 0, hello_ok[:-3] + string("n" * 65))))
+    v.append(("HELLO client name that is not UTF-8", "invalid-utf8",
+              frame("HELLO", 0, hello_ok[:-3] + struct.pack(">H", 2) + b"\xc3\x28")))
+    v.append(("REGION with 8 KiB pages", "field-out-of-range",
+              frame("REGION", 0, struct.pack(">IBBHQ", 1, 13, 0, 0, 1 << 20) + string("r"))))
+    v.append(("REGION length not a multiple of its 2 MiB pages", "field-out-of-range",
+              frame("REGION", 0, struct.pack(">IBBHQ", 1, 21, 0, 0, 0x1000) + string("r"))))
+    v.append(("REGION with an undefined flag bit", "reserved-not-zero",
+              frame("REGION", 0, struct.pack(">IBBHQ", 1, 12, 0x80, 0, 0x1000) + string("r"))))
+    v.append(("INVALIDATE whose count disagrees with its payload", "field-out-of-range",
+              frame("INVALIDATE", 0, struct.pack(">IIII", 1, 1, 1000000, 0) + struct.pack(">QQ", 0, 0x1000))))
+    v.append(("INVALIDATE with no ranges", "field-out-of-range", frame("INVALIDATE", 0, struct.pack(">IIII", 1, 1, 0, 0))))
+    v.append(("ERROR whose message length passes the payload", "truncated-payload",
+              frame("ERROR", 0, struct.pack(">HHIH", 1, 0, 0, 500) + b"short")))
+    v.append(("WELCOME with a reserved field set", "reserved-not-zero",
+              frame("WELCOME", 0, struct.pack(">HHQIIQ", 1, 9, 0, 0x210000, 0, 1) + bytes(16))))
+    v.append(("AUTH_CHALLENGE with a 16-byte nonce", "truncated-payload", frame("AUTH_CHALLENGE", 0, bytes(16))))
+    return v
+
+
+def spaced(b):
+    h = b.hex()
+    return " ".join(h[i:i + 8] for i in range(0, len(h), 8))
+
+
+def write(name, blocks):
+    with open(os.path.join(HERE, "vectors", name), "w") as f:
+        f.write(f"# Pager wire protocol v1 test vectors ({name}). Generated by Protocols/make_vectors.py;\n"
+                "# the format is described in Protocols/pager-wire-v1.md section 8.\n")
+        for comment, second, raw in blocks:
+            f.write(f"\n# {comment}\n{second}\nhex: {spaced(raw)}\n")
+
+
+os.makedirs(os.path.join(HERE, "vectors"), exist_ok=True)
+write("valid.hex", [(c, "meaning: " + m, raw) for c, raw, m in valid()])
+write("invalid.hex", [(c, "error: " + e, raw) for c, e, raw in invalid()])

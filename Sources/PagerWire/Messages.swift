@@ -1,0 +1,308 @@
+// The v1 messages as value types. Layouts are specified in Protocols/pager-wire-v1.md;
+// each `encode` writes exactly that layout and each `decode` checks every field.
+
+/// HELLO (client to server): the first frame of every connection.
+public struct Hello: Equatable, Sendable {
+    public var minVersion: UInt16
+    public var maxVersion: UInt16
+    public var features: Features
+    public var maxPayload: UInt32
+    /// 0 for a new session; otherwise the session to resume (needs ``Features/resume``).
+    public var resumeSession: UInt64
+    /// 16 bytes: the token WELCOME gave for `resumeSession`; zeros for a new session.
+    public var resumeToken: [UInt8]
+    public var clientName: String
+
+    public init(minVersion: UInt16 = ProtocolVersion.v1, maxVersion: UInt16 = ProtocolVersion.v1, features: Features,
+                maxPayload: UInt32 = WireLimits.absoluteMaxPayload, resumeSession: UInt64 = 0,
+                resumeToken: [UInt8] = Array(repeating: 0, count: 16), clientName: String) {
+        self.minVersion = minVersion
+        self.maxVersion = maxVersion
+        self.features = features
+        self.maxPayload = maxPayload
+        self.resumeSession = resumeSession
+        self.resumeToken = resumeToken
+        self.clientName = clientName
+    }
+}
+
+/// WELCOME (server to client): the server's answer to HELLO; `regionCount` REGION frames follow.
+public struct Welcome: Equatable, Sendable {
+    public var version: UInt16
+    public var features: Features
+    public var maxPayload: UInt32
+    public var regionCount: UInt32
+    public var session: UInt64
+    /// 16 bytes the client presents to resume this session.
+    public var resumeToken: [UInt8]
+
+    public init(version: UInt16 = ProtocolVersion.v1, features: Features, maxPayload: UInt32 = WireLimits.absoluteMaxPayload,
+                regionCount: UInt32, session: UInt64, resumeToken: [UInt8] = Array(repeating: 0, count: 16)) {
+        self.version = version
+        self.features = features
+        self.maxPayload = maxPayload
+        self.regionCount = regionCount
+        self.session = session
+        self.resumeToken = resumeToken
+    }
+}
+
+/// REGION (server to client): one served region of memory.
+public struct RegionDescriptor: Equatable, Sendable {
+    public var id: UInt32
+    /// log2 of the page size: 12 (4 KiB), 21 (2 MiB) or 30 (1 GiB).
+    public var pageShift: UInt8
+    public var flags: Flags
+    public var length: UInt64
+    public var name: String
+
+    public struct Flags: OptionSet, Sendable, Hashable {
+        public let rawValue: UInt8
+        public init(rawValue: UInt8) { self.rawValue = rawValue }
+        /// The source's copy is still changing: expect INVALIDATE for it (pre-copy).
+        public static let live = Flags(rawValue: 1 << 0)
+        static let all: Flags = [.live]
+    }
+
+    public init(id: UInt32, pageShift: UInt8, flags: Flags = [], length: UInt64, name: String) {
+        self.id = id
+        self.pageShift = pageShift
+        self.flags = flags
+        self.length = length
+        self.name = name
+    }
+
+    public var pageSize: UInt64 { 1 << UInt64(pageShift) }
+    static let pageShifts: Set<UInt8> = [12, 21, 30]
+}
+
+/// PAGE_REQUEST (client to server): send me these pages.
+public struct PageRequest: Equatable, Sendable {
+    public var requestID: UInt32
+    public var region: UInt32
+    public var offset: UInt64
+    public var length: UInt64
+    public var flags: Flags
+
+    public struct Flags: OptionSet, Sendable, Hashable {
+        public let rawValue: UInt16
+        public init(rawValue: UInt16) { self.rawValue = rawValue }
+        /// A thread is blocked on this page: serve it before any other traffic.
+        public static let urgent = Flags(rawValue: 1 << 0)
+        /// A hint: these pages will be needed soon (lower priority than urgent, higher than push).
+        public static let prefetch = Flags(rawValue: 1 << 1)
+        static let all: Flags = [.urgent, .prefetch]
+    }
+
+    public init(requestID: UInt32, region: UInt32, offset: UInt64, length: UInt64, flags: Flags) {
+        self.requestID = requestID
+        self.region = region
+        self.offset = offset
+        self.length = length
+        self.flags = flags
+    }
+}
+
+/// PAGE_DATA (server to client): the content of a range of pages.
+public struct PageData: Equatable, Sendable {
+    public var header: PageDataHeader
+    /// One CRC32C per 4 KiB of the range (only with ``Features/checksums``; never with `.zero`).
+    public var checksums: [UInt32]?
+    /// The raw bytes (`.raw`: exactly `length` bytes) or compressed bytes (`.compressed`); empty for `.zero`.
+    public var data: [UInt8]
+
+    public typealias Flags = PageDataHeader.Flags
+    public typealias Encoding = PageDataHeader.Encoding
+
+    public init(requestID: UInt32, region: UInt32, offset: UInt64, length: UInt64, flags: Flags,
+                encoding: Encoding, checksums: [UInt32]? = nil, data: [UInt8]) {
+        header = PageDataHeader(requestID: requestID, region: region, offset: offset, length: length,
+                                flags: checksums == nil ? flags.subtracting(.checksums) : flags.union(.checksums),
+                                encoding: encoding)
+        self.checksums = checksums
+        self.data = data
+    }
+}
+
+/// The fixed part of PAGE_DATA, which the receive path decodes on its own so page bytes can
+/// stay where they landed instead of being copied into a message.
+public struct PageDataHeader: Equatable, Sendable {
+    public var requestID: UInt32
+    public var region: UInt32
+    public var offset: UInt64
+    public var length: UInt64
+    public var flags: Flags
+    public var encoding: Encoding
+
+    /// Bytes of the fixed part, after the frame header.
+    public static let size = 32
+
+    public struct Flags: OptionSet, Sendable, Hashable {
+        public let rawValue: UInt16
+        public init(rawValue: UInt16) { self.rawValue = rawValue }
+        /// Answers an urgent request.
+        public static let urgent = Flags(rawValue: 1 << 0)
+        /// Sent by the background push, not asked for.
+        public static let push = Flags(rawValue: 1 << 1)
+        /// CRC32C checksums follow the fixed part.
+        public static let checksums = Flags(rawValue: 1 << 2)
+        static let all: Flags = [.urgent, .push, .checksums]
+    }
+
+    public enum Encoding: UInt8, Sendable {
+        /// `length` bytes of page content follow.
+        case raw = 0
+        /// Every byte of the range is zero; nothing follows. `length` may cover a whole region.
+        case zero = 1
+        /// Compressed content follows (reserved for ``Features/compression``).
+        case compressed = 2
+    }
+
+    public init(requestID: UInt32, region: UInt32, offset: UInt64, length: UInt64, flags: Flags, encoding: Encoding) {
+        self.requestID = requestID
+        self.region = region
+        self.offset = offset
+        self.length = length
+        self.flags = flags
+        self.encoding = encoding
+    }
+
+    /// Number of checksums that follow when ``Flags/checksums`` is set.
+    public var checksumCount: Int { flags.contains(.checksums) ? Int(length / WireLimits.alignment) : 0 }
+
+    /// The payload length of the whole frame for a `.raw` or `.zero` PAGE_DATA.
+    public var payloadLength: Int {
+        PageDataHeader.size + 4 * checksumCount + (encoding == .raw ? Int(length) : 0)
+    }
+
+    /// Writes the 8-byte frame header and this fixed part (40 bytes) at `out`, for a frame
+    /// whose whole payload is `payloadLength` bytes. No allocation: the send path's fast form.
+    public func encodeFrameHeader(into out: UnsafeMutableRawPointer, payloadLength: Int) {
+        func put<T: FixedWidthInteger>(_ v: T, _ at: Int) { out.storeBytes(of: v.bigEndian, toByteOffset: at, as: T.self) }
+        put(MessageType.pageData.rawValue, 0)
+        put(flags.rawValue, 2)
+        put(UInt32(payloadLength), 4)
+        put(requestID, 8)
+        put(region, 12)
+        put(offset, 16)
+        put(length, 24)
+        put(encoding.rawValue, 32)
+        put(UInt8(0), 33)
+        put(UInt16(0), 34)
+        put(UInt32(0), 36)
+    }
+
+    /// Decodes the fixed part, checking alignment and ranges.
+    public static func decode(_ r: inout ByteReader, flags raw: UInt16) throws(WireError) -> PageDataHeader {
+        let requestID = try r.u32("request_id")
+        let region = try r.u32("region_id")
+        let offset = try r.u64("offset")
+        let length = try r.u64("length")
+        let encodingByte = try r.u8("encoding")
+        try r.reserved(7, "reserved")
+        guard let encoding = Encoding(rawValue: encodingByte) else {
+            throw .fieldOutOfRange(.pageData, field: "encoding", value: UInt64(encodingByte), limit: "0 (raw), 1 (zero) or 2 (compressed)")
+        }
+        try checkRange(.pageData, offset: offset, length: length)
+        let flags = Flags(rawValue: raw)
+        if flags.contains(.urgent) && flags.contains(.push) {
+            throw .fieldOutOfRange(.pageData, field: "flags", value: UInt64(raw), limit: "urgent or push, not both")
+        }
+        if flags.contains(.checksums) && encoding == .zero {
+            throw .fieldOutOfRange(.pageData, field: "flags", value: UInt64(raw), limit: "without checksums for the zero encoding")
+        }
+        return PageDataHeader(requestID: requestID, region: region, offset: offset, length: length, flags: flags, encoding: encoding)
+    }
+}
+
+/// INVALIDATE (server to client): your copies of these pages are stale; drop them and fetch
+/// them again when needed.
+public struct Invalidate: Equatable, Sendable {
+    public var sequence: UInt32
+    public var region: UInt32
+    public var ranges: [PageRange]
+    public init(sequence: UInt32, region: UInt32, ranges: [PageRange]) {
+        self.sequence = sequence
+        self.region = region
+        self.ranges = ranges
+    }
+}
+
+/// ERROR (either direction): the sender ends the session, or fails one request, for this reason.
+public struct ProtocolError: Error, Equatable, Sendable {
+    public var code: ErrorCode
+    /// The request that failed, or 0 when the error ends the session.
+    public var requestID: UInt32
+    public var message: String
+    public init(code: ErrorCode, requestID: UInt32 = 0, message: String) {
+        self.code = code
+        self.requestID = requestID
+        self.message = message
+    }
+}
+
+/// Every v1 message.
+public enum Message: Equatable, Sendable {
+    case hello(Hello)
+    case welcome(Welcome)
+    /// 32-byte server nonce.
+    case authChallenge(nonce: [UInt8])
+    /// 32-byte client nonce and HMAC-SHA256 over both nonces with the pre-shared key.
+    case authResponse(clientNonce: [UInt8], mac: [UInt8])
+    /// The server's HMAC-SHA256 proving it knows the key too.
+    case authConfirm(mac: [UInt8])
+    case region(RegionDescriptor)
+    case pageRequest(PageRequest)
+    case pageData(PageData)
+    case invalidate(Invalidate)
+    case invalidateAck(sequence: UInt32, region: UInt32)
+    /// The server has sent every page of `region` (`bytes` in total, zero ranges included).
+    case pushComplete(region: UInt32, bytes: UInt64)
+    /// The client holds every page of `region` (`Message.allRegions` for all of them).
+    case complete(region: UInt32, residentBytes: UInt64)
+    case completeAck(region: UInt32)
+    case ping(token: UInt64, timestamp: UInt64)
+    case pong(token: UInt64, timestamp: UInt64)
+    /// RDMA memory key for one-sided reads of a region (reserved for ``Features/rdma``).
+    case rdmaKey(region: UInt32, rkey: UInt32, address: UInt64, length: UInt64)
+    case goodbye
+    case error(ProtocolError)
+
+    /// The `region` value of COMPLETE meaning every region.
+    public static let allRegions: UInt32 = 0xFFFF_FFFF
+
+    public var type: MessageType {
+        switch self {
+        case .hello: .hello
+        case .welcome: .welcome
+        case .authChallenge: .authChallenge
+        case .authResponse: .authResponse
+        case .authConfirm: .authConfirm
+        case .region: .region
+        case .pageRequest: .pageRequest
+        case .pageData: .pageData
+        case .invalidate: .invalidate
+        case .invalidateAck: .invalidateAck
+        case .pushComplete: .pushComplete
+        case .complete: .complete
+        case .completeAck: .completeAck
+        case .ping: .ping
+        case .pong: .pong
+        case .rdmaKey: .rdmaKey
+        case .goodbye: .goodbye
+        case .error: .error
+        }
+    }
+}
+
+/// Checks a page range: 4096-aligned, not empty, no overflow past 2^64.
+@inline(__always)
+func checkRange(_ type: MessageType, offset: UInt64, length: UInt64, field: String = "") throws(WireError) {
+    let prefix = field.isEmpty ? "" : field + "."
+    if offset % WireLimits.alignment != 0 { throw .misaligned(type, field: prefix + "offset", value: offset) }
+    if length % WireLimits.alignment != 0 { throw .misaligned(type, field: prefix + "length", value: length) }
+    if length == 0 { throw .fieldOutOfRange(type, field: prefix + "length", value: 0, limit: "greater than 0") }
+    if offset > UInt64.max - length {
+        throw .fieldOutOfRange(type, field: prefix + "offset+length", value: offset, limit: "at most 2^64 - length")
+    }
+}

@@ -1,1 +1,0 @@
-public enum PagerWireVersion { public static let current: UInt16 = 1 }
