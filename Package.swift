@@ -67,6 +67,8 @@ let package = Package(
         ),
         .target(name: "PagerWire"),
         .target(name: "PagerCore"),
+        // Measurements shared by pager-bench and the demo (library, so tests can run them too).
+        .target(name: "PagerBenchKit", dependencies: ["PagerKernel"]),
 
         // MARK: Executables
         .executableTarget(
@@ -80,7 +82,7 @@ let package = Package(
         .executableTarget(
             name: "pager-bench",
             dependencies: [
-                "PagerKernel", "PagerCore",
+                "PagerKernel", "PagerCore", "PagerBenchKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -1,0 +1,119 @@
+import PagerKernel
+import Synchronization
+
+/// Latency summary of a set of samples, in nanoseconds.
+public struct LatencySummary: Sendable, CustomStringConvertible {
+    public var count: Int
+    public var p50: UInt64
+    public var p90: UInt64
+    public var p99: UInt64
+    public var mean: Double
+
+    public init(samples: [UInt64]) {
+        let sorted = samples.sorted()
+        count = sorted.count
+        func at(_ q: Double) -> UInt64 { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * q))] }
+        p50 = at(0.5)
+        p90 = at(0.9)
+        p99 = at(0.99)
+        mean = sorted.isEmpty ? 0 : Double(sorted.reduce(0, +)) / Double(sorted.count)
+    }
+
+    public init(count: Int, p50: UInt64, p90: UInt64, p99: UInt64, mean: Double) {
+        self.count = count
+        self.p50 = p50
+        self.p90 = p90
+        self.p99 = p99
+        self.mean = mean
+    }
+
+    public var description: String {
+        "p50 \(formatMicros(p50)) p90 \(formatMicros(p90)) p99 \(formatMicros(p99)) mean \(formatMicros(UInt64(mean)))"
+    }
+}
+
+/// Formats nanoseconds as microseconds with one decimal.
+public func formatMicros(_ ns: UInt64) -> String {
+    let tenths = (ns + 50) / 100
+    return "\(tenths / 10).\(tenths % 10) µs"
+}
+
+/// The local userfaultfd fault cost: one thread touches each page of a MISSING-registered
+/// anonymous region in order while a handler thread resolves each fault with one 4 KiB
+/// UFFDIO_COPY. The same algorithm as `uffd-fault-bench-c`, through the Swift kernel layer.
+public enum LocalFaultBenchmark {
+    /// Runs on the calling thread (pinned to `touchCPU`) with a handler on `handlerCPU`.
+    /// Returns per-fault latencies in ns. Checks every page's content afterwards.
+    public static func run(pages: Int, touchCPU: Int, handlerCPU: Int) throws -> [UInt64] {
+        let region = try MemoryMapping.anonymous(length: pages * basePageSize)
+        // Back the region with host memory first (see DESIGN-NOTES: first touch measures the hypervisor).
+        for i in 0..<pages { region.page(i).storeBytes(of: 1, as: UInt8.self) }
+        try region.advise(.dontNeed)
+        let uffd = try Userfaultfd()
+        try uffd.negotiate([])
+        try uffd.register(region.range, mode: .missing)
+        let source = UnsafeMutableRawPointer.allocate(byteCount: basePageSize, alignment: basePageSize)
+        defer { source.deallocate() }
+        source.initializeMemory(as: UInt8.self, repeating: 0x5A, count: basePageSize)
+        let sourceAddress = UInt(bitPattern: source)
+        let failure = Mutex<KernelError?>(nil)
+        try pinCurrentThread(to: touchCPU)
+        let handler = try KernelThread(name: "bench-faults", cpu: handlerCPU) {
+            let src = UnsafeRawPointer(bitPattern: sourceAddress)!
+            var events: [UffdEvent] = []
+            events.reserveCapacity(64)
+            var served = 0
+            do {
+                while served < pages {
+                    guard try uffd.waitReadable(timeoutMilliseconds: -1) else { continue }
+                    try uffd.readEvents(into: &events)
+                    for case .pageFault(let address, _, _) in events {
+                        _ = try uffd.copy(to: address & ~UInt64(basePageSize - 1), from: src, length: UInt64(basePageSize))
+                        served += 1
+                    }
+                }
+            } catch let error as KernelError {
+                failure.withLock { $0 = error }
+            } catch {
+                failure.withLock { $0 = KernelError("fault loop", .ioError, detail: "\(error)") }
+            }
+        }
+        var latencies = [UInt64](repeating: 0, count: pages)
+        var sum = 0
+        for i in 0..<pages {
+            let t0 = monotonicNanoseconds()
+            sum += Int(region.page(i).load(as: UInt8.self))
+            latencies[i] = monotonicNanoseconds() - t0
+        }
+        handler.join()
+        if let error = failure.withLock({ $0 }) { throw error }
+        guard sum == pages * 0x5A else { throw BenchmarkError.contentMismatch("local fault benchmark read wrong bytes") }
+        return latencies
+    }
+
+    /// Runs the C twin (`uffd-fault-bench-c`, built next to this executable) and parses its line.
+    public static func runC(pages: Int, touchCPU: Int, handlerCPU: Int) throws -> LatencySummary {
+        let path = executableDirectory() + "/uffd-fault-bench-c"
+        let (status, output) = try runProgram(path, ["\(pages)", "\(touchCPU)", "\(handlerCPU)"])
+        guard status == 0 else { throw BenchmarkError.baselineFailed("\(path) exited with \(status): \(output)") }
+        var fields: [String: Double] = [:]
+        for part in output.split(whereSeparator: { $0 == " " || $0 == "\n" }) {
+            let kv = part.split(separator: "=")
+            if kv.count == 2, let v = Double(kv[1]) { fields[String(kv[0])] = v }
+        }
+        guard let p50 = fields["p50_ns"], let p90 = fields["p90_ns"], let p99 = fields["p99_ns"], let mean = fields["mean_ns"] else {
+            throw BenchmarkError.baselineFailed("unparseable output from \(path): \(output)")
+        }
+        return LatencySummary(count: pages, p50: UInt64(p50), p90: UInt64(p90), p99: UInt64(p99), mean: mean)
+    }
+}
+
+public enum BenchmarkError: Error, CustomStringConvertible {
+    case contentMismatch(String)
+    case baselineFailed(String)
+    public var description: String {
+        switch self {
+        case .contentMismatch(let s), .baselineFailed(let s): s
+        }
+    }
+}
