@@ -68,13 +68,13 @@ let package = Package(
         .target(name: "PagerWire"),
         .target(name: "PagerCore"),
         // Measurements shared by pager-bench and the demo (library, so tests can run them too).
-        .target(name: "PagerBenchKit", dependencies: ["PagerKernel"]),
+        .target(name: "PagerBenchKit", dependencies: ["PagerKernel", "PagerCore"]),
 
         // MARK: Executables
         .executableTarget(
             name: "pagerd",
             dependencies: [
-                "PagerKernel", "PagerWire", "PagerCore",
+                "PagerKernel", "PagerWire", "PagerCore", "PagerBenchKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -10,7 +10,8 @@ import SystemPackage
 /// and a background installer can share an instance.
 public final class Userfaultfd: @unchecked Sendable {
     private let descriptor: FileDescriptor
-    /// Features the kernel agreed to in `UFFDIO_API`; empty when adopted from another process.
+    /// Features enabled by `UFFDIO_API` (what was asked for; the kernel writes back every
+    /// feature it supports, not the enabled set). Empty when adopted from another process.
     public private(set) var features: Features = []
     /// The ioctls `UFFDIO_API` reported as supported.
     public private(set) var apiIoctls: Ioctls = []
@@ -150,7 +151,7 @@ public final class Userfaultfd: @unchecked Sendable {
         let want = required.union(optional.intersection(supported))
         let r = pager_uffdio_api(descriptor.rawValue, want.rawValue, &granted, &ioctls)
         if r < 0 { throw KernelError("UFFDIO_API", negatedErrno: r, detail: "features \(want)") }
-        features = Features(rawValue: granted)
+        features = want
         apiIoctls = Ioctls(rawValue: ioctls)
         return features
     }
