@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what building and testing the pager needs on Debian 12 / Ubuntu, as root.
+# Idempotent: installs only what is missing. Sourced by Deploy/demo.sh and Deploy/test.sh.
+set -euo pipefail
+
+# Swift is not a Debian package: it must already be installed (swift.org toolchain, 6.1 or
+# later). These machines keep it in /opt/swift.
+if ! command -v swift >/dev/null 2>&1 && [ -x /opt/swift/usr/bin/swift ]; then
+    export PATH="/opt/swift/usr/bin:$PATH"
+fi
+if ! command -v swift >/dev/null 2>&1; then
+    echo "error: swift not found on PATH; install a Swift 6.1+ toolchain from swift.org first" >&2
+    exit 1
+fi
+
+# liburing-dev: io_uring transport. libibverbs-dev/librdmacm-dev: lets the RDMA trait build be
+# checked (the default build does not need them). pkg-config: finds liburing.
+packages=(liburing-dev pkg-config libibverbs-dev librdmacm-dev)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "error: missing packages ${missing[*]}; run as root or: sudo apt-get install -y ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "setup: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ "$(id -u)" -ne 0 ] && [ "$(cat /proc/sys/vm/unprivileged_userfaultfd 2>/dev/null || echo 0)" != 1 ]; then
+    echo "note: not root and vm.unprivileged_userfaultfd=0: tests that need userfaultfd will be skipped" >&2
+fi
