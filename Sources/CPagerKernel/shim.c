@@ -126,6 +126,13 @@ int pager_clone_touch_and_reap(const volatile void *touch) {
     long pid = syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
     if (pid < 0) return -errno;
     if (pid == 0) {
+        // The parent's runtime may have installed crash handlers (Swift's backtracer): the
+        // child must die of the signal plainly, not print a crash report for an expected SIGBUS.
+        struct sigaction dfl;
+        memset(&dfl, 0, sizeof(dfl));
+        dfl.sa_handler = SIG_DFL;
+        sigaction(SIGBUS, &dfl, NULL);
+        sigaction(SIGSEGV, &dfl, NULL);
         if (touch) (void)*(const volatile char *)touch;
         syscall(SYS_exit_group, 0);
     }

@@ -49,6 +49,33 @@ struct UserfaultfdTests {
         try resolveFaults(pages: 4, mapping: mapping, features: [.missingHugetlbfs])
     }
 
+    @Test("a tmpfs file named by path (/dev/shm) maps with 4 KiB pages and its faults are resolved")
+    func tmpfsPathFaults() throws {
+        let path = "/dev/shm/pager-test-\(getpid())"
+        defer { unlink(path) }
+        let file = try MemoryFile(path: path, length: 64 * basePageSize, create: true)
+        #expect(file.pageSize == basePageSize)
+        #expect(try file.size() == 64 * basePageSize)
+        try resolveFaults(pages: 64, mapping: try MemoryMapping.map(file, length: 64 * basePageSize), features: [.missingShmem])
+    }
+
+    @Test("a file on a hugetlbfs mount reports 2 MiB pages (fstatfs) and its faults are resolved")
+    func hugetlbfsPathFaults() throws {
+        let mountPoint = "/tmp/pager-test-hugetlbfs-\(getpid())"
+        #expect(mkdir(mountPoint, 0o700) == 0)
+        defer { rmdir(mountPoint) }
+        let (status, output) = try runProgram("/bin/mount", ["-t", "hugetlbfs", "-o", "pagesize=2M", "none", mountPoint])
+        try #require(status == 0, "mount hugetlbfs: \(output)")
+        defer { _ = try? runProgram("/bin/umount", [mountPoint]) }
+        let reservation = try HugePageReservation(pages: 2)
+        do {
+            let file = try MemoryFile(path: mountPoint + "/vm.ram", length: 2 * hugePageSize, create: true)
+            #expect(file.pageSize == hugePageSize)
+            try resolveFaults(pages: 2, mapping: try MemoryMapping.map(file, length: 2 * hugePageSize), features: [.missingHugetlbfs])
+        }
+        _ = reservation
+    }
+
     /// Registers `mapping`, touches every page from this thread in a scrambled order while a
     /// handler thread fills them, and checks every byte.
     private func resolveFaults(pages: Int, mapping: consuming MemoryMapping, features: Userfaultfd.Features) throws {
