@@ -67,6 +67,12 @@ let package = Package(
         ),
         .target(name: "PagerWire"),
         .target(name: "PagerCore"),
+        // Frames over TCP: the page path's send (scatter-gather) and receive (into aligned buffers).
+        .target(name: "PagerTransport", dependencies: ["PagerKernel", "PagerWire"]),
+        .target(
+            name: "PagerSource",
+            dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerTransport", .product(name: "Logging", package: "swift-log")]
+        ),
         // Measurements shared by pager-bench and the demo (library, so tests can run them too).
         .target(name: "PagerBenchKit", dependencies: ["PagerKernel", "PagerCore"]),
 

@@ -109,6 +109,11 @@ int pager_accept_cloexec(int listener) {
     return fd < 0 ? -errno : fd;
 }
 
+int pager_accept_addr(int listener, void *addr, unsigned int *addrlen) {
+    int fd = accept4(listener, (struct sockaddr *)addr, (socklen_t *)addrlen, SOCK_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
 int pager_pin_to_cpu(int cpu) {
     cpu_set_t set;
     CPU_ZERO(&set);

@@ -59,6 +59,30 @@ public final class MemoryFile: @unchecked Sendable {
         return Int(st.st_size)
     }
 
+    /// The ranges of the file that hold data (`lseek` with `SEEK_DATA`/`SEEK_HOLE`); the rest
+    /// are holes, which read as zeros and need not be read at all.
+    public func dataExtents() throws(KernelError) -> [Range<Int>] {
+        // SEEK_DATA and SEEK_HOLE (3 and 4) are only declared with _GNU_SOURCE.
+        let seekData: Int32 = 3, seekHole: Int32 = 4
+        let end = try size()
+        var extents: [Range<Int>] = []
+        var at = 0
+        while at < end {
+            let data = lseek(descriptor.rawValue, off_t(at), seekData)
+            if data < 0 {
+                if Glibc.errno == ENXIO { break } // no data after `at`
+                // Filesystems without hole support: treat everything as data.
+                if Glibc.errno == EINVAL { return [at..<end] }
+                throw KernelError("lseek(SEEK_DATA)", Errno(rawValue: Glibc.errno), detail: name)
+            }
+            let hole = lseek(descriptor.rawValue, data, seekHole)
+            if hole < 0 { throw KernelError("lseek(SEEK_HOLE)", Errno(rawValue: Glibc.errno), detail: name) }
+            extents.append(Int(data)..<min(end, Int(hole)))
+            at = Int(hole)
+        }
+        return extents
+    }
+
     /// The page size of the filesystem holding `fd`: hugetlbfs reports its huge page size
     /// as the block size. The corresponding C function is `fstatfs`.
     public static func pageSize(of fd: FileDescriptor, name: String) throws(KernelError) -> Int {

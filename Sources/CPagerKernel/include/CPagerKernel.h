@@ -202,6 +202,9 @@ long pager_recv_fds(int sock, void *buf, size_t cap, int *fds, int maxfds, int *
 /// accept4(2) with SOCK_CLOEXEC, retrying EINTR. Returns the fd or -errno.
 int pager_accept_cloexec(int listener);
 
+/// accept4(2) with SOCK_CLOEXEC, returning the peer address; no retry. Returns the fd or -errno.
+int pager_accept_addr(int listener, void *addr, unsigned int *addrlen);
+
 /// sched_setaffinity(0, ...) for the calling thread: pin it to one CPU. Returns 0 or -errno.
 int pager_pin_to_cpu(int cpu);
 /// sched_getcpu(3).

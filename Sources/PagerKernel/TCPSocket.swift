@@ -1,0 +1,227 @@
+import CPagerKernel
+import Glibc
+import SystemPackage
+
+/// A connected TCP (IPv4) stream socket with blocking I/O, owned: closed on deinit.
+///
+/// The page path uses one socket per direction of work on dedicated threads: blocking
+/// `recv`/`sendmsg` measured fastest here for request/response latency.
+public final class TCPSocket: @unchecked Sendable {
+    public let descriptor: FileDescriptor
+    /// The peer's address as `a.b.c.d:port`, for messages.
+    public let peer: String
+
+    init(descriptor: FileDescriptor, peer: String) {
+        self.descriptor = descriptor
+        self.peer = peer
+    }
+
+    deinit { try? descriptor.close() }
+
+    /// Connects to `host:port` (IPv4 literal) with `TCP_NODELAY`.
+    public static func connect(_ endpoint: Endpoint) throws(KernelError) -> TCPSocket {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        if fd < 0 { throw KernelError("socket", Errno(rawValue: Glibc.errno), detail: "\(endpoint)") }
+        var addr = endpoint.sockaddr
+        let r = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        if r < 0 {
+            let e = Glibc.errno
+            close(fd)
+            throw KernelError("connect", Errno(rawValue: e), detail: "\(endpoint)")
+        }
+        let s = TCPSocket(descriptor: FileDescriptor(rawValue: fd), peer: "\(endpoint)")
+        s.setNoDelay()
+        return s
+    }
+
+    private func setNoDelay() {
+        var one: Int32 = 1
+        _ = setsockopt(descriptor.rawValue, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    /// Sets the kernel socket buffer sizes (`SO_SNDBUF`/`SO_RCVBUF`).
+    public func setBufferSizes(_ bytes: Int) {
+        var v = Int32(bytes)
+        _ = setsockopt(descriptor.rawValue, SOL_SOCKET, SO_SNDBUF, &v, socklen_t(MemoryLayout<Int32>.size))
+        _ = setsockopt(descriptor.rawValue, SOL_SOCKET, SO_RCVBUF, &v, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    /// Sets a receive timeout (`SO_RCVTIMEO`): a blocked read fails with EAGAIN after it.
+    public func setReceiveTimeout(milliseconds: Int) {
+        var tv = timeval(tv_sec: milliseconds / 1000, tv_usec: (milliseconds % 1000) * 1000)
+        _ = setsockopt(descriptor.rawValue, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    /// Reads exactly `count` bytes into `buffer`. Returns false if the peer closed the
+    /// connection cleanly before the first byte; throws if it closed mid-way or on error.
+    public func readExactly(into buffer: UnsafeMutableRawPointer, count: Int) throws(KernelError) -> Bool {
+        var got = 0
+        while got < count {
+            let n = recv(descriptor.rawValue, buffer + got, count - got, Int32(MSG_WAITALL))
+            if n > 0 { got += n; continue }
+            if n == 0 {
+                if got == 0 { return false }
+                throw KernelError("recv", .connectionReset, detail: "\(peer) closed the connection after \(got) of \(count) bytes")
+            }
+            let e = Glibc.errno
+            if e == EINTR { continue }
+            throw KernelError("recv", Errno(rawValue: e), detail: peer)
+        }
+        return true
+    }
+
+    /// Reads what is available without blocking (`MSG_DONTWAIT`): returns 0 if nothing is
+    /// pending, -1 if the peer closed.
+    public func readAvailable(into buffer: UnsafeMutableRawBufferPointer) throws(KernelError) -> Int {
+        while true {
+            let n = recv(descriptor.rawValue, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT))
+            if n > 0 { return n }
+            if n == 0 { return -1 }
+            let e = Glibc.errno
+            if e == EINTR { continue }
+            if e == EAGAIN || e == EWOULDBLOCK { return 0 }
+            throw KernelError("recv", Errno(rawValue: e), detail: peer)
+        }
+    }
+
+    /// Writes all of the given buffers (`sendmsg` with an iovec, `MSG_NOSIGNAL`), looping over
+    /// short writes. The corresponding C function is `sendmsg`.
+    public func writeAll(_ parts: [UnsafeRawBufferPointer]) throws(KernelError) {
+        var iov = parts.filter { $0.count > 0 }.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count) }
+        var first = 0
+        while first < iov.count {
+            let n = iov.withUnsafeMutableBufferPointer { buf -> Int in
+                var msg = msghdr()
+                msg.msg_iov = buf.baseAddress! + first
+                msg.msg_iovlen = buf.count - first
+                return sendmsg(descriptor.rawValue, &msg, Int32(MSG_NOSIGNAL))
+            }
+            if n < 0 {
+                let e = Glibc.errno
+                if e == EINTR { continue }
+                throw KernelError("sendmsg", Errno(rawValue: e), detail: peer)
+            }
+            var left = n
+            while left > 0 && first < iov.count {
+                if left >= iov[first].iov_len {
+                    left -= iov[first].iov_len
+                    first += 1
+                } else {
+                    iov[first].iov_base += left
+                    iov[first].iov_len -= left
+                    left = 0
+                }
+            }
+        }
+    }
+
+    /// Waits until the socket is readable or `timeoutMilliseconds` passes (`poll`).
+    public func waitReadable(timeoutMilliseconds: Int32) throws(KernelError) -> Bool {
+        var pfd = pollfd(fd: descriptor.rawValue, events: Int16(POLLIN), revents: 0)
+        while true {
+            let r = poll(&pfd, 1, timeoutMilliseconds)
+            if r >= 0 { return r > 0 }
+            if Glibc.errno != EINTR { throw KernelError("poll", Errno(rawValue: Glibc.errno), detail: peer) }
+        }
+    }
+
+    /// Shuts down both directions (`shutdown(SHUT_RDWR)`), waking a thread blocked in a read.
+    public func shutdown() {
+        _ = Glibc.shutdown(descriptor.rawValue, Int32(SHUT_RDWR))
+    }
+}
+
+/// A listening TCP (IPv4) socket.
+public final class TCPListener: @unchecked Sendable {
+    public let descriptor: FileDescriptor
+    /// The bound address (with the real port when 0 was asked for).
+    public let endpoint: Endpoint
+
+    /// Binds and listens on `endpoint` (`SO_REUSEADDR`). Port 0 picks a free port.
+    public init(_ endpoint: Endpoint, backlog: Int32 = 64) throws(KernelError) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        if fd < 0 { throw KernelError("socket", Errno(rawValue: Glibc.errno), detail: "\(endpoint)") }
+        var one: Int32 = 1
+        _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var addr = endpoint.sockaddr
+        let r = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        if r < 0 || listen(fd, backlog) < 0 {
+            let e = Glibc.errno
+            close(fd)
+            throw KernelError(r < 0 ? "bind" : "listen", Errno(rawValue: e), detail: "\(endpoint)")
+        }
+        var bound = sockaddr_in()
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        descriptor = FileDescriptor(rawValue: fd)
+        self.endpoint = Endpoint(host: endpoint.host, port: UInt16(bigEndian: bound.sin_port))
+    }
+
+    deinit { try? descriptor.close() }
+
+    /// Accepts one connection (`accept4`), with `TCP_NODELAY`.
+    public func accept() throws(KernelError) -> TCPSocket {
+        var addr = sockaddr_in()
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        while true {
+            let fd = withUnsafeMutablePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pager_accept_addr(descriptor.rawValue, $0, &len) }
+            }
+            if fd >= 0 {
+                let s = TCPSocket(descriptor: FileDescriptor(rawValue: fd), peer: "\(Endpoint(addr))")
+                var one: Int32 = 1
+                _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+                return s
+            }
+            if fd == -EINTR || fd == -ECONNABORTED { continue }
+            throw KernelError("accept4", negatedErrno: fd, detail: "\(endpoint)")
+        }
+    }
+
+    /// Stops accepting (`shutdown`), waking a thread blocked in ``accept()``.
+    public func shutdown() {
+        _ = Glibc.shutdown(descriptor.rawValue, Int32(SHUT_RDWR))
+    }
+}
+
+/// An IPv4 address and port, parsed from and printed as `a.b.c.d:port`.
+public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
+    public var host: String
+    public var port: UInt16
+
+    public init(host: String, port: UInt16) {
+        self.host = host
+        self.port = port
+    }
+
+    /// Parses `a.b.c.d:port` (or `:port`, meaning all addresses).
+    public init?(_ text: String) {
+        guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]) else { return nil }
+        let host = String(text[..<colon])
+        var probe = in_addr()
+        guard host.isEmpty || inet_pton(AF_INET, host, &probe) == 1 else { return nil }
+        self.init(host: host.isEmpty ? "0.0.0.0" : host, port: port)
+    }
+
+    init(_ addr: sockaddr_in) {
+        var a = addr.sin_addr
+        var buf = [CChar](repeating: 0, count: 32)
+        inet_ntop(AF_INET, &a, &buf, 32)
+        self.init(host: String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self),
+                  port: UInt16(bigEndian: addr.sin_port))
+    }
+
+    var sockaddr: sockaddr_in {
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_port = port.bigEndian
+        _ = inet_pton(AF_INET, host, &a.sin_addr)
+        return a
+    }
+
+    public var description: String { "\(host):\(port)" }
+}

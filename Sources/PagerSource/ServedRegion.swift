@@ -1,0 +1,103 @@
+import PagerKernel
+import PagerWire
+
+/// One region the source serves: a file (tmpfs, hugetlbfs or plain) mapped read-only.
+public final class ServedRegion: @unchecked Sendable {
+    public let id: UInt32
+    public let name: String
+    public let length: UInt64
+    /// The page size of the backing file (4 KiB, or 2 MiB on hugetlbfs).
+    public let pageSize: Int
+    let file: MemoryFile
+    let mapping: MemoryMapping
+    /// Data extents at start; outside them the file is a hole (zeros). Re-read with
+    /// ``refreshExtents()`` when the file may have changed.
+    private(set) var dataExtents: [Range<Int>]
+
+    /// Opens and maps `path` read-only.
+    public init(id: UInt32, path: String) throws(KernelError) {
+        self.id = id
+        file = try MemoryFile(path: path, writable: false)
+        let size = try file.size()
+        guard size > 0, size % file.pageSize == 0 else {
+            throw KernelError("region", .invalidArgument, detail: "\(path) is \(size) bytes, not a nonzero multiple of its \(file.pageSize)-byte pages")
+        }
+        name = path
+        length = UInt64(size)
+        pageSize = file.pageSize
+        mapping = try MemoryMapping.map(file, length: size, shared: true, writable: false)
+        dataExtents = try file.dataExtents()
+    }
+
+    /// Re-reads the data extents (holes) of the file.
+    public func refreshExtents() throws(KernelError) {
+        dataExtents = try file.dataExtents()
+    }
+
+    /// The REGION descriptor sent to destinations.
+    public var descriptor: RegionDescriptor {
+        RegionDescriptor(id: id, pageShift: UInt8(pageSize.trailingZeroBitCount), length: length,
+                         name: String(name.split(separator: "/").last ?? Substring(name)))
+    }
+
+    /// Why a request cannot be served, as the protocol's error code and message; nil if it can.
+    func check(offset: UInt64, length: UInt64) -> ProtocolError? {
+        if offset >= self.length || length > self.length - offset {
+            return ProtocolError(code: .outOfRange, message: "range \(hex(offset))+\(hex(length)) passes the end of region \(id) (\(hex(self.length)) bytes)")
+        }
+        if offset % UInt64(pageSize) != 0 || length % UInt64(pageSize) != 0 {
+            return ProtocolError(code: .misaligned, message: "range \(hex(offset))+\(hex(length)) is not a multiple of region \(id)'s \(pageSize)-byte pages")
+        }
+        return nil
+    }
+
+    /// The bytes of `[offset, offset+length)`.
+    func bytes(offset: UInt64, length: UInt64) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: UnsafeRawPointer(mapping.base) + Int(offset), count: Int(length))
+    }
+
+    /// Splits a range into maximal runs that are all zero (holes, or pages whose bytes are
+    /// all zero) and runs that carry data, in page units.
+    func runs(offset: UInt64, length: UInt64) -> [(range: Range<UInt64>, zero: Bool)] {
+        var result: [(range: Range<UInt64>, zero: Bool)] = []
+        let step = UInt64(pageSize)
+        var at = offset
+        let end = offset + length
+        func append(_ r: Range<UInt64>, _ zero: Bool) {
+            if let last = result.last, last.zero == zero, last.range.upperBound == r.lowerBound {
+                result[result.count - 1].range = last.range.lowerBound..<r.upperBound
+            } else {
+                result.append((r, zero))
+            }
+        }
+        while at < end {
+            // Inside a hole? Jump to the next extent in one step.
+            if let extent = dataExtents.first(where: { UInt64($0.upperBound) > at }) {
+                if UInt64(extent.lowerBound) > at {
+                    let holeEnd = min(end, UInt64(extent.lowerBound) / step * step)
+                    if holeEnd > at {
+                        append(at..<holeEnd, true)
+                        at = holeEnd
+                        continue
+                    }
+                }
+            } else {
+                append(at..<end, true)
+                break
+            }
+            append(at..<at + step, isZeroPage(at))
+            at += step
+        }
+        return result
+    }
+
+    private func isZeroPage(_ offset: UInt64) -> Bool {
+        let words = UnsafeRawPointer(mapping.base + Int(offset)).assumingMemoryBound(to: UInt64.self)
+        var acc: UInt64 = 0
+        for i in 0..<pageSize / 8 {
+            acc |= words[i]
+            if i & 63 == 63 && acc != 0 { return false }
+        }
+        return acc == 0
+    }
+}

@@ -1,0 +1,354 @@
+import Logging
+import PagerKernel
+import PagerTransport
+import PagerWire
+import Dispatch
+import PagerCore
+import Synchronization
+
+/// Serves regions to destinations over TCP.
+///
+/// Each destination opens a *demand* connection (HELLO with no session: a new session) and a
+/// *push* connection (HELLO resuming that session). Requests on the demand connection are
+/// answered at once, in order, by that connection's thread, so a demand page never waits
+/// behind bulk data. The push connection streams every page of every region in order, zero
+/// runs as ZERO frames; a prefetch request that arrives on it is served first and moves the
+/// push cursor to just after it (as QEMU's postcopy restarts its scan after a requested page).
+/// A malformed frame or bad request ends that session only; the server keeps serving others.
+public final class SourceServer: @unchecked Sendable {
+    public let regions: [ServedRegion]
+    public let listener: TCPListener
+    private let logger: Logger
+    private let sessions = Mutex<[UInt64: SourceSession]>([:])
+    private let stopping = Atomic<Bool>(false)
+    private let counters = Mutex(Counters())
+
+    /// Totals over all sessions, for the summary.
+    public struct Counters: Sendable {
+        public var sessions = 0
+        public var demandRequests = 0
+        public var prefetchRequests = 0
+        public var bytesSent: UInt64 = 0
+        public var zeroBytes: UInt64 = 0
+        public var failedSessions = 0
+    }
+
+    /// Push frames carry at most this many bytes: small enough that the destination's install
+    /// lock is never held long (a fault waits for at most one such install).
+    public var pushChunk = 256 << 10
+
+    public init(listen: Endpoint, regions: [ServedRegion], logger: Logger) throws(KernelError) {
+        self.regions = regions
+        self.logger = logger
+        listener = try TCPListener(listen)
+    }
+
+    public var counts: Counters { counters.withLock { $0 } }
+
+    /// Accepts connections until ``stop()``, each served on its own thread.
+    public func run() {
+        logger.info("serving \(regions.count) region(s) on \(listener.endpoint): \(regions.map { "\($0.id)=\($0.name) (\($0.length >> 20) MiB, \($0.pageSize >> 10) KiB pages)" }.joined(separator: ", "))")
+        while !stopping.load(ordering: .acquiring) {
+            let socket: TCPSocket
+            do { socket = try listener.accept() } catch {
+                if stopping.load(ordering: .acquiring) { break }
+                logger.error("accept failed: \(error)")
+                continue
+            }
+            do {
+                _ = try KernelThread(name: "src-conn") { [self] in serve(FrameChannel(socket)) }
+            } catch {
+                logger.error("cannot start a thread for \(socket.peer): \(error)")
+            }
+        }
+    }
+
+    public func stop() {
+        stopping.store(true, ordering: .releasing)
+        listener.shutdown()
+        for session in sessions.withLock({ Array($0.values) }) { session.close() }
+    }
+
+    // MARK: Connections
+
+    private func serve(_ channel: FrameChannel) {
+        channel.socket.setBufferSizes(4 << 20)
+        // A peer that connects and says nothing must not hold a thread forever.
+        channel.socket.setReceiveTimeout(milliseconds: 10_000)
+        do {
+            guard case .message(.hello(let hello)) = try channel.receive() else {
+                throw SessionError.refuse(.unexpectedMessage, "the first frame must be HELLO")
+            }
+            guard hello.minVersion <= ProtocolVersion.v1, hello.maxVersion >= ProtocolVersion.v1 else {
+                throw SessionError.refuse(.unsupportedVersion,
+                    "server speaks versions \(ProtocolVersion.supported.lowerBound)-\(ProtocolVersion.supported.upperBound), client offered \(hello.minVersion)-\(hello.maxVersion)")
+            }
+            channel.sendLimit = hello.maxPayload
+            channel.socket.setReceiveTimeout(milliseconds: 0)
+            let features = hello.features.intersection([.checksums, .resume, .hugePages])
+            if hello.resumeSession == 0 {
+                let session = SourceSession(features: features, peer: channel.peer)
+                sessions.withLock { $0[session.id] = session }
+                counters.withLock { $0.sessions += 1 }
+                defer { sessions.withLock { _ = $0.removeValue(forKey: session.id) } }
+                try welcome(channel, session: session)
+                logger.info("session \(hex(session.id)) from \(channel.peer) (\(hello.clientName)): demand channel open")
+                try serveDemand(channel, session: session)
+                logger.info("session \(hex(session.id)) ended cleanly")
+            } else {
+                guard let session = sessions.withLock({ $0[hello.resumeSession] }), session.token == hello.resumeToken else {
+                    throw SessionError.refuse(.unexpectedMessage, "no session \(hex(hello.resumeSession)) with that token")
+                }
+                try welcome(channel, session: session)
+                logger.info("session \(hex(session.id)): push channel open from \(channel.peer)")
+                try servePush(channel, session: session)
+            }
+        } catch let SessionError.refuse(code, message) {
+            logger.warning("\(channel.peer): \(code): \(message)")
+            counters.withLock { $0.failedSessions += 1 }
+            try? channel.send(.error(ProtocolError(code: code, message: message)))
+        } catch let error as ChannelError {
+            switch error {
+            case .closed: logger.info("\(channel.peer) disconnected")
+            case .malformed(_, let wire):
+                logger.warning("session with \(channel.peer) ended: \(error)")
+                counters.withLock { $0.failedSessions += 1 }
+                try? channel.send(.error(ProtocolError(code: .malformedFrame, message: wire.description)))
+            default:
+                logger.warning("session with \(channel.peer) ended: \(error)")
+                counters.withLock { $0.failedSessions += 1 }
+            }
+        } catch {
+            logger.warning("session with \(channel.peer) ended: \(error)")
+            counters.withLock { $0.failedSessions += 1 }
+        }
+        channel.socket.shutdown()
+    }
+
+    private func welcome(_ channel: FrameChannel, session: SourceSession) throws(ChannelError) {
+        try channel.send(.welcome(Welcome(features: session.features, regionCount: UInt32(regions.count),
+                                          session: session.id, resumeToken: session.token)))
+        for region in regions { try channel.send(.region(region.descriptor)) }
+    }
+
+    /// The demand loop: every request is answered before the next is read.
+    private func serveDemand(_ channel: FrameChannel, session: SourceSession) throws {
+        session.attachDemand(channel)
+        while true {
+            guard case .message(let message) = try channel.receive() else {
+                throw SessionError.refuse(.unexpectedMessage, "destinations do not send PAGE_DATA")
+            }
+            switch message {
+            case .pageRequest(let request):
+                counters.withLock {
+                    if request.flags.contains(.urgent) { $0.demandRequests += 1 } else { $0.prefetchRequests += 1 }
+                }
+                try answer(request, on: channel, session: session, flags: request.flags.contains(.urgent) ? .urgent : [])
+            case .complete(let region, let resident):
+                logger.info("session \(hex(session.id)): destination holds all of region \(region == Message.allRegions ? "all" : "\(region)") (\(resident >> 20) MiB)")
+                try channel.send(.completeAck(region: region))
+            case .ping(let token, let timestamp):
+                try channel.send(.pong(token: token, timestamp: timestamp))
+            case .goodbye:
+                session.close()
+                return
+            default:
+                throw SessionError.refuse(.unexpectedMessage, "\(message.type) is not expected on the demand channel")
+            }
+        }
+    }
+
+    /// Sends a request's pages, or an ERROR for that request (the session goes on).
+    private func answer(_ request: PageRequest, on channel: FrameChannel, session: SourceSession, flags: PageDataHeader.Flags) throws(ChannelError) {
+        guard let region = regions.first(where: { $0.id == request.region }) else {
+            try channel.send(.error(ProtocolError(code: .unknownRegion, requestID: request.requestID,
+                message: "region \(request.region) is not served (served: \(regions.map { "\($0.id)" }.joined(separator: ", ")))")))
+            return
+        }
+        if let problem = region.check(offset: request.offset, length: request.length) {
+            var e = problem
+            e.requestID = request.requestID
+            try channel.send(.error(e))
+            return
+        }
+        session.markSent(region, offset: request.offset, length: request.length)
+        try send(region, offset: request.offset, length: request.length, requestID: request.requestID,
+                 flags: flags, on: channel, session: session, chunk: max(region.pageSize, Int(channel.sendLimit) - 64 << 10))
+    }
+
+    /// Sends `[offset, offset+length)` of `region` as PAGE_DATA frames: zero runs as one ZERO
+    /// frame each, data in frames of at most `chunk` bytes (whole pages).
+    private func send(_ region: ServedRegion, offset: UInt64, length: UInt64, requestID: UInt32, flags: PageDataHeader.Flags,
+                      on channel: FrameChannel, session: SourceSession, chunk: Int) throws(ChannelError) {
+        let step = UInt64(max(region.pageSize, chunk / region.pageSize * region.pageSize))
+        var sent: UInt64 = 0, zero: UInt64 = 0
+        for run in region.runs(offset: offset, length: length) {
+            if run.zero {
+                let h = PageDataHeader(requestID: requestID, region: region.id, offset: run.range.lowerBound,
+                                       length: run.range.upperBound - run.range.lowerBound, flags: flags, encoding: .zero)
+                try channel.sendPageData(h, data: nil)
+                zero += h.length
+                continue
+            }
+            var at = run.range.lowerBound
+            while at < run.range.upperBound {
+                let n = min(step, run.range.upperBound - at)
+                let bytes = region.bytes(offset: at, length: n)
+                let sums: [UInt32]? = session.features.contains(.checksums)
+                    ? stride(from: 0, to: Int(n), by: 4096).map { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: bytes[$0..<$0 + 4096])) }
+                    : nil
+                try channel.sendPageData(PageDataHeader(requestID: requestID, region: region.id, offset: at, length: n,
+                                                        flags: flags, encoding: .raw), checksums: sums, data: bytes)
+                sent += n
+                at += n
+            }
+        }
+        counters.withLock {
+            $0.bytesSent += sent
+            $0.zeroBytes += zero
+        }
+    }
+
+    /// The push loop: serve queued prefetch requests first, then the next pages not yet sent,
+    /// in order from the cursor.
+    private func servePush(_ channel: FrameChannel, session: SourceSession) throws {
+        let reader = try KernelThread(name: "src-push-rd") { [self] in
+            // Requests on the push channel are prefetch hints; anything else ends the channel.
+            while true {
+                do {
+                    guard case .message(let m) = try channel.receive() else { break }
+                    switch m {
+                    case .pageRequest(let r):
+                        counters.withLock { $0.prefetchRequests += 1 }
+                        session.enqueue(r)
+                    case .ping(let t, let ts):
+                        try channel.send(.pong(token: t, timestamp: ts))
+                    case .goodbye:
+                        session.close()
+                        return
+                    default:
+                        logger.warning("session \(hex(session.id)): \(m.type) on the push channel, closing it")
+                        session.close()
+                        return
+                    }
+                } catch {
+                    session.close()
+                    return
+                }
+            }
+        }
+        defer {
+            session.close()
+            reader.join()
+        }
+        var regionIndex = 0
+        var cursor = 0 // in pages of the current region
+        while !session.isClosed {
+            if let request = session.dequeue() {
+                try answer(request, on: channel, session: session, flags: [])
+                if let i = regions.firstIndex(where: { $0.id == request.region }) {
+                    regionIndex = i
+                    cursor = Int((request.offset + request.length) / UInt64(regions[i].pageSize))
+                }
+                continue
+            }
+            guard regionIndex < regions.count else {
+                session.waitForWork() // everything pushed: only prefetch requests remain possible
+                continue
+            }
+            let region = regions[regionIndex]
+            let maxPages = max(1, pushChunk / region.pageSize)
+            guard let run = session.claimUnsent(region, from: cursor, maxPages: maxPages) else {
+                try channel.send(.pushComplete(region: region.id, bytes: region.length))
+                logger.info("session \(hex(session.id)): pushed all of region \(region.id)")
+                regionIndex += 1
+                cursor = 0
+                continue
+            }
+            let size = UInt64(region.pageSize)
+            try send(region, offset: UInt64(run.lowerBound) * size, length: UInt64(run.count) * size, requestID: 0,
+                     flags: .push, on: channel, session: session, chunk: pushChunk)
+            cursor = run.upperBound
+        }
+    }
+}
+
+enum SessionError: Error {
+    case refuse(ErrorCode, String)
+}
+
+/// Per-destination state shared by its demand and push connections.
+final class SourceSession: @unchecked Sendable {
+    let id: UInt64
+    let token: [UInt8]
+    let features: Features
+    let peer: String
+    private let state = Mutex(State())
+    private let work = DispatchSemaphore(value: 0)
+
+    struct State {
+        var queue: [PageRequest] = []
+        var closed = false
+        /// Pages sent to this destination at least once, per region (answers and push).
+        var sent: [UInt32: PageBitmap] = [:]
+        var demand: FrameChannel?
+    }
+
+    init(features: Features, peer: String) {
+        var rng = SystemRandomNumberGenerator()
+        var id: UInt64 = 0
+        while id == 0 { id = rng.next() }
+        self.id = id
+        token = (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        self.features = features
+        self.peer = peer
+    }
+
+    func attachDemand(_ channel: FrameChannel) { state.withLock { $0.demand = channel } }
+
+    func enqueue(_ r: PageRequest) {
+        state.withLock { $0.queue.append(r) }
+        work.signal()
+    }
+
+    func dequeue() -> PageRequest? { state.withLock { $0.queue.isEmpty ? nil : $0.queue.removeFirst() } }
+
+    var isClosed: Bool { state.withLock { $0.closed } }
+
+    func close() {
+        let demand = state.withLock { s -> FrameChannel? in
+            s.closed = true
+            return s.demand
+        }
+        work.signal()
+        demand?.socket.shutdown()
+    }
+
+    /// Records pages of `region` as sent (by an answer).
+    func markSent(_ region: ServedRegion, offset: UInt64, length: UInt64) {
+        let size = UInt64(region.pageSize)
+        state.withLock {
+            var map = $0.sent[region.id] ?? PageBitmap(count: Int(region.length / size))
+            map.insert(Int(offset / size)..<Int((offset + length) / size))
+            $0.sent[region.id] = map
+        }
+    }
+
+    /// Claims the next run of pages not yet sent, starting at `from` and wrapping once, at
+    /// most `maxPages` long, and marks it sent. Nil when every page was sent.
+    func claimUnsent(_ region: ServedRegion, from: Int, maxPages: Int) -> Range<Int>? {
+        state.withLock { s in
+            var map = s.sent[region.id] ?? PageBitmap(count: Int(region.length / UInt64(region.pageSize)))
+            defer { s.sent[region.id] = map }
+            guard let start = map.first(false, from: min(from, map.count)) ?? map.first(false, from: 0) else { return nil }
+            let end = min(map.first(true, from: start) ?? map.count, start + maxPages)
+            map.insert(start..<end)
+            return start..<end
+        }
+    }
+
+    /// Waits (at most 100 ms) until a request is queued or the session closes.
+    func waitForWork() {
+        _ = work.wait(timeout: .now() + .milliseconds(100))
+    }
+}
