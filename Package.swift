@@ -22,6 +22,7 @@ let package = Package(
     products: [
         .executable(name: "pagerd", targets: ["pagerd"]),
         .executable(name: "pager-bench", targets: ["pager-bench"]),
+        .executable(name: "pager-workload", targets: ["pager-workload"]),
         .executable(name: "uffd-fault-bench-c", targets: ["uffd-fault-bench-c"]),
         .executable(name: "PagerWireFuzz", targets: ["PagerWireFuzz"]),
         .library(name: "PagerWire", targets: ["PagerWire"]),
@@ -70,6 +71,10 @@ let package = Package(
         // Frames over TCP: the page path's send (scatter-gather) and receive (into aligned buffers).
         .target(name: "PagerTransport", dependencies: ["PagerKernel", "PagerWire"]),
         .target(
+            name: "PagerDestination",
+            dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerTransport", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
             name: "PagerSource",
             dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerTransport", .product(name: "Logging", package: "swift-log")]
         ),
@@ -80,7 +85,7 @@ let package = Package(
         .executableTarget(
             name: "pagerd",
             dependencies: [
-                "PagerKernel", "PagerWire", "PagerCore", "PagerBenchKit",
+                "PagerKernel", "PagerWire", "PagerCore", "PagerBenchKit", "PagerSource", "PagerDestination",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -91,6 +96,11 @@ let package = Package(
                 "PagerKernel", "PagerCore", "PagerBenchKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
+        ),
+        // The workload that integration tests and benchmarks migrate.
+        .executableTarget(
+            name: "pager-workload",
+            dependencies: ["PagerBenchKit", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // The same fault micro-benchmark in plain C, so pager-bench can show Swift's
         // overhead against C measured in the same run on the same machine.

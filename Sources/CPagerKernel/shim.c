@@ -125,6 +125,8 @@ int pager_current_cpu(void) { return sched_getcpu(); }
 
 void pager_set_thread_name(const char *name) { pthread_setname_np(pthread_self(), name); }
 
+uint64_t pager_touch_read(const volatile void *p) { return *(const volatile uint64_t *)p; }
+
 int pager_gettid(void) { return (int)syscall(SYS_gettid); }
 
 int pager_clone_touch_and_reap(const volatile void *touch) {

@@ -143,7 +143,7 @@ public struct LocalDemo {
         var written: [Int] = []
         for (n, p) in order.enumerated() {
             let t0 = monotonicNanoseconds()
-            _ = destination.page(p).load(fromByteOffset: 8, as: UInt64.self)
+            _ = touch(destination.page(p) + 8)
             latencies.append(monotonicNanoseconds() - t0)
             if n % 97 == 0 {
                 destination.page(p).storeBytes(of: 0xFEED_FACE_0000_0000 | UInt64(p), toByteOffset: 0, as: UInt64.self)

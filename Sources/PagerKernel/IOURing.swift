@@ -1,3 +1,4 @@
+import CPagerKernel
 import CURing
 import Glibc
 import SystemPackage
@@ -42,14 +43,14 @@ public final class IOURing: @unchecked Sendable {
     public func queueReceive(_ fd: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer, waitAll: Bool = false,
                              userData: UInt64) throws(KernelError) {
         let sqe = try nextSQE()
-        io_uring_prep_recv(sqe, fd.rawValue, buffer.baseAddress, buffer.count, waitAll ? Int32(MSG_WAITALL) : 0)
+        io_uring_prep_recv(sqe, fd.rawValue, buffer.baseAddress, buffer.count, waitAll ? PAGER_MSG_WAITALL : 0)
         io_uring_sqe_set_data64(sqe, userData)
     }
 
     /// Queues a `send` of `buffer` (`io_uring_prep_send`, `MSG_NOSIGNAL`).
     public func queueSend(_ fd: FileDescriptor, _ buffer: UnsafeRawBufferPointer, userData: UInt64) throws(KernelError) {
         let sqe = try nextSQE()
-        io_uring_prep_send(sqe, fd.rawValue, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL))
+        io_uring_prep_send(sqe, fd.rawValue, buffer.baseAddress, buffer.count, PAGER_MSG_NOSIGNAL)
         io_uring_sqe_set_data64(sqe, userData)
     }
 

@@ -189,6 +189,11 @@ public struct MemoryMapping: ~Copyable, @unchecked Sendable {
     }
 }
 
+/// Reads 8 bytes at `address` in a way the optimizer cannot remove: a workload's "touch" that
+/// must really fault the page in.
+@inline(__always)
+public func touch(_ address: UnsafeRawPointer) -> UInt64 { pager_touch_read(address) }
+
 /// Reads a whole (small, e.g. procfs) file as text.
 public func readWholeFile(_ path: String) throws(KernelError) -> String {
     let fd: FileDescriptor

@@ -59,7 +59,7 @@ public final class TCPSocket: @unchecked Sendable {
     public func readExactly(into buffer: UnsafeMutableRawPointer, count: Int) throws(KernelError) -> Bool {
         var got = 0
         while got < count {
-            let n = recv(descriptor.rawValue, buffer + got, count - got, Int32(MSG_WAITALL))
+            let n = recv(descriptor.rawValue, buffer + got, count - got, PAGER_MSG_WAITALL)
             if n > 0 { got += n; continue }
             if n == 0 {
                 if got == 0 { return false }
@@ -76,7 +76,7 @@ public final class TCPSocket: @unchecked Sendable {
     /// pending, -1 if the peer closed.
     public func readAvailable(into buffer: UnsafeMutableRawBufferPointer) throws(KernelError) -> Int {
         while true {
-            let n = recv(descriptor.rawValue, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT))
+            let n = recv(descriptor.rawValue, buffer.baseAddress, buffer.count, PAGER_MSG_DONTWAIT)
             if n > 0 { return n }
             if n == 0 { return -1 }
             let e = Glibc.errno
@@ -96,7 +96,7 @@ public final class TCPSocket: @unchecked Sendable {
                 var msg = msghdr()
                 msg.msg_iov = buf.baseAddress! + first
                 msg.msg_iovlen = buf.count - first
-                return sendmsg(descriptor.rawValue, &msg, Int32(MSG_NOSIGNAL))
+                return sendmsg(descriptor.rawValue, &msg, PAGER_MSG_NOSIGNAL)
             }
             if n < 0 {
                 let e = Glibc.errno

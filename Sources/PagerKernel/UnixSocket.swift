@@ -86,7 +86,7 @@ public enum UnixSocket {
                         truncated: truncated != 0)
     }
 
-    private static func withSocketAddress(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Int32) -> (result: Int32, errno: Int32) {
+    static func withSocketAddress(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Int32) -> (result: Int32, errno: Int32) {
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
         let capacity = MemoryLayout.size(ofValue: addr.sun_path)
@@ -101,4 +101,10 @@ public enum UnixSocket {
         }
         return (r, r < 0 ? Glibc.errno : 0)
     }
+}
+
+/// `shutdown(SHUT_RDWR)` on a socket descriptor: wakes threads blocked on it.
+@discardableResult
+public func shutdownSocket(_ fd: FileDescriptor) -> Bool {
+    shutdown(fd.rawValue, Int32(SHUT_RDWR)) == 0
 }

@@ -86,6 +86,13 @@ _Static_assert(sizeof(struct page_region) == 24, "page_region is 24 bytes in the
 _Static_assert(sizeof(struct uffd_msg) == 32, "uffd_msg is 32 bytes in the uapi");
 _Static_assert(PAGEMAP_SCAN == 0xC0606610, "PAGEMAP_SCAN request number");
 
+// Socket flags as plain values (glibc declares them in an enum that Swift's Glibc module
+// does not always export).
+#include <sys/socket.h>
+static const int PAGER_MSG_WAITALL = MSG_WAITALL;
+static const int PAGER_MSG_NOSIGNAL = MSG_NOSIGNAL;
+static const int PAGER_MSG_DONTWAIT = MSG_DONTWAIT;
+
 // Request numbers as plain values (the macros are function-like; Swift cannot import them).
 static const unsigned long PAGER_PAGEMAP_SCAN = PAGEMAP_SCAN;
 static const unsigned long PAGER_UFFDIO_COPY = UFFDIO_COPY;
@@ -211,6 +218,10 @@ int pager_pin_to_cpu(int cpu);
 int pager_current_cpu(void);
 /// pthread_setname_np(3) for the calling thread (15 bytes at most).
 void pager_set_thread_name(const char *name);
+/// Reads the 8 bytes at `p` through a volatile pointer in a separate translation unit, so the
+/// compiler cannot drop a read whose only purpose is to touch (fault in) memory.
+uint64_t pager_touch_read(const volatile void *p);
+
 /// gettid(2).
 int pager_gettid(void);
 

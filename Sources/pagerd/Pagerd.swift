@@ -5,6 +5,16 @@ import PagerKernel
 
 @main
 struct Pagerd: ParsableCommand {
+    static func main() {
+        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            exit(withError: error)
+        }
+    }
+
     static let configuration = CommandConfiguration(
         commandName: "pagerd",
         abstract: "Remote pager for post-copy memory migration.",
@@ -12,7 +22,7 @@ struct Pagerd: ParsableCommand {
         pagerd resolves userfaultfd page faults on a destination host by fetching the pages
         from a source host, while the rest of the memory streams in the background.
         """,
-        subcommands: [Demo.self]
+        subcommands: [SourceCommand.self, DestCommand.self, Demo.self]
     )
 }
 
@@ -32,7 +42,6 @@ struct Demo: ParsableCommand {
     @Option(help: "Seed of the workload's random access order.") var seed: UInt64 = 1
 
     func run() throws {
-        LoggingSystem.bootstrap { StreamLogHandler.standardOutput(label: $0) }
         var logger = Logger(label: "pagerd.demo")
         logger.logLevel = .info
         let demo = LocalDemo(megabytes: sizeMiB, seed: seed)

@@ -1,0 +1,138 @@
+import PagerKernel
+
+/// The content migration tests put in a source file, and the checks a workload makes on its
+/// copy. Per 4 KiB page `p`: pages with p % 16 == 15 are holes (never written: the source
+/// sends them as zero ranges from SEEK_HOLE), pages with p % 16 == 7 are written with zeros
+/// (found zero by content), every other page holds words derived from (p, word, seed).
+public enum MigrationPattern {
+    @inline(__always)
+    public static func word(page: Int, word: Int, seed: UInt64) -> UInt64 {
+        switch page % 16 {
+        case 15, 7: 0
+        default: (UInt64(page) &* 0x9E37_79B9_7F4A_7C15) ^ (UInt64(word) &* 0xD6E8_FEB8_6659_FD93) ^ seed
+        }
+    }
+
+    /// The marker a workload writes into word 0 of a page it modifies.
+    @inline(__always)
+    public static func marker(page: Int) -> UInt64 { 0x5752_4954_0000_0000 | UInt64(page) }
+
+    /// Creates (or truncates) `path` with `bytes` of the pattern, leaving the holes unwritten.
+    public static func fill(path: String, bytes: Int, seed: UInt64) throws {
+        let file = try MemoryFile(path: path, length: 0, create: true)
+        let size = try file.size()
+        if size != 0 { throw KernelError("fill", .fileExists, detail: "\(path) could not be truncated") }
+        _ = try MemoryFile(path: path, length: bytes)
+        let mapping = try MemoryMapping.map(file, length: bytes)
+        let pages = bytes / basePageSize
+        for p in 0..<pages where p % 16 != 15 {
+            let words = mapping.page(p * basePageSize / mapping.pageSize).advanced(by: (p * basePageSize) % mapping.pageSize)
+                .assumingMemoryBound(to: UInt64.self)
+            for w in 0..<basePageSize / 8 { words[w] = word(page: p, word: w, seed: seed) }
+        }
+    }
+}
+
+/// A workload whose memory is paged in by `pagerd dest`.
+public struct MigrationWorkload {
+    public enum Backing: String, CaseIterable, Sendable { case anon, shm, hugetlb }
+    public enum Access: String, CaseIterable, Sendable { case sequential, random, strided }
+
+    public var bytes: Int
+    public var backing: Backing
+    public var access: Access
+    public var seed: UInt64
+    /// Every `writeEvery`-th page touched is also written (0: none).
+    public var writeEvery: Int
+
+    public init(bytes: Int, backing: Backing, access: Access, seed: UInt64, writeEvery: Int) {
+        self.bytes = bytes
+        self.backing = backing
+        self.access = access
+        self.seed = seed
+        self.writeEvery = writeEvery
+    }
+
+    public struct Result: Sendable {
+        public var pages: Int
+        public var mismatches: Int
+        public var firstMismatch: String?
+        public var seconds: Double
+        public var waits: LatencySummary
+    }
+
+    /// Maps the memory, hands its userfaultfd to the pager at `socketPath`, touches every
+    /// page in the chosen order (writing to some), then checks every word of every page.
+    public func run(socketPath: String) throws -> Result {
+        let pageSize = backing == .hugetlb ? hugePageSize : basePageSize
+        let memory: MemoryMapping
+        let features: Userfaultfd.Features
+        switch backing {
+        case .anon:
+            memory = try MemoryMapping.anonymous(length: bytes)
+            features = [.eventRemove, .eventUnmap]
+        case .shm:
+            memory = try MemoryMapping.map(try MemoryFile(memfdNamed: "workload", length: bytes), length: bytes)
+            features = [.missingShmem, .eventRemove, .eventUnmap]
+        case .hugetlb:
+            memory = try MemoryMapping.map(try MemoryFile(memfdNamed: "workload", length: bytes, hugetlb: true), length: bytes)
+            features = [.missingHugetlbfs, .eventRemove, .eventUnmap]
+        }
+        let uffd = try Userfaultfd()
+        try uffd.negotiate(features)
+        try uffd.register(memory.range, mode: .missing)
+        // The handoff, in Firecracker's format, written here by hand rather than with the
+        // pager's own encoder, so the test exercises the format and not our round trip.
+        let json = "[{\"base_host_virt_addr\":\(UInt(bitPattern: memory.base)),\"size\":\(bytes),\"offset\":0,\"page_size\":\(pageSize)}]"
+        let socket = try UnixSocket.connect(path: socketPath)
+        defer { try? socket.close() }
+        try uffd.withUnsafeDescriptor { fd in try UnixSocket.send(socket, bytes: Array(json.utf8), descriptors: [fd]) }
+
+        let pages = bytes / basePageSize
+        var order: [Int]
+        switch access {
+        case .sequential:
+            order = Array(0..<pages)
+        case .random:
+            order = Array(0..<pages)
+            var x = seed | 1
+            for i in stride(from: pages - 1, to: 0, by: -1) {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17
+                order.swapAt(i, Int(x % UInt64(i + 1)))
+            }
+        case .strided:
+            let step = 67 // pages: a prime, so every page is visited once
+            order = []
+            order.reserveCapacity(pages)
+            for start in 0..<step { order += stride(from: start, to: pages, by: step) }
+        }
+        var waits: [UInt64] = []
+        var written = Set<Int>()
+        let started = monotonicNanoseconds()
+        for (n, p) in order.enumerated() {
+            let page = memory.base + p * basePageSize
+            let t0 = monotonicNanoseconds()
+            _ = touch(page + 8)
+            let dt = monotonicNanoseconds() - t0
+            if dt > 2000 { waits.append(dt) }
+            if writeEvery > 0 && n % writeEvery == 0 {
+                page.storeBytes(of: MigrationPattern.marker(page: p), as: UInt64.self)
+                written.insert(p)
+            }
+        }
+        let seconds = Double(monotonicNanoseconds() - started) / 1e9
+        var mismatches = 0
+        var first: String?
+        for p in 0..<pages {
+            let words = (memory.base + p * basePageSize).assumingMemoryBound(to: UInt64.self)
+            for w in 0..<basePageSize / 8 {
+                let expected = w == 0 && written.contains(p) ? MigrationPattern.marker(page: p) : MigrationPattern.word(page: p, word: w, seed: seed)
+                if words[w] != expected {
+                    mismatches += 1
+                    if first == nil { first = "page \(p) word \(w): \(hex(words[w])) instead of \(hex(expected))" }
+                }
+            }
+        }
+        return Result(pages: pages, mismatches: mismatches, firstMismatch: first, seconds: seconds, waits: LatencySummary(samples: waits))
+    }
+}

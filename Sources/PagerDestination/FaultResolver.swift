@@ -1,0 +1,471 @@
+import Logging
+import PagerCore
+import PagerKernel
+import PagerTransport
+import PagerWire
+import Synchronization
+import SystemPackage
+
+/// One mapping of a served region into the workload's address space: bytes
+/// `[regionOffset, regionOffset + size)` of the region live at `[base, base + size)`.
+/// The same fields as Firecracker's `GuestRegionUffdMapping`.
+public struct RegionMapping: Equatable, Sendable {
+    public var base: UInt64
+    public var size: UInt64
+    public var regionOffset: UInt64
+    public var pageSize: Int
+
+    public init(base: UInt64, size: UInt64, regionOffset: UInt64, pageSize: Int) {
+        self.base = base
+        self.size = size
+        self.regionOffset = regionOffset
+        self.pageSize = pageSize
+    }
+
+    public var range: AddressRange { AddressRange(start: base, length: size) }
+}
+
+/// Why a migration stopped before every page arrived.
+public enum ResolveError: Error, CustomStringConvertible, Sendable {
+    case sourceLost(String)
+    case sourceRefused(String)
+    case workloadGone
+    case invalidSetup(String)
+    case kernel(KernelError)
+
+    public var description: String {
+        switch self {
+        case .sourceLost(let s): "source lost: \(s); pages not yet fetched were poisoned (the workload gets SIGBUS, never zeros)"
+        case .sourceRefused(let s): "source could not serve a page: \(s); the workload was stopped with SIGBUS on missing pages"
+        case .workloadGone: "the workload's memory went away (process exited)"
+        case .invalidSetup(let s): s
+        case .kernel(let e): "\(e)"
+        }
+    }
+}
+
+/// What a finished migration did.
+public struct ResolveReport: Sendable {
+    public var pages = 0
+    public var pageSize = 0
+    public var faults = 0
+    public var demandRequests = 0
+    public var prefetchRequests = 0
+    public var sweepRequests = 0
+    public var installedPages = 0
+    public var zeroPages = 0
+    public var duplicatePages = 0
+    public var discardedPages = 0
+    public var bytesReceived: UInt64 = 0
+    /// Fault to install, in ns, for every fault the daemon saw.
+    public var faultLatencies: [UInt64] = []
+    public var seconds: Double = 0
+}
+
+/// Resolves the userfaultfd faults of one workload's region by fetching pages from a source.
+///
+/// Threads: the caller's thread reads userfaultfd events and sends requests (urgent on the
+/// demand channel, prefetch on the push channel); one receiver thread per channel installs
+/// PAGE_DATA. All installs and all event reads happen under one lock, so no install can land
+/// between reading a REMOVE/UNMAP event and recording it (the kernel zaps the range right
+/// after the event is read; an install after the zap would resurrect stale data).
+public final class FaultResolver: @unchecked Sendable {
+    private let uffd: Userfaultfd
+    private var mappings: [RegionMapping]
+    private let region: RegionDescriptor
+    private let demand: FrameChannel
+    private let push: FrameChannel
+    private let logger: Logger
+    private let unit: Int
+    private let lock: Mutex<State>
+    private let zeroBuffer: UnsafeMutableRawPointer
+
+    private struct State {
+        var pages: RegionPages
+        var planner = PrefetchPlanner(minWindow: 16, maxWindow: 1024)
+        var faultTimes: [Int: UInt64] = [:]
+        var report = ResolveReport()
+        var failure: ResolveError?
+        var pushComplete = false
+        var completeAcknowledged = false
+        var zeroPageWorks = true
+    }
+
+    /// - Parameter mappings: where the region's pages live in the workload; all with one page size.
+    public init(uffd: Userfaultfd, region: RegionDescriptor, mappings: [RegionMapping], demand: FrameChannel,
+                push: FrameChannel, logger: Logger) throws(ResolveError) {
+        guard let unit = mappings.first?.pageSize, mappings.allSatisfy({ $0.pageSize == unit }) else {
+            throw .invalidSetup("mappings must be non-empty and share one page size")
+        }
+        guard unit >= Int(region.pageSize), unit % Int(region.pageSize) == 0 else {
+            throw .invalidSetup("mapping page size \(unit) is smaller than region \(region.id)'s \(region.pageSize)-byte pages")
+        }
+        for m in mappings {
+            guard m.size > 0, m.size % UInt64(unit) == 0, m.regionOffset % UInt64(unit) == 0, m.base % UInt64(unit) == 0,
+                  m.regionOffset <= region.length, m.size <= region.length - m.regionOffset else {
+                throw .invalidSetup("mapping \(hex(m.base))+\(hex(m.size)) at region offset \(hex(m.regionOffset)) does not fit region \(region.id) (\(hex(region.length)) bytes, \(unit)-byte pages)")
+            }
+        }
+        self.uffd = uffd
+        self.mappings = mappings
+        self.region = region
+        self.demand = demand
+        self.push = push
+        self.logger = logger
+        self.unit = unit
+        zeroBuffer = .allocate(byteCount: unit, alignment: unit)
+        zeroBuffer.initializeMemory(as: UInt8.self, repeating: 0, count: unit)
+        var pages = RegionPages(pageCount: Int(region.length / UInt64(unit)))
+        // Pages of the region that no mapping covers are never wanted.
+        var covered = PageBitmap(count: pages.pageCount)
+        for m in mappings { covered.insert(Int(m.regionOffset) / unit..<Int(m.regionOffset + m.size) / unit) }
+        var i = 0
+        while let start = covered.first(false, from: i) {
+            let end = covered.first(true, from: start) ?? pages.pageCount
+            pages.discard(start..<end)
+            i = end
+        }
+        var state = State(pages: pages)
+        state.report.pages = mappings.reduce(0) { $0 + Int($1.size) / unit }
+        state.report.pageSize = unit
+        lock = Mutex(state)
+    }
+
+    deinit { zeroBuffer.deallocate() }
+
+    // MARK: Running
+
+    /// Resolves faults until every page is local (then unregisters the memory and completes
+    /// the session) or the migration fails (then poisons every page not yet local and throws).
+    public func run() throws(ResolveError) -> ResolveReport {
+        let started = monotonicNanoseconds()
+        let receivers: [KernelThread]
+        do {
+            receivers = [
+                try KernelThread(name: "dst-demand-rx") { [self] in receive(demand) },
+                try KernelThread(name: "dst-push-rx") { [self] in receive(push) },
+            ]
+        } catch {
+            throw .kernel(error)
+        }
+        defer {
+            demand.socket.shutdown()
+            push.socket.shutdown()
+            for r in receivers { r.join() }
+        }
+        var events: [UffdEvent] = []
+        events.reserveCapacity(64)
+        while true {
+            let ready: Bool
+            do { ready = try uffd.waitReadable(timeoutMilliseconds: 20) } catch { throw .kernel(error) }
+            var urgent: [PageRequest] = [], ahead: [PageRequest] = []
+            let status: (done: Bool, failure: ResolveError?) = lock.withLock { state in
+                if ready {
+                    do { try uffd.readEvents(into: &events) } catch let e as KernelError { state.failure = .kernel(e) } catch {}
+                    for event in events { handle(event, &state, &urgent, &ahead) }
+                }
+                // Faulting pages that went back to missing (a retried install) are asked again.
+                for (page, _) in state.faultTimes where state.pages.state(of: page) == .missing {
+                    for run in state.pages.request(page..<page + 1) { urgent.append(request(run, .urgent, &state)) }
+                }
+                // After the push, whatever is still missing (installs that had to be retried) is asked for.
+                if state.pushComplete && state.pages.inFlightCount == 0 && !state.pages.isComplete {
+                    var from = 0
+                    while let p = state.pages.nextMissing(from: from), p >= from {
+                        let runs = state.pages.request(p..<min(state.pages.pageCount, p + 256))
+                        for run in runs { ahead.append(request(run, [], &state)); state.report.sweepRequests += 1 }
+                        from = p + 256
+                    }
+                }
+                return (state.pages.isComplete, state.failure)
+            }
+            if let failure = status.failure {
+                poisonOutstanding()
+                throw failure
+            }
+            do {
+                for r in urgent { try demand.send(.pageRequest(r)) }
+                for r in ahead { try push.send(.pageRequest(r)) }
+            } catch {
+                lock.withLock { $0.failure = $0.failure ?? .sourceLost("\(error)") }
+                continue
+            }
+            if status.done { break }
+        }
+        // Every page is here: the workload runs on local memory from now on.
+        for m in mappings { try? uffd.unregister(m.range) }
+        try? demand.send(.complete(region: region.id, residentBytes: UInt64(lock.withLock { $0.report.pages }) * UInt64(unit)))
+        let deadline = monotonicNanoseconds() + 5_000_000_000
+        while !lock.withLock({ $0.completeAcknowledged }) && monotonicNanoseconds() < deadline {
+            _ = try? demand.socket.waitReadable(timeoutMilliseconds: 10)
+        }
+        try? push.send(.goodbye)
+        try? demand.send(.goodbye)
+        var report = lock.withLock { $0.report }
+        report.seconds = Double(monotonicNanoseconds() - started) / 1e9
+        return report
+    }
+
+    /// Decides what an event needs; runs under the lock.
+    private func handle(_ event: UffdEvent, _ state: inout State, _ urgent: inout [PageRequest], _ ahead: inout [PageRequest]) {
+        switch event {
+        case .pageFault(let address, _, _):
+            guard let page = regionPage(of: address) else {
+                logger.warning("fault at \(hex(address)) outside every mapping")
+                return
+            }
+            state.report.faults += 1
+            if state.faultTimes[page] == nil { state.faultTimes[page] = monotonicNanoseconds() }
+            switch state.pages.state(of: page) {
+            case .discarded:
+                // The workload dropped this page: by the kernel's rules it reads as zeros now.
+                installZeros(page..<page + 1, &state)
+            case .resident:
+                // Installed after the fault was raised; the install woke the thread, but wake
+                // again in case it raced.
+                wake(page..<page + 1)
+                state.faultTimes[page] = nil
+            case .missing, .inFlight:
+                for run in state.pages.request(page..<page + 1) {
+                    urgent.append(request(run, .urgent, &state))
+                    state.report.demandRequests += 1
+                }
+                let plan = state.planner.plan(faultAt: page, pageCount: state.pages.pageCount)
+                for run in state.pages.request(plan.ahead) {
+                    ahead.append(request(run, .prefetch, &state))
+                    state.report.prefetchRequests += 1
+                }
+            }
+        case .remove(let start, let end), .unmap(let start, let end):
+            for (range, _) in regionRanges(start: start, end: end) {
+                state.pages.discard(range)
+                state.report.discardedPages += range.count
+                for p in range { state.faultTimes[p] = nil }
+            }
+        case .remap(let from, let to, let length):
+            // The workload moved memory (mremap): follow it.
+            for i in mappings.indices where mappings[i].base >= from && mappings[i].base + mappings[i].size <= from + length {
+                mappings[i].base = mappings[i].base - from + to
+            }
+        case .fork(let descriptor):
+            // Children are not followed: their copy of the memory resolves nothing. Closing the
+            // descriptor makes the kernel unregister it, so the child does not hang.
+            logger.warning("workload forked; the child's memory is not paged (its userfaultfd \(descriptor) is closed)")
+            try? FileDescriptor(rawValue: descriptor).close()
+        case .unknown(let code):
+            logger.warning("unknown userfaultfd event \(code)")
+        }
+    }
+
+    private func request(_ run: Range<Int>, _ flags: PageRequest.Flags, _ state: inout State) -> PageRequest {
+        PageRequest(requestID: UInt32(truncatingIfNeeded: run.lowerBound), region: region.id,
+                    offset: UInt64(run.lowerBound * unit), length: UInt64(run.count * unit), flags: flags)
+    }
+
+    // MARK: Receiving
+
+    private func receive(_ channel: FrameChannel) {
+        while true {
+            let incoming: Incoming
+            do {
+                incoming = try channel.receive()
+            } catch {
+                lock.withLock { state in
+                    if !state.pages.isComplete && state.failure == nil {
+                        if case .peerError(_, let e) = error, e.code == .shuttingDown { state.failure = .sourceLost("source is shutting down") }
+                        else { state.failure = .sourceLost("\(error)") }
+                    }
+                }
+                return
+            }
+            switch incoming {
+            case .pageData(let header, let data):
+                guard header.region == region.id, header.offset % UInt64(unit) == 0, header.length % UInt64(unit) == 0 else {
+                    lock.withLock { $0.failure = .sourceLost("PAGE_DATA for region \(header.region) at \(hex(header.offset))+\(hex(header.length)) does not fit \(unit)-byte pages of region \(region.id)") }
+                    return
+                }
+                let first = Int(header.offset) / unit
+                let range = first..<first + Int(header.length) / unit
+                lock.withLock { state in
+                    state.report.bytesReceived += UInt64(data.count)
+                    let wanted = state.pages.accept(range)
+                    state.report.duplicatePages += range.count - wanted.reduce(0) { $0 + $1.count }
+                    for run in wanted {
+                        if header.encoding == .zero {
+                            install(run, from: nil, &state)
+                        } else {
+                            install(run, from: data.baseAddress! + (run.lowerBound - first) * unit, &state)
+                        }
+                    }
+                }
+            case .message(.pushComplete):
+                lock.withLock { $0.pushComplete = true }
+            case .message(.completeAck):
+                lock.withLock { $0.completeAcknowledged = true }
+            case .message(.error(let e)):
+                lock.withLock { $0.failure = .sourceRefused("request \(e.requestID): \(e.code): \(e.message)") }
+                return
+            case .message(.pong):
+                break
+            case .message(let other):
+                lock.withLock { $0.failure = .sourceLost("unexpected \(other.type) from the source") }
+                return
+            }
+        }
+    }
+
+    // MARK: Installing (always under the lock)
+
+    /// Installs region pages `run` from `source` (nil: zeros), recording latencies.
+    private func install(_ run: Range<Int>, from source: UnsafeRawPointer?, _ state: inout State) {
+        guard let source else {
+            installZeros(run, &state)
+            return
+        }
+        for (address, pages) in destinations(run) {
+            var done = 0
+            while done < pages.count {
+                let outcome: InstallOutcome
+                do {
+                    outcome = try uffd.copy(to: address + UInt64(done * unit), from: source + (pages.lowerBound - run.lowerBound + done) * unit,
+                                            length: UInt64((pages.count - done) * unit))
+                } catch {
+                    state.failure = .kernel(error)
+                    return
+                }
+                done += settle(outcome, pages.lowerBound + done..<pages.upperBound, &state)
+            }
+        }
+        state.report.installedPages += run.count
+        recordLatency(run, &state)
+    }
+
+    private func installZeros(_ run: Range<Int>, _ state: inout State) {
+        for (address, pages) in destinations(run) {
+            var done = 0
+            while done < pages.count {
+                let at = address + UInt64(done * unit)
+                let outcome: InstallOutcome
+                do {
+                    if state.zeroPageWorks {
+                        do {
+                            outcome = try uffd.zeroPage(AddressRange(start: at, length: UInt64((pages.count - done) * unit)))
+                        } catch let e where e.errno == .invalidArgument {
+                            // UFFDIO_ZEROPAGE is for anonymous memory only; shmem and hugetlbfs get copies of zeros.
+                            state.zeroPageWorks = false
+                            continue
+                        }
+                    } else {
+                        outcome = try uffd.copy(to: at, from: zeroBuffer, length: UInt64(unit))
+                    }
+                } catch {
+                    state.failure = .kernel(error)
+                    return
+                }
+                let step = state.zeroPageWorks ? pages.count - done : 1
+                let settled = settle(outcome, pages.lowerBound + done..<pages.lowerBound + done + step, &state)
+                done += settled
+            }
+        }
+        state.pages.zeroFilled(run)
+        state.report.zeroPages += run.count
+        recordLatency(run, &state)
+    }
+
+    /// Applies an install outcome to the pages tried; returns how many pages it dealt with.
+    private func settle(_ outcome: InstallOutcome, _ pages: Range<Int>, _ state: inout State) -> Int {
+        switch outcome {
+        case .installed(let bytes):
+            return max(1, Int(bytes) / unit)
+        case .alreadyPresent(let before):
+            // The page after `before` bytes is present (it arrived another way): skip it, wake
+            // anyone waiting on it.
+            let present = pages.lowerBound + Int(before) / unit
+            wake(present..<present + 1)
+            return Int(before) / unit + 1
+        case .retry(let before):
+            // The workload's mappings are changing (an event is pending): the rest goes back to
+            // missing and is requested again after the event is read.
+            let installed = Int(before) / unit
+            state.pages.invalidate(pages.lowerBound + installed..<pages.upperBound)
+            return pages.count
+        case .targetGone:
+            state.failure = .workloadGone
+            return pages.count
+        }
+    }
+
+    private func recordLatency(_ run: Range<Int>, _ state: inout State) {
+        guard !state.faultTimes.isEmpty else { return }
+        let now = monotonicNanoseconds()
+        for p in run {
+            if let t = state.faultTimes.removeValue(forKey: p) { state.report.faultLatencies.append(now - t) }
+        }
+    }
+
+    private func wake(_ run: Range<Int>) {
+        for (address, pages) in destinations(run) {
+            try? uffd.wake(AddressRange(start: address, length: UInt64(pages.count * unit)))
+        }
+    }
+
+    /// When the source is lost: every page not yet local is poisoned, so the workload gets
+    /// SIGBUS on it instead of zeros or a hang.
+    private func poisonOutstanding() {
+        lock.withLock { state in
+            var from = 0
+            while from < state.pages.pageCount {
+                guard let p = firstOutstanding(state.pages, from: from) else { break }
+                var end = p + 1
+                while end < state.pages.pageCount, [.missing, .inFlight].contains(state.pages.state(of: end)) { end += 1 }
+                for (address, pages) in destinations(p..<end) {
+                    _ = try? uffd.poison(AddressRange(start: address, length: UInt64(pages.count * unit)))
+                }
+                from = end
+            }
+        }
+    }
+
+    private func firstOutstanding(_ pages: RegionPages, from: Int) -> Int? {
+        var i = from
+        while i < pages.pageCount {
+            let s = pages.state(of: i)
+            if s == .missing || s == .inFlight { return i }
+            i += 1
+        }
+        return nil
+    }
+
+    // MARK: Address translation
+
+    private func regionPage(of address: UInt64) -> Int? {
+        for m in mappings where address >= m.base && address < m.base + m.size {
+            return Int((m.regionOffset + (address - m.base)) / UInt64(unit))
+        }
+        return nil
+    }
+
+    /// Region page ranges covered by `[start, end)` of the address space.
+    private func regionRanges(start: UInt64, end: UInt64) -> [(Range<Int>, UInt64)] {
+        var result: [(Range<Int>, UInt64)] = []
+        for m in mappings {
+            let lo = max(start, m.base), hi = min(end, m.base + m.size)
+            guard lo < hi else { continue }
+            let first = Int((m.regionOffset + (lo - m.base)) / UInt64(unit))
+            let last = Int((m.regionOffset + (hi - m.base) + UInt64(unit) - 1) / UInt64(unit))
+            result.append((first..<last, lo))
+        }
+        return result
+    }
+
+    /// Where region pages `run` live: (address of the first page, the pages) per mapping.
+    private func destinations(_ run: Range<Int>) -> [(UInt64, Range<Int>)] {
+        var result: [(UInt64, Range<Int>)] = []
+        for m in mappings {
+            let first = Int(m.regionOffset) / unit, last = Int(m.regionOffset + m.size) / unit
+            let lo = max(run.lowerBound, first), hi = min(run.upperBound, last)
+            if lo < hi { result.append((m.base + UInt64((lo - first) * unit), lo..<hi)) }
+        }
+        return result
+    }
+}

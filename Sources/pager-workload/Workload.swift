@@ -1,0 +1,44 @@
+import ArgumentParser
+import PagerBenchKit
+
+/// Test and benchmark workload for pagerd: fills source files with a known pattern, and runs
+/// a process whose memory is paged in by `pagerd dest` and checked page by page.
+@main
+struct PagerWorkload: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pager-workload",
+        abstract: "A workload for testing pagerd: fill a source file, or run with lazily migrated memory.",
+        subcommands: [Fill.self, Run.self]
+    )
+
+    struct Fill: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Write the test pattern into a file (with holes).")
+        @Option var file: String
+        @Option var sizeMiB: Int
+        @Option var seed: UInt64 = 1
+        func run() throws {
+            try MigrationPattern.fill(path: file, bytes: sizeMiB << 20, seed: seed)
+            print("filled \(file): \(sizeMiB) MiB, seed \(seed)")
+        }
+    }
+
+    struct Run: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Hand this process's memory to pagerd dest, touch it, verify it.")
+        @Option(help: "pagerd dest's --uffd-socket.") var socket: String
+        @Option var sizeMiB: Int
+        @Option(help: "anon, shm or hugetlb.") var backing: String = "anon"
+        @Option(help: "sequential, random or strided.") var access: String = "random"
+        @Option var seed: UInt64 = 1
+        @Option(help: "Write to every N-th page touched (0: none).") var writeEvery = 13
+
+        func run() throws {
+            guard let b = MigrationWorkload.Backing(rawValue: backing) else { throw ValidationError("--backing: anon, shm or hugetlb") }
+            guard let a = MigrationWorkload.Access(rawValue: access) else { throw ValidationError("--access: sequential, random or strided") }
+            let w = MigrationWorkload(bytes: sizeMiB << 20, backing: b, access: a, seed: seed, writeEvery: writeEvery)
+            let r = try w.run(socketPath: socket)
+            print("workload: \(r.mismatches == 0 ? "ok" : "CORRUPT") pages=\(r.pages) backing=\(backing) access=\(access) mismatches=\(r.mismatches) touch-seconds=\(r.seconds) waits=\(r.waits.count) wait-p50-ns=\(r.waits.p50) wait-p99-ns=\(r.waits.p99)")
+            if let first = r.firstMismatch { print("first mismatch: \(first)") }
+            if r.mismatches != 0 { throw ExitCode(1) }
+        }
+    }
+}
