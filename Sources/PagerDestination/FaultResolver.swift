@@ -79,16 +79,25 @@ public final class FaultResolver: @unchecked Sendable {
     private let unit: Int
     private let lock: Mutex<State>
     private let zeroBuffer: UnsafeMutableRawPointer
+    /// Pages installed per lock hold: 64 KiB of 4 KiB pages (one UFFDIO_COPY of 16 pages
+    /// measured near the best copy rate here), or one huge page.
+    private var installBatch: Int { max(1, (64 << 10) / unit) }
 
     private struct State {
         var pages: RegionPages
-        var planner = PrefetchPlanner(minWindow: 16, maxWindow: 1024)
+        var planner: PrefetchPlanner
+        /// Pages asked for on the demand channel; a fault on a page asked for only as prefetch
+        /// (queued behind push data) is asked for again, urgently.
+        var urgentAsked: PageBitmap
         var faultTimes: [Int: UInt64] = [:]
         var report = ResolveReport()
         var failure: ResolveError?
         var pushComplete = false
         var completeAcknowledged = false
         var zeroPageWorks = true
+        /// GOODBYE sent: connection errors from here on are the expected close.
+        var finishing = false
+        var receiversDone = 0
     }
 
     /// - Parameter mappings: where the region's pages live in the workload; all with one page size.
@@ -125,7 +134,9 @@ public final class FaultResolver: @unchecked Sendable {
             pages.discard(start..<end)
             i = end
         }
-        var state = State(pages: pages)
+        // Windows in bytes, as CRIU's lazy-pages: 64 KiB after a fault, growing to 4 MiB.
+        let planner = PrefetchPlanner(minWindow: max(1, (64 << 10) / unit), maxWindow: max(1, (4 << 20) / unit))
+        var state = State(pages: pages, planner: planner, urgentAsked: PageBitmap(count: pages.pageCount))
         state.report.pages = mappings.reduce(0) { $0 + Int($1.size) / unit }
         state.report.pageSize = unit
         lock = Mutex(state)
@@ -148,7 +159,16 @@ public final class FaultResolver: @unchecked Sendable {
         } catch {
             throw .kernel(error)
         }
+        var finishedCleanly = false
         defer {
+            if finishedCleanly {
+                // After GOODBYE the source closes both connections; wait for that (bounded) so
+                // neither side resets a connection with data still unread.
+                let deadline = monotonicNanoseconds() + 2_000_000_000
+                while !lock.withLock({ $0.receiversDone == 2 }) && monotonicNanoseconds() < deadline {
+                    _ = try? uffd.waitReadable(timeoutMilliseconds: 5)
+                }
+            }
             demand.socket.shutdown()
             push.socket.shutdown()
             for r in receivers { r.join() }
@@ -166,7 +186,10 @@ public final class FaultResolver: @unchecked Sendable {
                 }
                 // Faulting pages that went back to missing (a retried install) are asked again.
                 for (page, _) in state.faultTimes where state.pages.state(of: page) == .missing {
-                    for run in state.pages.request(page..<page + 1) { urgent.append(request(run, .urgent, &state)) }
+                    for run in state.pages.request(page..<page + 1) {
+                    state.urgentAsked.insert(run)
+                    urgent.append(request(run, .urgent, &state))
+                }
                 }
                 // After the push, whatever is still missing (installs that had to be retried) is asked for.
                 if state.pushComplete && state.pages.inFlightCount == 0 && !state.pages.isComplete {
@@ -199,8 +222,10 @@ public final class FaultResolver: @unchecked Sendable {
         while !lock.withLock({ $0.completeAcknowledged }) && monotonicNanoseconds() < deadline {
             _ = try? demand.socket.waitReadable(timeoutMilliseconds: 10)
         }
+        lock.withLock { $0.finishing = true }
         try? push.send(.goodbye)
         try? demand.send(.goodbye)
+        finishedCleanly = true
         var report = lock.withLock { $0.report }
         report.seconds = Double(monotonicNanoseconds() - started) / 1e9
         return report
@@ -225,8 +250,18 @@ public final class FaultResolver: @unchecked Sendable {
                 // again in case it raced.
                 wake(page..<page + 1)
                 state.faultTimes[page] = nil
-            case .missing, .inFlight:
+            case .inFlight where !state.urgentAsked.contains(page) && state.planner.direction == .none:
+                // Requested as prefetch, so its reply may be queued behind push data: ask again
+                // on the demand channel (whichever copy arrives second is dropped). Not during a
+                // sequential scan: there the page heads an ordered prefetch and arrives next.
+                state.urgentAsked.insert(page)
+                urgent.append(request(page..<page + 1, .urgent, &state))
+                state.report.demandRequests += 1
+            case .inFlight:
+                break
+            case .missing:
                 for run in state.pages.request(page..<page + 1) {
+                    state.urgentAsked.insert(run)
                     urgent.append(request(run, .urgent, &state))
                     state.report.demandRequests += 1
                 }
@@ -265,13 +300,15 @@ public final class FaultResolver: @unchecked Sendable {
     // MARK: Receiving
 
     private func receive(_ channel: FrameChannel) {
+        defer { lock.withLock { $0.receiversDone += 1 } }
+        let assembly = UnitAssembly(unit: unit)
         while true {
             let incoming: Incoming
             do {
                 incoming = try channel.receive()
             } catch {
                 lock.withLock { state in
-                    if !state.pages.isComplete && state.failure == nil {
+                    if !state.finishing && !state.pages.isComplete && state.failure == nil {
                         if case .peerError(_, let e) = error, e.code == .shuttingDown { state.failure = .sourceLost("source is shutting down") }
                         else { state.failure = .sourceLost("\(error)") }
                     }
@@ -280,24 +317,12 @@ public final class FaultResolver: @unchecked Sendable {
             }
             switch incoming {
             case .pageData(let header, let data):
-                guard header.region == region.id, header.offset % UInt64(unit) == 0, header.length % UInt64(unit) == 0 else {
-                    lock.withLock { $0.failure = .sourceLost("PAGE_DATA for region \(header.region) at \(hex(header.offset))+\(hex(header.length)) does not fit \(unit)-byte pages of region \(region.id)") }
+                guard header.region == region.id, header.offset + header.length <= region.length else {
+                    lock.withLock { $0.failure = .sourceLost("PAGE_DATA for region \(header.region) at \(hex(header.offset))+\(hex(header.length)) is not in region \(region.id) (\(hex(region.length)) bytes)") }
                     return
                 }
-                let first = Int(header.offset) / unit
-                let range = first..<first + Int(header.length) / unit
-                lock.withLock { state in
-                    state.report.bytesReceived += UInt64(data.count)
-                    let wanted = state.pages.accept(range)
-                    state.report.duplicatePages += range.count - wanted.reduce(0) { $0 + $1.count }
-                    for run in wanted {
-                        if header.encoding == .zero {
-                            install(run, from: nil, &state)
-                        } else {
-                            install(run, from: data.baseAddress! + (run.lowerBound - first) * unit, &state)
-                        }
-                    }
-                }
+                lock.withLock { $0.report.bytesReceived += UInt64(data.count) }
+                deliver(header, data, assembly: assembly)
             case .message(.pushComplete):
                 lock.withLock { $0.pushComplete = true }
             case .message(.completeAck):
@@ -311,6 +336,48 @@ public final class FaultResolver: @unchecked Sendable {
                 lock.withLock { $0.failure = .sourceLost("unexpected \(other.type) from the source") }
                 return
             }
+        }
+    }
+
+    /// Installs a PAGE_DATA frame: whole units directly, pieces of a unit (a huge page that the
+    /// source sent as several zero and data runs) gathered in `assembly` until complete.
+    private func deliver(_ header: PageDataHeader, _ data: UnsafeRawBufferPointer, assembly: UnitAssembly) {
+        let u = UInt64(unit)
+        var offset = header.offset
+        let end = header.offset + header.length
+        while offset < end {
+            let unitStart = offset / u * u
+            if offset == unitStart && end - offset >= u {
+                let count = Int((end - offset) / u)
+                let source = header.encoding == .zero ? nil : data.baseAddress! + Int(offset - header.offset)
+                installUnits(Int(offset / u)..<Int(offset / u) + count, from: source)
+                offset += UInt64(count) * u
+                continue
+            }
+            let pieceEnd = min(end, unitStart + u)
+            let piece = header.encoding == .zero ? nil : data.baseAddress! + Int(offset - header.offset)
+            if assembly.add(unit: Int(offset / u), at: Int(offset - unitStart), length: Int(pieceEnd - offset), from: piece) {
+                installUnits(assembly.unitIndex..<assembly.unitIndex + 1, from: UnsafeRawPointer(assembly.buffer))
+                assembly.reset()
+            }
+            offset = pieceEnd
+        }
+    }
+
+    /// Installs whole units, in batches, taking the lock per batch: a fault (which needs the
+    /// lock to read its event) waits for at most one batch, not a whole 2 MiB frame.
+    private func installUnits(_ units: Range<Int>, from source: UnsafeRawPointer?) {
+        var at = units.lowerBound
+        while at < units.upperBound {
+            let batch = at..<min(units.upperBound, at + installBatch)
+            lock.withLock { state in
+                let wanted = state.pages.accept(batch)
+                state.report.duplicatePages += batch.count - wanted.reduce(0) { $0 + $1.count }
+                for run in wanted {
+                    install(run, from: source.map { $0 + (run.lowerBound - units.lowerBound) * unit }, &state)
+                }
+            }
+            at = batch.upperBound
         }
     }
 
@@ -467,5 +534,40 @@ public final class FaultResolver: @unchecked Sendable {
             if lo < hi { result.append((m.base + UInt64((lo - first) * unit), lo..<hi)) }
         }
         return result
+    }
+}
+
+/// Gathers the pieces of one unit (a huge page) that arrive in several frames on one channel.
+/// The source sends the runs of one request or push chunk consecutively, so one assembly per
+/// channel suffices; an unfinished unit is dropped when another begins (it is fetched again).
+final class UnitAssembly {
+    let buffer: UnsafeMutableRawPointer
+    private let unit: Int
+    private(set) var unitIndex = -1
+    private var filled: PageBitmap
+
+    init(unit: Int) {
+        self.unit = unit
+        buffer = .allocate(byteCount: unit, alignment: unit)
+        filled = PageBitmap(count: unit / 4096)
+    }
+
+    deinit { buffer.deallocate() }
+
+    func reset() {
+        unitIndex = -1
+        filled.remove(0..<filled.count)
+    }
+
+    /// Adds bytes (nil: zeros) at `at` within unit `index`; returns true when the unit is whole.
+    func add(unit index: Int, at: Int, length: Int, from source: UnsafeRawPointer?) -> Bool {
+        if index != unitIndex {
+            reset()
+            unitIndex = index
+        }
+        if let source { (buffer + at).copyMemory(from: source, byteCount: length) }
+        else { (buffer + at).initializeMemory(as: UInt8.self, repeating: 0, count: length) }
+        filled.insert(at / 4096..<(at + length) / 4096)
+        return filled.population == filled.count
     }
 }

@@ -33,9 +33,11 @@ public final class SourceServer: @unchecked Sendable {
         public var failedSessions = 0
     }
 
-    /// Push frames carry at most this many bytes: small enough that the destination's install
-    /// lock is never held long (a fault waits for at most one such install).
-    public var pushChunk = 256 << 10
+    /// Push frames carry at most this many bytes, from 2 MiB-aligned positions when nothing
+    /// was sent out of order: a destination with 2 MiB pages (hugetlbfs) installs whole
+    /// pages, so push data must come in whole 2 MiB units. (Destinations install big frames
+    /// in small batches, so frame size does not delay their faults.)
+    public var pushChunk = 2 << 20
 
     public init(listen: Endpoint, regions: [ServedRegion], logger: Logger) throws(KernelError) {
         self.regions = regions
@@ -72,6 +74,7 @@ public final class SourceServer: @unchecked Sendable {
     // MARK: Connections
 
     private func serve(_ channel: FrameChannel) {
+        var joined: SourceSession?
         channel.socket.setBufferSizes(4 << 20)
         // A peer that connects and says nothing must not hold a thread forever.
         channel.socket.setReceiveTimeout(milliseconds: 10_000)
@@ -88,6 +91,7 @@ public final class SourceServer: @unchecked Sendable {
             let features = hello.features.intersection([.checksums, .resume, .hugePages])
             if hello.resumeSession == 0 {
                 let session = SourceSession(features: features, peer: channel.peer)
+                joined = session
                 sessions.withLock { $0[session.id] = session }
                 counters.withLock { $0.sessions += 1 }
                 defer { sessions.withLock { _ = $0.removeValue(forKey: session.id) } }
@@ -99,6 +103,7 @@ public final class SourceServer: @unchecked Sendable {
                 guard let session = sessions.withLock({ $0[hello.resumeSession] }), session.token == hello.resumeToken else {
                     throw SessionError.refuse(.unexpectedMessage, "no session \(hex(hello.resumeSession)) with that token")
                 }
+                joined = session
                 try welcome(channel, session: session)
                 logger.info("session \(hex(session.id)): push channel open from \(channel.peer)")
                 try servePush(channel, session: session)
@@ -107,6 +112,8 @@ public final class SourceServer: @unchecked Sendable {
             logger.warning("\(channel.peer): \(code): \(message)")
             counters.withLock { $0.failedSessions += 1 }
             try? channel.send(.error(ProtocolError(code: code, message: message)))
+        } catch where joined?.saidGoodbye == true {
+            // The destination said GOODBYE: whatever breaks while the connections close is expected.
         } catch let error as ChannelError {
             switch error {
             case .closed: logger.info("\(channel.peer) disconnected")
@@ -150,7 +157,7 @@ public final class SourceServer: @unchecked Sendable {
             case .ping(let token, let timestamp):
                 try channel.send(.pong(token: token, timestamp: timestamp))
             case .goodbye:
-                session.close()
+                session.goodbye()
                 return
             default:
                 throw SessionError.refuse(.unexpectedMessage, "\(message.type) is not expected on the demand channel")
@@ -224,7 +231,7 @@ public final class SourceServer: @unchecked Sendable {
                     case .ping(let t, let ts):
                         try channel.send(.pong(token: t, timestamp: ts))
                     case .goodbye:
-                        session.close()
+                        session.goodbye()
                         return
                     default:
                         logger.warning("session \(hex(session.id)): \(m.type) on the push channel, closing it")
@@ -289,6 +296,7 @@ final class SourceSession: @unchecked Sendable {
     struct State {
         var queue: [PageRequest] = []
         var closed = false
+        var goodbye = false
         /// Pages sent to this destination at least once, per region (answers and push).
         var sent: [UInt32: PageBitmap] = [:]
         var demand: FrameChannel?
@@ -314,6 +322,13 @@ final class SourceSession: @unchecked Sendable {
     func dequeue() -> PageRequest? { state.withLock { $0.queue.isEmpty ? nil : $0.queue.removeFirst() } }
 
     var isClosed: Bool { state.withLock { $0.closed } }
+    var saidGoodbye: Bool { state.withLock { $0.goodbye } }
+
+    /// The destination ended the session cleanly.
+    func goodbye() {
+        state.withLock { $0.goodbye = true }
+        close()
+    }
 
     func close() {
         let demand = state.withLock { s -> FrameChannel? in
