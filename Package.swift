@@ -120,5 +120,7 @@ let package = Package(
         .testTarget(name: "PagerWireTests", dependencies: ["PagerWire"]),
         .testTarget(name: "PagerCoreTests", dependencies: ["PagerCore"]),
         .testTarget(name: "PagerKernelTests", dependencies: ["PagerKernel", "PagerWire"]),
+        // Separate processes (release builds of pagerd and pager-workload) in network namespaces.
+        .testTarget(name: "IntegrationTests", dependencies: ["PagerKernel", "PagerWire", "PagerTransport"]),
     ]
 )

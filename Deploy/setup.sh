@@ -14,8 +14,9 @@ if ! command -v swift >/dev/null 2>&1; then
 fi
 
 # liburing-dev: io_uring transport. libibverbs-dev/librdmacm-dev: lets the RDMA trait build be
-# checked (the default build does not need them). pkg-config: finds liburing.
-packages=(liburing-dev pkg-config libibverbs-dev librdmacm-dev)
+# checked (the default build does not need them). pkg-config: finds liburing. iproute2: network
+# namespaces and tc for the two-host tests and benchmarks.
+packages=(liburing-dev pkg-config libibverbs-dev librdmacm-dev iproute2)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

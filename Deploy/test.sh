@@ -9,6 +9,9 @@ log=$(mktemp -d)
 trap 'rm -rf "$log"' EXIT
 
 echo "== build and test"
+# The integration tests run release builds of pagerd and pager-workload as separate processes.
+swift build -c release --product pagerd
+swift build -c release --product pager-workload
 swift build --build-tests
 swift test --skip-build 2>&1 | tee "$log/test.txt"
 sed 's/\x1b\[[0-9;]*m//g' "$log/test.txt" > "$log/plain.txt"

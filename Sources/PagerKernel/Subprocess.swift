@@ -1,7 +1,8 @@
+import CPagerKernel
 import Glibc
 import SystemPackage
 
-/// Runs a program to completion (`posix_spawn`), capturing its standard output.
+/// Runs a program to completion (`posix_spawn`), capturing its standard output and error.
 /// The corresponding C functions are `posix_spawn` and `waitpid`.
 public func runProgram(_ path: String, _ arguments: [String]) throws(KernelError) -> (status: Int32, output: String) {
     var pipeFDs: [Int32] = [-1, -1]
@@ -12,6 +13,7 @@ public func runProgram(_ path: String, _ arguments: [String]) throws(KernelError
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
     posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 1)
+    posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 2)
     let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
     defer { for p in argv { free(p) } }
     var pid = pid_t()
@@ -44,4 +46,60 @@ public func executableDirectory() -> String {
     guard n > 0 else { return "." }
     let path = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     return String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
+}
+
+/// A child process started in the background, its output (stdout and stderr) going to a
+/// file. Waiting uses a pidfd (`pidfd_open` + `poll`): an event, not a sleep loop.
+public final class ChildProcess: @unchecked Sendable {
+    public let pid: pid_t
+    public let outputPath: String
+    private let pidfd: Int32
+    public private(set) var status: Int32?
+
+    public init(_ path: String, _ arguments: [String], outputPath: String) throws(KernelError) {
+        let out = open(outputPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        if out < 0 { throw KernelError("open", Errno(rawValue: Glibc.errno), detail: outputPath) }
+        defer { close(out) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, out, 1)
+        posix_spawn_file_actions_adddup2(&actions, out, 2)
+        let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
+        defer { for p in argv { free(p) } }
+        var child = pid_t()
+        let rc = posix_spawn(&child, path, &actions, nil, argv, environ)
+        if rc != 0 { throw KernelError("posix_spawn", Errno(rawValue: rc), detail: path) }
+        pid = child
+        self.outputPath = outputPath
+        pidfd = pager_pidfd_open(child)
+    }
+
+    deinit {
+        if status == nil { kill(pid, SIGKILL); _ = wait(timeoutMilliseconds: 5000) }
+        if pidfd >= 0 { close(pidfd) }
+    }
+
+    /// Waits until the process exits or the timeout passes; returns its exit status
+    /// (128 + signal if killed by one), or nil on timeout.
+    @discardableResult
+    public func wait(timeoutMilliseconds: Int32) -> Int32? {
+        if let status { return status }
+        if pidfd >= 0 {
+            var pfd = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
+            while poll(&pfd, 1, timeoutMilliseconds) < 0 && Glibc.errno == EINTR {}
+            if pfd.revents == 0 { return nil }
+        }
+        var raw: Int32 = 0
+        let r = waitpid(pid, &raw, 0)
+        guard r == pid else { return nil }
+        status = (raw & 0x7F) == 0 ? (raw >> 8) & 0xFF : 128 + (raw & 0x7F)
+        return status
+    }
+
+    /// Sends `signal` to the process.
+    public func signal(_ signal: Int32) { if status == nil { kill(pid, signal) } }
+
+    /// Everything the process printed so far.
+    public var output: String { (try? readWholeFile(outputPath)) ?? "" }
 }

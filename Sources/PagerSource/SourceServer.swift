@@ -39,6 +39,9 @@ public final class SourceServer: @unchecked Sendable {
     /// in small batches, so frame size does not delay their faults.)
     public var pushChunk = 2 << 20
 
+    /// A connection that has not completed its HELLO within this time is closed.
+    public var handshakeTimeoutMilliseconds = 10_000
+
     public init(listen: Endpoint, regions: [ServedRegion], logger: Logger) throws(KernelError) {
         self.regions = regions
         self.logger = logger
@@ -77,7 +80,7 @@ public final class SourceServer: @unchecked Sendable {
         var joined: SourceSession?
         channel.socket.setBufferSizes(4 << 20)
         // A peer that connects and says nothing must not hold a thread forever.
-        channel.socket.setReceiveTimeout(milliseconds: 10_000)
+        channel.socket.setReceiveTimeout(milliseconds: handshakeTimeoutMilliseconds)
         do {
             guard case .message(.hello(let hello)) = try channel.receive() else {
                 throw SessionError.refuse(.unexpectedMessage, "the first frame must be HELLO")

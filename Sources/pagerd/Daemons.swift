@@ -23,6 +23,7 @@ struct SourceCommand: ParsableCommand {
     @Option(help: "Address and port to listen on, e.g. 0.0.0.0:7070.") var listen: String
     @Option(name: .customLong("region"), help: "A file to serve (repeatable); region ids are 1, 2, ... in order.")
     var regions: [String]
+    @Option(help: "Close connections that send no HELLO within this many milliseconds.") var handshakeTimeoutMs = 10_000
     @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
 
     func validate() throws {
@@ -35,6 +36,7 @@ struct SourceCommand: ParsableCommand {
         var served: [ServedRegion] = []
         for (i, path) in regions.enumerated() { served.append(try ServedRegion(id: UInt32(i + 1), path: path)) }
         let server = try SourceServer(listen: Endpoint(listen)!, regions: served, logger: logger)
+        server.handshakeTimeoutMilliseconds = handshakeTimeoutMs
         try TerminationSignals.start { signal in
             logger.info("signal \(signal): stopping")
             server.stop()

@@ -222,6 +222,12 @@ void pager_set_thread_name(const char *name);
 /// compiler cannot drop a read whose only purpose is to touch (fault in) memory.
 uint64_t pager_touch_read(const volatile void *p);
 
+/// pidfd_open(2): a descriptor that becomes readable when the process exits. -errno on failure.
+static inline int pager_pidfd_open(int pid) {
+    long r = syscall(434 /* __NR_pidfd_open */, pid, 0);
+    return r < 0 ? -errno : (int)r;
+}
+
 /// gettid(2).
 int pager_gettid(void);
 
