@@ -121,6 +121,6 @@ let package = Package(
         .testTarget(name: "PagerCoreTests", dependencies: ["PagerCore"]),
         .testTarget(name: "PagerKernelTests", dependencies: ["PagerKernel", "PagerWire"]),
         // Separate processes (release builds of pagerd and pager-workload) in network namespaces.
-        .testTarget(name: "IntegrationTests", dependencies: ["PagerKernel", "PagerWire", "PagerTransport"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["PagerKernel", "PagerWire", "PagerTransport", "PagerBenchKit"]),
     ]
 )

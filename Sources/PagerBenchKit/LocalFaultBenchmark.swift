@@ -7,6 +7,8 @@ public struct LatencySummary: Sendable, CustomStringConvertible {
     public var p50: UInt64
     public var p90: UInt64
     public var p99: UInt64
+    public var p999: UInt64 = 0
+    public var max: UInt64 = 0
     public var mean: Double
 
     public init(samples: [UInt64]) {
@@ -16,6 +18,8 @@ public struct LatencySummary: Sendable, CustomStringConvertible {
         p50 = at(0.5)
         p90 = at(0.9)
         p99 = at(0.99)
+        p999 = at(0.999)
+        max = sorted.last ?? 0
         mean = sorted.isEmpty ? 0 : Double(sorted.reduce(0, +)) / Double(sorted.count)
     }
 

@@ -36,7 +36,12 @@ public enum MigrationPattern {
 /// A workload whose memory is paged in by `pagerd dest`.
 public struct MigrationWorkload {
     public enum Backing: String, CaseIterable, Sendable { case anon, shm, hugetlb }
-    public enum Access: String, CaseIterable, Sendable { case sequential, random, strided }
+    public enum Access: String, CaseIterable, Sendable {
+        case sequential, random, strided
+        /// Touch nothing: wait until the pager has made all memory local (it closes the handoff
+        /// connection then), which times a full background transfer.
+        case none
+    }
 
     public var bytes: Int
     public var backing: Backing
@@ -44,8 +49,11 @@ public struct MigrationWorkload {
     public var seed: UInt64
     /// Every `writeEvery`-th page touched is also written (0: none).
     public var writeEvery: Int
+    /// Touch only this many pages (in access order), and verify only those; nil: all.
+    public var touchPages: Int?
 
-    public init(bytes: Int, backing: Backing, access: Access, seed: UInt64, writeEvery: Int) {
+    public init(bytes: Int, backing: Backing, access: Access, seed: UInt64, writeEvery: Int, touchPages: Int? = nil) {
+        self.touchPages = touchPages
         self.bytes = bytes
         self.backing = backing
         self.access = access
@@ -91,7 +99,7 @@ public struct MigrationWorkload {
         let pages = bytes / basePageSize
         var order: [Int]
         switch access {
-        case .sequential:
+        case .sequential, .none:
             order = Array(0..<pages)
         case .random:
             order = Array(0..<pages)
@@ -109,6 +117,18 @@ public struct MigrationWorkload {
         var waits: [UInt64] = []
         var written = Set<Int>()
         let started = monotonicNanoseconds()
+        if access == .none {
+            // The pager closes the handoff connection once every page is local.
+            var byte: [UInt8] = [0]
+            while true {
+                let got = try UnixSocket.receive(socket, maxBytes: 1, maxDescriptors: 0)
+                if got.bytes.isEmpty { break }
+                byte = got.bytes
+            }
+            _ = byte
+            order = []
+        }
+        if let touchPages { order = Array(order.prefix(touchPages)) }
         for (n, p) in order.enumerated() {
             let page = memory.base + p * basePageSize
             let t0 = monotonicNanoseconds()
@@ -123,7 +143,7 @@ public struct MigrationWorkload {
         let seconds = Double(monotonicNanoseconds() - started) / 1e9
         var mismatches = 0
         var first: String?
-        for p in 0..<pages {
+        for p in (touchPages == nil ? Array(0..<pages) : order) {
             let words = (memory.base + p * basePageSize).assumingMemoryBound(to: UInt64.self)
             for w in 0..<basePageSize / 8 {
                 let expected = w == 0 && written.contains(p) ? MigrationPattern.marker(page: p) : MigrationPattern.word(page: p, word: w, seed: seed)
@@ -133,6 +153,6 @@ public struct MigrationWorkload {
                 }
             }
         }
-        return Result(pages: pages, mismatches: mismatches, firstMismatch: first, seconds: seconds, waits: LatencySummary(samples: waits))
+        return Result(pages: touchPages == nil ? pages : order.count, mismatches: mismatches, firstMismatch: first, seconds: seconds, waits: LatencySummary(samples: waits))
     }
 }

@@ -59,6 +59,8 @@ public struct ResolveReport: Sendable {
     public var bytesReceived: UInt64 = 0
     /// Fault to install, in ns, for every fault the daemon saw.
     public var faultLatencies: [UInt64] = []
+    /// Pages still outstanding when the workload went away (0 for a completed migration).
+    public var pagesNeverFetched = 0
     public var seconds: Double = 0
 }
 
@@ -74,7 +76,12 @@ public final class FaultResolver: @unchecked Sendable {
     private var mappings: [RegionMapping]
     private let region: RegionDescriptor
     private let demand: FrameChannel
-    private let push: FrameChannel
+    private let push: FrameChannel?
+    /// Prefetch around faults (off: fetch exactly the faulting page).
+    public var prefetch = true
+    /// The workload's handoff connection: when it closes, the workload is gone and the
+    /// migration ends without error (the memory it would have received no longer exists).
+    public var workloadConnection: FileDescriptor?
     private let logger: Logger
     private let unit: Int
     private let lock: Mutex<State>
@@ -101,8 +108,10 @@ public final class FaultResolver: @unchecked Sendable {
     }
 
     /// - Parameter mappings: where the region's pages live in the workload; all with one page size.
+    /// - Parameter push: the push channel, or nil for demand paging only (no background
+    ///   transfer: pages arrive only when touched or prefetched).
     public init(uffd: Userfaultfd, region: RegionDescriptor, mappings: [RegionMapping], demand: FrameChannel,
-                push: FrameChannel, logger: Logger) throws(ResolveError) {
+                push: FrameChannel?, logger: Logger) throws(ResolveError) {
         guard let unit = mappings.first?.pageSize, mappings.allSatisfy({ $0.pageSize == unit }) else {
             throw .invalidSetup("mappings must be non-empty and share one page size")
         }
@@ -150,14 +159,9 @@ public final class FaultResolver: @unchecked Sendable {
     /// the session) or the migration fails (then poisons every page not yet local and throws).
     public func run() throws(ResolveError) -> ResolveReport {
         let started = monotonicNanoseconds()
-        let receivers: [KernelThread]
-        do {
-            receivers = [
-                try KernelThread(name: "dst-demand-rx") { [self] in receive(demand) },
-                try KernelThread(name: "dst-push-rx") { [self] in receive(push) },
-            ]
-        } catch {
-            throw .kernel(error)
+        var receivers: [KernelThread] = []
+        for channel in [demand, push].compactMap({ $0 }) {
+            do { receivers.append(try KernelThread(name: "dst-rx") { [self] in receive(channel) }) } catch { throw .kernel(error) }
         }
         var finishedCleanly = false
         defer {
@@ -165,19 +169,31 @@ public final class FaultResolver: @unchecked Sendable {
                 // After GOODBYE the source closes both connections; wait for that (bounded) so
                 // neither side resets a connection with data still unread.
                 let deadline = monotonicNanoseconds() + 2_000_000_000
-                while !lock.withLock({ $0.receiversDone == 2 }) && monotonicNanoseconds() < deadline {
+                while !lock.withLock({ $0.receiversDone == receivers.count }) && monotonicNanoseconds() < deadline {
                     _ = try? uffd.waitReadable(timeoutMilliseconds: 5)
                 }
             }
             demand.socket.shutdown()
-            push.socket.shutdown()
+            push?.socket.shutdown()
             for r in receivers { r.join() }
         }
         var events: [UffdEvent] = []
         events.reserveCapacity(64)
+        var workloadGone = false
         while true {
             let ready: Bool
-            do { ready = try uffd.waitReadable(timeoutMilliseconds: 20) } catch { throw .kernel(error) }
+            do {
+                if let connection = workloadConnection {
+                    let (events, hangup) = try uffd.waitReadable(or: connection, timeoutMilliseconds: 20)
+                    ready = events
+                    if hangup && !events {
+                        workloadGone = true
+                        break
+                    }
+                } else {
+                    ready = try uffd.waitReadable(timeoutMilliseconds: 20)
+                }
+            } catch { throw .kernel(error) }
             var urgent: [PageRequest] = [], ahead: [PageRequest] = []
             let status: (done: Bool, failure: ResolveError?) = lock.withLock { state in
                 if ready {
@@ -208,22 +224,29 @@ public final class FaultResolver: @unchecked Sendable {
             }
             do {
                 for r in urgent { try demand.send(.pageRequest(r)) }
-                for r in ahead { try push.send(.pageRequest(r)) }
+                for r in ahead { try (push ?? demand).send(.pageRequest(r)) }
             } catch {
                 lock.withLock { $0.failure = $0.failure ?? .sourceLost("\(error)") }
                 continue
             }
             if status.done { break }
         }
-        // Every page is here: the workload runs on local memory from now on.
-        for m in mappings { try? uffd.unregister(m.range) }
-        try? demand.send(.complete(region: region.id, residentBytes: UInt64(lock.withLock { $0.report.pages }) * UInt64(unit)))
-        let deadline = monotonicNanoseconds() + 5_000_000_000
-        while !lock.withLock({ $0.completeAcknowledged }) && monotonicNanoseconds() < deadline {
-            _ = try? demand.socket.waitReadable(timeoutMilliseconds: 10)
+        if workloadGone {
+            logger.info("the workload closed its handoff connection: it is gone, the migration ends with \(lock.withLock { $0.pages.outstandingCount }) pages never fetched")
+        } else {
+            // Every page is here: the workload runs on local memory from now on.
+            for m in mappings { try? uffd.unregister(m.range) }
+            try? demand.send(.complete(region: region.id, residentBytes: UInt64(lock.withLock { $0.report.pages }) * UInt64(unit)))
+            let deadline = monotonicNanoseconds() + 5_000_000_000
+            while !lock.withLock({ $0.completeAcknowledged }) && monotonicNanoseconds() < deadline {
+                _ = try? demand.socket.waitReadable(timeoutMilliseconds: 10)
+            }
         }
-        lock.withLock { $0.finishing = true }
-        try? push.send(.goodbye)
+        lock.withLock {
+            $0.finishing = true
+            $0.report.pagesNeverFetched = workloadGone ? $0.pages.outstandingCount : 0
+        }
+        try? push?.send(.goodbye)
         try? demand.send(.goodbye)
         finishedCleanly = true
         var report = lock.withLock { $0.report }
@@ -266,7 +289,7 @@ public final class FaultResolver: @unchecked Sendable {
                     state.report.demandRequests += 1
                 }
                 let plan = state.planner.plan(faultAt: page, pageCount: state.pages.pageCount)
-                for run in state.pages.request(plan.ahead) {
+                for run in state.pages.request(prefetch ? plan.ahead : 0..<0) {
                     ahead.append(request(run, .prefetch, &state))
                     state.report.prefetchRequests += 1
                 }

@@ -7,8 +7,72 @@ struct PagerBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pager-bench",
         abstract: "Measures the pager against baselines taken in the same run, and prints ratios.",
-        subcommands: [FaultLocal.self]
+        subcommands: [Postcopy.self, FaultLocal.self, RawServer.self, RawClient.self]
     )
+}
+
+/// The post-copy benchmark between two network namespaces, with same-run baselines.
+struct Postcopy: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Demand-fault latency (idle and while pushing) and full-transfer time over a veth pair, with same-run baselines.",
+        discussion: "Needs root (network namespaces, userfaultfd). Creates and removes two namespaces joined by a veth pair."
+    )
+    @Option(help: "Region size in MiB.") var sizeMiB = 1024
+    @Option(help: "Faults sampled for each latency figure (and raw round trips).") var samples = 3000
+
+    func run() throws {
+        var bench = PostcopyBenchmark(binaries: executableDirectory()) { print("  ... \($0)") }
+        bench.sizeMiB = sizeMiB
+        bench.samples = samples
+        let r = try bench.run()
+        let expectedIdle = Double(r.rawRoundTrip.p50 + r.localFault.p50)
+        func us(_ ns: UInt64) -> String { formatMicros(ns) }
+        func ratio(_ x: Double) -> String { String(format2: x) }
+        print("""
+
+        post-copy over a veth pair, \(r.sizeMiB) MiB region, 4 KiB pages, \(samples) sampled faults
+        baselines (same run)
+          raw TCP round trip, 4 KiB reply     p50 \(us(r.rawRoundTrip.p50))  p99 \(us(r.rawRoundTrip.p99))
+          raw TCP stream of \(r.sizeMiB) MiB           \(String(format2: r.rawStreamSeconds)) s (\(Int(Double(r.sizeMiB) / r.rawStreamSeconds)) MiB/s)
+          local userfaultfd fault              p50 \(us(r.localFault.p50))  p99 \(us(r.localFault.p99))
+          local batched install of \(r.sizeMiB) MiB    \(String(format2: r.localInstallSeconds)) s
+        pager
+          demand fault, idle link              p50 \(us(r.idleFault.p50))  p90 \(us(r.idleFault.p90))  p99 \(us(r.idleFault.p99))  p99.9 \(us(r.idleFault.p999))  max \(us(r.idleFault.max))
+          demand fault, push running           p50 \(us(r.pushingFault.p50))  p90 \(us(r.pushingFault.p90))  p99 \(us(r.pushingFault.p99))  p99.9 \(us(r.pushingFault.p999))  max \(us(r.pushingFault.max))
+          full transfer of \(r.sizeMiB) MiB            \(String(format2: r.fullTransferSeconds)) s (\(Int(Double(r.sizeMiB) / r.fullTransferSeconds)) MiB/s)
+        ratios (target)
+          idle p50 / (round trip p50 + local fault p50)   \(ratio(Double(r.idleFault.p50) / expectedIdle))  (<= 1.2)
+          p99 while pushing / idle p50                   \(ratio(Double(r.pushingFault.p99) / Double(r.idleFault.p50)))  (<= 3)
+          full transfer / local batched install          \(ratio(r.fullTransferSeconds / r.localInstallSeconds))  (<= 1.5)
+          full transfer / raw TCP stream                 \(ratio(r.fullTransferSeconds / r.rawStreamSeconds))
+        """)
+    }
+}
+
+struct RawServer: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "raw-server", abstract: "Baseline: raw TCP responder (used by postcopy).")
+    @Option var listen: String
+    func run() throws {
+        guard let e = Endpoint(listen) else { throw ValidationError("--listen ADDR:PORT") }
+        try RawTCP.serve(e)
+    }
+}
+
+struct RawClient: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "raw-client", abstract: "Baseline: raw TCP round trips or a stream (used by postcopy).")
+    @Option var connect: String
+    @Option var count = 0
+    @Option var streamMiB = 0
+    func run() throws {
+        guard let e = Endpoint(connect) else { throw ValidationError("--connect ADDR:PORT") }
+        if count > 0 {
+            let s = LatencySummary(samples: try RawTCP.roundTrips(e, count: count))
+            print("rtt p50-ns=\(s.p50) p90-ns=\(s.p90) p99-ns=\(s.p99) p999-ns=\(s.p999) max-ns=\(s.max)")
+        }
+        if streamMiB > 0 {
+            print("stream seconds=\(try RawTCP.stream(e, bytes: streamMiB << 20))")
+        }
+    }
 }
 
 /// Swift kernel layer vs. plain C: the cost of one userfaultfd fault resolved by UFFDIO_COPY

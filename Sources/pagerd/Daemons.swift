@@ -64,6 +64,8 @@ struct DestCommand: ParsableCommand {
     @Option(help: "Unix socket path to receive userfaultfd handoffs on.") var uffdSocket: String
     @Option(help: "Region (id or name) handoffs map onto, when the source serves several.") var region: String?
     @Flag(help: "Exit after the first migration completes (exit status 1 if it failed).") var once = false
+    @Flag(help: "No background push: pages arrive only when touched or prefetched (for measuring demand paging).") var noPush = false
+    @Flag(help: "No prefetch around faults: fetch exactly the faulting page.") var noPrefetch = false
     @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
 
     func validate() throws {
@@ -114,12 +116,15 @@ struct DestCommand: ParsableCommand {
             let region = try client.region(selectedBy: self.region)
             logger.info("session \(hex(client.session)) with \(connect): region \(region.id) \"\(region.name)\" (\(region.length >> 20) MiB)")
             let resolver = try FaultResolver(uffd: handoff.uffd, region: region, mappings: handoff.mappings,
-                                             demand: client.demand, push: client.push, logger: logger)
+                                             demand: client.demand, push: noPush ? nil : client.push, logger: logger)
+            resolver.prefetch = !noPrefetch
+            resolver.workloadConnection = handoff.connection
             let r = try resolver.run()
             let latency = LatencySummary(samples: r.faultLatencies)
             let mib = Double(r.pages * r.pageSize) / Double(1 << 20)
+            let ending = r.pagesNeverFetched > 0 ? "; the workload exited with \(r.pagesNeverFetched) pages never needed" : ""
             print("""
-            pagerd dest: \(r.pages) pages (\(Int(mib)) MiB) local after \(String(format1: r.seconds)) s (\(String(format1: mib / max(r.seconds, 1e-9))) MiB/s)
+            pagerd dest: \(r.pages) pages (\(Int(mib)) MiB) \(r.pagesNeverFetched > 0 ? "mapped" : "local") after \(String(format1: r.seconds)) s (\(String(format1: mib / max(r.seconds, 1e-9))) MiB/s)\(ending)
               faults            \(r.faults), fault to install: \(latency)
               requests          \(r.demandRequests) demand, \(r.prefetchRequests) prefetch, \(r.sweepRequests) final sweep
               pages installed   \(r.installedPages) with data, \(r.zeroPages) zero, \(r.duplicatePages) duplicates dropped, \(r.discardedPages) discarded by the workload

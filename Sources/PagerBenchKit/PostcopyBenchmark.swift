@@ -1,0 +1,96 @@
+import Glibc
+import PagerKernel
+
+/// The post-copy benchmark on a veth pair between two network namespaces, with its
+/// baselines taken in the same run.
+public struct PostcopyBenchmark {
+    public var pagerd: String
+    public var workload: String
+    public var bench: String
+    public var sizeMiB = 1024
+    public var samples = 3000
+    public var log: (String) -> Void
+
+    public init(binaries: String, log: @escaping (String) -> Void) {
+        pagerd = binaries + "/pagerd"
+        workload = binaries + "/pager-workload"
+        bench = binaries + "/pager-bench"
+        self.log = log
+    }
+
+    public struct Results: Sendable {
+        public var rawRoundTrip: LatencySummary
+        public var rawStreamSeconds: Double
+        public var localFault: LatencySummary
+        public var localInstallSeconds: Double
+        public var idleFault: LatencySummary
+        public var pushingFault: LatencySummary
+        public var fullTransferSeconds: Double
+        public var sizeMiB: Int
+    }
+
+    public func run() throws -> Results {
+        let hosts = try TwoHosts()
+        let scratch = Scratch()
+        let ram = scratch.file("bench.ram")
+        try sh(workload, "fill", "--file", ram, "--size-mi-b", "\(sizeMiB)", "--seed", "9")
+
+        log("baseline: raw TCP round trips (24-byte request, 4 KiB reply) on the veth pair")
+        let raw = try hosts.spawn(in: hosts.source, bench, ["raw-server", "--listen", "\(TwoHosts.sourceAddress):7071"], log: scratch.file("raw.log"))
+        defer { raw.signal(SIGKILL) }
+        try waitFor(raw, toPrint: "listening")
+        let rtt = try keyValues(sh("/usr/sbin/ip", "netns", "exec", hosts.dest, bench, "raw-client", "--connect",
+                                   "\(TwoHosts.sourceAddress):7071", "--count", "\(samples)"))
+        let stream = try keyValues(sh("/usr/sbin/ip", "netns", "exec", hosts.dest, bench, "raw-client", "--connect",
+                                      "\(TwoHosts.sourceAddress):7071", "--stream-mi-b", "\(sizeMiB)"))
+        log("baseline: local userfaultfd fault (handler thread, same CPU) and local batched install of \(sizeMiB) MiB")
+        let local = LatencySummary(samples: try LocalFaultBenchmark.run(pages: 20_000, touchCPU: 0, handlerCPU: 0))
+        let install = try LocalInstallBenchmark.run(bytes: sizeMiB << 20)
+
+        func migrate(_ name: String, destFlags: [String], workloadFlags: [String]) throws -> [String: Double] {
+            log("pager: \(name)")
+            let source = try hosts.spawn(in: hosts.source, pagerd, ["source", "--listen", "\(TwoHosts.sourceAddress):7070", "--region", ram],
+                                         log: scratch.file("source-\(name).log"))
+            defer { source.signal(SIGTERM); source.wait(timeoutMilliseconds: 10_000) }
+            try waitFor(source, toPrint: "serving 1 region")
+            let socket = scratch.file("\(name).sock")
+            let dest = try hosts.spawn(in: hosts.dest, pagerd, ["dest", "--connect", "\(TwoHosts.sourceAddress):7070", "--uffd-socket", socket, "--once"] + destFlags,
+                                       log: scratch.file("dest-\(name).log"))
+            try waitFor(dest, toPrint: "waiting for userfaultfd handoffs")
+            let w = try hosts.spawn(in: hosts.dest, workload, ["run", "--socket", socket, "--size-mi-b", "\(sizeMiB)", "--seed", "9", "--write-every", "0"] + workloadFlags,
+                                    log: scratch.file("workload-\(name).log"))
+            let status = w.wait(timeoutMilliseconds: 300_000)
+            dest.wait(timeoutMilliseconds: 30_000)
+            guard status == 0, w.output.contains("workload: ok") else {
+                throw HarnessError("\(name): workload failed (\(String(describing: status))): \(w.output)\n\(dest.output)")
+            }
+            return keyValues(w.output)
+        }
+        let idle = try migrate("idle", destFlags: ["--no-push", "--no-prefetch"], workloadFlags: ["--access", "random", "--touch-pages", "\(samples)"])
+        let pushing = try migrate("pushing", destFlags: [], workloadFlags: ["--access", "random", "--touch-pages", "\(samples)"])
+        let full = try migrate("full", destFlags: [], workloadFlags: ["--access", "none"])
+
+        func summary(_ kv: [String: Double], _ prefix: String) -> LatencySummary {
+            var s = LatencySummary(count: Int(kv["waits"] ?? 0), p50: UInt64(kv["\(prefix)p50-ns"] ?? 0), p90: UInt64(kv["\(prefix)p90-ns"] ?? 0),
+                                   p99: UInt64(kv["\(prefix)p99-ns"] ?? 0), mean: 0)
+            s.p999 = UInt64(kv["\(prefix)p999-ns"] ?? 0)
+            s.max = UInt64(kv["\(prefix)max-ns"] ?? 0)
+            return s
+        }
+        var rawSummary = summary(rtt, "")
+        rawSummary.count = samples
+        return Results(rawRoundTrip: rawSummary, rawStreamSeconds: stream["seconds"] ?? 0, localFault: local,
+                       localInstallSeconds: install, idleFault: summary(idle, "wait-"), pushingFault: summary(pushing, "wait-"),
+                       fullTransferSeconds: full["touch-seconds"] ?? 0, sizeMiB: sizeMiB)
+    }
+}
+
+/// Parses `key=value` pairs (numbers) out of a program's output.
+public func keyValues(_ text: String) -> [String: Double] {
+    var result: [String: Double] = [:]
+    for token in text.split(whereSeparator: { $0 == " " || $0 == "\n" }) {
+        let kv = token.split(separator: "=", maxSplits: 1)
+        if kv.count == 2, let v = Double(kv[1]) { result[String(kv[0])] = v }
+    }
+    return result
+}

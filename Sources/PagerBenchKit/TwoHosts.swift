@@ -1,0 +1,83 @@
+import Glibc
+import PagerKernel
+
+/// Runs a command to completion and requires success.
+@discardableResult
+public func sh(_ path: String, _ args: String...) throws -> String {
+    let (status, output) = try runProgram(path, args)
+    guard status == 0 else { throw HarnessError("\(path) \(args.joined(separator: " ")) exited \(status): \(output)") }
+    return output
+}
+
+public struct HarnessError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ d: String) { description = d }
+}
+
+/// Two "hosts": network namespaces joined by a veth pair, removed on deinit.
+public final class TwoHosts {
+    public let source: String
+    public let dest: String
+    public let sourceDevice: String
+    public static let sourceAddress = "198.18.0.1" // RFC 2544 benchmarking range, only inside our namespaces
+    public static let destAddress = "198.18.0.2"
+
+    public init() throws {
+        let id = getpid() % 100_000
+        source = "pgs\(id)"
+        dest = "pgd\(id)"
+        sourceDevice = "vs\(id)"
+        let destDevice = "vd\(id)"
+        _ = try? runProgram("/usr/sbin/ip", ["netns", "del", source])
+        _ = try? runProgram("/usr/sbin/ip", ["netns", "del", dest])
+        try sh("/usr/sbin/ip", "netns", "add", source)
+        try sh("/usr/sbin/ip", "netns", "add", dest)
+        try sh("/usr/sbin/ip", "link", "add", sourceDevice, "type", "veth", "peer", "name", destDevice)
+        try sh("/usr/sbin/ip", "link", "set", sourceDevice, "netns", source)
+        try sh("/usr/sbin/ip", "link", "set", destDevice, "netns", dest)
+        for (ns, dev, addr) in [(source, sourceDevice, TwoHosts.sourceAddress), (dest, destDevice, TwoHosts.destAddress)] {
+            try sh("/usr/sbin/ip", "-n", ns, "addr", "add", "\(addr)/24", "dev", dev)
+            try sh("/usr/sbin/ip", "-n", ns, "link", "set", dev, "up")
+            try sh("/usr/sbin/ip", "-n", ns, "link", "set", "lo", "up")
+        }
+    }
+
+    deinit {
+        _ = try? runProgram("/usr/sbin/ip", ["netns", "del", source])
+        _ = try? runProgram("/usr/sbin/ip", ["netns", "del", dest])
+    }
+
+    /// Limits the source's sending rate (tbf), e.g. "200mbit".
+    public func shapeSource(rate: String) throws {
+        try sh("/usr/sbin/ip", "netns", "exec", source, "tc", "qdisc", "add", "dev", sourceDevice, "root", "tbf",
+               "rate", rate, "burst", "256kb", "latency", "100ms")
+    }
+
+    /// Starts `binary args` inside namespace `ns`.
+    public func spawn(in ns: String, _ binary: String, _ args: [String], log: String) throws -> ChildProcess {
+        try ChildProcess("/usr/sbin/ip", ["netns", "exec", ns, binary] + args, outputPath: log)
+    }
+}
+
+/// Waits until `process` prints `text` (polling its log every 5 ms), or fails after `seconds`.
+public func waitFor(_ process: ChildProcess, toPrint text: String, seconds: Double = 10) throws {
+    let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
+    while monotonicNanoseconds() < deadline {
+        if process.output.contains(text) { return }
+        if let status = process.wait(timeoutMilliseconds: 5) {
+            throw HarnessError("process exited \(status) before printing \"\(text)\": \(process.output)")
+        }
+    }
+    throw HarnessError("no \"\(text)\" after \(seconds) s: \(process.output)")
+}
+
+/// A scratch directory for logs, sockets and source files, removed on deinit.
+public final class Scratch {
+    public let path: String
+    public init() {
+        var template = Array("/dev/shm/pager-it-XXXXXX".utf8CString)
+        path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+    }
+    deinit { _ = try? runProgram("/bin/rm", ["-rf", path]) }
+    public func file(_ name: String) -> String { path + "/" + name }
+}
