@@ -121,6 +121,11 @@ int pager_pin_to_cpu(int cpu) {
     return sched_setaffinity(0, sizeof(set), &set) < 0 ? -errno : 0;
 }
 
+int pager_make_thread_background(void) {
+    struct sched_param param = {0};
+    return sched_setscheduler(0, SCHED_IDLE, &param) < 0 ? -errno : 0;
+}
+
 int pager_current_cpu(void) { return sched_getcpu(); }
 
 void pager_set_thread_name(const char *name) { pthread_setname_np(pthread_self(), name); }

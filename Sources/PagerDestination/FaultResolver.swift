@@ -161,7 +161,14 @@ public final class FaultResolver: @unchecked Sendable {
         let started = monotonicNanoseconds()
         var receivers: [KernelThread] = []
         for channel in [demand, push].compactMap({ $0 }) {
-            do { receivers.append(try KernelThread(name: "dst-rx") { [self] in receive(channel) }) } catch { throw .kernel(error) }
+            let background = channel === push
+            do {
+                receivers.append(try KernelThread(name: background ? "dst-push-rx" : "dst-demand-rx") { [self] in
+                    // The push receiver yields to demand work (see makeCurrentThreadBackground).
+                    if background { try? makeCurrentThreadBackground() }
+                    receive(channel)
+                })
+            } catch { throw .kernel(error) }
         }
         var finishedCleanly = false
         defer {

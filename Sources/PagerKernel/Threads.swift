@@ -57,6 +57,13 @@ public func pinCurrentThread(to cpu: Int) throws(KernelError) {
     if r < 0 { throw KernelError("sched_setaffinity", negatedErrno: r, detail: "cpu \(cpu)") }
 }
 
+/// Makes the calling thread a background thread (`SCHED_IDLE`): bulk work such as the
+/// background push then never delays a demand fault's thread for a scheduler time slice.
+public func makeCurrentThreadBackground() throws(KernelError) {
+    let r = pager_make_thread_background()
+    if r < 0 { throw KernelError("sched_setscheduler(SCHED_IDLE)", negatedErrno: r) }
+}
+
 /// The CPU the calling thread runs on now (`sched_getcpu`).
 public func currentCPU() -> Int { Int(pager_current_cpu()) }
 

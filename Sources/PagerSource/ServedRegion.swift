@@ -72,7 +72,7 @@ public final class ServedRegion: @unchecked Sendable {
         }
         while at < end {
             // Inside a hole? Jump to the next extent in one step.
-            if let extent = dataExtents.first(where: { UInt64($0.upperBound) > at }) {
+            if let extent = firstExtent(endingAfter: at) {
                 if UInt64(extent.lowerBound) > at {
                     let holeEnd = min(end, UInt64(extent.lowerBound) / step * step)
                     if holeEnd > at {
@@ -89,6 +89,17 @@ public final class ServedRegion: @unchecked Sendable {
             at += step
         }
         return result
+    }
+
+    /// The first data extent that ends after `offset` (binary search: extents are sorted and
+    /// disjoint, and a sparse file can have tens of thousands of them).
+    private func firstExtent(endingAfter offset: UInt64) -> Range<Int>? {
+        var lo = 0, hi = dataExtents.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if UInt64(dataExtents[mid].upperBound) > offset { hi = mid } else { lo = mid + 1 }
+        }
+        return lo < dataExtents.count ? dataExtents[lo] : nil
     }
 
     private func isZeroPage(_ offset: UInt64) -> Bool {

@@ -222,6 +222,9 @@ public final class SourceServer: @unchecked Sendable {
     /// The push loop: serve queued prefetch requests first, then the next pages not yet sent,
     /// in order from the cursor.
     private func servePush(_ channel: FrameChannel, session: SourceSession) throws {
+        // Bulk data yields the CPU to demand traffic at once (2 vCPUs here: otherwise a demand
+        // request can wait a whole time slice behind the push).
+        try? makeCurrentThreadBackground()
         let reader = try KernelThread(name: "src-push-rd") { [self] in
             // Requests on the push channel are prefetch hints; anything else ends the channel.
             while true {

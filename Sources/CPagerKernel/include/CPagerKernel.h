@@ -214,6 +214,9 @@ int pager_accept_addr(int listener, void *addr, unsigned int *addrlen);
 
 /// sched_setaffinity(0, ...) for the calling thread: pin it to one CPU. Returns 0 or -errno.
 int pager_pin_to_cpu(int cpu);
+/// sched_setscheduler(0, SCHED_IDLE) for the calling thread: it runs only when no normal
+/// thread wants the CPU, and any waking normal thread preempts it at once. Returns 0 or -errno.
+int pager_make_thread_background(void);
 /// sched_getcpu(3).
 int pager_current_cpu(void);
 /// pthread_setname_np(3) for the calling thread (15 bytes at most).
