@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The main job on its embedded default: builds pagerd (release) and migrates a 1 GiB memory
-# region lazily on this machine through userfaultfd, printing what happened. Extra
-# arguments go to `pagerd demo` (see --help).
+# The main job on its embedded default: builds the release binaries, then migrates a 1 GiB
+# memory region lazily between processes on this machine (pagerd source, pagerd dest, and a
+# workload touching its memory while it arrives), printing what each did. Extra arguments go
+# to `pagerd demo` (see --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source Deploy/setup.sh
-swift build -c release --product pagerd
+swift build -c release
 exec .build/release/pagerd demo "$@"
