@@ -51,6 +51,9 @@ public struct MigrationWorkload {
     public var writeEvery: Int
     /// Touch only this many pages (in access order), and verify only those; nil: all.
     public var touchPages: Int?
+    /// Drop every `discardEvery`-th page with MADV_DONTNEED (anonymous memory only): half of
+    /// them before they are touched, half after; all must then read as zeros (0: none).
+    public var discardEvery = 0
 
     public init(bytes: Int, backing: Backing, access: Access, seed: UInt64, writeEvery: Int, touchPages: Int? = nil) {
         self.touchPages = touchPages
@@ -129,6 +132,16 @@ public struct MigrationWorkload {
             order = []
         }
         if let touchPages { order = Array(order.prefix(touchPages)) }
+        // Pages the workload drops: by the kernel's rules anonymous memory reads as zeros after
+        // MADV_DONTNEED, so the pager must never fill them from the source afterwards.
+        var discarded = Set<Int>()
+        if discardEvery > 0 {
+            precondition(backing == .anon, "discarding is checked on anonymous memory only")
+            for p in stride(from: discardEvery / 2, to: pages, by: 2 * discardEvery) {
+                try memory.advise(.dontNeed, offset: p * basePageSize, length: basePageSize)
+                discarded.insert(p)
+            }
+        }
         for (n, p) in order.enumerated() {
             let page = memory.base + p * basePageSize
             let t0 = monotonicNanoseconds()
@@ -140,13 +153,24 @@ public struct MigrationWorkload {
                 written.insert(p)
             }
         }
+        if discardEvery > 0 {
+            // The other half: pages dropped after they were touched (and maybe written).
+            for p in stride(from: discardEvery / 2 + discardEvery, to: pages, by: 2 * discardEvery) {
+                try memory.advise(.dontNeed, offset: p * basePageSize, length: basePageSize)
+                discarded.insert(p)
+                written.remove(p)
+            }
+        }
         let seconds = Double(monotonicNanoseconds() - started) / 1e9
         var mismatches = 0
         var first: String?
         for p in (touchPages == nil ? Array(0..<pages) : order) {
             let words = (memory.base + p * basePageSize).assumingMemoryBound(to: UInt64.self)
             for w in 0..<basePageSize / 8 {
-                let expected = w == 0 && written.contains(p) ? MigrationPattern.marker(page: p) : MigrationPattern.word(page: p, word: w, seed: seed)
+                // A written word holds the marker; a dropped page is zeros otherwise (also when the
+                // workload wrote to it after dropping it); every other word is the source's.
+                let expected = w == 0 && written.contains(p) ? MigrationPattern.marker(page: p)
+                    : discarded.contains(p) ? 0 : MigrationPattern.word(page: p, word: w, seed: seed)
                 if words[w] != expected {
                     mismatches += 1
                     if first == nil { first = "page \(p) word \(w): \(hex(words[w])) instead of \(hex(expected))" }

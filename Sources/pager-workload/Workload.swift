@@ -31,11 +31,13 @@ struct PagerWorkload: ParsableCommand {
         @Option(help: "Touch (and verify) only this many pages, in access order.") var touchPages: Int?
         @Option var seed: UInt64 = 1
         @Option(help: "Write to every N-th page touched (0: none).") var writeEvery = 13
+        @Option(help: "Drop every N-th page with MADV_DONTNEED, half before and half after touching (anon only; 0: none).") var discardEvery = 0
 
         func run() throws {
             guard let b = MigrationWorkload.Backing(rawValue: backing) else { throw ValidationError("--backing: anon, shm or hugetlb") }
             guard let a = MigrationWorkload.Access(rawValue: access) else { throw ValidationError("--access: sequential, random, strided or none") }
-            let w = MigrationWorkload(bytes: sizeMiB << 20, backing: b, access: a, seed: seed, writeEvery: writeEvery, touchPages: touchPages)
+            var w = MigrationWorkload(bytes: sizeMiB << 20, backing: b, access: a, seed: seed, writeEvery: writeEvery, touchPages: touchPages)
+            w.discardEvery = discardEvery
             let r = try w.run(socketPath: socket)
             print("workload: \(r.mismatches == 0 ? "ok" : "CORRUPT") pages=\(r.pages) backing=\(backing) access=\(access) mismatches=\(r.mismatches) touch-seconds=\(r.seconds) waits=\(r.waits.count) wait-p50-ns=\(r.waits.p50) wait-p90-ns=\(r.waits.p90) wait-p99-ns=\(r.waits.p99) wait-p999-ns=\(r.waits.p999) wait-max-ns=\(r.waits.max)")
             if let first = r.firstMismatch { print("first mismatch: \(first)") }

@@ -9,6 +9,7 @@ struct Migration {
     var backing: String
     var access: String
     var seed: UInt64 = 11
+    var extra: [String] = []
 
     struct Outcome {
         var workloadStatus: Int32?
@@ -33,7 +34,7 @@ struct Migration {
         try waitFor(dest, toPrint: "waiting for userfaultfd handoffs")
         let workload = try hosts.spawn(in: hosts.dest, Binaries.workload,
                                        ["run", "--socket", socket, "--size-mi-b", "\(sizeMiB)", "--backing", backing,
-                                        "--access", access, "--seed", "\(seed)", "--write-every", "13"],
+                                        "--access", access, "--seed", "\(seed)", "--write-every", "13"] + extra,
                                        log: scratch.file("workload.log"))
         if let marker = killSourceAfter {
             try waitFor(dest, toPrint: marker)
@@ -67,6 +68,20 @@ struct MigrationTests {
         #expect(outcome.destStatus == 0, "\(outcome.dest)")
         #expect(outcome.dest.contains("(1024 MiB) local after"), "\(outcome.dest)")
         #expect(!outcome.source.contains("ended by errors") || outcome.source.contains("0 session(s) ended by errors"), "\(outcome.source)")
+    }
+
+    @Test("pages the workload drops (MADV_DONTNEED) before or after touching them read as zeros, never as the source's data")
+    func discardedPages() throws {
+        let hosts = try TwoHosts()
+        let scratch = Scratch()
+        var m = Migration(sizeMiB: 256, backing: "anon", access: "random")
+        m.extra = ["--discard-every", "7"]
+        let outcome = try m.run(hosts: hosts, scratch: scratch)
+        #expect(outcome.workloadStatus == 0, "workload: \(outcome.workload)\ndest: \(outcome.dest)")
+        #expect(outcome.workload.contains("mismatches=0"), "\(outcome.workload)")
+        #expect(outcome.destStatus == 0, "\(outcome.dest)")
+        #expect(outcome.dest.contains("discarded by the workload"), "\(outcome.dest)")
+        #expect(!outcome.dest.contains(" 0 discarded by the workload"), "REMOVE events were seen: \(outcome.dest)")
     }
 
     @Test("a source killed mid-migration stops the workload with SIGBUS and the daemon with a clear error; no page is zero-filled")
