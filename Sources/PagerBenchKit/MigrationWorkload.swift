@@ -54,6 +54,9 @@ public struct MigrationWorkload {
     /// Drop every `discardEvery`-th page with MADV_DONTNEED (anonymous memory only): half of
     /// them before they are touched, half after; all must then read as zeros (0: none).
     public var discardEvery = 0
+    /// Before touching, hint the pager to prefetch the first `hintBytes` and wait until it
+    /// says they are local (0: no hint).
+    public var hintBytes = 0
 
     public init(bytes: Int, backing: Backing, access: Access, seed: UInt64, writeEvery: Int, touchPages: Int? = nil) {
         self.touchPages = touchPages
@@ -130,6 +133,19 @@ public struct MigrationWorkload {
             }
             _ = byte
             order = []
+        }
+        if hintBytes > 0 {
+            let hint = "{\"prefetch\":{\"base_host_virt_addr\":\(UInt(bitPattern: memory.base)),\"size\":\(hintBytes)}}\n"
+            try UnixSocket.send(socket, bytes: Array(hint.utf8), descriptors: [])
+            var reply: [UInt8] = []
+            while !reply.contains(0x0A) {
+                let got = try UnixSocket.receive(socket, maxBytes: 4096, maxDescriptors: 0)
+                if got.bytes.isEmpty { throw HarnessError("the pager closed the connection instead of answering the prefetch hint") }
+                reply += got.bytes
+            }
+            guard String(decoding: reply, as: UTF8.self).contains("\"prefetched\"") else {
+                throw HarnessError("unexpected answer to the prefetch hint: \(String(decoding: reply, as: UTF8.self))")
+            }
         }
         if let touchPages { order = Array(order.prefix(touchPages)) }
         // Pages the workload drops: by the kernel's rules anonymous memory reads as zeros after

@@ -33,7 +33,7 @@ public struct PostcopyBenchmark {
         let hosts = try TwoHosts()
         let scratch = Scratch()
         let ram = scratch.file("bench.ram")
-        try sh(workload, "fill", "--file", ram, "--size-mi-b", "\(sizeMiB)", "--seed", "9")
+        try sh(workload, "fill", "--file", ram, "--size-mib", "\(sizeMiB)", "--seed", "9")
 
         log("baseline: raw TCP round trips (24-byte request, 4 KiB reply) on the veth pair")
         let raw = try hosts.spawn(in: hosts.source, bench, ["raw-server", "--listen", "\(TwoHosts.sourceAddress):7071"], log: scratch.file("raw.log"))
@@ -42,7 +42,7 @@ public struct PostcopyBenchmark {
         let rtt = try keyValues(sh("/usr/sbin/ip", "netns", "exec", hosts.dest, bench, "raw-client", "--connect",
                                    "\(TwoHosts.sourceAddress):7071", "--count", "\(samples)"))
         let stream = try keyValues(sh("/usr/sbin/ip", "netns", "exec", hosts.dest, bench, "raw-client", "--connect",
-                                      "\(TwoHosts.sourceAddress):7071", "--stream-mi-b", "\(sizeMiB)"))
+                                      "\(TwoHosts.sourceAddress):7071", "--stream-mib", "\(sizeMiB)"))
         log("baseline: local userfaultfd fault (handler thread, same CPU) and local batched install of \(sizeMiB) MiB")
         let local = LatencySummary(samples: try LocalFaultBenchmark.run(pages: 20_000, touchCPU: 0, handlerCPU: 0))
         let install = try LocalInstallBenchmark.run(bytes: sizeMiB << 20)
@@ -57,7 +57,7 @@ public struct PostcopyBenchmark {
             let dest = try hosts.spawn(in: hosts.dest, pagerd, ["dest", "--connect", "\(TwoHosts.sourceAddress):7070", "--uffd-socket", socket, "--once"] + destFlags,
                                        log: scratch.file("dest-\(name).log"))
             try waitFor(dest, toPrint: "waiting for userfaultfd handoffs")
-            let w = try hosts.spawn(in: hosts.dest, workload, ["run", "--socket", socket, "--size-mi-b", "\(sizeMiB)", "--seed", "9", "--write-every", "0"] + workloadFlags,
+            let w = try hosts.spawn(in: hosts.dest, workload, ["run", "--socket", socket, "--size-mib", "\(sizeMiB)", "--seed", "9", "--write-every", "0"] + workloadFlags,
                                     log: scratch.file("workload-\(name).log"))
             let status = w.wait(timeoutMilliseconds: 300_000)
             dest.wait(timeoutMilliseconds: 30_000)

@@ -22,7 +22,7 @@ public struct ProcessDemo {
         let ram = scratch.file("vm.ram")
         let pagerd = binaries + "/pagerd", workload = binaries + "/pager-workload"
         log("writing \(sizeMiB) MiB of known content to \(ram) (one page in 16 left as a hole, one written with zeros)")
-        try sh(workload, "fill", "--file", ram, "--size-mi-b", "\(sizeMiB)", "--seed", "42")
+        try sh(workload, "fill", "--file", ram, "--size-mib", "\(sizeMiB)", "--seed", "42")
         let port = 20_000 + Int(getpid() % 20_000)
         let source = try ChildProcess(pagerd, ["source", "--listen", "127.0.0.1:\(port)", "--region", ram], outputPath: scratch.file("source.log"))
         defer { source.signal(SIGTERM); source.wait(timeoutMilliseconds: 10_000) }
@@ -32,7 +32,7 @@ public struct ProcessDemo {
         let dest = try ChildProcess(pagerd, ["dest", "--connect", "127.0.0.1:\(port)", "--uffd-socket", socket, "--once"], outputPath: scratch.file("dest.log"))
         try waitFor(dest, toPrint: "waiting for userfaultfd handoffs")
         log("pagerd dest waits for a userfaultfd on \(socket); starting the workload (\(access) access, writes to every 13th page)")
-        let w = try ChildProcess(workload, ["run", "--socket", socket, "--size-mi-b", "\(sizeMiB)", "--seed", "42", "--access", access, "--write-every", "13"],
+        let w = try ChildProcess(workload, ["run", "--socket", socket, "--size-mib", "\(sizeMiB)", "--seed", "42", "--access", access, "--write-every", "13"],
                                  outputPath: scratch.file("workload.log"))
         let ws = w.wait(timeoutMilliseconds: 300_000)
         let ds = dest.wait(timeoutMilliseconds: 60_000)

@@ -59,6 +59,8 @@ public struct ResolveReport: Sendable {
     public var bytesReceived: UInt64 = 0
     /// Fault to install, in ns, for every fault the daemon saw.
     public var faultLatencies: [UInt64] = []
+    /// Pages requested because of explicit prefetch hints.
+    public var hintedPages = 0
     /// Pages still outstanding when the workload went away (0 for a completed migration).
     public var pagesNeverFetched = 0
     public var seconds: Double = 0
@@ -81,7 +83,18 @@ public final class FaultResolver: @unchecked Sendable {
     public var prefetch = true
     /// The workload's handoff connection: when it closes, the workload is gone and the
     /// migration ends without error (the memory it would have received no longer exists).
+    /// It may also carry prefetch hints (see ``PrefetchHint``).
     public var workloadConnection: FileDescriptor?
+    private var hintBuffer: [UInt8] = []
+    private var completedHints: [PrefetchHint] = []
+    /// Hinted ranges not yet wholly local (touched by the fault thread only).
+    private var pendingHints: [PendingHint] = []
+
+    private struct PendingHint {
+        var hint: PrefetchHint
+        var ranges: [Range<Int>]
+        var requested = false
+    }
     private let logger: Logger
     private let unit: Int
     private let lock: Mutex<State>
@@ -191,11 +204,18 @@ public final class FaultResolver: @unchecked Sendable {
             let ready: Bool
             do {
                 if let connection = workloadConnection {
-                    let (events, hangup) = try uffd.waitReadable(or: connection, timeoutMilliseconds: 20)
+                    let (events, readable) = try uffd.waitReadable(or: connection, timeoutMilliseconds: 20)
                     ready = events
-                    if hangup && !events {
-                        workloadGone = true
-                        break
+                    if readable {
+                        // Hints, or EOF: the workload is gone.
+                        if let bytes = try UnixSocket.readAvailable(connection, maxBytes: 4096) {
+                            if bytes.isEmpty && !events {
+                                workloadGone = true
+                                break
+                            }
+                            hintBuffer += bytes
+                            takeHints()
+                        }
                     }
                 } else {
                     ready = try uffd.waitReadable(timeoutMilliseconds: 20)
@@ -214,6 +234,21 @@ public final class FaultResolver: @unchecked Sendable {
                     urgent.append(request(run, .urgent, &state))
                 }
                 }
+                // Explicit prefetch hints: request what is missing of each, once.
+                for i in pendingHints.indices where !pendingHints[i].requested {
+                    pendingHints[i].requested = true
+                    for range in pendingHints[i].ranges {
+                        for run in state.pages.request(range) {
+                            ahead.append(request(run, .prefetch, &state))
+                            state.report.hintedPages += run.count
+                        }
+                    }
+                }
+                let local = { (h: PendingHint) in
+                    h.ranges.allSatisfy { r in r.allSatisfy { [.resident, .discarded].contains(state.pages.state(of: $0)) } }
+                }
+                completedHints = pendingHints.filter(local).map(\.hint)
+                pendingHints.removeAll(where: local)
                 // After the push, whatever is still missing (installs that had to be retried) is asked for.
                 if state.pushComplete && state.pages.inFlightCount == 0 && !state.pages.isComplete {
                     var from = 0
@@ -225,6 +260,12 @@ public final class FaultResolver: @unchecked Sendable {
                 }
                 return (state.pages.isComplete, state.failure)
             }
+            if let connection = workloadConnection {
+                for hint in completedHints {
+                    try? UnixSocket.send(connection, bytes: Array("{\"prefetched\":{\"base_host_virt_addr\":\(hint.address),\"size\":\(hint.size)}}\n".utf8), descriptors: [])
+                }
+            }
+            completedHints = []
             if let failure = status.failure {
                 poisonOutstanding()
                 throw failure
@@ -259,6 +300,26 @@ public final class FaultResolver: @unchecked Sendable {
         var report = lock.withLock { $0.report }
         report.seconds = Double(monotonicNanoseconds() - started) / 1e9
         return report
+    }
+
+    /// Parses complete lines of hints from the workload's connection.
+    private func takeHints() {
+        while let newline = hintBuffer.firstIndex(of: 0x0A) {
+            let line = Array(hintBuffer[..<newline])
+            hintBuffer.removeSubrange(...newline)
+            guard !line.isEmpty else { continue }
+            guard let hint = PrefetchHint(json: line) else {
+                logger.warning("ignoring a malformed message on the handoff connection: \(String(decoding: line.prefix(200), as: UTF8.self))")
+                continue
+            }
+            let end = hint.address &+ hint.size
+            guard hint.size > 0, end > hint.address else { continue }
+            let u = UInt64(unit)
+            let ranges = regionRanges(start: hint.address / u * u, end: (end + u - 1) / u * u).map(\.0)
+            logger.info("prefetch hint for \(hex(hint.address))+\(hex(hint.size)) (\(ranges.reduce(0) { $0 + $1.count }) pages)")
+            pendingHints.append(PendingHint(hint: hint, ranges: ranges))
+        }
+        if hintBuffer.count > 1 << 16 { hintBuffer.removeAll() } // no line that long is a hint
     }
 
     /// Decides what an event needs; runs under the lock.
@@ -599,5 +660,26 @@ final class UnitAssembly {
         else { (buffer + at).initializeMemory(as: UInt8.self, repeating: 0, count: length) }
         filled.insert(at / 4096..<(at + length) / 4096)
         return filled.population == filled.count
+    }
+}
+
+/// An explicit prefetch hint from the workload ("prefetch this range before it is touched",
+/// the semantics of openEuler GMEM's `hmadvise`/`gmemPrefetch`): one line of JSON on the
+/// handoff connection, `{"prefetch":{"base_host_virt_addr":A,"size":S}}`. The pager fetches
+/// the range at prefetch priority and answers `{"prefetched":{...same...}}` when all of it is
+/// local.
+public struct PrefetchHint: Equatable, Sendable {
+    public var address: UInt64
+    public var size: UInt64
+
+    public init(address: UInt64, size: UInt64) {
+        self.address = address
+        self.size = size
+    }
+
+    init?(json: [UInt8]) {
+        guard let value = try? JSONReader.parse(json), let body = value["prefetch"],
+              let address = body["base_host_virt_addr"]?.uint64, let size = body["size"]?.uint64 else { return nil }
+        self.init(address: address, size: size)
     }
 }

@@ -86,6 +86,20 @@ public enum UnixSocket {
                         truncated: truncated != 0)
     }
 
+    /// Reads what is pending without blocking (`MSG_DONTWAIT`): nil if nothing is pending,
+    /// empty if the peer closed.
+    public static func readAvailable(_ socket: FileDescriptor, maxBytes: Int) throws(KernelError) -> [UInt8]? {
+        var bytes = [UInt8](repeating: 0, count: maxBytes)
+        while true {
+            let n = bytes.withUnsafeMutableBytes { recv(socket.rawValue, $0.baseAddress, $0.count, PAGER_MSG_DONTWAIT) }
+            if n >= 0 { return Array(bytes.prefix(n)) }
+            let e = Glibc.errno
+            if e == EINTR { continue }
+            if e == EAGAIN || e == EWOULDBLOCK { return nil }
+            throw KernelError("recv", Errno(rawValue: e), detail: "unix socket")
+        }
+    }
+
     static func withSocketAddress(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Int32) -> (result: Int32, errno: Int32) {
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)

@@ -17,7 +17,7 @@ struct Postcopy: ParsableCommand {
         abstract: "Demand-fault latency (idle and while pushing) and full-transfer time over a veth pair, with same-run baselines.",
         discussion: "Needs root (network namespaces, userfaultfd). Creates and removes two namespaces joined by a veth pair."
     )
-    @Option(help: "Region size in MiB.") var sizeMiB = 1024
+    @Option(name: .customLong("size-mib"), help: "Region size in MiB.") var sizeMiB = 1024
     @Option(help: "Faults sampled for each latency figure (and raw round trips).") var samples = 3000
 
     func run() throws {
@@ -62,7 +62,7 @@ struct RawClient: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "raw-client", abstract: "Baseline: raw TCP round trips or a stream (used by postcopy).")
     @Option var connect: String
     @Option var count = 0
-    @Option var streamMiB = 0
+    @Option(name: .customLong("stream-mib")) var streamMiB = 0
     func run() throws {
         guard let e = Endpoint(connect) else { throw ValidationError("--connect ADDR:PORT") }
         if count > 0 {

@@ -14,7 +14,7 @@ struct PagerWorkload: ParsableCommand {
     struct Fill: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Write the test pattern into a file (with holes).")
         @Option var file: String
-        @Option var sizeMiB: Int
+        @Option(name: .customLong("size-mib")) var sizeMiB: Int
         @Option var seed: UInt64 = 1
         func run() throws {
             try MigrationPattern.fill(path: file, bytes: sizeMiB << 20, seed: seed)
@@ -25,12 +25,13 @@ struct PagerWorkload: ParsableCommand {
     struct Run: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Hand this process's memory to pagerd dest, touch it, verify it.")
         @Option(help: "pagerd dest's --uffd-socket.") var socket: String
-        @Option var sizeMiB: Int
+        @Option(name: .customLong("size-mib")) var sizeMiB: Int
         @Option(help: "anon, shm or hugetlb.") var backing: String = "anon"
         @Option(help: "sequential, random, strided, or none (wait for the full transfer).") var access: String = "random"
         @Option(help: "Touch (and verify) only this many pages, in access order.") var touchPages: Int?
         @Option var seed: UInt64 = 1
         @Option(help: "Write to every N-th page touched (0: none).") var writeEvery = 13
+        @Option(name: .customLong("hint-mib"), help: "Hint the pager to prefetch the first N MiB and wait until they are local, before touching.") var hintMiB = 0
         @Option(help: "Drop every N-th page with MADV_DONTNEED, half before and half after touching (anon only; 0: none).") var discardEvery = 0
 
         func run() throws {
@@ -38,6 +39,7 @@ struct PagerWorkload: ParsableCommand {
             guard let a = MigrationWorkload.Access(rawValue: access) else { throw ValidationError("--access: sequential, random, strided or none") }
             var w = MigrationWorkload(bytes: sizeMiB << 20, backing: b, access: a, seed: seed, writeEvery: writeEvery, touchPages: touchPages)
             w.discardEvery = discardEvery
+            w.hintBytes = hintMiB << 20
             let r = try w.run(socketPath: socket)
             print("workload: \(r.mismatches == 0 ? "ok" : "CORRUPT") pages=\(r.pages) backing=\(backing) access=\(access) mismatches=\(r.mismatches) touch-seconds=\(r.seconds) waits=\(r.waits.count) wait-p50-ns=\(r.waits.p50) wait-p90-ns=\(r.waits.p90) wait-p99-ns=\(r.waits.p99) wait-p999-ns=\(r.waits.p999) wait-max-ns=\(r.waits.max)")
             if let first = r.firstMismatch { print("first mismatch: \(first)") }

@@ -126,7 +126,7 @@ struct DestCommand: ParsableCommand {
             print("""
             pagerd dest: \(r.pages) pages (\(Int(mib)) MiB) \(r.pagesNeverFetched > 0 ? "mapped" : "local") after \(String(format1: r.seconds)) s (\(String(format1: mib / max(r.seconds, 1e-9))) MiB/s)\(ending)
               faults            \(r.faults), fault to install: \(latency)
-              requests          \(r.demandRequests) demand, \(r.prefetchRequests) prefetch, \(r.sweepRequests) final sweep
+              requests          \(r.demandRequests) demand, \(r.prefetchRequests) prefetch, \(r.hintedPages) pages hinted, \(r.sweepRequests) final sweep
               pages installed   \(r.installedPages) with data, \(r.zeroPages) zero, \(r.duplicatePages) duplicates dropped, \(r.discardedPages) discarded by the workload
               bytes received    \(r.bytesReceived >> 20) MiB
             """)

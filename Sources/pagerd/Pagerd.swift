@@ -41,7 +41,7 @@ struct Demo: ParsableCommand {
         """
     )
 
-    @Option(help: "Size of the migrated region in MiB.") var sizeMiB = 1024
+    @Option(name: .customLong("size-mib"), help: "Size of the migrated region in MiB.") var sizeMiB = 1024
     @Option(help: "Workload access order: sequential, random or strided.") var access = "random"
     @Flag(help: "Run source, pager and workload as threads of this process, without the network.") var inProcess = false
     @Option(help: "Seed of the in-process workload's random access order.") var seed: UInt64 = 1

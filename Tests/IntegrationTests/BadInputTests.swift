@@ -12,7 +12,7 @@ final class SourceUnderTest {
 
     init() throws {
         let ram = scratch.file("small.ram")
-        try sh(Binaries.workload, "fill", "--file", ram, "--size-mi-b", "4", "--seed", "3")
+        try sh(Binaries.workload, "fill", "--file", ram, "--size-mib", "4", "--seed", "3")
         let port = 17_000 + UInt16(getpid() % 10_000)
         endpoint = Endpoint(host: "127.0.0.1", port: port)
         process = try ChildProcess(Binaries.pagerd, ["source", "--listen", "\(endpoint)", "--region", ram, "--handshake-timeout-ms", "500"],

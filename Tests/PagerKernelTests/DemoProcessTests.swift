@@ -10,7 +10,7 @@ struct DemoProcessTests {
     @Test("pagerd demo migrates a region lazily, verifies every page and exits 0",
           .enabled(if: access(pagerd, X_OK) == 0, "pagerd not built next to the tests (run swift build --build-tests)"))
     func demo() throws {
-        let (status, output) = try runProgram(DemoProcessTests.pagerd, ["demo", "--in-process", "--size-mi-b", "64", "--seed", "7"])
+        let (status, output) = try runProgram(DemoProcessTests.pagerd, ["demo", "--in-process", "--size-mib", "64", "--seed", "7"])
         #expect(status == 0, "\(output)")
         #expect(output.contains("16384 pages (64 MiB) migrated lazily"))
         #expect(output.contains("every byte of every page matches"))
