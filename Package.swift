@@ -121,6 +121,10 @@ let package = Package(
         .testTarget(name: "PagerCoreTests", dependencies: ["PagerCore"]),
         .testTarget(name: "PagerKernelTests", dependencies: ["PagerKernel", "PagerWire"]),
         // Separate processes (release builds of pagerd and pager-workload) in network namespaces.
-        .testTarget(name: "IntegrationTests", dependencies: ["PagerKernel", "PagerWire", "PagerTransport", "PagerBenchKit"]),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["PagerKernel", "PagerWire", "PagerTransport", "PagerBenchKit", "PagerSource", "PagerDestination",
+                           .product(name: "Logging", package: "swift-log")]
+        ),
     ]
 )

@@ -8,8 +8,10 @@ public final class ServedRegion: @unchecked Sendable {
     public let length: UInt64
     /// The page size of the backing file (4 KiB, or 2 MiB on hugetlbfs).
     public let pageSize: Int
-    let file: MemoryFile
-    let mapping: MemoryMapping
+    /// The bytes served: a read-only mapping of the file, or memory the caller owns.
+    let base: UnsafeRawPointer
+    /// Owns the file and its mapping when the region is a file (nil for caller-owned memory).
+    private let owner: FileBacking?
     /// Data extents at start; outside them the file is a hole (zeros). Re-read with
     /// ``refreshExtents()`` when the file may have changed.
     private(set) var dataExtents: [Range<Int>]
@@ -17,7 +19,7 @@ public final class ServedRegion: @unchecked Sendable {
     /// Opens and maps `path` read-only.
     public init(id: UInt32, path: String) throws(KernelError) {
         self.id = id
-        file = try MemoryFile(path: path, writable: false)
+        let file = try MemoryFile(path: path, writable: false)
         let size = try file.size()
         guard size > 0, size % file.pageSize == 0 else {
             throw KernelError("region", .invalidArgument, detail: "\(path) is \(size) bytes, not a nonzero multiple of its \(file.pageSize)-byte pages")
@@ -25,13 +27,28 @@ public final class ServedRegion: @unchecked Sendable {
         name = path
         length = UInt64(size)
         pageSize = file.pageSize
-        mapping = try MemoryMapping.map(file, length: size, shared: true, writable: false)
+        let backing = FileBacking(file: file, mapping: try MemoryMapping.map(file, length: size, shared: true, writable: false))
+        base = UnsafeRawPointer(backing.mapping.base)
+        owner = backing
         dataExtents = try file.dataExtents()
+    }
+
+    /// Serves memory of this process (the library API: e.g. a VMM serving its own guest RAM).
+    /// The caller keeps `[base, base + length)` mapped and readable while it is served.
+    public init(id: UInt32, name: String, base: UnsafeRawPointer, length: Int, pageSize: Int = basePageSize) {
+        precondition(length > 0 && length % pageSize == 0 && (pageSize == basePageSize || pageSize == hugePageSize))
+        self.id = id
+        self.name = name
+        self.base = base
+        self.length = UInt64(length)
+        self.pageSize = pageSize
+        owner = nil
+        dataExtents = [0..<length]
     }
 
     /// Re-reads the data extents (holes) of the file.
     public func refreshExtents() throws(KernelError) {
-        dataExtents = try file.dataExtents()
+        if let owner { dataExtents = try owner.file.dataExtents() }
     }
 
     /// The REGION descriptor sent to destinations.
@@ -53,7 +70,7 @@ public final class ServedRegion: @unchecked Sendable {
 
     /// The bytes of `[offset, offset+length)`.
     func bytes(offset: UInt64, length: UInt64) -> UnsafeRawBufferPointer {
-        UnsafeRawBufferPointer(start: UnsafeRawPointer(mapping.base) + Int(offset), count: Int(length))
+        UnsafeRawBufferPointer(start: base + Int(offset), count: Int(length))
     }
 
     /// Splits a range into maximal runs that are all zero (holes, or pages whose bytes are
@@ -103,12 +120,22 @@ public final class ServedRegion: @unchecked Sendable {
     }
 
     private func isZeroPage(_ offset: UInt64) -> Bool {
-        let words = UnsafeRawPointer(mapping.base + Int(offset)).assumingMemoryBound(to: UInt64.self)
+        let words = (base + Int(offset)).assumingMemoryBound(to: UInt64.self)
         var acc: UInt64 = 0
         for i in 0..<pageSize / 8 {
             acc |= words[i]
             if i & 63 == 63 && acc != 0 { return false }
         }
         return acc == 0
+    }
+}
+
+/// A served file and its read-only mapping, kept alive together.
+final class FileBacking: @unchecked Sendable {
+    let file: MemoryFile
+    let mapping: MemoryMapping
+    init(file: MemoryFile, mapping: consuming MemoryMapping) {
+        self.file = file
+        self.mapping = mapping
     }
 }

@@ -66,6 +66,7 @@ struct DestCommand: ParsableCommand {
     @Flag(help: "Exit after the first migration completes (exit status 1 if it failed).") var once = false
     @Flag(help: "No background push: pages arrive only when touched or prefetched (for measuring demand paging).") var noPush = false
     @Flag(help: "No prefetch around faults: fetch exactly the faulting page.") var noPrefetch = false
+    @Flag(help: "Ask the source for a CRC-32C of every 4 KiB page and check each before installing it.") var checksums = false
     @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
 
     func validate() throws {
@@ -111,7 +112,8 @@ struct DestCommand: ParsableCommand {
         let total = handoff.mappings.reduce(UInt64(0)) { $0 + $1.size }
         logger.info("handoff: \(handoff.mappings.count) mapping(s), \(total >> 20) MiB in \(handoff.mappings[0].pageSize >> 10) KiB pages")
         do {
-            let client = try DestinationClient(source: Endpoint(connect)!, clientName: "pagerd-dest")
+            let client = try DestinationClient(source: Endpoint(connect)!, clientName: "pagerd-dest",
+                                               features: checksums ? [.resume, .hugePages, .checksums] : [.resume, .hugePages])
             defer { client.close() }
             let region = try client.region(selectedBy: self.region)
             logger.info("session \(hex(client.session)) with \(connect): region \(region.id) \"\(region.name)\" (\(region.length >> 20) MiB)")
