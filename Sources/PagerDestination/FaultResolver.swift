@@ -81,6 +81,9 @@ public final class FaultResolver: @unchecked Sendable {
     private let push: FrameChannel?
     /// Prefetch around faults (off: fetch exactly the faulting page).
     public var prefetch = true
+    /// A source silent this long while pages are outstanding is lost (its pages are poisoned).
+    /// After a second of silence the destination pings it; a live source answers at once.
+    public var stallTimeoutMilliseconds = 10_000
     /// The workload's handoff connection: when it closes, the workload is gone and the
     /// migration ends without error (the memory it would have received no longer exists).
     /// It may also carry prefetch hints (see ``PrefetchHint``).
@@ -118,6 +121,9 @@ public final class FaultResolver: @unchecked Sendable {
         /// GOODBYE sent: connection errors from here on are the expected close.
         var finishing = false
         var receiversDone = 0
+        /// When the last frame arrived from the source (any channel).
+        var lastHeard = monotonicNanoseconds()
+        var pingsSent: UInt64 = 0
     }
 
     /// - Parameter mappings: where the region's pages live in the workload; all with one page size.
@@ -222,6 +228,7 @@ public final class FaultResolver: @unchecked Sendable {
                 }
             } catch { throw .kernel(error) }
             var urgent: [PageRequest] = [], ahead: [PageRequest] = []
+            var ping = false
             let status: (done: Bool, failure: ResolveError?) = lock.withLock { state in
                 if ready {
                     do { try uffd.readEvents(into: &events) } catch let e as KernelError { state.failure = .kernel(e) } catch {}
@@ -258,6 +265,18 @@ public final class FaultResolver: @unchecked Sendable {
                         from = p + 256
                     }
                 }
+                // A silent source: ping after a second, give up after the stall timeout.
+                let silent = monotonicNanoseconds() - state.lastHeard
+                if !state.pages.isComplete && state.failure == nil {
+                    if silent > UInt64(stallTimeoutMilliseconds) * 1_000_000 {
+                        state.failure = .sourceLost("no frame from the source for \(silent / 1_000_000) ms (stall timeout \(stallTimeoutMilliseconds) ms)")
+                    } else if silent > 1_000_000_000 && state.pingsSent < silent / 1_000_000_000 {
+                        state.pingsSent = silent / 1_000_000_000
+                        ping = true
+                    }
+                } else {
+                    state.pingsSent = 0
+                }
                 return (state.pages.isComplete, state.failure)
             }
             if let connection = workloadConnection {
@@ -271,6 +290,7 @@ public final class FaultResolver: @unchecked Sendable {
                 throw failure
             }
             do {
+                if ping { try demand.send(.ping(token: 1, timestamp: monotonicNanoseconds())) }
                 for r in urgent { try demand.send(.pageRequest(r)) }
                 for r in ahead { try (push ?? demand).send(.pageRequest(r)) }
             } catch {
@@ -406,6 +426,8 @@ public final class FaultResolver: @unchecked Sendable {
                 }
                 return
             }
+            let now = monotonicNanoseconds()
+            lock.withLock { $0.lastHeard = now }
             switch incoming {
             case .pageData(let header, let data):
                 guard header.region == region.id, header.offset + header.length <= region.length else {

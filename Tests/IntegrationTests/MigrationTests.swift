@@ -20,7 +20,8 @@ struct Migration {
         var source: String
     }
 
-    func run(hosts: TwoHosts, scratch: Scratch, shape: String? = nil, killSourceAfter: String? = nil) throws -> Outcome {
+    func run(hosts: TwoHosts, scratch: Scratch, shape: String? = nil, killSourceAfter: String? = nil,
+             signal: Int32 = SIGKILL) throws -> Outcome {
         let ram = scratch.file("vm-\(backing)-\(access).ram")
         try sh(Binaries.workload, "fill", "--file", ram, "--size-mib", "\(sizeMiB)", "--seed", "\(seed)")
         if let shape { try hosts.shapeSource(rate: shape) }
@@ -39,10 +40,11 @@ struct Migration {
                                        log: scratch.file("workload.log"))
         if let marker = killSourceAfter {
             try waitFor(dest, toPrint: marker)
-            source.signal(SIGKILL)
+            source.signal(signal)
         }
         let w = workload.wait(timeoutMilliseconds: 180_000)
         let d = dest.wait(timeoutMilliseconds: 30_000)
+        source.signal(SIGCONT)
         source.signal(SIGTERM)
         source.wait(timeoutMilliseconds: 10_000)
         unlink(ram)
@@ -101,6 +103,19 @@ struct MigrationTests {
         #expect(outcome.dest.contains("faults            0,"), "\(outcome.dest)")
         #expect(outcome.dest.contains("16384 pages hinted"), "\(outcome.dest)")
         #expect(outcome.dest.contains("the workload exited with"), "\(outcome.dest)")
+    }
+
+    @Test("a source that stalls (SIGSTOP) mid-migration is detected by ping and timeout; the workload gets SIGBUS")
+    func sourceStalls() throws {
+        let hosts = try TwoHosts()
+        let scratch = Scratch()
+        var m = Migration(sizeMiB: 1024, backing: "anon", access: "sequential")
+        m.destExtra = ["--stall-timeout-ms", "2000"]
+        let outcome = try m.run(hosts: hosts, scratch: scratch, shape: "200mbit", killSourceAfter: "session ", signal: SIGSTOP)
+        #expect(outcome.workloadStatus == 128 + SIGBUS, "workload: \(outcome.workload)")
+        #expect(outcome.destStatus == 1)
+        #expect(outcome.dest.contains("stall timeout 2000 ms"), "\(outcome.dest)")
+        #expect(outcome.dest.contains("poisoned"))
     }
 
     @Test("a source killed mid-migration stops the workload with SIGBUS and the daemon with a clear error; no page is zero-filled")
