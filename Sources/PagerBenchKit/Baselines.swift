@@ -78,20 +78,15 @@ public enum RawTCP {
 public enum LocalInstallBenchmark {
     /// Seconds to install `bytes` of anonymous memory in `batch`-byte UFFDIO_COPY calls.
     public static func run(bytes: Int, batch: Int = 64 << 10) throws -> Double {
-        let region = try MemoryMapping.anonymous(length: bytes)
-        for i in stride(from: 0, to: bytes, by: basePageSize) { (region.base + i).storeBytes(of: 1, as: UInt8.self) }
-        try region.advise(.dontNeed)
-        let uffd = try Userfaultfd()
-        try uffd.negotiate([])
-        try uffd.register(region.range, mode: .missing)
+        let missing = try MissingRegion(bytes: bytes)
         let source = UnsafeMutableRawPointer.allocate(byteCount: batch, alignment: basePageSize)
         defer { source.deallocate() }
         source.initializeMemory(as: UInt8.self, repeating: 0x5A, count: batch)
-        let base = UInt64(UInt(bitPattern: region.base))
+        let base = UInt64(UInt(bitPattern: missing.memory.base))
         let t0 = monotonicNanoseconds()
         var at = 0
         while at < bytes {
-            _ = try uffd.copy(to: base + UInt64(at), from: source, length: UInt64(batch), dontWake: true)
+            _ = try missing.uffd.copy(to: base + UInt64(at), from: source, length: UInt64(batch), dontWake: true)
             at += batch
         }
         return Double(monotonicNanoseconds() - t0) / 1e9

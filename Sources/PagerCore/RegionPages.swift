@@ -44,18 +44,8 @@ public struct RegionPages: Sendable {
     /// send. Pages already in flight, resident or discarded are left out, so a page is never
     /// requested twice and a fault on a page already requested sends nothing.
     public mutating func request(_ range: Range<Int>) -> [Range<Int>] {
-        let r = clamp(range)
-        var wanted: [Range<Int>] = []
-        var i = r.lowerBound
-        while i < r.upperBound {
-            // Skip pages that are not missing.
-            guard let start = firstMissing(from: i, below: r.upperBound) else { break }
-            var end = start + 1
-            while end < r.upperBound && isMissing(end) { end += 1 }
-            wanted.append(start..<end)
-            inFlight.insert(start..<end)
-            i = end
-        }
+        let wanted = runs(in: clamp(range), from: firstMissing, while: isMissing)
+        for run in wanted { inFlight.insert(run) }
         return wanted
     }
 
@@ -63,21 +53,26 @@ public struct RegionPages: Sendable {
     /// neither resident nor discarded, and marks them resident. Late or duplicate data for the
     /// rest is clipped away.
     public mutating func accept(_ range: Range<Int>) -> [Range<Int>] {
-        let r = clamp(range)
-        var install: [Range<Int>] = []
-        var i = r.lowerBound
-        while i < r.upperBound {
-            guard let start = firstWanted(from: i, below: r.upperBound) else { break }
-            var end = start + 1
-            while end < r.upperBound && !resident.contains(end) && !discarded.contains(end) { end += 1 }
-            install.append(start..<end)
-            i = end
-        }
+        let install = runs(in: clamp(range), from: firstWanted) { !resident.contains($0) && !discarded.contains($0) }
         for run in install {
             resident.insert(run)
             inFlight.remove(run)
         }
         return install
+    }
+
+    /// Maximal runs of pages in `r` that satisfy a predicate: `first` finds the next such page
+    /// at or after an index (below an end), `continues` tests the pages after it.
+    private func runs(in r: Range<Int>, from first: (Int, Int) -> Int?, while continues: (Int) -> Bool) -> [Range<Int>] {
+        var result: [Range<Int>] = []
+        var i = r.lowerBound
+        while i < r.upperBound, let start = first(i, r.upperBound) {
+            var end = start + 1
+            while end < r.upperBound && continues(end) { end += 1 }
+            result.append(start..<end)
+            i = end
+        }
+        return result
     }
 
     /// The kernel said these pages were present already (`EEXIST`): record them resident.
@@ -119,17 +114,17 @@ public struct RegionPages: Sendable {
     /// The first page at or after `from` that is missing, wrapping at the end once: the
     /// background push's next target.
     public func nextMissing(from: Int) -> Int? {
-        firstMissing(from: from, below: pageCount) ?? firstMissing(from: 0, below: min(from, pageCount))
+        firstMissing(from, pageCount) ?? firstMissing(0, min(from, pageCount))
     }
 
     @inline(__always)
     private func isMissing(_ i: Int) -> Bool { !resident.contains(i) && !inFlight.contains(i) && !discarded.contains(i) }
 
-    private func firstMissing(from: Int, below end: Int) -> Int? {
+    private func firstMissing(_ from: Int, _ end: Int) -> Int? {
         PageBitmap.firstClearInAll([resident, inFlight, discarded], from: from, below: end)
     }
 
-    private func firstWanted(from: Int, below end: Int) -> Int? {
+    private func firstWanted(_ from: Int, _ end: Int) -> Int? {
         PageBitmap.firstClearInAll([resident, discarded], from: from, below: end)
     }
 
