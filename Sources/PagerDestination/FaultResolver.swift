@@ -59,6 +59,8 @@ public struct ResolveReport: Sendable {
     public var bytesReceived: UInt64 = 0
     /// Fault to install, in ns, for every fault the daemon saw.
     public var faultLatencies: [UInt64] = []
+    /// Bytes received for regions this destination does not map (declined with COMPLETE).
+    public var otherRegionBytes: UInt64 = 0
     /// Pages requested because of explicit prefetch hints.
     public var hintedPages = 0
     /// Pages still outstanding when the workload went away (0 for a completed migration).
@@ -81,6 +83,8 @@ public final class FaultResolver: @unchecked Sendable {
     private let push: FrameChannel?
     /// Prefetch around faults (off: fetch exactly the faulting page).
     public var prefetch = true
+    /// Ids of every region the source serves; the others than ours are declined at the start.
+    public var otherRegions: [UInt32] = []
     /// A source silent this long while pages are outstanding is lost (its pages are poisoned).
     /// After a second of silence the destination pings it; a live source answers at once.
     public var stallTimeoutMilliseconds = 10_000
@@ -178,6 +182,10 @@ public final class FaultResolver: @unchecked Sendable {
     /// the session) or the migration fails (then poisons every page not yet local and throws).
     public func run() throws(ResolveError) -> ResolveReport {
         let started = monotonicNanoseconds()
+        // Regions of the source this destination does not map: nothing is needed from them.
+        for other in otherRegions where other != region.id {
+            do { try demand.send(.complete(region: other, residentBytes: 0)) } catch { throw .sourceLost("\(error)") }
+        }
         var receivers: [KernelThread] = []
         for channel in [demand, push].compactMap({ $0 }) {
             let background = channel === push
@@ -429,17 +437,25 @@ public final class FaultResolver: @unchecked Sendable {
             let now = monotonicNanoseconds()
             lock.withLock { $0.lastHeard = now }
             switch incoming {
+            case .pageData(let header, _) where header.region != region.id:
+                // Another region of the source's: this destination does not map it (it said so
+                // with COMPLETE, but data may already have been on the way).
+                lock.withLock { $0.report.otherRegionBytes += header.length }
             case .pageData(let header, let data):
-                guard header.region == region.id, header.offset + header.length <= region.length else {
+                guard header.offset + header.length <= region.length else {
                     lock.withLock { $0.failure = .sourceLost("PAGE_DATA for region \(header.region) at \(hex(header.offset))+\(hex(header.length)) is not in region \(region.id) (\(hex(region.length)) bytes)") }
                     return
                 }
                 lock.withLock { $0.report.bytesReceived += UInt64(data.count) }
                 deliver(header, data, assembly: assembly)
-            case .message(.pushComplete):
+            case .message(.pushComplete(let r, _)) where r == region.id:
                 lock.withLock { $0.pushComplete = true }
-            case .message(.completeAck):
+            case .message(.pushComplete):
+                break // a region this destination declined
+            case .message(.completeAck(let r)) where r == region.id:
                 lock.withLock { $0.completeAcknowledged = true }
+            case .message(.completeAck):
+                break // for a region this destination declined
             case .message(.error(let e)):
                 lock.withLock { $0.failure = .sourceRefused("request \(e.requestID): \(e.code): \(e.message)") }
                 return

@@ -155,6 +155,8 @@ public final class SourceServer: @unchecked Sendable {
                 }
                 try answer(request, on: channel, session: session, flags: request.flags.contains(.urgent) ? .urgent : [])
             case .complete(let region, let resident):
+                // Nothing more is needed from the region(s): the push skips them from now on.
+                for r in regions where region == Message.allRegions || r.id == region { session.markAllSent(r) }
                 logger.info("session \(hex(session.id)): destination holds all of region \(region == Message.allRegions ? "all" : "\(region)") (\(resident >> 20) MiB)")
                 try channel.send(.completeAck(region: region))
             case .ping(let token, let timestamp):
@@ -353,6 +355,11 @@ final class SourceSession: @unchecked Sendable {
             map.insert(Int(offset / size)..<Int((offset + length) / size))
             $0.sent[region.id] = map
         }
+    }
+
+    /// Marks every page of `region` sent: the destination needs nothing more from it.
+    func markAllSent(_ region: ServedRegion) {
+        markSent(region, offset: 0, length: region.length)
     }
 
     /// Claims the next run of pages not yet sent, starting at `from` and wrapping once, at

@@ -122,6 +122,7 @@ struct DestCommand: ParsableCommand {
                                              demand: client.demand, push: noPush ? nil : client.push, logger: logger)
             resolver.prefetch = !noPrefetch
             resolver.stallTimeoutMilliseconds = stallTimeoutMs
+            resolver.otherRegions = client.regions.map(\.id)
             resolver.workloadConnection = handoff.connection
             let r = try resolver.run()
             let latency = LatencySummary(samples: r.faultLatencies)

@@ -105,6 +105,39 @@ struct MigrationTests {
         #expect(outcome.dest.contains("the workload exited with"), "\(outcome.dest)")
     }
 
+    @Test("a source serving two regions, one a hugetlbfs file with 2 MiB pages; --region picks the one a handoff maps onto")
+    func twoRegionsOneHugetlbfs() throws {
+        let hosts = try TwoHosts()
+        let scratch = Scratch()
+        let mount = scratch.file("huge")
+        #expect(mkdir(mount, 0o700) == 0)
+        try sh("/bin/mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "none", mount)
+        defer { _ = try? runProgram("/bin/umount", [mount]) }
+        var reservation: HugePageReservation? = try HugePageReservation(pages: 2 * 128) // source file + workload
+        defer { reservation = nil }
+        let small = scratch.file("small.ram"), huge = mount + "/vm.ram"
+        try sh(Binaries.workload, "fill", "--file", small, "--size-mib", "16", "--seed", "1")
+        try sh(Binaries.workload, "fill", "--file", huge, "--size-mib", "256", "--seed", "21")
+        let source = try hosts.spawn(in: hosts.source, Binaries.pagerd,
+                                     ["source", "--listen", "\(TwoHosts.sourceAddress):7070", "--region", small, "--region", huge],
+                                     log: scratch.file("source.log"))
+        defer { source.signal(SIGTERM); source.wait(timeoutMilliseconds: 10_000) }
+        try waitFor(source, toPrint: "serving 2 region")
+        #expect(source.output.contains("2048 KiB pages"), "\(source.output)")
+        let socket = scratch.file("uffd.sock")
+        let dest = try hosts.spawn(in: hosts.dest, Binaries.pagerd,
+                                   ["dest", "--connect", "\(TwoHosts.sourceAddress):7070", "--uffd-socket", socket, "--once", "--region", "vm.ram"],
+                                   log: scratch.file("dest.log"))
+        try waitFor(dest, toPrint: "waiting for userfaultfd handoffs")
+        let workload = try hosts.spawn(in: hosts.dest, Binaries.workload,
+                                       ["run", "--socket", socket, "--size-mib", "256", "--backing", "hugetlb", "--access", "random", "--seed", "21"],
+                                       log: scratch.file("workload.log"))
+        #expect(workload.wait(timeoutMilliseconds: 120_000) == 0, "\(workload.output)\n\(dest.output)")
+        #expect(workload.output.contains("mismatches=0"), "\(workload.output)")
+        #expect(dest.wait(timeoutMilliseconds: 30_000) == 0, "\(dest.output)")
+        #expect(dest.output.contains("region 2 \"vm.ram\""), "\(dest.output)")
+    }
+
     @Test("a source that stalls (SIGSTOP) mid-migration is detected by ping and timeout; the workload gets SIGBUS")
     func sourceStalls() throws {
         let hosts = try TwoHosts()
