@@ -38,21 +38,15 @@ extension Message: CustomStringConvertible {
             add("length", hex64(r.length))
             add("name", quoted(r.name))
         case .pageRequest(let p):
-            var names: [String] = []
-            if p.flags.contains(.urgent) { names.append("urgent") }
-            if p.flags.contains(.prefetch) { names.append("prefetch") }
-            add("flags", names.isEmpty ? "-" : names.joined(separator: "|"))
+            add("flags", flagList([(p.flags.contains(.urgent), "urgent"), (p.flags.contains(.prefetch), "prefetch")]))
             add("request", "\(p.requestID)")
             add("region", "\(p.region)")
             add("offset", hex64(p.offset))
             add("length", hex64(p.length))
         case .pageData(let d):
             let h = d.header
-            var names: [String] = []
-            if h.flags.contains(.urgent) { names.append("urgent") }
-            if h.flags.contains(.push) { names.append("push") }
-            if h.flags.contains(.checksums) { names.append("checksums") }
-            add("flags", names.isEmpty ? "-" : names.joined(separator: "|"))
+            add("flags", flagList([(h.flags.contains(.urgent), "urgent"), (h.flags.contains(.push), "push"),
+                                   (h.flags.contains(.checksums), "checksums")]))
             add("request", "\(h.requestID)")
             add("region", "\(h.region)")
             add("offset", hex64(h.offset))
@@ -95,6 +89,12 @@ extension Message: CustomStringConvertible {
         }
         return f.joined(separator: " ")
     }
+}
+
+/// The names of the flags that are set, joined with `|`, or `-` for none.
+func flagList(_ flags: [(isSet: Bool, name: String)]) -> String {
+    let names = flags.filter(\.isSet).map(\.name)
+    return names.isEmpty ? "-" : names.joined(separator: "|")
 }
 
 func hexBytes(_ bytes: [UInt8]) -> String {
