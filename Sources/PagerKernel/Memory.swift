@@ -1,5 +1,6 @@
 import CPagerKernel
 import Glibc
+import Synchronization
 import SystemPackage
 
 /// 4 KiB, the base page size on x86-64.
@@ -227,25 +228,36 @@ public func writeWholeFile(_ path: String, _ text: String) throws(KernelError) {
 
 /// Reserves 2 MiB huge pages for hugetlbfs by raising `/proc/sys/vm/nr_hugepages`, and
 /// gives them back on deinit. Requires root.
+///
+/// Reservations adjust the pool relative to its current size under a process-wide lock, so
+/// several at once (tests run in parallel) add up instead of overwriting each other.
 public struct HugePageReservation: ~Copyable {
     private static let path = "/proc/sys/vm/nr_hugepages"
+    private static let lock = Mutex<Void>(())
     public let added: Int
-    private let previous: Int
 
     /// Adds `count` pages to the pool. Throws with `ENOMEM` if the kernel could not find them.
     public init(pages count: Int) throws(KernelError) {
-        let before = try HugePageReservation.poolSize()
-        try writeWholeFile(HugePageReservation.path, "\(before + count)\n")
-        let after = (try? HugePageReservation.poolSize()) ?? before
-        if after - before < count {
-            try? writeWholeFile(HugePageReservation.path, "\(before)\n")
-            throw KernelError("nr_hugepages", .noMemory, detail: "asked for \(count) more 2 MiB pages, kernel found \(after - before)")
+        added = try HugePageReservation.lock.withLock { (_) throws(KernelError) -> Int in
+            let before = try HugePageReservation.poolSize()
+            try writeWholeFile(HugePageReservation.path, "\(before + count)\n")
+            let after = (try? HugePageReservation.poolSize()) ?? before
+            if after - before < count {
+                try? writeWholeFile(HugePageReservation.path, "\(before)\n")
+                throw KernelError("nr_hugepages", .noMemory, detail: "asked for \(count) more 2 MiB pages, kernel found \(after - before)")
+            }
+            return after - before
         }
-        previous = before
-        added = after - before
     }
 
-    deinit { try? writeWholeFile(HugePageReservation.path, "\(previous)\n") }
+    deinit {
+        let added = self.added
+        HugePageReservation.lock.withLock { _ in
+            if let now = try? HugePageReservation.poolSize() {
+                try? writeWholeFile(HugePageReservation.path, "\(max(0, now - added))\n")
+            }
+        }
+    }
 
     /// The current value of `nr_hugepages`.
     public static func poolSize() throws(KernelError) -> Int {
