@@ -5,6 +5,7 @@
 #endif
 #include "CPagerKernel.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -112,6 +113,10 @@ int pager_accept_cloexec(int listener) {
 int pager_accept_addr(int listener, void *addr, unsigned int *addrlen) {
     int fd = accept4(listener, (struct sockaddr *)addr, (socklen_t *)addrlen, SOCK_CLOEXEC);
     return fd < 0 ? -errno : fd;
+}
+
+int pager_punch_hole(int fd, int64_t offset, int64_t length) {
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length) < 0 ? -errno : 0;
 }
 
 int pager_pin_to_cpu(int cpu) {

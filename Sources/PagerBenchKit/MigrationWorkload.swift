@@ -57,6 +57,10 @@ public struct MigrationWorkload {
     /// Before touching, hint the pager to prefetch the first `hintBytes` and wait until it
     /// says they are local (0: no hint).
     public var hintBytes = 0
+    /// Shared memory only: after touching, punch a hole in the backing memfd at every
+    /// `punchEvery`-th page (no userfaultfd event is sent for that); those pages must then
+    /// read as zeros, and touching them again must not hang (0: none).
+    public var punchEvery = 0
 
     public init(bytes: Int, backing: Backing, access: Access, seed: UInt64, writeEvery: Int, touchPages: Int? = nil) {
         self.touchPages = touchPages
@@ -81,12 +85,15 @@ public struct MigrationWorkload {
         let pageSize = backing == .hugetlb ? hugePageSize : basePageSize
         let memory: MemoryMapping
         let features: Userfaultfd.Features
+        var backingFile: MemoryFile?
         switch backing {
         case .anon:
             memory = try MemoryMapping.anonymous(length: bytes)
             features = [.eventRemove, .eventUnmap]
         case .shm:
-            memory = try MemoryMapping.map(try MemoryFile(memfdNamed: "workload", length: bytes), length: bytes)
+            let file = try MemoryFile(memfdNamed: "workload", length: bytes)
+            backingFile = file
+            memory = try MemoryMapping.map(file, length: bytes)
             features = [.missingShmem, .eventRemove, .eventUnmap]
         case .hugetlb:
             memory = try MemoryMapping.map(try MemoryFile(memfdNamed: "workload", length: bytes, hugetlb: true), length: bytes)
@@ -175,6 +182,17 @@ public struct MigrationWorkload {
                 try memory.advise(.dontNeed, offset: p * basePageSize, length: basePageSize)
                 discarded.insert(p)
                 written.remove(p)
+            }
+        }
+        if punchEvery > 0 {
+            precondition(backing == .shm, "hole punching is checked on shared memory only")
+            // Only pages already touched (installed): a hole punched in a page that never arrived
+            // is a conflicting write the pager cannot see, not a case it can get right.
+            for p in stride(from: punchEvery / 2, to: order.count, by: punchEvery).map({ order[$0] }) {
+                try backingFile!.punchHole(offset: p * basePageSize, length: basePageSize)
+                discarded.insert(p)
+                written.remove(p)
+                _ = touch(memory.base + p * basePageSize) // faults again: must not hang, must read zeros
             }
         }
         let seconds = Double(monotonicNanoseconds() - started) / 1e9

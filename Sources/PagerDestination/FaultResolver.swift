@@ -365,10 +365,11 @@ public final class FaultResolver: @unchecked Sendable {
                 // The workload dropped this page: by the kernel's rules it reads as zeros now.
                 installZeros(page..<page + 1, &state)
             case .resident:
-                // Installed after the fault was raised; the install woke the thread, but wake
-                // again in case it raced.
-                wake(page..<page + 1)
-                state.faultTimes[page] = nil
+                // Either the install raced with this fault (the page is present), or the page was
+                // removed behind our back with no event (a hole punched in shared memory, which
+                // reads as zeros). Installing zeros settles both: EEXIST in the first case (just
+                // wake), zeros in the second. A bare wake would let the thread fault forever.
+                installZeros(page..<page + 1, &state)
             case .inFlight where !state.urgentAsked.contains(page) && state.planner.direction == .none:
                 // Requested as prefetch, so its reply may be queued behind push data: ask again
                 // on the demand channel (whichever copy arrives second is dropped). Not during a

@@ -60,6 +60,14 @@ public final class MemoryFile: @unchecked Sendable {
         return Int(st.st_size)
     }
 
+    /// Drops `[offset, offset+length)` of the file (`fallocate` with `FALLOC_FL_PUNCH_HOLE`):
+    /// it reads as zeros afterwards, and mappings of it lose those pages without any
+    /// userfaultfd event.
+    public func punchHole(offset: Int, length: Int) throws(KernelError) {
+        let r = pager_punch_hole(descriptor.rawValue, Int64(offset), Int64(length))
+        if r < 0 { throw KernelError("fallocate(PUNCH_HOLE)", negatedErrno: r, detail: "\(name) \(offset)+\(length)") }
+    }
+
     /// The ranges of the file that hold data (`lseek` with `SEEK_DATA`/`SEEK_HOLE`); the rest
     /// are holes, which read as zeros and need not be read at all.
     public func dataExtents() throws(KernelError) -> [Range<Int>] {

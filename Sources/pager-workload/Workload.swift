@@ -32,6 +32,7 @@ struct PagerWorkload: ParsableCommand {
         @Option var seed: UInt64 = 1
         @Option(help: "Write to every N-th page touched (0: none).") var writeEvery = 13
         @Option(name: .customLong("hint-mib"), help: "Hint the pager to prefetch the first N MiB and wait until they are local, before touching.") var hintMiB = 0
+        @Option(help: "Shared memory: punch a hole at every N-th page after touching (0: none).") var punchEvery = 0
         @Option(help: "Drop every N-th page with MADV_DONTNEED, half before and half after touching (anon only; 0: none).") var discardEvery = 0
 
         func run() throws {
@@ -40,6 +41,7 @@ struct PagerWorkload: ParsableCommand {
             var w = MigrationWorkload(bytes: sizeMiB << 20, backing: b, access: a, seed: seed, writeEvery: writeEvery, touchPages: touchPages)
             w.discardEvery = discardEvery
             w.hintBytes = hintMiB << 20
+            w.punchEvery = punchEvery
             let r = try w.run(socketPath: socket)
             print("workload: \(r.mismatches == 0 ? "ok" : "CORRUPT") pages=\(r.pages) backing=\(backing) access=\(access) mismatches=\(r.mismatches) touch-seconds=\(r.seconds) waits=\(r.waits.count) wait-p50-ns=\(r.waits.p50) wait-p90-ns=\(r.waits.p90) wait-p99-ns=\(r.waits.p99) wait-p999-ns=\(r.waits.p999) wait-max-ns=\(r.waits.max)")
             if let first = r.firstMismatch { print("first mismatch: \(first)") }

@@ -87,6 +87,22 @@ struct MigrationTests {
         #expect(!outcome.dest.contains(" 0 discarded by the workload"), "REMOVE events were seen: \(outcome.dest)")
     }
 
+    @Test("shared-memory pages removed behind the pager's back (hole punched, no event) read as zeros and do not hang")
+    func punchedHoles() throws {
+        let hosts = try TwoHosts()
+        let scratch = Scratch()
+        // The migration must still be running when holes are punched: no push, no prefetch,
+        // a quarter of the memory touched.
+        var m = Migration(sizeMiB: 128, backing: "shm", access: "random")
+        m.extra = ["--punch-every", "9", "--touch-pages", "8192"]
+        m.destExtra = ["--no-push", "--no-prefetch"]
+        let outcome = try m.run(hosts: hosts, scratch: scratch)
+        #expect(outcome.workloadStatus == 0, "workload: \(outcome.workload)\ndest: \(outcome.dest)")
+        #expect(outcome.workload.contains("pages=8192") && outcome.workload.contains("mismatches=0"), "\(outcome.workload)")
+        #expect(outcome.destStatus == 0, "\(outcome.dest)")
+        #expect(outcome.dest.contains("the workload exited with"), "still migrating when the holes were punched: \(outcome.dest)")
+    }
+
     @Test("an explicit prefetch hint makes a range local before it is touched: no faults on it")
     func prefetchHint() throws {
         let hosts = try TwoHosts()

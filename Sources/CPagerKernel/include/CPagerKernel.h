@@ -212,6 +212,10 @@ int pager_accept_cloexec(int listener);
 /// accept4(2) with SOCK_CLOEXEC, returning the peer address; no retry. Returns the fd or -errno.
 int pager_accept_addr(int listener, void *addr, unsigned int *addrlen);
 
+/// fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE): drops a file range, which then reads
+/// as zeros. Returns 0 or -errno.
+int pager_punch_hole(int fd, int64_t offset, int64_t length);
+
 /// sched_setaffinity(0, ...) for the calling thread: pin it to one CPU. Returns 0 or -errno.
 int pager_pin_to_cpu(int cpu);
 /// sched_setscheduler(0, SCHED_IDLE) for the calling thread: it runs only when no normal
