@@ -154,6 +154,38 @@ struct MigrationTests {
         #expect(dest.output.contains("region 2 \"vm.ram\""), "\(dest.output)")
     }
 
+    @Test("one source serves two destinations at once; both workloads get every page right")
+    func twoDestinations() throws {
+        let hosts = try TwoHosts()
+        let scratch = Scratch()
+        let ram = scratch.file("shared.ram")
+        try sh(Binaries.workload, "fill", "--file", ram, "--size-mib", "512", "--seed", "5")
+        let source = try hosts.spawn(in: hosts.source, Binaries.pagerd, ["source", "--listen", "\(TwoHosts.sourceAddress):7070", "--region", ram],
+                                     log: scratch.file("source.log"))
+        defer { source.signal(SIGTERM); source.wait(timeoutMilliseconds: 10_000) }
+        try waitFor(source, toPrint: "serving 1 region")
+        var runs: [(ChildProcess, ChildProcess)] = []
+        for (i, access) in ["random", "strided"].enumerated() {
+            let socket = scratch.file("uffd\(i).sock")
+            let dest = try hosts.spawn(in: hosts.dest, Binaries.pagerd,
+                                       ["dest", "--connect", "\(TwoHosts.sourceAddress):7070", "--uffd-socket", socket, "--once"],
+                                       log: scratch.file("dest\(i).log"))
+            try waitFor(dest, toPrint: "waiting for userfaultfd handoffs")
+            let workload = try hosts.spawn(in: hosts.dest, Binaries.workload,
+                                           ["run", "--socket", socket, "--size-mib", "512", "--access", access, "--seed", "5"],
+                                           log: scratch.file("workload\(i).log"))
+            runs.append((dest, workload))
+        }
+        for (dest, workload) in runs {
+            #expect(workload.wait(timeoutMilliseconds: 180_000) == 0, "\(workload.output)\n\(dest.output)")
+            #expect(workload.output.contains("mismatches=0"), "\(workload.output)")
+            #expect(dest.wait(timeoutMilliseconds: 30_000) == 0, "\(dest.output)")
+        }
+        source.signal(SIGTERM)
+        source.wait(timeoutMilliseconds: 10_000)
+        #expect(source.output.contains("2 session(s)") && source.output.contains("0 session(s) ended by errors"), "\(source.output)")
+    }
+
     @Test("a source that stalls (SIGSTOP) mid-migration is detected by ping and timeout; the workload gets SIGBUS")
     func sourceStalls() throws {
         let hosts = try TwoHosts()
