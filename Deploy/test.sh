@@ -9,9 +9,8 @@ log=$(mktemp -d)
 trap 'rm -rf "$log"' EXIT
 
 echo "== build and test"
-# The integration tests run release builds of pagerd and pager-workload as separate processes.
-swift build -c release --product pagerd
-swift build -c release --product pager-workload
+# The integration tests run release builds of pagerd, pager-workload and pager-bench as separate processes.
+swift build -c release
 swift build --build-tests
 swift test --skip-build 2>&1 | tee "$log/test.txt"
 sed 's/\x1b\[[0-9;]*m//g' "$log/test.txt" > "$log/plain.txt"

@@ -26,6 +26,8 @@ public struct PostcopyBenchmark {
         public var idleFault: LatencySummary
         public var pushingFault: LatencySummary
         public var fullTransferSeconds: Double
+        /// Bytes the full-transfer workload verified (the whole region when it succeeded).
+        public var fullTransferBytes: Int
         public var sizeMiB: Int
     }
 
@@ -81,7 +83,8 @@ public struct PostcopyBenchmark {
         rawSummary.count = samples
         return Results(rawRoundTrip: rawSummary, rawStreamSeconds: stream["seconds"] ?? 0, localFault: local,
                        localInstallSeconds: install, idleFault: summary(idle, "wait-"), pushingFault: summary(pushing, "wait-"),
-                       fullTransferSeconds: full["touch-seconds"] ?? 0, sizeMiB: sizeMiB)
+                       fullTransferSeconds: full["touch-seconds"] ?? 0, fullTransferBytes: Int(full["pages"] ?? 0) * basePageSize,
+                       sizeMiB: sizeMiB)
     }
 }
 
@@ -93,4 +96,31 @@ public func keyValues(_ text: String) -> [String: Double] {
         if kv.count == 2, let v = Double(kv[1]) { result[String(kv[0])] = v }
     }
     return result
+}
+
+extension LatencySummary {
+    /// `{"count":…,"p50":…,"p90":…,"p99":…,"p999":…,"max":…}` in nanoseconds.
+    public var json: String {
+        "{\"count\":\(count),\"p50\":\(p50),\"p90\":\(p90),\"p99\":\(p99),\"p999\":\(p999),\"max\":\(max)}"
+    }
+}
+
+extension PostcopyBenchmark.Results {
+    /// The results as one JSON object with stable keys (documented in the README).
+    public var json: String {
+        let bytes = sizeMiB << 20
+        func number(_ x: Double) -> String { x.isFinite ? "\(x)" : "null" }
+        let idleExpected = Double(rawRoundTrip.p50 + localFault.p50)
+        return """
+        {"scenario":"postcopy","region_bytes":\(bytes),"page_size":4096,\
+        "baselines":{"tcp_round_trip_ns":\(rawRoundTrip.json),"tcp_stream_seconds":\(number(rawStreamSeconds)),\
+        "local_fault_ns":\(localFault.json),"local_install_seconds":\(number(localInstallSeconds))},\
+        "pager":{"idle_fault_ns":\(idleFault.json),"pushing_fault_ns":\(pushingFault.json),\
+        "full_transfer_seconds":\(number(fullTransferSeconds)),"full_transfer_bytes":\(fullTransferBytes)},\
+        "ratios":{"idle_p50_vs_round_trip_plus_local_fault":\(number(Double(idleFault.p50) / idleExpected)),\
+        "pushing_p99_vs_idle_p50":\(number(Double(pushingFault.p99) / Double(idleFault.p50))),\
+        "full_transfer_vs_local_install":\(number(fullTransferSeconds / localInstallSeconds)),\
+        "full_transfer_vs_tcp_stream":\(number(fullTransferSeconds / rawStreamSeconds))}}
+        """
+    }
 }

@@ -19,12 +19,18 @@ struct Postcopy: ParsableCommand {
     )
     @Option(name: .customLong("size-mib"), help: "Region size in MiB.") var sizeMiB = 1024
     @Option(help: "Faults sampled for each latency figure (and raw round trips).") var samples = 3000
+    @Flag(help: "Print one JSON object (keys documented in the README) instead of the table.") var json = false
 
     func run() throws {
-        var bench = PostcopyBenchmark(binaries: executableDirectory()) { print("  ... \($0)") }
+        let quiet = json
+        var bench = PostcopyBenchmark(binaries: executableDirectory()) { if !quiet { print("  ... \($0)") } }
         bench.sizeMiB = sizeMiB
         bench.samples = samples
         let r = try bench.run()
+        if json {
+            print(r.json)
+            return
+        }
         let expectedIdle = Double(r.rawRoundTrip.p50 + r.localFault.p50)
         func us(_ ns: UInt64) -> String { formatMicros(ns) }
         func ratio(_ x: Double) -> String { String(format2: x) }
