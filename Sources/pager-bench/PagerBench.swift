@@ -7,7 +7,7 @@ struct PagerBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pager-bench",
         abstract: "Measures the pager against baselines taken in the same run, and prints ratios.",
-        subcommands: [Postcopy.self, FaultLocal.self, RawServer.self, RawClient.self]
+        subcommands: [Postcopy.self, AB.self, FaultLocal.self, RawServer.self, RawClient.self]
     )
 }
 
@@ -52,6 +52,50 @@ struct Postcopy: ParsableCommand {
           full transfer / local batched install          \(ratio(r.fullTransferSeconds / r.localInstallSeconds))  (<= 1.5)
           full transfer / raw TCP stream                 \(ratio(r.fullTransferSeconds / r.rawStreamSeconds))
         """)
+    }
+}
+
+/// Compares two builds by alternating runs: this machine drifts over minutes, so a run before
+/// a change and a run after it prove nothing.
+struct AB: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ab",
+        abstract: "Compare two builds: alternate `postcopy --json` runs of each and print medians.",
+        discussion: "Example: pager-bench ab /tmp/before /tmp/after --rounds 5 (each a directory holding a release build, e.g. a copy of .build/release with symlinks resolved: cp -rL)."
+    )
+    @Argument(help: "Directory of build A.") var a: String
+    @Argument(help: "Directory of build B.") var b: String
+    @Option var rounds = 5
+    @Option(name: .customLong("size-mib")) var sizeMiB = 1024
+
+    func run() throws {
+        let keys = ["full_transfer_seconds", "idle_p50_vs_round_trip_plus_local_fault", "pushing_p99_vs_idle_p50"]
+        var results: [String: [String: [Double]]] = ["A": [:], "B": [:]]
+        for round in 1...rounds {
+            for (name, dir) in [("A", a), ("B", b)] {
+                let (status, output) = try runProgram(dir + "/pager-bench", ["postcopy", "--json", "--size-mib", "\(sizeMiB)"])
+                guard status == 0 else { throw ValidationError("\(dir)/pager-bench failed: \(output)") }
+                var line: [String] = []
+                for key in keys {
+                    let value = jsonNumber(output, key) ?? .nan
+                    results[name]![key, default: []].append(value)
+                    line.append("\(key)=\(String(format2: value))")
+                }
+                print("round \(round) \(name): " + line.joined(separator: " "))
+            }
+        }
+        for key in keys {
+            func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
+            let ma = median(results["A"]![key]!), mb = median(results["B"]![key]!)
+            print("median \(key): A \(String(format2: ma))  B \(String(format2: mb))  B/A \(String(format2: mb / ma))")
+        }
+    }
+
+    /// The number after `"key":` in a JSON text (keys here are unique).
+    func jsonNumber(_ text: String, _ key: String) -> Double? {
+        guard let r = text.firstRange(of: "\"\(key)\":") else { return nil }
+        let rest = text[r.upperBound...].prefix { "0123456789.eE+-".contains($0) }
+        return Double(rest)
     }
 }
 
