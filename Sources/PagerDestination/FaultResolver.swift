@@ -311,7 +311,13 @@ public final class FaultResolver: @unchecked Sendable {
             logger.info("the workload closed its handoff connection: it is gone, the migration ends with \(lock.withLock { $0.pages.outstandingCount }) pages never fetched")
         } else {
             // Every page is here: the workload runs on local memory from now on.
-            for m in mappings { try? uffd.unregister(m.range) }
+            for m in mappings {
+                do { try uffd.unregister(m.range) } catch { logger.error("cannot unregister \(m.range): \(error)") }
+                // Unregistering wakes the faults pending on the range; wake once more anyway, so
+                // that no thread that queued a fault around the unregister sleeps on forever (a
+                // woken thread simply faults again, now on plain memory).
+                do { try uffd.wake(m.range) } catch { logger.error("cannot wake \(m.range): \(error)") }
+            }
             try? demand.send(.complete(region: region.id, residentBytes: UInt64(lock.withLock { $0.report.pages }) * UInt64(unit)))
             let deadline = monotonicNanoseconds() + 5_000_000_000
             while !lock.withLock({ $0.completeAcknowledged }) && monotonicNanoseconds() < deadline {
@@ -582,9 +588,13 @@ public final class FaultResolver: @unchecked Sendable {
             return Int(before) / unit + 1
         case .retry(let before):
             // The workload's mappings are changing (an event is pending): the rest goes back to
-            // missing and is requested again after the event is read.
+            // missing and is requested again after the event is read. Its waiters are woken so
+            // they fault again: their fault events were consumed, and nothing else would wake
+            // them (a zero install for a page believed resident records no pending fault).
             let installed = Int(before) / unit
-            state.pages.invalidate(pages.lowerBound + installed..<pages.upperBound)
+            let rest = pages.lowerBound + installed..<pages.upperBound
+            state.pages.invalidate(rest)
+            wake(rest)
             return pages.count
         case .targetGone:
             state.failure = .workloadGone
@@ -621,6 +631,9 @@ public final class FaultResolver: @unchecked Sendable {
                 from = end
             }
         }
+        // Wake every waiter, also those on pages that were local: each faults again and either
+        // finds its page or gets SIGBUS; none sleeps on after this daemon is gone.
+        for m in mappings { try? uffd.wake(m.range) }
     }
 
     private func firstOutstanding(_ pages: RegionPages, from: Int) -> Int? {
