@@ -38,7 +38,7 @@ public enum RawTCP {
     /// `count` request/response round trips; returns their latencies in ns.
     public static func roundTrips(_ endpoint: Endpoint, count: Int, replyBytes: Int = 4096) throws -> [UInt64] {
         let socket = try TCPSocket.connect(endpoint)
-        var request = [UInt8](repeating: 1, count: 24)
+        let request = [UInt8](repeating: 1, count: 24)
         let reply = UnsafeMutableRawPointer.allocate(byteCount: replyBytes, alignment: 4096)
         defer { reply.deallocate() }
         var samples: [UInt64] = []
@@ -49,7 +49,6 @@ public enum RawTCP {
             guard try socket.readExactly(into: reply, count: replyBytes) else { throw HarnessError("raw server closed") }
             samples.append(monotonicNanoseconds() - t0)
         }
-        request[0] = 0
         return samples
     }
 

@@ -95,11 +95,7 @@ public enum LocalFaultBenchmark {
         let path = executableDirectory() + "/uffd-fault-bench-c"
         let (status, output) = try runProgram(path, ["\(pages)", "\(touchCPU)", "\(handlerCPU)"])
         guard status == 0 else { throw BenchmarkError.baselineFailed("\(path) exited with \(status): \(output)") }
-        var fields: [String: Double] = [:]
-        for part in output.split(whereSeparator: { $0 == " " || $0 == "\n" }) {
-            let kv = part.split(separator: "=")
-            if kv.count == 2, let v = Double(kv[1]) { fields[String(kv[0])] = v }
-        }
+        let fields = keyValues(output)
         guard let p50 = fields["p50_ns"], let p90 = fields["p90_ns"], let p99 = fields["p99_ns"], let mean = fields["mean_ns"] else {
             throw BenchmarkError.baselineFailed("unparseable output from \(path): \(output)")
         }

@@ -132,13 +132,7 @@ public struct MigrationWorkload {
         let started = monotonicNanoseconds()
         if access == .none {
             // The pager closes the handoff connection once every page is local.
-            var byte: [UInt8] = [0]
-            while true {
-                let got = try UnixSocket.receive(socket, maxBytes: 1, maxDescriptors: 0)
-                if got.bytes.isEmpty { break }
-                byte = got.bytes
-            }
-            _ = byte
+            while try !UnixSocket.receive(socket, maxBytes: 1, maxDescriptors: 0).bytes.isEmpty {}
             order = []
         }
         if hintBytes > 0 {

@@ -111,6 +111,11 @@ public struct RegionPages: Sendable {
         inFlight.remove(clamp(range))
     }
 
+    /// Maximal runs of pages that still need data from the source (missing or in flight).
+    public func outstandingRuns() -> [Range<Int>] {
+        runs(in: 0..<pageCount, from: firstWanted) { !resident.contains($0) && !discarded.contains($0) }
+    }
+
     /// The first page at or after `from` that is missing, wrapping at the end once: the
     /// background push's next target.
     public func nextMissing(from: Int) -> Int? {

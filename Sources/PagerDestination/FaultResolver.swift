@@ -620,30 +620,15 @@ public final class FaultResolver: @unchecked Sendable {
     /// SIGBUS on it instead of zeros or a hang.
     private func poisonOutstanding() {
         lock.withLock { state in
-            var from = 0
-            while from < state.pages.pageCount {
-                guard let p = firstOutstanding(state.pages, from: from) else { break }
-                var end = p + 1
-                while end < state.pages.pageCount, [.missing, .inFlight].contains(state.pages.state(of: end)) { end += 1 }
-                for (address, pages) in destinations(p..<end) {
+            for run in state.pages.outstandingRuns() {
+                for (address, pages) in destinations(run) {
                     _ = try? uffd.poison(AddressRange(start: address, length: UInt64(pages.count * unit)))
                 }
-                from = end
             }
         }
         // Wake every waiter, also those on pages that were local: each faults again and either
         // finds its page or gets SIGBUS; none sleeps on after this daemon is gone.
         for m in mappings { try? uffd.wake(m.range) }
-    }
-
-    private func firstOutstanding(_ pages: RegionPages, from: Int) -> Int? {
-        var i = from
-        while i < pages.pageCount {
-            let s = pages.state(of: i)
-            if s == .missing || s == .inFlight { return i }
-            i += 1
-        }
-        return nil
     }
 
     // MARK: Address translation

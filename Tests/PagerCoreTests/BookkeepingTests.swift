@@ -99,6 +99,7 @@ struct RegionPagesTests {
                 return
             }
             #expect(pages.outstandingCount == model.filter { $0 == .missing || $0 == .inFlight }.count)
+            #expect(pages.outstandingRuns().flatMap { Array($0) } == (0..<count).filter { model[$0] == .missing || model[$0] == .inFlight })
         }
     }
 
