@@ -46,7 +46,8 @@ public func formatMicros(_ ns: UInt64) -> String {
 /// anonymous region in order while a handler thread resolves each fault with one 4 KiB
 /// UFFDIO_COPY. The same algorithm as `uffd-fault-bench-c`, through the Swift kernel layer.
 public enum LocalFaultBenchmark {
-    /// Runs on the calling thread (pinned to `touchCPU`) with a handler on `handlerCPU`.
+    /// Touches from a thread pinned to `touchCPU` with a handler on `handlerCPU`; the calling
+    /// thread is never pinned, so processes it starts later keep every CPU.
     /// Returns per-fault latencies in ns. Checks every page's content afterwards.
     public static func run(pages: Int, touchCPU: Int, handlerCPU: Int) throws -> [UInt64] {
         let missing = try MissingRegion(bytes: pages * basePageSize)
@@ -56,7 +57,6 @@ public enum LocalFaultBenchmark {
         source.initializeMemory(as: UInt8.self, repeating: 0x5A, count: basePageSize)
         let sourceAddress = UInt(bitPattern: source)
         let failure = Mutex<KernelError?>(nil)
-        try pinCurrentThread(to: touchCPU)
         let handler = try KernelThread(name: "bench-faults", cpu: handlerCPU) {
             let src = UnsafeRawPointer(bitPattern: sourceAddress)!
             var events: [UffdEvent] = []
@@ -77,14 +77,22 @@ public enum LocalFaultBenchmark {
                 failure.withLock { $0 = KernelError("fault loop", .ioError, detail: "\(error)") }
             }
         }
-        var latencies = [UInt64](repeating: 0, count: pages)
-        var sum = 0
-        for i in 0..<pages {
-            let t0 = monotonicNanoseconds()
-            sum += Int(missing.memory.page(i).load(as: UInt8.self))
-            latencies[i] = monotonicNanoseconds() - t0
+        let base = UInt(bitPattern: missing.memory.base)
+        let measured = Mutex<(latencies: [UInt64], sum: Int)>(([], 0))
+        let toucher = try KernelThread(name: "bench-touch", cpu: touchCPU) {
+            let memory = UnsafeRawPointer(bitPattern: base)!
+            var latencies = [UInt64](repeating: 0, count: pages)
+            var sum = 0
+            for i in 0..<pages {
+                let t0 = monotonicNanoseconds()
+                sum += Int(memory.load(fromByteOffset: i * basePageSize, as: UInt8.self))
+                latencies[i] = monotonicNanoseconds() - t0
+            }
+            measured.withLock { $0 = (latencies, sum) }
         }
+        toucher.join()
         handler.join()
+        let (latencies, sum) = measured.withLock { $0 }
         if let error = failure.withLock({ $0 }) { throw error }
         guard sum == pages * 0x5A else { throw BenchmarkError.contentMismatch("local fault benchmark read wrong bytes") }
         return latencies

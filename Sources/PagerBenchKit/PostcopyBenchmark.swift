@@ -32,7 +32,7 @@ public struct PostcopyBenchmark {
     }
 
     public func run() throws -> Results {
-        let hosts = try TwoHosts()
+        let hosts = try TwoHosts(splitCPUs: true)
         let scratch = Scratch()
         let ram = scratch.file("bench.ram")
         try sh(workload, "fill", "--file", ram, "--size-mib", "\(sizeMiB)", "--seed", "9")
@@ -41,10 +41,8 @@ public struct PostcopyBenchmark {
         let raw = try hosts.spawn(in: hosts.source, bench, ["raw-server", "--listen", "\(TwoHosts.sourceAddress):7071"], log: scratch.file("raw.log"))
         defer { raw.signal(SIGKILL) }
         try waitFor(raw, toPrint: "listening")
-        let rtt = try keyValues(sh("/usr/sbin/ip", "netns", "exec", hosts.dest, bench, "raw-client", "--connect",
-                                   "\(TwoHosts.sourceAddress):7071", "--count", "\(samples)"))
-        let stream = try keyValues(sh("/usr/sbin/ip", "netns", "exec", hosts.dest, bench, "raw-client", "--connect",
-                                      "\(TwoHosts.sourceAddress):7071", "--stream-mib", "\(sizeMiB)"))
+        let rtt = try keyValues(hosts.run(in: hosts.dest, bench, ["raw-client", "--connect", "\(TwoHosts.sourceAddress):7071", "--count", "\(samples)"]))
+        let stream = try keyValues(hosts.run(in: hosts.dest, bench, ["raw-client", "--connect", "\(TwoHosts.sourceAddress):7071", "--stream-mib", "\(sizeMiB)"]))
         log("baseline: local userfaultfd fault (handler thread, same CPU) and local batched install of \(sizeMiB) MiB")
         let local = LatencySummary(samples: try LocalFaultBenchmark.run(pages: 20_000, touchCPU: 0, handlerCPU: 0))
         let install = try LocalInstallBenchmark.run(bytes: sizeMiB << 20)

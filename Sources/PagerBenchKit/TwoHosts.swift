@@ -21,8 +21,22 @@ public final class TwoHosts {
     public let sourceDevice: String
     public static let sourceAddress = "198.18.0.1" // RFC 2544 benchmarking range, only inside our namespaces
     public static let destAddress = "198.18.0.2"
+    /// CPUs given to each "host" (a `taskset -c` list), or nil when both share every CPU.
+    public let sourceCPUs: String?
+    public let destCPUs: String?
 
-    public init() throws {
+    /// `splitCPUs`: give each namespace its own half of the CPUs, as two machines would have.
+    /// Without it, the scheduler puts a source thread and a destination thread on one CPU
+    /// whenever one wakes the other, and each side's costs are charged to the other.
+    public init(splitCPUs: Bool = false) throws {
+        let cpus = onlineCPUCount()
+        if splitCPUs && cpus >= 2 {
+            destCPUs = "0-\(cpus / 2 - 1)"
+            sourceCPUs = "\(cpus / 2)-\(cpus - 1)"
+        } else {
+            destCPUs = nil
+            sourceCPUs = nil
+        }
         let id = getpid() % 100_000
         source = "pgs\(id)"
         dest = "pgd\(id)"
@@ -53,9 +67,23 @@ public final class TwoHosts {
                "rate", rate, "burst", "256kb", "latency", "100ms")
     }
 
-    /// Starts `binary args` inside namespace `ns`.
+    /// Starts `binary args` inside namespace `ns` (on its CPUs when they are split).
     public func spawn(in ns: String, _ binary: String, _ args: [String], log: String) throws -> ChildProcess {
-        try ChildProcess("/usr/sbin/ip", ["netns", "exec", ns, binary] + args, outputPath: log)
+        let command = self.command(in: ns, binary, args)
+        return try ChildProcess(command[0], Array(command.dropFirst()), outputPath: log)
+    }
+
+    /// Runs `binary args` to completion inside namespace `ns` and requires success.
+    public func run(in ns: String, _ binary: String, _ args: [String]) throws -> String {
+        let command = self.command(in: ns, binary, args)
+        let (status, output) = try runProgram(command[0], Array(command.dropFirst()))
+        guard status == 0 else { throw HarnessError("\(command.joined(separator: " ")) exited \(status): \(output)") }
+        return output
+    }
+
+    private func command(in ns: String, _ binary: String, _ args: [String]) -> [String] {
+        let cpus = ns == source ? sourceCPUs : ns == dest ? destCPUs : nil
+        return ["/usr/sbin/ip", "netns", "exec", ns] + (cpus.map { ["/usr/bin/taskset", "-c", $0] } ?? []) + [binary] + args
     }
 }
 

@@ -51,12 +51,6 @@ public final class KernelThread: @unchecked Sendable {
     }
 }
 
-/// Pins the calling thread to `cpu` (`sched_setaffinity`).
-public func pinCurrentThread(to cpu: Int) throws(KernelError) {
-    let r = pager_pin_to_cpu(Int32(cpu))
-    if r < 0 { throw KernelError("sched_setaffinity", negatedErrno: r, detail: "cpu \(cpu)") }
-}
-
 /// Makes the calling thread a background thread (`SCHED_IDLE`): bulk work such as the
 /// background push then never delays a demand fault's thread for a scheduler time slice.
 public func makeCurrentThreadBackground() throws(KernelError) {

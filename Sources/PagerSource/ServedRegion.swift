@@ -88,22 +88,25 @@ public final class ServedRegion: @unchecked Sendable {
             }
         }
         while at < end {
-            // Inside a hole? Jump to the next extent in one step.
-            if let extent = firstExtent(endingAfter: at) {
-                if UInt64(extent.lowerBound) > at {
-                    let holeEnd = min(end, UInt64(extent.lowerBound) / step * step)
-                    if holeEnd > at {
-                        append(at..<holeEnd, true)
-                        at = holeEnd
-                        continue
-                    }
-                }
-            } else {
-                append(at..<end, true)
+            guard let extent = firstExtent(endingAfter: at) else {
+                append(at..<end, true) // past the last extent: all hole
                 break
             }
-            append(at..<at + step, isZeroPage(at))
-            at += step
+            // A hole up to the page holding the extent's first byte goes in one step.
+            let dataStart = UInt64(extent.lowerBound) / step * step
+            if dataStart > at {
+                let holeEnd = min(end, dataStart)
+                append(at..<holeEnd, true)
+                at = holeEnd
+                continue
+            }
+            // Every page the extent touches is data unless its bytes are all zero; walk them
+            // without searching the extents again (one search per extent, not per page).
+            let dataEnd = min(end, (UInt64(extent.upperBound) + step - 1) / step * step)
+            while at < dataEnd {
+                append(at..<at + step, isZeroPage(at))
+                at += step
+            }
         }
         return result
     }
@@ -121,6 +124,8 @@ public final class ServedRegion: @unchecked Sendable {
 
     private func isZeroPage(_ offset: UInt64) -> Bool {
         let words = (base + Int(offset)).assumingMemoryBound(to: UInt64.self)
+        // Most data pages have a non-zero first word: decide on one cache line when possible.
+        if words[0] != 0 { return false }
         var acc: UInt64 = 0
         for i in 0..<pageSize / 8 {
             acc |= words[i]
