@@ -11,7 +11,7 @@ import struct
 HERE = os.path.dirname(os.path.abspath(__file__))
 MAGIC = 0x50475231
 T = dict(HELLO=0x0001, WELCOME=0x0002, AUTH_CHALLENGE=0x0003, AUTH_RESPONSE=0x0004, AUTH_CONFIRM=0x0005,
-         REGION=0x0010, PAGE_REQUEST=0x0020, PAGE_DATA=0x0021, INVALIDATE=0x0030, INVALIDATE_ACK=0x0031,
+         REGION=0x0010, PAGE_REQUEST=0x0020, PAGE_DATA=0x0021, INVALIDATE=0x0030, INVALIDATE_ACK=0x0031, SWITCHED=0x0032,
          PUSH_COMPLETE=0x0040, COMPLETE=0x0041, COMPLETE_ACK=0x0042, PING=0x0050, PONG=0x0051,
          RDMA_KEY=0x0060, GOODBYE=0x007E, ERROR=0x007F)
 CODES = {1: "malformed-frame", 2: "unsupported-version", 3: "unknown-region", 4: "out-of-range", 5: "misaligned",
@@ -129,6 +129,8 @@ def valid():
               "INVALIDATE sequence=3 region=1 ranges=[0x0+0x1000,0x200000+0x4000]"))
     v.append(("acknowledgement of INVALIDATE 3", frame("INVALIDATE_ACK", 0, struct.pack(">II", 3, 1)),
               "INVALIDATE_ACK sequence=3 region=1"))
+    v.append(("pre-copy of region 1 switched to post-copy after INVALIDATE 3", frame("SWITCHED", 0, struct.pack(">II", 1, 3)),
+              "SWITCHED region=1 last-sequence=3"))
     v.append(("every page of region 1 was sent", frame("PUSH_COMPLETE", 0, struct.pack(">IIQ", 1, 0, 1 << 30)),
               "PUSH_COMPLETE region=1 bytes=0x40000000"))
     v.append(("the destination holds every page of every region",
@@ -203,6 +205,7 @@ def invalid():
               frame("ERROR", 0, struct.pack(">HHIH", 1, 0, 0, 500) + b"short")))
     v.append(("WELCOME with a reserved field set", "reserved-not-zero",
               frame("WELCOME", 0, struct.pack(">HHQIIQ", 1, 9, 0, 0x210000, 0, 1) + bytes(16))))
+    v.append(("SWITCHED without its last_sequence", "truncated-payload", frame("SWITCHED", 0, struct.pack(">I", 1))))
     v.append(("AUTH_CHALLENGE with a 16-byte nonce", "truncated-payload", frame("AUTH_CHALLENGE", 0, bytes(16))))
     return v
 

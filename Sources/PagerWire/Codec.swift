@@ -96,6 +96,9 @@ extension Message {
         case .invalidateAck(let sequence, let region):
             w.u32(sequence)
             w.u32(region)
+        case .switched(let region, let lastSequence):
+            w.u32(region)
+            w.u32(lastSequence)
         case .pushComplete(let region, let bytes):
             w.u32(region)
             w.u32(0)
@@ -250,6 +253,8 @@ extension Message {
             message = .invalidate(Invalidate(sequence: sequence, region: region, ranges: ranges))
         case .invalidateAck:
             message = .invalidateAck(sequence: try r.u32("sequence"), region: try r.u32("region_id"))
+        case .switched:
+            message = .switched(region: try r.u32("region_id"), lastSequence: try r.u32("last_sequence"))
         case .pushComplete:
             let region = try r.u32("region_id")
             try r.reserved(4, "reserved")

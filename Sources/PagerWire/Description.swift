@@ -64,6 +64,9 @@ extension Message: CustomStringConvertible {
         case .invalidateAck(let sequence, let region):
             add("sequence", "\(sequence)")
             add("region", "\(region)")
+        case .switched(let region, let lastSequence):
+            add("region", "\(region)")
+            add("last-sequence", "\(lastSequence)")
         case .pushComplete(let region, let bytes):
             add("region", "\(region)")
             add("bytes", hex64(bytes))

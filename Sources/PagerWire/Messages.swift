@@ -256,6 +256,9 @@ public enum Message: Equatable, Sendable {
     case pageData(PageData)
     case invalidate(Invalidate)
     case invalidateAck(sequence: UInt32, region: UInt32)
+    /// The source's writer is paused and every INVALIDATE up to `lastSequence` is sent: data
+    /// for `region` is final from here on (pre-copy has switched to post-copy).
+    case switched(region: UInt32, lastSequence: UInt32)
     /// The server has sent every page of `region` (`bytes` in total, zero ranges included).
     case pushComplete(region: UInt32, bytes: UInt64)
     /// The client holds every page of `region` (`Message.allRegions` for all of them).
@@ -283,6 +286,7 @@ public enum Message: Equatable, Sendable {
         case .pageData: .pageData
         case .invalidate: .invalidate
         case .invalidateAck: .invalidateAck
+        case .switched: .switched
         case .pushComplete: .pushComplete
         case .complete: .complete
         case .completeAck: .completeAck

@@ -33,6 +33,7 @@ public enum MessageType: UInt16, Sendable, CaseIterable, CustomStringConvertible
     case pageData = 0x0021
     case invalidate = 0x0030
     case invalidateAck = 0x0031
+    case switched = 0x0032
     case pushComplete = 0x0040
     case complete = 0x0041
     case completeAck = 0x0042
@@ -54,6 +55,7 @@ public enum MessageType: UInt16, Sendable, CaseIterable, CustomStringConvertible
         case .pageData: "PAGE_DATA"
         case .invalidate: "INVALIDATE"
         case .invalidateAck: "INVALIDATE_ACK"
+        case .switched: "SWITCHED"
         case .pushComplete: "PUSH_COMPLETE"
         case .complete: "COMPLETE"
         case .completeAck: "COMPLETE_ACK"
