@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 #include <linux/memfd.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 
 const unsigned int PAGER_MFD_CLOEXEC = MFD_CLOEXEC;
@@ -158,4 +159,18 @@ int pager_clone_touch_and_reap(const volatile void *touch) {
         if (errno != EINTR) return -errno;
     }
     return WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+}
+
+int pager_peer_pid(int sock) {
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) return -errno;
+    return cred.pid;
+}
+
+long pager_process_read(int pid, void *local, uint64_t remote, size_t len) {
+    struct iovec l = { .iov_base = local, .iov_len = len };
+    struct iovec r = { .iov_base = (void *)(uintptr_t)remote, .iov_len = len };
+    ssize_t n = process_vm_readv(pid, &l, 1, &r, 1, 0);
+    return n < 0 ? -errno : n;
 }

@@ -47,6 +47,13 @@ public enum UnixSocket {
         return FileDescriptor(rawValue: fd)
     }
 
+    /// The pid of the process at the other end (`getsockopt(SO_PEERCRED)`).
+    public static func peerProcess(_ socket: FileDescriptor) throws(KernelError) -> Int32 {
+        let r = pager_peer_pid(socket.rawValue)
+        if r < 0 { throw KernelError("getsockopt(SO_PEERCRED)", negatedErrno: r) }
+        return r
+    }
+
     /// Sends `bytes` with `descriptors` attached (`sendmsg` with `SCM_RIGHTS`). The
     /// descriptors stay open in this process. The corresponding C function is `sendmsg`.
     public static func send(_ socket: FileDescriptor, bytes: [UInt8], descriptors: [FileDescriptor]) throws(KernelError) {

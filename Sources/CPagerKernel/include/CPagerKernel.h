@@ -202,6 +202,12 @@ void *pager_mremap_relocate(void *old, size_t len, int *err);
 
 /// sendmsg(2) of `len` bytes with `nfds` descriptors attached as SCM_RIGHTS. Returns bytes sent or -errno.
 long pager_send_fds(int sock, const void *buf, size_t len, const int *fds, int nfds);
+/// getsockopt(SO_PEERCRED): the pid of the process at the other end of a Unix socket.
+/// Returns the pid or -errno.
+int pager_peer_pid(int sock);
+/// process_vm_readv(2) of one range: copies `len` bytes at `remote` in process `pid` to
+/// `local`. Returns the bytes copied (short only at an unmapped address) or -errno.
+long pager_process_read(int pid, void *local, uint64_t remote, size_t len);
 /// recvmsg(2) of up to `cap` bytes and up to `maxfds` SCM_RIGHTS descriptors (received with
 /// MSG_CMSG_CLOEXEC). *nfds receives the count; *truncated is 1 if data or descriptors were cut.
 long pager_recv_fds(int sock, void *buf, size_t cap, int *fds, int maxfds, int *nfds, int *truncated);

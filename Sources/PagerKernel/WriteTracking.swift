@@ -1,0 +1,71 @@
+import CPagerKernel
+import Glibc
+
+/// Finds the pages of a live range written since the last look, with mainline mechanisms
+/// only: a userfaultfd registered in write-protect mode with `UFFD_FEATURE_WP_ASYNC` (a write
+/// to a protected page un-protects it in the kernel, no handler thread) and `PAGEMAP_SCAN`
+/// with `PM_SCAN_WP_MATCHING` (returns the written pages and re-protects them in one call).
+public final class WriteTracker: @unchecked Sendable {
+    /// Held so the registration lives as long as the tracker (closing it unregisters).
+    public let uffd: Userfaultfd
+    public let range: AddressRange
+    private let scanner: PagemapScanner
+
+    /// Tracks `range` of this process: creates the userfaultfd and registers it.
+    public init(ownRange range: AddressRange) throws(KernelError) {
+        let uffd = try Userfaultfd()
+        // Shared memory and hugetlbfs need their own WP feature; anonymous memory does not.
+        _ = try uffd.negotiate([.wpAsync, .wpUnpopulated], optional: [.wpHugetlbfsShmem])
+        _ = try uffd.register(range, mode: .writeProtect)
+        self.uffd = uffd
+        self.range = range
+        scanner = try PagemapScanner()
+        try protectAll()
+    }
+
+    /// Tracks `range` of process `pid` through a userfaultfd that process registered on it in
+    /// WP mode with `UFFD_FEATURE_WP_ASYNC` and handed over; scans `/proc/PID/pagemap`.
+    public init(handedOver uffd: Userfaultfd, pid: Int32, range: AddressRange) throws(KernelError) {
+        self.uffd = uffd
+        self.range = range
+        scanner = try PagemapScanner(pid: pid)
+        do { try protectAll() } catch let e where e.errno == .notPermitted {
+            throw KernelError("PAGEMAP_SCAN", .notPermitted,
+                              detail: "\(range) of process \(pid) is not registered for asynchronous write-protect (UFFDIO_REGISTER_MODE_WP with UFFD_FEATURE_WP_ASYNC)")
+        }
+    }
+
+    /// Write-protects the whole range and forgets earlier writes (the start of round 0).
+    public func protectAll() throws(KernelError) {
+        _ = try scanner.writtenRanges(in: range, reprotect: true)
+    }
+
+    /// The ranges written since the last call (or ``protectAll()``), re-protected in the same
+    /// `PAGEMAP_SCAN` calls so that a write racing with the scan is reported next time.
+    public func takeWritten() throws(KernelError) -> [AddressRange] {
+        try scanner.writtenRanges(in: range, reprotect: true)
+    }
+}
+
+/// Reads another process's memory (`process_vm_readv`), e.g. a workload's RAM served by the
+/// source daemon.
+public struct ProcessMemory: Sendable {
+    public let pid: Int32
+    public init(pid: Int32) { self.pid = pid }
+
+    /// Copies `count` bytes at `address` in the process into `buffer`.
+    public func read(_ address: UInt64, into buffer: UnsafeMutableRawPointer, count: Int) throws(KernelError) {
+        var done = 0
+        while done < count {
+            let n = pager_process_read(pid, buffer + done, address + UInt64(done), count - done)
+            if n < 0 { throw KernelError("process_vm_readv", negatedErrno: Int32(n), detail: "pid \(pid) at \(hex(address + UInt64(done)))") }
+            if n == 0 { throw KernelError("process_vm_readv", .ioError, detail: "pid \(pid): nothing readable at \(hex(address + UInt64(done)))") }
+            done += n
+        }
+    }
+}
+
+/// Sends `signal` to process `pid` (`kill`).
+public func sendSignal(_ signal: Int32, to pid: Int32) throws(KernelError) {
+    if kill(pid, signal) < 0 { throw KernelError("kill", negatedErrno: -Glibc.errno, detail: "signal \(signal) to pid \(pid)") }
+}
