@@ -61,6 +61,9 @@ public struct MigrationWorkload {
     /// `punchEvery`-th page (no userfaultfd event is sent for that); those pages must then
     /// read as zeros, and touching them again must not hang (0: none).
     public var punchEvery = 0
+    /// Expected digest of every page (``PageDigest``), e.g. of a live source's final memory;
+    /// nil: the pages must hold ``MigrationPattern``.
+    public var expectedDigests: [UInt64]?
 
     public init(bytes: Int, backing: Backing, access: Access, seed: UInt64, writeEvery: Int, touchPages: Int? = nil) {
         self.touchPages = touchPages
@@ -129,6 +132,8 @@ public struct MigrationWorkload {
         }
         var waits: [UInt64] = []
         var written = Set<Int>()
+        /// Word 0 of each page before the workload wrote its marker there.
+        var originalWord0: [Int: UInt64] = [:]
         let started = monotonicNanoseconds()
         if access == .none {
             // The pager closes the handoff connection once every page is local.
@@ -166,6 +171,7 @@ public struct MigrationWorkload {
             let dt = monotonicNanoseconds() - t0
             if dt > 2000 { waits.append(dt) }
             if writeEvery > 0 && n % writeEvery == 0 {
+                originalWord0[p] = page.load(as: UInt64.self)
                 page.storeBytes(of: MigrationPattern.marker(page: p), as: UInt64.self)
                 written.insert(p)
             }
@@ -192,7 +198,22 @@ public struct MigrationWorkload {
         let seconds = Double(monotonicNanoseconds() - started) / 1e9
         var mismatches = 0
         var first: String?
-        for p in (touchPages == nil ? Array(0..<pages) : order) {
+        for p in (touchPages == nil ? Array(0..<pages) : order) where expectedDigests != nil {
+            // Compare with the source's final memory: written pages must keep the marker, and
+            // with their original first word put back must match the source's digest.
+            let page = memory.base + p * basePageSize
+            let marked = written.contains(p)
+            if marked && page.load(as: UInt64.self) != MigrationPattern.marker(page: p) {
+                mismatches += 1
+                if first == nil { first = "page \(p): the workload's write was lost" }
+            }
+            let digest = PageDigest.of(page, word0: marked ? originalWord0[p] : nil)
+            if digest != expectedDigests![p] {
+                mismatches += 1
+                if first == nil { first = "page \(p): digest \(hex(digest)) instead of the source's \(hex(expectedDigests![p]))" }
+            }
+        }
+        for p in (touchPages == nil ? Array(0..<pages) : order) where expectedDigests == nil {
             let words = (memory.base + p * basePageSize).assumingMemoryBound(to: UInt64.self)
             for w in 0..<basePageSize / 8 {
                 // A written word holds the marker; a dropped page is zeros otherwise (also when the

@@ -83,6 +83,11 @@ public final class FaultResolver: @unchecked Sendable {
     private let push: FrameChannel?
     /// Prefetch around faults (off: fetch exactly the faulting page).
     public var prefetch = true
+    /// Pages received by pre-copy before the switch: installed from local memory, never
+    /// fetched again (see ``StagedPages``).
+    public var staged: StagedPages?
+    /// Units (pages of the mapping size) wholly staged, fixed when ``run()`` starts.
+    private var stagedUnits: PageBitmap?
     /// Ids of every region the source serves; the others than ours are declined at the start.
     public var otherRegions: [UInt32] = []
     /// A source silent this long while pages are outstanding is lost (its pages are poisoned).
@@ -187,6 +192,28 @@ public final class FaultResolver: @unchecked Sendable {
             do { try demand.send(.complete(region: other, residentBytes: 0)) } catch { throw .sourceLost("\(error)") }
         }
         var receivers: [KernelThread] = []
+        if let staged {
+            // Staged units are "in flight" from local memory: never requested from the source.
+            var units = PageBitmap(count: lock.withLock { $0.pages.pageCount })
+            for u in 0..<units.count where staged.holds(offset: u * unit, length: unit) { _ = units.insert(u) }
+            stagedUnits = units
+            lock.withLock { state in
+                var i = 0
+                while let start = units.first(true, from: i) {
+                    let end = units.first(false, from: start) ?? units.count
+                    _ = state.pages.request(start..<end)
+                    i = end
+                }
+            }
+            let stagedUnits = units
+            do {
+                receivers.append(try KernelThread(name: "dst-staged") { [self] in
+                    try? makeCurrentThreadBackground()
+                    installStaged(staged, stagedUnits)
+                    lock.withLock { $0.receiversDone += 1 }
+                })
+            } catch { throw .kernel(error) }
+        }
         for channel in [demand, push].compactMap({ $0 }) {
             let background = channel === push
             do {
@@ -376,6 +403,11 @@ public final class FaultResolver: @unchecked Sendable {
                 // reads as zeros). Installing zeros settles both: EEXIST in the first case (just
                 // wake), zeros in the second. A bare wake would let the thread fault forever.
                 installZeros(page..<page + 1, &state)
+            case .inFlight where stagedUnits?.contains(page) == true:
+                // Staged by pre-copy and not installed yet: install it now, from local memory.
+                for run in state.pages.accept(page..<page + 1) {
+                    install(run, from: staged!.pointer(offset: run.lowerBound * unit), &state)
+                }
             case .inFlight where !state.urgentAsked.contains(page) && state.planner.direction == .none:
                 // Requested as prefetch, so its reply may be queued behind push data: ask again
                 // on the demand channel (whichever copy arrives second is dropped). Not during a
@@ -424,6 +456,20 @@ public final class FaultResolver: @unchecked Sendable {
     }
 
     // MARK: Receiving
+
+    /// Installs every staged unit from local memory, 2 MiB at a time, freeing the staging
+    /// memory behind it.
+    private func installStaged(_ staged: StagedPages, _ units: PageBitmap) {
+        let chunk = max(1, (2 << 20) / unit)
+        var i = 0
+        while let start = units.first(true, from: i) {
+            if lock.withLock({ $0.failure != nil || $0.finishing }) { return }
+            let end = min(units.first(false, from: start) ?? units.count, start + chunk)
+            installUnits(start..<end, from: staged.pointer(offset: start * unit))
+            staged.release(offset: start * unit, length: (end - start) * unit)
+            i = end
+        }
+    }
 
     private func receive(_ channel: FrameChannel) {
         defer { lock.withLock { $0.receiversDone += 1 } }

@@ -13,6 +13,7 @@ public struct Handoff: Sendable {
 public struct HandoffError: Error, CustomStringConvertible {
     public var message: String
     public var description: String { message }
+    public init(message: String) { self.message = message }
 }
 
 /// Accepts handoffs on a Unix socket in Firecracker's format: one message whose bytes are a

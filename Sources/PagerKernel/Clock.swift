@@ -7,3 +7,9 @@ public func monotonicNanoseconds() -> UInt64 {
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
 }
+
+/// Sleeps the calling thread (`usleep`): for pacing a workload, never for waiting on an event.
+public func sleepMilliseconds(_ ms: Int) { usleep(UInt32(ms * 1000)) }
+
+/// Flushes standard output (`fflush(stdout)`): a line meant for a parent reading a log file.
+public func fflushStandardOutput() { fflush(nil) } // nil: every output stream, stdout included

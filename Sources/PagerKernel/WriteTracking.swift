@@ -69,3 +69,29 @@ public struct ProcessMemory: Sendable {
 public func sendSignal(_ signal: Int32, to pid: Int32) throws(KernelError) {
     if kill(pid, signal) < 0 { throw KernelError("kill", negatedErrno: -Glibc.errno, detail: "signal \(signal) to pid \(pid)") }
 }
+
+/// Waits until every thread of process `pid` is stopped (state `T` in `/proc/PID/task/*/stat`),
+/// at most `timeoutMilliseconds`: after SIGSTOP returns, threads may still be running.
+public func waitUntilStopped(_ pid: Int32, timeoutMilliseconds: Int = 5000) throws(KernelError) {
+    let deadline = monotonicNanoseconds() + UInt64(timeoutMilliseconds) * 1_000_000
+    while true {
+        guard let dir = opendir("/proc/\(pid)/task") else { throw KernelError("opendir", .noSuchProcess, detail: "/proc/\(pid)/task") }
+        var allStopped = true
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            guard name.first?.isNumber == true else { continue }
+            guard let f = fopen("/proc/\(pid)/task/\(name)/stat", "r") else { continue }
+            var buffer = [CChar](repeating: 0, count: 512)
+            let line = fgets(&buffer, 512, f).map { _ in String(cString: buffer) } ?? ""
+            fclose(f)
+            // Field 3, after the parenthesised command name (which may contain spaces).
+            if let close = line.lastIndex(of: ")"), let state = line[line.index(after: close)...].dropFirst().first, state != "T" && state != "t" {
+                allStopped = false
+            }
+        }
+        closedir(dir)
+        if allStopped { return }
+        if monotonicNanoseconds() > deadline { throw KernelError("SIGSTOP", .timedOut, detail: "process \(pid) did not stop within \(timeoutMilliseconds) ms") }
+        usleep(100)
+    }
+}

@@ -1,15 +1,22 @@
 import PagerKernel
 import PagerWire
 
-/// One region the source serves: a file (tmpfs, hugetlbfs or plain) mapped read-only.
+/// One region the source serves: a file (tmpfs, hugetlbfs or plain) mapped read-only, memory
+/// of this process, or memory of another process (read with `process_vm_readv`).
 public final class ServedRegion: @unchecked Sendable {
     public let id: UInt32
     public let name: String
     public let length: UInt64
     /// The page size of the backing file (4 KiB, or 2 MiB on hugetlbfs).
     public let pageSize: Int
-    /// The bytes served: a read-only mapping of the file, or memory the caller owns.
-    let base: UnsafeRawPointer
+    /// The bytes served: a read-only mapping of the file, or memory the caller owns; nil when
+    /// they are another process's (`process`).
+    let base: UnsafeRawPointer?
+    /// Another process's memory at `remoteBase`, read into the sender's buffer.
+    private let process: ProcessMemory?
+    private let remoteBase: UInt64
+    /// Set when the region is still being written: pre-copy rounds track its writes.
+    public let live: LiveRegion?
     /// Owns the file and its mapping when the region is a file (nil for caller-owned memory).
     private let owner: FileBacking?
     /// Data extents at start; outside them the file is a hole (zeros). Re-read with
@@ -31,11 +38,15 @@ public final class ServedRegion: @unchecked Sendable {
         base = UnsafeRawPointer(backing.mapping.base)
         owner = backing
         dataExtents = try file.dataExtents()
+        process = nil
+        remoteBase = 0
+        live = nil
     }
 
     /// Serves memory of this process (the library API: e.g. a VMM serving its own guest RAM).
     /// The caller keeps `[base, base + length)` mapped and readable while it is served.
-    public init(id: UInt32, name: String, base: UnsafeRawPointer, length: Int, pageSize: Int = basePageSize) {
+    /// With `live`, the memory is still being written and is migrated with pre-copy rounds.
+    public init(id: UInt32, name: String, base: UnsafeRawPointer, length: Int, pageSize: Int = basePageSize, live: LiveRegion? = nil) {
         precondition(length > 0 && length % pageSize == 0 && (pageSize == basePageSize || pageSize == hugePageSize))
         self.id = id
         self.name = name
@@ -44,7 +55,39 @@ public final class ServedRegion: @unchecked Sendable {
         self.pageSize = pageSize
         owner = nil
         dataExtents = [0..<length]
+        process = nil
+        remoteBase = 0
+        self.live = live
     }
+
+    /// Serves `[address, address + length)` of process `pid` (e.g. a workload that handed its
+    /// write-tracking userfaultfd to the source daemon). Bytes are read when sent.
+    public init(id: UInt32, name: String, pid: Int32, address: UInt64, length: Int, pageSize: Int = basePageSize, live: LiveRegion? = nil) {
+        precondition(length > 0 && length % pageSize == 0 && (pageSize == basePageSize || pageSize == hugePageSize))
+        self.id = id
+        self.name = name
+        base = nil
+        process = ProcessMemory(pid: pid)
+        remoteBase = address
+        self.length = UInt64(length)
+        self.pageSize = pageSize
+        owner = nil
+        dataExtents = [0..<length]
+        self.live = live
+    }
+
+    /// The region's pages that `ranges` (addresses of the live memory) touch, in region pages.
+    func pages(of ranges: [AddressRange], memoryBase: UInt64) -> [Range<Int>] {
+        let size = UInt64(pageSize)
+        return ranges.compactMap { r in
+            let start = max(r.start, memoryBase), end = min(r.end, memoryBase + length)
+            guard start < end else { return nil }
+            return Int((start - memoryBase) / size)..<Int((end - memoryBase + size - 1) / size)
+        }
+    }
+
+    /// Where the served bytes live, in the address space that a write tracker scans.
+    var trackedBase: UInt64 { base.map { UInt64(UInt(bitPattern: $0)) } ?? remoteBase }
 
     /// Re-reads the data extents (holes) of the file.
     public func refreshExtents() throws(KernelError) {
@@ -53,7 +96,7 @@ public final class ServedRegion: @unchecked Sendable {
 
     /// The REGION descriptor sent to destinations.
     public var descriptor: RegionDescriptor {
-        RegionDescriptor(id: id, pageShift: UInt8(pageSize.trailingZeroBitCount), length: length,
+        RegionDescriptor(id: id, pageShift: UInt8(pageSize.trailingZeroBitCount), flags: live == nil ? [] : .live, length: length,
                          name: String(name.split(separator: "/").last ?? Substring(name)))
     }
 
@@ -68,45 +111,43 @@ public final class ServedRegion: @unchecked Sendable {
         return nil
     }
 
-    /// The bytes of `[offset, offset+length)`.
-    func bytes(offset: UInt64, length: UInt64) -> UnsafeRawBufferPointer {
-        UnsafeRawBufferPointer(start: base + Int(offset), count: Int(length))
+    /// The bytes of `[offset, offset+length)`: in place, or read into `scratch` (at least
+    /// `length` bytes) when they are another process's.
+    func bytes(offset: UInt64, length: UInt64, scratch: UnsafeMutableRawPointer) throws(KernelError) -> UnsafeRawBufferPointer {
+        if let base { return UnsafeRawBufferPointer(start: base + Int(offset), count: Int(length)) }
+        try process!.read(remoteBase + offset, into: scratch, count: Int(length))
+        return UnsafeRawBufferPointer(start: scratch, count: Int(length))
     }
 
-    /// Splits a range into maximal runs that are all zero (holes, or pages whose bytes are
-    /// all zero) and runs that carry data, in page units.
-    func runs(offset: UInt64, length: UInt64) -> [(range: Range<UInt64>, zero: Bool)] {
-        var result: [(range: Range<UInt64>, zero: Bool)] = []
+    /// Splits a range into runs that are holes (all zero, from the file's extents) and runs
+    /// that may carry data, in page units. Zero pages inside data runs are found later, by
+    /// content (``zeroRuns(_:pageSize:)``).
+    func extentRuns(offset: UInt64, length: UInt64) -> [(range: Range<UInt64>, hole: Bool)] {
+        var result: [(range: Range<UInt64>, hole: Bool)] = []
         let step = UInt64(pageSize)
         var at = offset
         let end = offset + length
-        func append(_ r: Range<UInt64>, _ zero: Bool) {
-            if let last = result.last, last.zero == zero, last.range.upperBound == r.lowerBound {
-                result[result.count - 1].range = last.range.lowerBound..<r.upperBound
-            } else {
-                result.append((r, zero))
-            }
-        }
         while at < end {
             guard let extent = firstExtent(endingAfter: at) else {
-                append(at..<end, true) // past the last extent: all hole
+                result.append((at..<end, true)) // past the last extent: all hole
                 break
             }
             // A hole up to the page holding the extent's first byte goes in one step.
             let dataStart = UInt64(extent.lowerBound) / step * step
             if dataStart > at {
                 let holeEnd = min(end, dataStart)
-                append(at..<holeEnd, true)
+                result.append((at..<holeEnd, true))
                 at = holeEnd
                 continue
             }
-            // Every page the extent touches is data unless its bytes are all zero; walk them
-            // without searching the extents again (one search per extent, not per page).
+            // One search per extent, not per page: every page the extent touches is data.
             let dataEnd = min(end, (UInt64(extent.upperBound) + step - 1) / step * step)
-            while at < dataEnd {
-                append(at..<at + step, isZeroPage(at))
-                at += step
+            if let last = result.last, !last.hole, last.range.upperBound == at {
+                result[result.count - 1].range = last.range.lowerBound..<dataEnd
+            } else {
+                result.append((at..<dataEnd, false))
             }
+            at = dataEnd
         }
         return result
     }
@@ -121,18 +162,35 @@ public final class ServedRegion: @unchecked Sendable {
         }
         return lo < dataExtents.count ? dataExtents[lo] : nil
     }
+}
 
-    private func isZeroPage(_ offset: UInt64) -> Bool {
-        let words = (base + Int(offset)).assumingMemoryBound(to: UInt64.self)
-        // Most data pages have a non-zero first word: decide on one cache line when possible.
-        if words[0] != 0 { return false }
-        var acc: UInt64 = 0
-        for i in 0..<pageSize / 8 {
-            acc |= words[i]
-            if i & 63 == 63 && acc != 0 { return false }
+/// Splits `bytes` (whole pages of `pageSize`) into maximal runs of all-zero pages and of
+/// data pages, as byte offsets into `bytes`.
+func zeroRuns(_ bytes: UnsafeRawBufferPointer, pageSize: Int) -> [(range: Range<Int>, zero: Bool)] {
+    var result: [(range: Range<Int>, zero: Bool)] = []
+    var at = 0
+    while at < bytes.count {
+        let zero = isZeroPage(bytes.baseAddress! + at, pageSize)
+        if let last = result.last, last.zero == zero {
+            result[result.count - 1].range = last.range.lowerBound..<at + pageSize
+        } else {
+            result.append((at..<at + pageSize, zero))
         }
-        return acc == 0
+        at += pageSize
     }
+    return result
+}
+
+private func isZeroPage(_ page: UnsafeRawPointer, _ pageSize: Int) -> Bool {
+    let words = page.assumingMemoryBound(to: UInt64.self)
+    // Most data pages have a non-zero first word: decide on one cache line when possible.
+    if words[0] != 0 { return false }
+    var acc: UInt64 = 0
+    for i in 0..<pageSize / 8 {
+        acc |= words[i]
+        if i & 63 == 63 && acc != 0 { return false }
+    }
+    return acc == 0
 }
 
 /// A served file and its read-only mapping, kept alive together.

@@ -91,8 +91,17 @@ public final class SourceServer: @unchecked Sendable {
             }
             channel.sendLimit = hello.maxPayload
             channel.socket.setReceiveTimeout(milliseconds: 0)
-            let features = hello.features.intersection([.checksums, .resume, .hugePages])
+            let features = hello.features.intersection([.checksums, .resume, .hugePages, .invalidation])
             if hello.resumeSession == 0 {
+                if let live = regions.first(where: { $0.live != nil }) {
+                    guard features.contains(.invalidation) else {
+                        throw SessionError.refuse(.unexpectedMessage,
+                            "region \(live.id) is live (pre-copy rounds): the destination must offer the invalidation feature (pagerd dest --precopy)")
+                    }
+                    guard !live.live!.claim() else {
+                        throw SessionError.refuse(.unexpectedMessage, "region \(live.id) is live and already migrating to another destination")
+                    }
+                }
                 let session = SourceSession(features: features, peer: channel.peer)
                 joined = session
                 sessions.withLock { $0[session.id] = session }
@@ -144,6 +153,8 @@ public final class SourceServer: @unchecked Sendable {
     /// The demand loop: every request is answered before the next is read.
     private func serveDemand(_ channel: FrameChannel, session: SourceSession) throws {
         session.attachDemand(channel)
+        let scratch = UnsafeMutableRawPointer.allocate(byteCount: Self.maxChunk, alignment: 4096)
+        defer { scratch.deallocate() }
         while true {
             guard case .message(let message) = try channel.receive() else {
                 throw SessionError.refuse(.unexpectedMessage, "destinations do not send PAGE_DATA")
@@ -153,7 +164,7 @@ public final class SourceServer: @unchecked Sendable {
                 counters.withLock {
                     if request.flags.contains(.urgent) { $0.demandRequests += 1 } else { $0.prefetchRequests += 1 }
                 }
-                try answer(request, on: channel, session: session, flags: request.flags.contains(.urgent) ? .urgent : [])
+                try answer(request, on: channel, session: session, flags: request.flags.contains(.urgent) ? .urgent : [], scratch: scratch)
             case .complete(let region, let resident):
                 // Nothing more is needed from the region(s): the push skips them from now on.
                 for r in regions where region == Message.allRegions || r.id == region { session.markAllSent(r) }
@@ -171,7 +182,8 @@ public final class SourceServer: @unchecked Sendable {
     }
 
     /// Sends a request's pages, or an ERROR for that request (the session goes on).
-    private func answer(_ request: PageRequest, on channel: FrameChannel, session: SourceSession, flags: PageDataHeader.Flags) throws(ChannelError) {
+    private func answer(_ request: PageRequest, on channel: FrameChannel, session: SourceSession, flags: PageDataHeader.Flags,
+                        scratch: UnsafeMutableRawPointer) throws {
         guard let region = regions.first(where: { $0.id == request.region }) else {
             try channel.send(.error(ProtocolError(code: .unknownRegion, requestID: request.requestID,
                 message: "region \(request.region) is not served (served: \(regions.map { "\($0.id)" }.joined(separator: ", ")))")))
@@ -184,34 +196,51 @@ public final class SourceServer: @unchecked Sendable {
             return
         }
         session.markSent(region, offset: request.offset, length: request.length)
-        try send(region, offset: request.offset, length: request.length, requestID: request.requestID,
-                 flags: flags, on: channel, session: session, chunk: max(region.pageSize, Int(channel.sendLimit) - 64 << 10))
+        _ = try send(region, offset: request.offset, length: request.length, requestID: request.requestID,
+                     flags: flags, on: channel, session: session, chunk: max(region.pageSize, Int(channel.sendLimit) - 64 << 10), scratch: scratch)
     }
 
-    /// Sends `[offset, offset+length)` of `region` as PAGE_DATA frames: zero runs as one ZERO
-    /// frame each, data in frames of at most `chunk` bytes (whole pages).
+    /// The largest data frame sent: the scratch buffer for another process's memory holds one.
+    static let maxChunk = 4 << 20
+
+    /// Sends `[offset, offset+length)` of `region` as PAGE_DATA frames: holes and zero pages
+    /// as ZERO frames, data in frames of at most `chunk` bytes (whole pages). Returns the bytes
+    /// sent as data.
     private func send(_ region: ServedRegion, offset: UInt64, length: UInt64, requestID: UInt32, flags: PageDataHeader.Flags,
-                      on channel: FrameChannel, session: SourceSession, chunk: Int) throws(ChannelError) {
-        let step = UInt64(max(region.pageSize, chunk / region.pageSize * region.pageSize))
+                      on channel: FrameChannel, session: SourceSession, chunk: Int, scratch: UnsafeMutableRawPointer) throws -> UInt64 {
+        let step = UInt64(max(region.pageSize, min(chunk, Self.maxChunk) / region.pageSize * region.pageSize))
         var sent: UInt64 = 0, zero: UInt64 = 0
-        for run in region.runs(offset: offset, length: length) {
-            if run.zero {
-                let h = PageDataHeader(requestID: requestID, region: region.id, offset: run.range.lowerBound,
-                                       length: run.range.upperBound - run.range.lowerBound, flags: flags, encoding: .zero)
-                try channel.sendPageData(h, data: nil)
-                zero += h.length
+        func sendZero(_ range: Range<UInt64>) throws(ChannelError) {
+            try channel.sendPageData(PageDataHeader(requestID: requestID, region: region.id, offset: range.lowerBound,
+                                                    length: range.upperBound - range.lowerBound, flags: flags, encoding: .zero), data: nil)
+            zero += range.upperBound - range.lowerBound
+        }
+        for run in region.extentRuns(offset: offset, length: length) {
+            if run.hole {
+                try sendZero(run.range)
                 continue
             }
             var at = run.range.lowerBound
             while at < run.range.upperBound {
                 let n = min(step, run.range.upperBound - at)
-                let bytes = region.bytes(offset: at, length: n)
-                let sums: [UInt32]? = session.features.contains(.checksums)
-                    ? stride(from: 0, to: Int(n), by: 4096).map { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: bytes[$0..<$0 + 4096])) }
-                    : nil
-                try channel.sendPageData(PageDataHeader(requestID: requestID, region: region.id, offset: at, length: n,
-                                                        flags: flags, encoding: .raw), checksums: sums, data: bytes)
-                sent += n
+                let bytes: UnsafeRawBufferPointer
+                do { bytes = try region.bytes(offset: at, length: n, scratch: scratch) } catch {
+                    throw SessionError.refuse(.ioError, "cannot read region \(region.id) at \(hex(at))+\(hex(n)): \(error)")
+                }
+                for piece in zeroRuns(bytes, pageSize: region.pageSize) {
+                    let pieceOffset = at + UInt64(piece.range.lowerBound)
+                    if piece.zero {
+                        try sendZero(pieceOffset..<pieceOffset + UInt64(piece.range.count))
+                        continue
+                    }
+                    let data = UnsafeRawBufferPointer(rebasing: bytes[piece.range])
+                    let sums: [UInt32]? = session.features.contains(.checksums)
+                        ? stride(from: 0, to: data.count, by: 4096).map { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: data[$0..<$0 + 4096])) }
+                        : nil
+                    try channel.sendPageData(PageDataHeader(requestID: requestID, region: region.id, offset: pieceOffset, length: UInt64(data.count),
+                                                            flags: flags, encoding: .raw), checksums: sums, data: data)
+                    sent += UInt64(data.count)
+                }
                 at += n
             }
         }
@@ -219,10 +248,12 @@ public final class SourceServer: @unchecked Sendable {
             $0.bytesSent += sent
             $0.zeroBytes += zero
         }
+        return sent
     }
 
     /// The push loop: serve queued prefetch requests first, then the next pages not yet sent,
-    /// in order from the cursor.
+    /// in order from the cursor. A live region's pages go in pre-copy rounds first (see
+    /// ``LiveRegion``); its PUSH_COMPLETE comes only after the switch.
     private func servePush(_ channel: FrameChannel, session: SourceSession) throws {
         // Bulk data yields the CPU to demand traffic at once (2 vCPUs here: otherwise a demand
         // request can wait a whole time slice behind the push).
@@ -236,6 +267,8 @@ public final class SourceServer: @unchecked Sendable {
                     case .pageRequest(let r):
                         counters.withLock { $0.prefetchRequests += 1 }
                         session.enqueue(r)
+                    case .invalidateAck(let sequence, _):
+                        session.acknowledge(sequence)
                     case .ping(let t, let ts):
                         try channel.send(.pong(token: t, timestamp: ts))
                     case .goodbye:
@@ -252,15 +285,26 @@ public final class SourceServer: @unchecked Sendable {
                 }
             }
         }
+        let scratch = UnsafeMutableRawPointer.allocate(byteCount: Self.maxChunk, alignment: 4096)
         defer {
             session.close()
             reader.join()
+            scratch.deallocate()
         }
         var regionIndex = 0
         var cursor = 0 // in pages of the current region
+        var rounds: [UInt32: RoundProgress] = [:]
+        for region in regions {
+            guard let live = region.live, !live.outcome.switched else { continue }
+            // Round 0 starts from a clean slate: protect everything, forget earlier writes.
+            try live.tracker.protectAll()
+            session.trackEverSent(region)
+            rounds[region.id] = RoundProgress(started: monotonicNanoseconds())
+            logger.info("session \(hex(session.id)): pre-copy of live region \(region.id) begins (round 0: every page)")
+        }
         while !session.isClosed {
             if let request = session.dequeue() {
-                try answer(request, on: channel, session: session, flags: [])
+                try answer(request, on: channel, session: session, flags: [], scratch: scratch)
                 if let i = regions.firstIndex(where: { $0.id == request.region }) {
                     regionIndex = i
                     cursor = Int((request.offset + request.length) / UInt64(regions[i].pageSize))
@@ -274,6 +318,16 @@ public final class SourceServer: @unchecked Sendable {
             let region = regions[regionIndex]
             let maxPages = max(1, pushChunk / region.pageSize)
             guard let run = session.claimUnsent(region, from: cursor, maxPages: maxPages) else {
+                if let live = region.live, var progress = rounds[region.id] {
+                    // A pre-copy round ended: send what was written meanwhile, or switch.
+                    if try endRound(region, live, &progress, on: channel, session: session) {
+                        rounds[region.id] = nil
+                    } else {
+                        rounds[region.id] = progress
+                    }
+                    cursor = 0
+                    continue
+                }
                 try channel.send(.pushComplete(region: region.id, bytes: region.length))
                 logger.info("session \(hex(session.id)): pushed all of region \(region.id)")
                 regionIndex += 1
@@ -281,10 +335,95 @@ public final class SourceServer: @unchecked Sendable {
                 continue
             }
             let size = UInt64(region.pageSize)
-            try send(region, offset: UInt64(run.lowerBound) * size, length: UInt64(run.count) * size, requestID: 0,
-                     flags: .push, on: channel, session: session, chunk: pushChunk)
+            let sent = try send(region, offset: UInt64(run.lowerBound) * size, length: UInt64(run.count) * size, requestID: 0,
+                                flags: .push, on: channel, session: session, chunk: pushChunk, scratch: scratch)
+            rounds[region.id]?.pages += run.count
+            rounds[region.id]?.bytes += sent
             cursor = run.upperBound
         }
+    }
+
+    /// One pre-copy round in progress on a live region.
+    private struct RoundProgress {
+        var index = 0
+        var started: UInt64
+        var pages = 0
+        var bytes: UInt64 = 0
+        var history: [PrecopyRound] = []
+        let precopyStarted = monotonicNanoseconds()
+    }
+
+    /// Ends a pre-copy round: scans for pages written during it, and either queues them for the
+    /// next round (returns false) or switches to post-copy (returns true): pause the writer,
+    /// scan once more, INVALIDATE what the destination holds stale, wait for its
+    /// acknowledgements, then SWITCHED. After that the push carries on as post-copy.
+    private func endRound(_ region: ServedRegion, _ live: LiveRegion, _ progress: inout RoundProgress,
+                          on channel: FrameChannel, session: SourceSession) throws -> Bool {
+        let scanStart = monotonicNanoseconds()
+        let written = region.pages(of: try live.tracker.takeWritten(), memoryBase: region.trackedBase)
+        let now = monotonicNanoseconds()
+        let dirty = written.reduce(0) { $0 + $1.count }
+        let round = PrecopyRound(index: progress.index, pagesSent: progress.pages, bytesSent: progress.bytes, dirtyPages: dirty,
+                                 dirtyBytes: UInt64(dirty) * UInt64(region.pageSize), scanNanoseconds: now - scanStart,
+                                 nanoseconds: now - progress.started)
+        progress.history.append(round)
+        live.record { $0.rounds.append(round) }
+        logger.info("""
+            session \(hex(session.id)): pre-copy round \(round.index) of region \(region.id): sent \(round.pagesSent) pages \
+            (\(round.bytesSent >> 20) MiB as data) in \(now - progress.started < 1_000_000 ? "<1" : "\((now - progress.started) / 1_000_000)") ms \
+            (\(Int(round.rate) >> 20) MiB/s); scan found \(dirty) pages written, in \((now - scanStart) / 1000) µs
+            """)
+        session.markUnsent(region, written)
+        let decision = live.policy.decide(after: progress.history, elapsed: now - progress.precopyStarted, forced: live.isForced)
+        guard case .switchToPostcopy(let reason) = decision else {
+            progress.index += 1
+            progress.started = monotonicNanoseconds()
+            progress.pages = 0
+            progress.bytes = 0
+            return false
+        }
+        // The switch. Everything from the pause to SWITCHED is time the workload is stopped.
+        logger.info("session \(hex(session.id)): switching region \(region.id) to post-copy: \(reason)")
+        let paused = monotonicNanoseconds()
+        do { try live.pause() } catch {
+            throw SessionError.refuse(.ioError, "cannot pause the writer of region \(region.id): \(error)")
+        }
+        let final = region.pages(of: try live.tracker.takeWritten(), memoryBase: region.trackedBase)
+        session.markUnsent(region, final)
+        // Stale at the destination: pages it holds (sent at least once) whose latest content it
+        // was not sent. They become missing there and are fetched again.
+        let stale = session.staleRuns(region)
+        let size = UInt64(region.pageSize)
+        var lastSequence: UInt32 = 0
+        // INVALIDATE frames of at most 4096 ranges (64 KiB of payload).
+        for start in stride(from: 0, to: stale.count, by: 4096) {
+            let ranges = stale[start..<min(stale.count, start + 4096)].map {
+                PageRange(offset: UInt64($0.lowerBound) * size, length: UInt64($0.count) * size)
+            }
+            lastSequence = session.nextSequence()
+            try channel.send(.invalidate(Invalidate(sequence: lastSequence, region: region.id, ranges: ranges)))
+        }
+        if lastSequence != 0 {
+            guard session.waitForAcknowledgement(of: lastSequence, timeoutMilliseconds: 30_000) else {
+                throw SessionError.refuse(.timeout, "the destination did not acknowledge INVALIDATE \(lastSequence) within 30 s")
+            }
+        }
+        try channel.send(.switched(region: region.id, lastSequence: lastSequence))
+        let pause = monotonicNanoseconds() - paused
+        let stalePages = stale.reduce(0) { $0 + $1.count }
+        live.record {
+            $0.reason = reason
+            $0.finalDirtyPages = final.reduce(0) { $0 + $1.count }
+            $0.invalidatedPages = stalePages
+            $0.pauseNanoseconds = pause
+            $0.switched = true
+        }
+        logger.info("""
+            session \(hex(session.id)): region \(region.id) switched to post-copy after \(progress.history.count) round(s): \
+            final scan found \(final.reduce(0) { $0 + $1.count }) pages written after the last round, \(stalePages) pages invalidated, \
+            writer paused for \(pause / 1000) µs before SWITCHED
+            """)
+        return true
     }
 }
 
@@ -305,8 +444,13 @@ final class SourceSession: @unchecked Sendable {
         var queue: [PageRequest] = []
         var closed = false
         var goodbye = false
-        /// Pages sent to this destination at least once, per region (answers and push).
+        /// Pages whose latest content was sent to this destination, per region (answers and
+        /// push); a page written afterwards (pre-copy) is removed again.
         var sent: [UInt32: PageBitmap] = [:]
+        /// Live regions only: pages sent at least once, whatever was written since.
+        var everSent: [UInt32: PageBitmap] = [:]
+        var sequence: UInt32 = 0
+        var acknowledged: UInt32 = 0
         var demand: FrameChannel?
     }
 
@@ -351,10 +495,68 @@ final class SourceSession: @unchecked Sendable {
     func markSent(_ region: ServedRegion, offset: UInt64, length: UInt64) {
         let size = UInt64(region.pageSize)
         state.withLock {
+            let pages = Int(offset / size)..<Int((offset + length) / size)
             var map = $0.sent[region.id] ?? PageBitmap(count: Int(region.length / size))
-            map.insert(Int(offset / size)..<Int((offset + length) / size))
+            _ = map.insert(pages)
             $0.sent[region.id] = map
+            if $0.everSent[region.id] != nil { _ = $0.everSent[region.id]!.insert(pages) }
         }
+    }
+
+    /// Starts keeping the pages of live `region` sent at least once.
+    func trackEverSent(_ region: ServedRegion) {
+        state.withLock { s in
+            s.everSent[region.id] = s.sent[region.id] ?? PageBitmap(count: Int(region.length / UInt64(region.pageSize)))
+        }
+    }
+
+    /// Pages written since they were sent: the push sends them again.
+    func markUnsent(_ region: ServedRegion, _ runs: [Range<Int>]) {
+        state.withLock { s in
+            guard var map = s.sent[region.id] else { return }
+            for r in runs { _ = map.remove(r) }
+            s.sent[region.id] = map
+        }
+    }
+
+    /// Pages the destination holds that are out of date: sent once, not sent since written.
+    func staleRuns(_ region: ServedRegion) -> [Range<Int>] {
+        state.withLock { s in
+            guard let ever = s.everSent[region.id] else { return [] }
+            let sent = s.sent[region.id] ?? PageBitmap(count: ever.count)
+            var result: [Range<Int>] = []
+            var i = 0
+            while let start = ever.first(true, from: i) {
+                let end = ever.first(false, from: start) ?? ever.count
+                var p = start
+                while p < end, let gap = sent.first(false, from: p), gap < end {
+                    let gapEnd = min(end, sent.first(true, from: gap) ?? sent.count)
+                    result.append(gap..<gapEnd)
+                    p = gapEnd
+                }
+                i = end
+            }
+            return result
+        }
+    }
+
+    func nextSequence() -> UInt32 { state.withLock { $0.sequence += 1; return $0.sequence } }
+
+    func acknowledge(_ sequence: UInt32) {
+        state.withLock { $0.acknowledged = max($0.acknowledged, sequence) }
+        work.signal()
+    }
+
+    /// Waits until INVALIDATE `sequence` is acknowledged; false on timeout or close.
+    func waitForAcknowledgement(of sequence: UInt32, timeoutMilliseconds: Int) -> Bool {
+        let deadline = monotonicNanoseconds() + UInt64(timeoutMilliseconds) * 1_000_000
+        while monotonicNanoseconds() < deadline {
+            let (done, closed) = state.withLock { ($0.acknowledged >= sequence, $0.closed) }
+            if done { return true }
+            if closed { return false }
+            _ = work.wait(timeout: .now() + .milliseconds(10))
+        }
+        return false
     }
 
     /// Marks every page of `region` sent: the destination needs nothing more from it.
@@ -370,7 +572,8 @@ final class SourceSession: @unchecked Sendable {
             defer { s.sent[region.id] = map }
             guard let start = map.first(false, from: min(from, map.count)) ?? map.first(false, from: 0) else { return nil }
             let end = min(map.first(true, from: start) ?? map.count, start + maxPages)
-            map.insert(start..<end)
+            _ = map.insert(start..<end)
+            if s.everSent[region.id] != nil { _ = s.everSent[region.id]!.insert(start..<end) }
             return start..<end
         }
     }

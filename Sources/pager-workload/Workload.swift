@@ -1,4 +1,5 @@
 import ArgumentParser
+import PagerKernel
 import PagerBenchKit
 
 /// Test and benchmark workload for pagerd: fills source files with a known pattern, and runs
@@ -8,7 +9,7 @@ struct PagerWorkload: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pager-workload",
         abstract: "A workload for testing pagerd: fill a source file, or run with lazily migrated memory.",
-        subcommands: [Fill.self, Run.self]
+        subcommands: [Fill.self, Run.self, Live.self, Digest.self]
     )
 
     struct Fill: ParsableCommand {
@@ -34,6 +35,7 @@ struct PagerWorkload: ParsableCommand {
         @Option(name: .customLong("hint-mib"), help: "Hint the pager to prefetch the first N MiB and wait until they are local, before touching.") var hintMiB = 0
         @Option(help: "Shared memory: punch a hole at every N-th page after touching (0: none).") var punchEvery = 0
         @Option(help: "Drop every N-th page with MADV_DONTNEED, half before and half after touching (anon only; 0: none).") var discardEvery = 0
+        @Option(help: "Check every page against these digests (from `pager-workload digest`) instead of the fill pattern.") var expectDigests: String?
 
         func run() throws {
             guard let b = MigrationWorkload.Backing(rawValue: backing) else { throw ValidationError("--backing: anon, shm or hugetlb") }
@@ -42,10 +44,38 @@ struct PagerWorkload: ParsableCommand {
             w.discardEvery = discardEvery
             w.hintBytes = hintMiB << 20
             w.punchEvery = punchEvery
+            w.expectedDigests = try expectDigests.map { try PageDigest.load(from: $0) }
             let r = try w.run(socketPath: socket)
             print("workload: \(r.mismatches == 0 ? "ok" : "CORRUPT") pages=\(r.pages) backing=\(backing) access=\(access) mismatches=\(r.mismatches) touch-seconds=\(r.seconds) waits=\(r.waits.count) wait-p50-ns=\(r.waits.p50) wait-p90-ns=\(r.waits.p90) wait-p99-ns=\(r.waits.p99) wait-p999-ns=\(r.waits.p999) wait-max-ns=\(r.waits.max)")
             if let first = r.firstMismatch { print("first mismatch: \(first)") }
             if r.mismatches != 0 { throw ExitCode(1) }
+        }
+    }
+
+    struct Live: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Hand live memory to pagerd source --live-socket, then keep writing to it until stopped.")
+        @Option(help: "pagerd source's --live-socket.") var socket: String
+        @Option(name: .customLong("size-mib")) var sizeMiB: Int
+        @Option var seed: UInt64 = 1
+        @Option(help: "Pages written per second.") var pagesPerSecond = 20_000
+        @Option(help: "Write only within the first N pages (a hot set that never converges).") var hotPages: Int?
+        func run() throws {
+            let w = WritingWorkload(bytes: sizeMiB << 20, seed: seed, pagesPerSecond: pagesPerSecond, hotPages: hotPages)
+            try w.run(socketPath: socket) { print($0); fflushStandardOutput() }
+        }
+    }
+
+    struct Digest: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Write the digest of every page of a (stopped) process's memory to a file.")
+        @Option var pid: Int32
+        @Option(help: "Address of the memory in that process.") var address: UInt64
+        @Option(name: .customLong("size-mib")) var sizeMiB: Int
+        @Option var out: String
+        func run() throws {
+            let d = try PageDigest.ofProcess(pid, address: address, bytes: sizeMiB << 20)
+            try PageDigest.save(d, to: out)
+            print("digests of \(d.count) pages of process \(pid) written to \(out)")
         }
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Logging
 import PagerBenchKit
+import PagerCore
 import PagerDestination
 import PagerKernel
 import PagerSource
@@ -17,31 +18,70 @@ struct SourceCommand: ParsableCommand {
         their own connection; every other page streams on a second connection; holes and
         zero pages are sent as zero ranges, never as bytes. Stops on SIGTERM or SIGINT and
         prints what it served.
+
+        Live memory (pre-copy, then post-copy): with --live-socket the daemon first waits for
+        a workload to hand over a userfaultfd registered in write-protect mode with
+        UFFD_FEATURE_WP_ASYNC on its memory (same Firecracker-format message as the
+        destination's handoff). That memory is served as a live region: round 0 sends every
+        page, each next round the pages written meanwhile (PAGEMAP_SCAN on /proc/PID/pagemap),
+        until the dirty set fits --downtime-ms, stops shrinking, --max-rounds or
+        --precopy-deadline-s is hit, or SIGUSR1 forces it. Then the workload is stopped
+        (SIGSTOP), a last scan finds the pages written since, the destination drops those
+        (INVALIDATE) and fetches them on demand. The destination must run with --precopy.
         """
     )
 
     @Option(help: "Address and port to listen on, e.g. 0.0.0.0:7070.") var listen: String
     @Option(name: .customLong("region"), help: "A file to serve (repeatable); region ids are 1, 2, ... in order.")
-    var regions: [String]
+    var regions: [String] = []
+    @Option(help: "Unix socket on which one workload hands over its live memory (pre-copy); it becomes the last region.") var liveSocket: String?
+    @Option(help: "Pre-copy: at most this many rounds after round 0.") var maxRounds = 30
+    @Option(help: "Pre-copy: switch once the dirty pages take at most this long to send at the measured rate.") var downtimeMs = 100
+    @Option(help: "Pre-copy: switch when the dirty set has not shrunk by 10% for this many rounds.") var stallRounds = 3
+    @Option(help: "Pre-copy: switch at the first round end after this many seconds.") var precopyDeadlineS: Double?
     @Option(help: "Close connections that send no HELLO within this many milliseconds.") var handshakeTimeoutMs = 10_000
     @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
 
     func validate() throws {
         guard Endpoint(listen) != nil else { throw ValidationError("--listen must be ADDR:PORT (IPv4), got \(listen)") }
-        guard !regions.isEmpty else { throw ValidationError("give at least one --region FILE") }
+        guard !regions.isEmpty || liveSocket != nil else { throw ValidationError("give at least one --region FILE or a --live-socket") }
     }
 
     func run() throws {
         let logger = makeLogger("pagerd.source", logLevel)
         var served: [ServedRegion] = []
         for (i, path) in regions.enumerated() { served.append(try ServedRegion(id: UInt32(i + 1), path: path)) }
+        var policy = ConvergencePolicy()
+        policy.maxRounds = maxRounds
+        policy.downtimeBudgetNanoseconds = UInt64(downtimeMs) * 1_000_000
+        policy.stallRounds = stallRounds
+        policy.deadlineNanoseconds = precopyDeadlineS.map { UInt64($0 * 1e9) }
+        let live = try liveSocket.map { path in
+            try LiveWorkload.accept(on: path, regionID: UInt32(served.count + 1), policy: policy, logger: logger)
+        }
+        if let live { served.append(live.region) }
         let server = try SourceServer(listen: Endpoint(listen)!, regions: served, logger: logger)
         server.handshakeTimeoutMilliseconds = handshakeTimeoutMs
-        try TerminationSignals.start { signal in
+        try TerminationSignals.start(also: [TerminationSignals.userSignal1]) { signal in
+            if signal == TerminationSignals.userSignal1 {
+                logger.info("SIGUSR1: switching to post-copy at the end of the current round")
+                live?.region.live?.forceSwitch()
+                return
+            }
             logger.info("signal \(signal): stopping")
             server.stop()
         }
         server.run()
+        if let outcome = live?.region.live?.outcome {
+            for r in outcome.rounds {
+                print("pagerd source: pre-copy round \(r.index): \(r.pagesSent) pages sent (\(r.bytesSent >> 20) MiB as data) in \(r.nanoseconds / 1_000_000) ms, \(Int(r.rate) >> 20) MiB/s; \(r.dirtyPages) pages written during it; scan \(r.scanNanoseconds / 1000) µs")
+            }
+            if outcome.switched {
+                print("pagerd source: switched to post-copy (\(outcome.reason.map { "\($0)" } ?? "")): final dirty set \(outcome.finalDirtyPages) pages, \(outcome.invalidatedPages) pages invalidated at the destination, workload paused \(String(format1: Double(outcome.pauseNanoseconds) / 1e6)) ms before the switch")
+            } else {
+                print("pagerd source: pre-copy never switched to post-copy")
+            }
+        }
         let c = server.counts
         print("pagerd source: \(c.sessions) session(s), \(c.demandRequests) demand and \(c.prefetchRequests) prefetch requests, \(c.bytesSent >> 20) MiB sent as bytes, \(c.zeroBytes >> 20) MiB as zero ranges, \(c.failedSessions) session(s) ended by errors")
     }
@@ -57,6 +97,11 @@ struct DestCommand: ParsableCommand {
         by SCM_RIGHTS), connects to the source for each, and resolves the workload's faults
         while the rest of its memory streams in. If the source is lost, pages not yet fetched
         are poisoned: the workload gets SIGBUS, never zeros. Prints a summary per migration.
+
+        With --precopy (for a source serving live memory): connects at once, keeps the
+        pre-copy rounds in its own memory until the source switches to post-copy, then takes
+        one handoff; staged pages are installed locally, pages the source invalidated are
+        fetched on demand.
         """
     )
 
@@ -68,6 +113,7 @@ struct DestCommand: ParsableCommand {
     @Flag(help: "No prefetch around faults: fetch exactly the faulting page.") var noPrefetch = false
     @Option(help: "Declare the source lost after this many milliseconds without a frame while pages are outstanding.") var stallTimeoutMs = 10_000
     @Flag(help: "Ask the source for a CRC-32C of every 4 KiB page and check each before installing it.") var checksums = false
+    @Flag(help: "Receive the source's pre-copy rounds before the handoff (one migration; implies --once).") var precopy = false
     @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
 
     func validate() throws {
@@ -82,6 +128,10 @@ struct DestCommand: ParsableCommand {
             logger.info("signal \(signal): no new handoffs")
             stopping.store(true, ordering: .releasing)
             listener.close()
+        }
+        if precopy {
+            guard migratePrecopy(listener, logger: logger) else { throw ExitCode(1) }
+            return
         }
         logger.info("waiting for userfaultfd handoffs on \(uffdSocket); source \(connect)")
         let failures = Atomic<Int>(0)
@@ -108,15 +158,46 @@ struct DestCommand: ParsableCommand {
         if failures.load(ordering: .relaxed) > 0 { throw ExitCode(1) }
     }
 
+    /// Offered in HELLO: INVALIDATE only makes sense to a destination that stages pre-copy.
+    var features: Features {
+        var f: Features = [.resume, .hugePages]
+        if checksums { f.insert(.checksums) }
+        if precopy { f.insert(.invalidation) }
+        return f
+    }
+
+    /// Pre-copy, then one handoff; returns false (after logging why) if it failed.
+    func migratePrecopy(_ listener: HandoffListener, logger: Logger) -> Bool {
+        do {
+            let client = try DestinationClient(source: Endpoint(connect)!, clientName: "pagerd-dest", features: features)
+            defer { client.close() }
+            let region = try client.region(selectedBy: self.region)
+            logger.info("session \(hex(client.session)) with \(connect): live region \(region.id) \"\(region.name)\" (\(region.length >> 20) MiB): receiving pre-copy rounds")
+            for other in client.regions where other.id != region.id {
+                try client.demand.send(.complete(region: other.id, residentBytes: 0))
+            }
+            let staged = try StagedPages.receive(region: region, push: client.push, logger: logger)
+            print("pagerd dest: pre-copy done after \(String(format1: Double(staged.nanoseconds) / 1e9)) s: \(staged.stagedBytes >> 20) MiB staged, \(staged.bytesReceived >> 20) MiB received as data, \(staged.invalidatedBytes >> 10) KiB invalidated")
+            logger.info("switched to post-copy: waiting for the userfaultfd handoff on \(uffdSocket)")
+            let handoff = try listener.accept()
+            defer { try? handoff.connection.close() }
+            return migrate(handoff, logger: logger, client: client, region: region, staged: staged)
+        } catch {
+            logger.error("migration failed: \(error)")
+            print("pagerd dest: migration FAILED: \(error)")
+            return false
+        }
+    }
+
     /// Runs one migration; returns false (after logging why) if it failed.
-    func migrate(_ handoff: Handoff, logger: Logger) -> Bool {
+    func migrate(_ handoff: Handoff, logger: Logger, client existing: DestinationClient? = nil, region chosen: RegionDescriptor? = nil,
+                 staged: StagedPages? = nil) -> Bool {
         let total = handoff.mappings.reduce(UInt64(0)) { $0 + $1.size }
         logger.info("handoff: \(handoff.mappings.count) mapping(s), \(total >> 20) MiB in \(handoff.mappings[0].pageSize >> 10) KiB pages")
         do {
-            let client = try DestinationClient(source: Endpoint(connect)!, clientName: "pagerd-dest",
-                                               features: checksums ? [.resume, .hugePages, .checksums] : [.resume, .hugePages])
+            let client = try existing ?? DestinationClient(source: Endpoint(connect)!, clientName: "pagerd-dest", features: features)
             defer { client.close() }
-            let region = try client.region(selectedBy: self.region)
+            let region = try chosen ?? client.region(selectedBy: self.region)
             logger.info("session \(hex(client.session)) with \(connect): region \(region.id) \"\(region.name)\" (\(region.length >> 20) MiB)")
             let resolver = try FaultResolver(uffd: handoff.uffd, region: region, mappings: handoff.mappings,
                                              demand: client.demand, push: noPush ? nil : client.push, logger: logger)
@@ -124,6 +205,7 @@ struct DestCommand: ParsableCommand {
             resolver.stallTimeoutMilliseconds = stallTimeoutMs
             resolver.otherRegions = client.regions.map(\.id)
             resolver.workloadConnection = handoff.connection
+            resolver.staged = staged
             let r = try resolver.run()
             let latency = LatencySummary(samples: r.faultLatencies)
             let mib = Double(r.pages * r.pageSize) / Double(1 << 20)
@@ -141,6 +223,34 @@ struct DestCommand: ParsableCommand {
             print("pagerd dest: migration FAILED: \(error)")
             return false
         }
+    }
+}
+
+/// A workload process that handed its live memory to the source daemon.
+struct LiveWorkload {
+    let region: ServedRegion
+    let handoff: Handoff
+    let pid: Int32
+
+    /// Waits on `path` for the workload's handoff: its memory (one mapping) and a userfaultfd
+    /// registered on it in WP mode with UFFD_FEATURE_WP_ASYNC.
+    static func accept(on path: String, regionID: UInt32, policy: ConvergencePolicy, logger: Logger) throws -> LiveWorkload {
+        let listener = try HandoffListener(path: path)
+        logger.info("waiting for a workload to hand over its live memory on \(path)")
+        let handoff = try listener.accept()
+        let pid = try UnixSocket.peerProcess(handoff.connection)
+        guard handoff.mappings.count == 1, let m = handoff.mappings.first, m.regionOffset == 0 else {
+            throw HandoffError(message: "a live handoff must describe exactly one mapping at offset 0 (got \(handoff.mappings.count))")
+        }
+        let tracker = try WriteTracker(handedOver: handoff.uffd, pid: pid, range: m.range)
+        let live = LiveRegion(tracker: tracker, policy: policy) {
+            try sendSignal(TerminationSignals.stop, to: pid)
+            // SIGSTOP is asynchronous: wait until every thread of the process has stopped.
+            try waitUntilStopped(pid)
+        }
+        let region = ServedRegion(id: regionID, name: "pid\(pid)-live", pid: pid, address: m.base, length: Int(m.size), pageSize: m.pageSize, live: live)
+        logger.info("live region \(regionID): \(m.size >> 20) MiB of process \(pid) at \(hex(m.base)), \(m.pageSize >> 10) KiB pages, write-tracked")
+        return LiveWorkload(region: region, handoff: handoff, pid: pid)
     }
 }
 

@@ -1,0 +1,97 @@
+import Logging
+import PagerCore
+import PagerKernel
+import PagerTransport
+import PagerWire
+
+/// Pages of a live region received before the switch to post-copy, held in the destination
+/// daemon's own memory: the workload must not run on them until SWITCHED says which are
+/// current, and the daemon cannot drop pages from another process's memory once installed.
+/// The ``FaultResolver`` installs them locally once the workload's memory is handed over.
+public final class StagedPages: @unchecked Sendable {
+    public let region: RegionDescriptor
+    let memory: MemoryMapping
+    /// 4 KiB pieces of the region held current in `memory`.
+    private(set) var present: PageBitmap
+    public private(set) var bytesReceived: UInt64 = 0
+    public private(set) var invalidatedBytes: UInt64 = 0
+    public private(set) var invalidations = 0
+    /// Nanoseconds from the first frame to SWITCHED.
+    public private(set) var nanoseconds: UInt64 = 0
+
+    init(region: RegionDescriptor) throws(KernelError) {
+        self.region = region
+        memory = try MemoryMapping.anonymous(length: Int(region.length))
+        present = PageBitmap(count: Int(region.length) / basePageSize)
+    }
+
+    public var stagedBytes: UInt64 { UInt64(present.population * basePageSize) }
+
+    /// Whether every 4 KiB piece of `[offset, offset + length)` is staged.
+    func holds(offset: Int, length: Int) -> Bool {
+        let first = offset / basePageSize, end = (offset + length) / basePageSize
+        guard let gap = present.first(false, from: first) else { return true }
+        return gap >= end
+    }
+
+    func pointer(offset: Int) -> UnsafeRawPointer { UnsafeRawPointer(memory.base + offset) }
+
+    /// Frees staged memory once its pages are installed (or found stale).
+    func release(offset: Int, length: Int) {
+        try? memory.advise(.dontNeed, offset: offset, length: length)
+    }
+
+    /// Receives the pre-copy rounds of live `region` on `push` until SWITCHED: data is copied
+    /// into staging memory (a later round's copy of a page replaces the earlier one), ZERO
+    /// ranges drop their staging pages, INVALIDATE drops pages and is acknowledged.
+    public static func receive(region: RegionDescriptor, push: FrameChannel, logger: Logger) throws(ResolveError) -> StagedPages {
+        guard region.flags.contains(.live) else {
+            throw .invalidSetup("region \(region.id) is not live: the source runs no pre-copy for it")
+        }
+        let staged: StagedPages
+        do { staged = try StagedPages(region: region) } catch { throw .kernel(error) }
+        let started = monotonicNanoseconds()
+        while true {
+            let incoming: Incoming
+            do { incoming = try push.receive() } catch { throw .sourceLost("during pre-copy: \(error)") }
+            switch incoming {
+            case .pageData(let h, _) where h.region != region.id:
+                break // a region this destination does not map
+            case .pageData(let h, let data):
+                guard h.offset + h.length <= region.length else {
+                    throw .sourceLost("pre-copy PAGE_DATA at \(hex(h.offset))+\(hex(h.length)) is outside region \(region.id)")
+                }
+                let offset = Int(h.offset), length = Int(h.length)
+                if h.encoding == .zero {
+                    staged.release(offset: offset, length: length) // reads as zeros from now on
+                } else {
+                    (staged.memory.base + offset).copyMemory(from: data.baseAddress!, byteCount: length)
+                    staged.bytesReceived += UInt64(length)
+                }
+                _ = staged.present.insert(offset / basePageSize..<(offset + length) / basePageSize)
+            case .message(.invalidate(let inv)):
+                if inv.region == region.id {
+                    for r in inv.ranges where r.offset + r.length <= region.length {
+                        _ = staged.present.remove(Int(r.offset) / basePageSize..<Int(r.offset + r.length) / basePageSize)
+                        staged.release(offset: Int(r.offset), length: Int(r.length))
+                        staged.invalidatedBytes += r.length
+                    }
+                    staged.invalidations += 1
+                }
+                do { try push.send(.invalidateAck(sequence: inv.sequence, region: inv.region)) } catch {
+                    throw .sourceLost("cannot acknowledge INVALIDATE \(inv.sequence): \(error)")
+                }
+            case .message(.switched(let r, _)) where r == region.id:
+                staged.nanoseconds = monotonicNanoseconds() - started
+                logger.info("region \(region.id) switched to post-copy: \(staged.stagedBytes >> 20) MiB staged, \(staged.invalidatedBytes >> 10) KiB invalidated in \(staged.invalidations) INVALIDATE(s)")
+                return staged
+            case .message(.pushComplete), .message(.pong), .message(.switched):
+                break
+            case .message(.error(let e)):
+                throw .sourceRefused("during pre-copy: \(e.code): \(e.message)")
+            case .message(let other):
+                throw .sourceLost("unexpected \(other.type) during pre-copy")
+            }
+        }
+    }
+}
