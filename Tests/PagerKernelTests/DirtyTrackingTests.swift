@@ -148,3 +148,19 @@ struct PlumbingTests {
         #expect(ring.popCompletion() == nil)
     }
 }
+
+@Suite("WriteTracker", .serialized, .enabled(if: isRoot, "needs root for userfaultfd"))
+struct WriteTrackerTests {
+    @Test("own memory: reports exactly the pages written since the last call, unpopulated pages included")
+    func ownMemory() throws {
+        let pages = 1024
+        let mapping = try MemoryMapping.anonymous(length: pages * basePageSize)
+        for i in 0..<pages / 2 { mapping.page(i).storeBytes(of: UInt64(i), as: UInt64.self) } // half populated
+        let tracker = try WriteTracker(ownRange: mapping.range)
+        #expect(try tracker.takeWritten() == [])
+        for p in [3, 4, 700] { mapping.page(p).storeBytes(of: 1, as: UInt64.self) } // 700 was never populated
+        let base = UInt64(UInt(bitPattern: mapping.base))
+        #expect(try tracker.takeWritten() == [AddressRange(start: base + 3 * 4096, length: 2 * 4096), AddressRange(start: base + 700 * 4096, length: 4096)])
+        #expect(try tracker.takeWritten() == [])
+    }
+}
