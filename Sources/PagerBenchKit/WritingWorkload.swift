@@ -88,7 +88,7 @@ public struct WritingWorkload {
         let started = monotonicNanoseconds()
         var written = 0
         while true {
-            // Write as many pages as the rate allows by now, then sleep for a millisecond.
+            // Write as many pages as the rate allows by now, then sleep 100 µs: steady, not bursty.
             let due = Int(Double(monotonicNanoseconds() - started) / 1e9 * Double(pagesPerSecond))
             while written < due {
                 x ^= x << 13; x ^= x >> 7; x ^= x << 17
@@ -98,7 +98,7 @@ public struct WritingWorkload {
                 version += 1
                 written += 1
             }
-            sleepMilliseconds(1)
+            sleepMicroseconds(100)
         }
     }
 }

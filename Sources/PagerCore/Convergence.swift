@@ -41,6 +41,9 @@ public struct ConvergencePolicy: Sendable, Equatable {
     public var shrinkFactor = 0.9
     /// Nanoseconds since pre-copy began after which the next round end switches (nil: none).
     public var deadlineNanoseconds: UInt64?
+    /// False: no rounds at all, the writer is paused before anything is sent (a pure
+    /// post-copy of live memory, the baseline pre-copy is compared with).
+    public var precopy = true
 
     public init() {}
 
@@ -50,6 +53,7 @@ public struct ConvergencePolicy: Sendable, Equatable {
         case roundLimit(Int)
         case deadline
         case forced
+        case noPrecopy
 
         public var description: String {
             switch self {
@@ -58,6 +62,7 @@ public struct ConvergencePolicy: Sendable, Equatable {
             case .roundLimit(let n): "round limit (\(n)) reached"
             case .deadline: "pre-copy deadline reached"
             case .forced: "switch forced by the operator"
+            case .noPrecopy: "pre-copy disabled: pure post-copy"
             }
         }
     }

@@ -11,5 +11,8 @@ public func monotonicNanoseconds() -> UInt64 {
 /// Sleeps the calling thread (`usleep`): for pacing a workload, never for waiting on an event.
 public func sleepMilliseconds(_ ms: Int) { usleep(UInt32(ms * 1000)) }
 
+/// Sleeps the calling thread (`usleep`), for pacing.
+public func sleepMicroseconds(_ us: Int) { usleep(UInt32(us)) }
+
 /// Flushes standard output (`fflush(stdout)`): a line meant for a parent reading a log file.
 public func fflushStandardOutput() { fflush(nil) } // nil: every output stream, stdout included

@@ -299,6 +299,10 @@ public final class SourceServer: @unchecked Sendable {
             // Round 0 starts from a clean slate: protect everything, forget earlier writes.
             try live.tracker.protectAll()
             session.trackEverSent(region)
+            if !live.policy.precopy {
+                try switchToPostcopy(region, live, reason: .noPrecopy, rounds: 0, on: channel, session: session)
+                continue
+            }
             rounds[region.id] = RoundProgress(started: monotonicNanoseconds())
             logger.info("session \(hex(session.id)): pre-copy of live region \(region.id) begins (round 0: every page)")
         }
@@ -382,7 +386,15 @@ public final class SourceServer: @unchecked Sendable {
             progress.bytes = 0
             return false
         }
-        // The switch. Everything from the pause to SWITCHED is time the workload is stopped.
+        try switchToPostcopy(region, live, reason: reason, rounds: progress.history.count, on: channel, session: session)
+        return true
+    }
+
+    /// Pauses the writer, scans once more, INVALIDATEs what the destination holds stale, waits
+    /// for the acknowledgements, and sends SWITCHED.
+    private func switchToPostcopy(_ region: ServedRegion, _ live: LiveRegion, reason: ConvergencePolicy.Reason, rounds: Int,
+                                  on channel: FrameChannel, session: SourceSession) throws {
+        // Everything from the pause to SWITCHED is time the workload is stopped.
         logger.info("session \(hex(session.id)): switching region \(region.id) to post-copy: \(reason)")
         let paused = monotonicNanoseconds()
         do { try live.pause() } catch {
@@ -408,7 +420,7 @@ public final class SourceServer: @unchecked Sendable {
                 throw SessionError.refuse(.timeout, "the destination did not acknowledge INVALIDATE \(lastSequence) within 30 s")
             }
         }
-        try channel.send(.switched(region: region.id, lastSequence: lastSequence))
+        // Recorded before SWITCHED goes out: whoever sees SWITCHED sees this outcome.
         let pause = monotonicNanoseconds() - paused
         let stalePages = stale.reduce(0) { $0 + $1.count }
         live.record {
@@ -418,12 +430,12 @@ public final class SourceServer: @unchecked Sendable {
             $0.pauseNanoseconds = pause
             $0.switched = true
         }
+        try channel.send(.switched(region: region.id, lastSequence: lastSequence))
         logger.info("""
-            session \(hex(session.id)): region \(region.id) switched to post-copy after \(progress.history.count) round(s): \
+            session \(hex(session.id)): region \(region.id) switched to post-copy after \(rounds) round(s): \
             final scan found \(final.reduce(0) { $0 + $1.count }) pages written after the last round, \(stalePages) pages invalidated, \
             writer paused for \(pause / 1000) µs before SWITCHED
             """)
-        return true
     }
 }
 

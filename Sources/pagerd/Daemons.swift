@@ -39,6 +39,7 @@ struct SourceCommand: ParsableCommand {
     @Option(help: "Pre-copy: switch once the dirty pages take at most this long to send at the measured rate.") var downtimeMs = 100
     @Option(help: "Pre-copy: switch when the dirty set has not shrunk by 10% for this many rounds.") var stallRounds = 3
     @Option(help: "Pre-copy: switch at the first round end after this many seconds.") var precopyDeadlineS: Double?
+    @Flag(help: "Live memory without pre-copy: pause the workload at once and migrate it by post-copy only.") var noPrecopy = false
     @Option(help: "Close connections that send no HELLO within this many milliseconds.") var handshakeTimeoutMs = 10_000
     @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
 
@@ -56,6 +57,7 @@ struct SourceCommand: ParsableCommand {
         policy.downtimeBudgetNanoseconds = UInt64(downtimeMs) * 1_000_000
         policy.stallRounds = stallRounds
         policy.deadlineNanoseconds = precopyDeadlineS.map { UInt64($0 * 1e9) }
+        policy.precopy = !noPrecopy
         let live = try liveSocket.map { path in
             try LiveWorkload.accept(on: path, regionID: UInt32(served.count + 1), policy: policy, logger: logger)
         }

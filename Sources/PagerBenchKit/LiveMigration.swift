@@ -1,0 +1,146 @@
+import Glibc
+import PagerKernel
+
+/// A live migration across two namespaces: a workload in the source namespace keeps writing
+/// its memory while `pagerd source --live-socket` runs pre-copy rounds to `pagerd dest
+/// --precopy`; after the switch, a workload in the destination namespace takes the memory
+/// over and compares every page with the source workload's final memory (read while stopped).
+public struct LiveMigration {
+    public var pagerd: String
+    public var workload: String
+    public var sizeMiB = 1024
+    public var pagesPerSecond = 20_000
+    public var hotPages: Int?
+    public var sourceFlags: [String] = []
+
+    public init(binaries: String) {
+        pagerd = binaries + "/pagerd"
+        workload = binaries + "/pager-workload"
+    }
+
+    public struct Outcome: Sendable {
+        public var workload: String
+        public var workloadStatus: Int32?
+        public var dest: String
+        public var source: String
+
+        /// Milliseconds the source's writer was stopped before SWITCHED (from the source's report).
+        public var pauseMilliseconds: Double? {
+            guard let line = source.split(separator: "\n").first(where: { $0.contains("workload paused") }) else { return nil }
+            let words = line.split(separator: " ")
+            return words.firstIndex(of: "paused").flatMap { Double(words[$0 + 1]) }
+        }
+
+        /// Pages written between the last round's scan and the pause (the final scan's find).
+        public var finalDirtySet: Int? {
+            guard let line = source.split(separator: "\n").first(where: { $0.contains("final dirty set") }) else { return nil }
+            let words = line.split(separator: " ")
+            return words.firstIndex(of: "set").flatMap { Int(words[$0 + 1]) }
+        }
+
+        /// Each round's (pages sent, pages found written during it).
+        public var rounds: [(sent: Int, dirty: Int)] {
+            source.split(separator: "\n").filter { $0.contains("pagerd source: pre-copy round ") }.map { line in
+                let words = line.split(separator: " ")
+                let sent = words.firstIndex(of: "pages").flatMap { Int(words[$0 - 1]) } ?? -1
+                let dirty = words.firstIndex(of: "written").flatMap { Int(words[$0 - 2]) } ?? -1
+                return (sent, dirty)
+            }
+        }
+    }
+
+    public func run(hosts: TwoHosts, scratch: Scratch) throws -> Outcome {
+        let live = scratch.file("live.sock")
+        let source = try hosts.spawn(in: hosts.source, pagerd,
+                                     ["source", "--listen", "\(TwoHosts.sourceAddress):7070", "--live-socket", live] + sourceFlags,
+                                     log: scratch.file("source.log"))
+        defer { source.signal(SIGKILL) }
+        try waitFor(source, toPrint: "waiting for a workload")
+        var writerArgs = ["live", "--socket", live, "--size-mib", "\(sizeMiB)", "--pages-per-second", "\(pagesPerSecond)"]
+        if let hotPages { writerArgs += ["--hot-pages", "\(hotPages)"] }
+        let writer = try hosts.spawn(in: hosts.source, workload, writerArgs, log: scratch.file("writer.log"))
+        defer { writer.signal(SIGKILL) }
+        try waitFor(writer, toPrint: "live memory handed over", seconds: 60)
+        try waitFor(source, toPrint: "serving 1 region")
+        let socket = scratch.file("dest.sock")
+        let dest = try hosts.spawn(in: hosts.dest, pagerd,
+                                   ["dest", "--connect", "\(TwoHosts.sourceAddress):7070", "--uffd-socket", socket, "--precopy"],
+                                   log: scratch.file("dest.log"))
+        defer { dest.signal(SIGKILL) }
+        try waitFor(dest, toPrint: "waiting for the userfaultfd handoff", seconds: 120)
+        // The source stopped the writer at the switch: its memory is final. Digest it.
+        guard let base = keyValues(writer.output)["base"].map({ UInt64($0) }) else {
+            throw HarnessError("the live workload did not say where its memory is: \(writer.output)")
+        }
+        let digests = scratch.file("source.digests")
+        try sh(workload, "digest", "--pid", "\(writer.pid)", "--address", "\(base)", "--size-mib", "\(sizeMiB)", "--out", digests)
+        let checker = try hosts.spawn(in: hosts.dest, workload,
+                                      ["run", "--socket", socket, "--size-mib", "\(sizeMiB)", "--access", "random",
+                                       "--write-every", "13", "--expect-digests", digests],
+                                      log: scratch.file("workload.log"))
+        let w = checker.wait(timeoutMilliseconds: 180_000)
+        dest.wait(timeoutMilliseconds: 30_000)
+        source.signal(SIGTERM)
+        source.wait(timeoutMilliseconds: 10_000)
+        return Outcome(workload: checker.output, workloadStatus: w, dest: dest.output, source: source.output)
+    }
+}
+
+/// The dirty-tracking benchmark: `PAGEMAP_SCAN` scan-and-reprotect cost per GiB at several
+/// written fractions, the cost of a first write to a write-protected page, and the pause a
+/// live migration imposes with pre-copy and without (same region, same run).
+public enum DirtyBenchmark {
+    public struct ScanCost: Sendable {
+        public var writtenFraction: Double
+        public var pagesReported: Int
+        /// Median over the repetitions, scaled to one GiB.
+        public var millisecondsPerGiB: Double
+    }
+
+    /// Tracks `bytes` of populated anonymous memory; for each fraction writes that share of
+    /// its pages (evenly spread: the most regions per page written) and times one
+    /// scan-and-reprotect. Checks that every scan reports exactly the pages written.
+    public static func scanCosts(bytes: Int = 1 << 30, fractions: [Double] = [0, 0.01, 0.1, 1], repetitions: Int = 5) throws -> [ScanCost] {
+        let memory = try MemoryMapping.anonymous(length: bytes)
+        let pages = bytes / basePageSize
+        for p in 0..<pages { memory.page(p).storeBytes(of: UInt64(p), as: UInt64.self) }
+        let tracker = try WriteTracker(ownRange: memory.range)
+        var result: [ScanCost] = []
+        for fraction in fractions {
+            let step = fraction == 0 ? 0 : max(1, Int((1 / fraction).rounded()))
+            var times: [UInt64] = []
+            var reported = 0
+            for _ in 0..<repetitions {
+                if step > 0 { for p in stride(from: 0, to: pages, by: step) { memory.page(p).storeBytes(of: 1, as: UInt64.self) } }
+                let t0 = monotonicNanoseconds()
+                let written = try tracker.takeWritten()
+                times.append(monotonicNanoseconds() - t0)
+                reported = written.reduce(0) { $0 + Int($1.length) / basePageSize }
+                let expected = step == 0 ? 0 : (pages + step - 1) / step
+                guard reported == expected else { throw HarnessError("scan reported \(reported) written pages, \(expected) were written") }
+            }
+            times.sort()
+            result.append(ScanCost(writtenFraction: fraction, pagesReported: reported,
+                                   millisecondsPerGiB: Double(times[times.count / 2]) / 1e6 * Double(1 << 30) / Double(bytes)))
+        }
+        return result
+    }
+
+    /// Nanoseconds per first write to a write-protected page (the kernel un-protects it and
+    /// marks it written), and per write to the same pages once unprotected (the baseline).
+    public static func firstWriteCost(pages: Int = 65_536) throws -> (protected: Double, unprotected: Double) {
+        let memory = try MemoryMapping.anonymous(length: pages * basePageSize)
+        for p in 0..<pages { memory.page(p).storeBytes(of: UInt64(p), as: UInt64.self) }
+        let tracker = try WriteTracker(ownRange: memory.range)
+        var t0 = monotonicNanoseconds()
+        for p in 0..<pages { memory.page(p).storeBytes(of: 2, as: UInt64.self) }
+        let protected = Double(monotonicNanoseconds() - t0) / Double(pages)
+        t0 = monotonicNanoseconds()
+        for p in 0..<pages { memory.page(p).storeBytes(of: 3, as: UInt64.self) }
+        let unprotected = Double(monotonicNanoseconds() - t0) / Double(pages)
+        guard try tracker.takeWritten().reduce(0, { $0 + Int($1.length) }) == pages * basePageSize else {
+            throw HarnessError("the tracker missed first writes")
+        }
+        return (protected, unprotected)
+    }
+}
