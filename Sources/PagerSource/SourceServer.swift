@@ -400,7 +400,9 @@ public final class SourceServer: @unchecked Sendable {
         do { try live.pause() } catch {
             throw SessionError.refuse(.ioError, "cannot pause the writer of region \(region.id): \(error)")
         }
+        let stopped = monotonicNanoseconds()
         let final = region.pages(of: try live.tracker.takeWritten(), memoryBase: region.trackedBase)
+        let scanned = monotonicNanoseconds()
         session.markUnsent(region, final)
         // Stale at the destination: pages it holds (sent at least once) whose latest content it
         // was not sent. They become missing there and are fetched again.
@@ -434,7 +436,8 @@ public final class SourceServer: @unchecked Sendable {
         logger.info("""
             session \(hex(session.id)): region \(region.id) switched to post-copy after \(rounds) round(s): \
             final scan found \(final.reduce(0) { $0 + $1.count }) pages written after the last round, \(stalePages) pages invalidated, \
-            writer paused for \(pause / 1000) µs before SWITCHED
+            writer paused for \(pause / 1000) µs before SWITCHED (stopping it \((stopped - paused) / 1000) µs, \
+            final scan \((scanned - stopped) / 1000) µs, invalidation \((paused + pause - scanned) / 1000) µs)
             """)
     }
 }
