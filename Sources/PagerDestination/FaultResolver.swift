@@ -525,6 +525,8 @@ public final class FaultResolver: @unchecked Sendable {
                 return
             case .message(.pong):
                 break
+            case .message(.ping(let token, let timestamp)):
+                try? channel.send(.pong(token: token, timestamp: timestamp)) // either side may ping
             case .message(let other):
                 lock.withLock { $0.failure = .sourceLost("unexpected \(other.type) from the source") }
                 return

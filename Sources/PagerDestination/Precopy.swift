@@ -70,21 +70,28 @@ public final class StagedPages: @unchecked Sendable {
                 }
                 _ = staged.present.insert(offset / basePageSize..<(offset + length) / basePageSize)
             case .message(.invalidate(let inv)):
-                if inv.region == region.id {
-                    for r in inv.ranges where r.offset + r.length <= region.length {
-                        _ = staged.present.remove(Int(r.offset) / basePageSize..<Int(r.offset + r.length) / basePageSize)
-                        staged.release(offset: Int(r.offset), length: Int(r.length))
-                        staged.invalidatedBytes += r.length
-                    }
-                    staged.invalidations += 1
+                // Dropped = no longer staged (never installed): acknowledge at once, since the
+                // source's writer is paused until it hears back; free the memory afterwards.
+                let ranges = inv.region == region.id ? inv.ranges.filter { $0.offset + $0.length <= region.length } : []
+                for r in ranges {
+                    _ = staged.present.remove(Int(r.offset) / basePageSize..<Int(r.offset + r.length) / basePageSize)
+                    staged.invalidatedBytes += r.length
                 }
+                if inv.region == region.id { staged.invalidations += 1 }
                 do { try push.send(.invalidateAck(sequence: inv.sequence, region: inv.region)) } catch {
                     throw .sourceLost("cannot acknowledge INVALIDATE \(inv.sequence): \(error)")
                 }
+                for r in ranges { staged.release(offset: Int(r.offset), length: Int(r.length)) }
             case .message(.switched(let r, _)) where r == region.id:
                 staged.nanoseconds = monotonicNanoseconds() - started
                 logger.info("region \(region.id) switched to post-copy: \(staged.stagedBytes >> 20) MiB staged, \(staged.invalidatedBytes >> 10) KiB invalidated in \(staged.invalidations) INVALIDATE(s)")
                 return staged
+            case .message(.ping(let token, let timestamp)):
+                // The source pings before it pauses the writer: answering says every frame before
+                // the PING was taken in.
+                do { try push.send(.pong(token: token, timestamp: timestamp)) } catch {
+                    throw .sourceLost("cannot answer PING: \(error)")
+                }
             case .message(.pushComplete), .message(.pong), .message(.switched):
                 break
             case .message(.error(let e)):

@@ -92,6 +92,6 @@ public func waitUntilStopped(_ pid: Int32, timeoutMilliseconds: Int = 5000) thro
         closedir(dir)
         if allStopped { return }
         if monotonicNanoseconds() > deadline { throw KernelError("SIGSTOP", .timedOut, detail: "process \(pid) did not stop within \(timeoutMilliseconds) ms") }
-        usleep(100)
+        usleep(20)
     }
 }

@@ -269,6 +269,8 @@ public final class SourceServer: @unchecked Sendable {
                         session.enqueue(r)
                     case .invalidateAck(let sequence, _):
                         session.acknowledge(sequence)
+                    case .pong(let token, _):
+                        session.ponged(token)
                     case .ping(let t, let ts):
                         try channel.send(.pong(token: t, timestamp: ts))
                     case .goodbye:
@@ -394,14 +396,23 @@ public final class SourceServer: @unchecked Sendable {
     /// for the acknowledgements, and sends SWITCHED.
     private func switchToPostcopy(_ region: ServedRegion, _ live: LiveRegion, reason: ConvergencePolicy.Reason, rounds: Int,
                                   on channel: FrameChannel, session: SourceSession) throws {
-        // Everything from the pause to SWITCHED is time the workload is stopped.
+        // Everything from the pause to SWITCHED is time the workload is stopped. First let the
+        // destination take in every frame sent so far (a PING answered on the push connection
+        // comes after them), so that after the pause INVALIDATE's answer costs one round trip,
+        // not the draining of megabytes of queued round data.
         logger.info("session \(hex(session.id)): switching region \(region.id) to post-copy: \(reason)")
+        let token = UInt64(session.nextSequence())
+        try channel.send(.ping(token: token, timestamp: monotonicNanoseconds()))
+        guard session.waitFor({ $0.ponged >= token }, timeoutMilliseconds: 30_000) else {
+            throw SessionError.refuse(.timeout, "the destination did not answer PING \(token) within 30 s")
+        }
         let paused = monotonicNanoseconds()
         do { try live.pause() } catch {
             throw SessionError.refuse(.ioError, "cannot pause the writer of region \(region.id): \(error)")
         }
         let stopped = monotonicNanoseconds()
-        let final = region.pages(of: try live.tracker.takeWritten(), memoryBase: region.trackedBase)
+        // Nothing sent yet (no pre-copy): nothing can be stale, no scan needed.
+        let final = rounds == 0 ? [] : region.pages(of: try live.tracker.takeWritten(), memoryBase: region.trackedBase)
         let scanned = monotonicNanoseconds()
         session.markUnsent(region, final)
         // Stale at the destination: pages it holds (sent at least once) whose latest content it
@@ -418,7 +429,7 @@ public final class SourceServer: @unchecked Sendable {
             try channel.send(.invalidate(Invalidate(sequence: lastSequence, region: region.id, ranges: ranges)))
         }
         if lastSequence != 0 {
-            guard session.waitForAcknowledgement(of: lastSequence, timeoutMilliseconds: 30_000) else {
+            guard session.waitFor({ $0.acknowledged >= lastSequence }, timeoutMilliseconds: 30_000) else {
                 throw SessionError.refuse(.timeout, "the destination did not acknowledge INVALIDATE \(lastSequence) within 30 s")
             }
         }
@@ -466,6 +477,7 @@ final class SourceSession: @unchecked Sendable {
         var everSent: [UInt32: PageBitmap] = [:]
         var sequence: UInt32 = 0
         var acknowledged: UInt32 = 0
+        var ponged: UInt64 = 0
         var demand: FrameChannel?
     }
 
@@ -562,11 +574,16 @@ final class SourceSession: @unchecked Sendable {
         work.signal()
     }
 
-    /// Waits until INVALIDATE `sequence` is acknowledged; false on timeout or close.
-    func waitForAcknowledgement(of sequence: UInt32, timeoutMilliseconds: Int) -> Bool {
+    func ponged(_ token: UInt64) {
+        state.withLock { $0.ponged = max($0.ponged, token) }
+        work.signal()
+    }
+
+    /// Waits until `condition` holds (an acknowledgement or answer arrived); false on timeout or close.
+    func waitFor(_ condition: (State) -> Bool, timeoutMilliseconds: Int) -> Bool {
         let deadline = monotonicNanoseconds() + UInt64(timeoutMilliseconds) * 1_000_000
         while monotonicNanoseconds() < deadline {
-            let (done, closed) = state.withLock { ($0.acknowledged >= sequence, $0.closed) }
+            let (done, closed) = state.withLock { (condition($0), $0.closed) }
             if done { return true }
             if closed { return false }
             _ = work.wait(timeout: .now() + .milliseconds(10))

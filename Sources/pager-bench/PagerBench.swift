@@ -231,6 +231,10 @@ struct Dirty: ParsableCommand {
         print("  first write to a protected page                       \(f(writes.protected, 0)) ns (unprotected: \(f(writes.unprotected, 0)) ns, ratio \(f(writes.protected / max(writes.unprotected, 1), 1)))")
         print("\nlive migration of \(sizeMiB) MiB written at \(pagesPerSecond) pages/s, two namespaces, every page checked")
         print("  pre-copy:       \(pre.rounds.count) rounds, final dirty set \(pre.finalDirtySet ?? -1) pages, workload paused \(f(pre.pauseMilliseconds ?? -1, 2)) ms; destination touched everything in \(f(touchPre["touch-seconds"] ?? -1, 2)) s with \(Int(touchPre["waits"] ?? -1)) faults")
+        if let line = pre.source.split(separator: "\n").first(where: { $0.contains("stopping it") }),
+           let open = line.lastIndex(of: "("), let close = line.lastIndex(of: ")") {
+            print("                  pause = " + line[line.index(after: open)..<close])
+        }
         print("  post-copy only: workload paused \(f(post.pauseMilliseconds ?? -1, 2)) ms; destination touched everything in \(f(touchPost["touch-seconds"] ?? -1, 2)) s with \(Int(touchPost["waits"] ?? -1)) faults")
     }
 }

@@ -79,7 +79,7 @@ struct SourceCommand: ParsableCommand {
                 print("pagerd source: pre-copy round \(r.index): \(r.pagesSent) pages sent (\(r.bytesSent >> 20) MiB as data) in \(r.nanoseconds / 1_000_000) ms, \(Int(r.rate) >> 20) MiB/s; \(r.dirtyPages) pages written during it; scan \(r.scanNanoseconds / 1000) µs")
             }
             if outcome.switched {
-                print("pagerd source: switched to post-copy (\(outcome.reason.map { "\($0)" } ?? "")): final dirty set \(outcome.finalDirtyPages) pages, \(outcome.invalidatedPages) pages invalidated at the destination, workload paused \(String(format1: Double(outcome.pauseNanoseconds) / 1e6)) ms before the switch")
+                print("pagerd source: switched to post-copy (\(outcome.reason.map { "\($0)" } ?? "")): final dirty set \(outcome.finalDirtyPages) pages, \(outcome.invalidatedPages) pages invalidated at the destination, workload paused \(Double(outcome.pauseNanoseconds / 1000) / 1000) ms before the switch")
             } else {
                 print("pagerd source: pre-copy never switched to post-copy")
             }
