@@ -12,6 +12,8 @@ public struct LiveMigration {
     public var pagesPerSecond = 20_000
     public var hotPages: Int?
     public var sourceFlags: [String] = []
+    /// Send SIGUSR1 to the source daemon (force the switch) once it logs this round's end.
+    public var forceSwitchAfterRound: Int?
 
     public init(binaries: String) {
         pagerd = binaries + "/pagerd"
@@ -67,6 +69,10 @@ public struct LiveMigration {
                                    ["dest", "--connect", "\(TwoHosts.sourceAddress):7070", "--uffd-socket", socket, "--precopy"],
                                    log: scratch.file("dest.log"))
         defer { dest.signal(SIGKILL) }
+        if let round = forceSwitchAfterRound {
+            try waitFor(source, toPrint: "pre-copy round \(round) of region", seconds: 60)
+            source.signal(SIGUSR1)
+        }
         try waitFor(dest, toPrint: "waiting for the userfaultfd handoff", seconds: 120)
         // The source stopped the writer at the switch: its memory is final. Digest it.
         guard let base = keyValues(writer.output)["base"].map({ UInt64($0) }) else {

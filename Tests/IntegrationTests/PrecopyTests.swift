@@ -46,6 +46,22 @@ struct PrecopyTests {
         #expect(outcome.finalDirtySet != nil, "\(outcome.source)")
     }
 
+    @Test("SIGUSR1 forces the switch when the policy would go on; every page is still right")
+    func forcedSwitch() throws {
+        let hosts = try TwoHosts()
+        let scratch = Scratch()
+        let outcome = try migration {
+            $0.sizeMiB = 256
+            $0.pagesPerSecond = 200_000
+            $0.hotPages = 4096
+            $0.sourceFlags = ["--downtime-ms", "0", "--max-rounds", "100000", "--stall-rounds", "100000"]
+            $0.forceSwitchAfterRound = 3
+        }.run(hosts: hosts, scratch: scratch)
+        #expect(outcome.workloadStatus == 0 && outcome.workload.contains("workload: ok"), "\(outcome.workload)\n\(outcome.dest)\n\(outcome.source)")
+        #expect(outcome.source.contains("switch forced by the operator"), "\(outcome.source)")
+        #expect(outcome.rounds.count >= 4, "\(outcome.source)")
+    }
+
     @Test("without pre-copy the writer is paused before anything is sent, and the post-copy still gets every page right")
     func postcopyOnly() throws {
         let hosts = try TwoHosts()
