@@ -1,5 +1,6 @@
 import Glibc
 import PagerKernel
+import Synchronization
 
 /// Runs a command to completion and requires success.
 @discardableResult
@@ -21,6 +22,7 @@ public final class TwoHosts {
     public let sourceDevice: String
     public static let sourceAddress = "198.18.0.1" // RFC 2544 benchmarking range, only inside our namespaces
     public static let destAddress = "198.18.0.2"
+    private static let instances = Atomic<Int>(0)
     /// CPUs given to each "host" (a `taskset -c` list), or nil when both share every CPU.
     public let sourceCPUs: String?
     public let destCPUs: String?
@@ -37,7 +39,9 @@ public final class TwoHosts {
             destCPUs = nil
             sourceCPUs = nil
         }
-        let id = getpid() % 100_000
+        // Unique per instance, not just per process: test suites run side by side in one
+        // process, and two pairs with one name would delete each other's namespaces.
+        let id = Int(getpid() % 10_000) * 100 + TwoHosts.instances.wrappingAdd(1, ordering: .relaxed).oldValue % 100
         source = "pgs\(id)"
         dest = "pgd\(id)"
         sourceDevice = "vs\(id)"

@@ -134,6 +134,16 @@ public final class FaultResolver: @unchecked Sendable {
         /// When the last frame arrived from the source (any channel).
         var lastHeard = monotonicNanoseconds()
         var pingsSent: UInt64 = 0
+        /// Ranges installed without waking (`DONTWAKE`) because a known fault waits on them:
+        /// woken once the lock is released. Otherwise the woken workload thread can preempt
+        /// the installer (the push receiver runs as SCHED_IDLE) while it holds the lock, and the
+        /// fault thread then waits on a lock held by a thread that cannot run: an inversion.
+        var pendingWakes: [AddressRange] = []
+
+        mutating func takeWakes() -> [AddressRange] {
+            defer { pendingWakes.removeAll(keepingCapacity: true) }
+            return pendingWakes
+        }
     }
 
     /// - Parameter mappings: where the region's pages live in the workload; all with one page size.
@@ -265,7 +275,7 @@ public final class FaultResolver: @unchecked Sendable {
             } catch { throw .kernel(error) }
             var urgent: [PageRequest] = [], ahead: [PageRequest] = []
             var ping = false
-            let status: (done: Bool, failure: ResolveError?) = lock.withLock { state in
+            let status: (done: Bool, failure: ResolveError?, wakes: [AddressRange]) = lock.withLock { state in
                 if ready {
                     do { try uffd.readEvents(into: &events) } catch let e as KernelError { state.failure = .kernel(e) } catch {}
                     for event in events { handle(event, &state, &urgent, &ahead) }
@@ -313,7 +323,7 @@ public final class FaultResolver: @unchecked Sendable {
                 } else {
                     state.pingsSent = 0
                 }
-                return (state.pages.isComplete, state.failure)
+                return (state.pages.isComplete, state.failure, state.takeWakes())
             }
             if let connection = workloadConnection {
                 for hint in completedHints {
@@ -321,6 +331,7 @@ public final class FaultResolver: @unchecked Sendable {
                 }
             }
             completedHints = []
+            wakeAll(status.wakes)
             if let failure = status.failure {
                 poisonOutstanding()
                 throw failure
@@ -565,13 +576,15 @@ public final class FaultResolver: @unchecked Sendable {
         var at = units.lowerBound
         while at < units.upperBound {
             let batch = at..<min(units.upperBound, at + installBatch)
-            lock.withLock { state in
+            let wakes = lock.withLock { state in
                 let wanted = state.pages.accept(batch)
                 state.report.duplicatePages += batch.count - wanted.reduce(0) { $0 + $1.count }
                 for run in wanted {
                     install(run, from: source.map { $0 + (run.lowerBound - units.lowerBound) * unit }, &state)
                 }
+                return state.takeWakes()
             }
+            wakeAll(wakes)
             at = batch.upperBound
         }
     }
@@ -584,13 +597,15 @@ public final class FaultResolver: @unchecked Sendable {
             installZeros(run, &state)
             return
         }
+        let deferWake = waitedOn(run, state)
         for (address, pages) in destinations(run) {
+            if deferWake { state.pendingWakes.append(AddressRange(start: address, length: UInt64(pages.count * unit))) }
             var done = 0
             while done < pages.count {
                 let outcome: InstallOutcome
                 do {
                     outcome = try uffd.copy(to: address + UInt64(done * unit), from: source + (pages.lowerBound - run.lowerBound + done) * unit,
-                                            length: UInt64((pages.count - done) * unit))
+                                            length: UInt64((pages.count - done) * unit), dontWake: deferWake)
                 } catch {
                     state.failure = .kernel(error)
                     return
@@ -603,7 +618,9 @@ public final class FaultResolver: @unchecked Sendable {
     }
 
     private func installZeros(_ run: Range<Int>, _ state: inout State) {
+        let deferWake = waitedOn(run, state)
         for (address, pages) in destinations(run) {
+            if deferWake { state.pendingWakes.append(AddressRange(start: address, length: UInt64(pages.count * unit))) }
             var done = 0
             while done < pages.count {
                 let at = address + UInt64(done * unit)
@@ -611,14 +628,14 @@ public final class FaultResolver: @unchecked Sendable {
                 do {
                     if state.zeroPageWorks {
                         do {
-                            outcome = try uffd.zeroPage(AddressRange(start: at, length: UInt64((pages.count - done) * unit)))
+                            outcome = try uffd.zeroPage(AddressRange(start: at, length: UInt64((pages.count - done) * unit)), dontWake: deferWake)
                         } catch let e where e.errno == .invalidArgument {
                             // UFFDIO_ZEROPAGE is for anonymous memory only; shmem and hugetlbfs get copies of zeros.
                             state.zeroPageWorks = false
                             continue
                         }
                     } else {
-                        outcome = try uffd.copy(to: at, from: zeroBuffer, length: UInt64(unit))
+                        outcome = try uffd.copy(to: at, from: zeroBuffer, length: UInt64(unit), dontWake: deferWake)
                     }
                 } catch {
                     state.failure = .kernel(error)
@@ -659,6 +676,15 @@ public final class FaultResolver: @unchecked Sendable {
             state.failure = .workloadGone
             return pages.count
         }
+    }
+
+    /// Whether a fault the daemon has read waits on a page of `run`.
+    private func waitedOn(_ run: Range<Int>, _ state: State) -> Bool {
+        !state.faultTimes.isEmpty && run.contains { state.faultTimes[$0] != nil }
+    }
+
+    private func wakeAll(_ ranges: [AddressRange]) {
+        for r in ranges { try? uffd.wake(r) }
     }
 
     private func recordLatency(_ run: Range<Int>, _ state: inout State) {
