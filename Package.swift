@@ -39,6 +39,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        // Latency percentiles in the benchmark tool (pure Swift; pulls in swift-numerics only).
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // MARK: C shims
@@ -79,7 +81,7 @@ let package = Package(
             dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerTransport", .product(name: "Logging", package: "swift-log")]
         ),
         // Measurements shared by pager-bench and the demo (library, so tests can run them too).
-        .target(name: "PagerBenchKit", dependencies: ["PagerKernel", "PagerCore"]),
+        .target(name: "PagerBenchKit", dependencies: ["PagerKernel", "PagerCore", .product(name: "Histogram", package: "hdrhistogram-swift")]),
 
         // MARK: Executables
         .executableTarget(

@@ -1,3 +1,4 @@
+import Histogram
 import PagerKernel
 import Synchronization
 
@@ -10,17 +11,36 @@ public struct LatencySummary: Sendable, CustomStringConvertible {
     public var p999: UInt64 = 0
     public var max: UInt64 = 0
     public var mean: Double
+    /// (percentile, ns) points of the distribution, for plotting a CDF.
+    public var cdf: [(percentile: Double, nanoseconds: UInt64)] = []
 
+    /// Summarises samples (ns) through an HdrHistogram with 3 significant digits (a value is
+    /// reported within 0.1% of what was recorded), as latency tools do.
     public init(samples: [UInt64]) {
-        let sorted = samples.sorted()
-        count = sorted.count
-        func at(_ q: Double) -> UInt64 { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * q))] }
-        p50 = at(0.5)
-        p90 = at(0.9)
-        p99 = at(0.99)
-        p999 = at(0.999)
-        max = sorted.last ?? 0
-        mean = sorted.isEmpty ? 0 : Double(sorted.reduce(0, +)) / Double(sorted.count)
+        var h = Histogram<UInt64>(highestTrackableValue: 3_600_000_000_000, numberOfSignificantValueDigits: .three)
+        for s in samples { _ = h.record(Swift.max(1, s)) }
+        self.init(histogram: h)
+    }
+
+    public init(histogram h: Histogram<UInt64>) {
+        count = Int(h.totalCount)
+        guard count > 0 else {
+            p50 = 0; p90 = 0; p99 = 0; mean = 0
+            return
+        }
+        p50 = h.valueAtPercentile(50)
+        p90 = h.valueAtPercentile(90)
+        p99 = h.valueAtPercentile(99)
+        p999 = h.valueAtPercentile(99.9)
+        max = h.max
+        mean = h.mean
+        var points: [(Double, UInt64)] = []
+        for v in h.percentiles(ticksPerHalfDistance: 4) {
+            if let last = points.last, last.0 == v.percentileLevelIteratedTo { continue }
+            points.append((v.percentileLevelIteratedTo, v.value))
+            if v.percentileLevelIteratedTo >= 100 { break }
+        }
+        cdf = points
     }
 
     public init(count: Int, p50: UInt64, p90: UInt64, p99: UInt64, mean: Double) {

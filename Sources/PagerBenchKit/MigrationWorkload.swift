@@ -41,6 +41,9 @@ public struct MigrationWorkload {
         /// Touch nothing: wait until the pager has made all memory local (it closes the handoff
         /// connection then), which times a full background transfer.
         case none
+        /// Touch a random tenth of the pages five times over (a hot working set), then wait
+        /// until the rest has arrived in the background.
+        case workingSet = "working-set"
     }
 
     public var bytes: Int
@@ -129,6 +132,22 @@ public struct MigrationWorkload {
             order = []
             order.reserveCapacity(pages)
             for start in 0..<step { order += stride(from: start, to: pages, by: step) }
+        case .workingSet:
+            var x = seed | 1
+            var set = Array(0..<pages)
+            for i in stride(from: pages - 1, to: 0, by: -1) {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17
+                set.swapAt(i, Int(x % UInt64(i + 1)))
+            }
+            set = Array(set.prefix(Swift.max(1, pages / 10)))
+            order = []
+            for _ in 0..<5 {
+                for i in stride(from: set.count - 1, to: 0, by: -1) {
+                    x ^= x << 13; x ^= x >> 7; x ^= x << 17
+                    set.swapAt(i, Int(x % UInt64(i + 1)))
+                }
+                order += set
+            }
         }
         var waits: [UInt64] = []
         var written = Set<Int>()
@@ -183,6 +202,10 @@ public struct MigrationWorkload {
                 discarded.insert(p)
                 written.remove(p)
             }
+        }
+        if access == .workingSet {
+            // The rest arrives in the background; the pager closes the connection when all is local.
+            while try !UnixSocket.receive(socket, maxBytes: 1, maxDescriptors: 0).bytes.isEmpty {}
         }
         if punchEvery > 0 {
             precondition(backing == .shm, "hole punching is checked on shared memory only")

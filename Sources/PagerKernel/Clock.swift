@@ -16,3 +16,12 @@ public func sleepMicroseconds(_ us: Int) { usleep(UInt32(us)) }
 
 /// Flushes standard output (`fflush(stdout)`): a line meant for a parent reading a log file.
 public func fflushStandardOutput() { fflush(nil) } // nil: every output stream, stdout included
+
+/// Whether standard error is a terminal (`isatty(2)`): progress bars redraw in place there.
+public var standardErrorIsTerminal: Bool { isatty(2) == 1 }
+
+/// Writes `text` to standard error unbuffered (`write(2)`).
+public func writeStandardError(_ text: String) {
+    var t = text
+    t.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+}

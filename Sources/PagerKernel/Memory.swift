@@ -224,10 +224,14 @@ public func readWholeFile(_ path: String) throws(KernelError) -> String {
     return String(decoding: bytes, as: UTF8.self)
 }
 
-/// Writes `text` to a (procfs or sysfs) file.
+/// Writes `text` to a file: a procfs or sysfs knob, or a new or truncated regular file.
 public func writeWholeFile(_ path: String, _ text: String) throws(KernelError) {
     let fd: FileDescriptor
-    do { fd = try FileDescriptor.open(path, .writeOnly, options: .closeOnExec) } catch {
+    do {
+        fd = path.hasPrefix("/proc/") || path.hasPrefix("/sys/")
+            ? try FileDescriptor.open(path, .writeOnly, options: .closeOnExec)
+            : try FileDescriptor.open(path, .writeOnly, options: [.closeOnExec, .create, .truncate], permissions: [.ownerReadWrite, .groupRead, .otherRead])
+    } catch {
         throw KernelError("open", error, detail: path)
     }
     defer { try? fd.close() }

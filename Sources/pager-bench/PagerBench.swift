@@ -7,8 +7,69 @@ struct PagerBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pager-bench",
         abstract: "Measures the pager against baselines taken in the same run, and prints ratios.",
-        subcommands: [Postcopy.self, Dirty.self, AB.self, FaultLocal.self, RawServer.self, RawClient.self]
+        subcommands: [Run.self, List.self, Postcopy.self, Dirty.self, AB.self, FaultLocal.self, RawServer.self, RawClient.self],
+        defaultSubcommand: Run.self
     )
+}
+
+/// The benchmark: the named scenarios, every figure next to a same-run baseline.
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run benchmark scenarios (default: all of them) and print figures with their same-run baselines and ratios.",
+        discussion: """
+        Creates two network namespaces joined by a veth pair (each given its own vCPU when
+        there are two), runs pagerd source in one and pagerd dest plus a workload in the other,
+        and removes them afterwards; --loopback runs both on 127.0.0.1 instead. Needs root.
+        `pager-bench list` names the scenarios. --json prints one JSON object (keys in the
+        README); --plot writes an SVG with latency CDFs and throughput bars.
+        """
+    )
+    @Argument(help: "Scenarios to run (see `pager-bench list`); none: all.") var scenarios: [String] = []
+    @Option(name: .customLong("size-mib"), help: "Region size in MiB.") var sizeMiB = 1024
+    @Option(help: "Faults sampled per 4 KiB latency figure (and raw round trips).") var samples = 3000
+    @Option(help: "Faults sampled per 2 MiB latency figure.") var hugeSamples = 200
+    @Flag(help: "Source and destination on loopback instead of two namespaces.") var loopback = false
+    @Option(help: "Shape the source's link with tc tbf to this rate, e.g. 10gbit (namespaces only).") var link: String?
+    @Flag(help: "Print one JSON object instead of the table.") var json = false
+    @Option(help: "Write an SVG picture (latency CDFs, throughput) to this file.") var plot: String?
+
+    func run() throws {
+        let chosen = try scenarios.isEmpty ? Scenario.allCases : scenarios.map { name in
+            guard let s = Scenario(rawValue: name) else {
+                throw ValidationError("unknown scenario \(name); `pager-bench list` names them")
+            }
+            return s
+        }
+        let suite = BenchSuite(binaries: executableDirectory())
+        suite.sizeMiB = sizeMiB
+        suite.samples = samples
+        suite.hugeSamples = hugeSamples
+        suite.loopback = loopback
+        suite.link = link
+        let started = monotonicNanoseconds()
+        let terminal = standardErrorIsTerminal
+        suite.progress = { step, total, label in
+            let width = 30
+            let filled = width * step / max(1, total)
+            let bar = "[" + String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled) + "]"
+            let elapsed = (monotonicNanoseconds() - started) / 1_000_000_000
+            let line = "\(bar) \(step)/\(total) \(elapsed) s  \(label)"
+            writeStandardError(terminal ? "\r\u{1B}[K" + line : line + "\n")
+        }
+        let report = try suite.run(chosen)
+        if terminal { writeStandardError("\r\u{1B}[K") }
+        if let plot { try writeWholeFile(plot, report.svg) }
+        print(json ? report.json : report.table)
+    }
+}
+
+struct List: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Name the scenarios `pager-bench run` knows.")
+    func run() {
+        for s in Scenario.allCases { print(s.rawValue + String(repeating: " ", count: max(1, 12 - s.rawValue.count)) + s.summary) }
+        print("postcopy    (separate command) the post-copy targets of the TCP issue: idle and loaded fault ratios, full transfer vs local install")
+        print("dirty       (separate command) dirty-page scan cost, first-write cost, pause at the switch with and without pre-copy")
+    }
 }
 
 /// The post-copy benchmark between two network namespaces, with same-run baselines.
@@ -113,11 +174,13 @@ struct RawClient: ParsableCommand {
     @Option var connect: String
     @Option var count = 0
     @Option(name: .customLong("stream-mib")) var streamMiB = 0
+    @Option(help: "Write the round-trip distribution (percentile and ns per line) to this file.") var cdfFile: String?
     func run() throws {
         guard let e = Endpoint(connect) else { throw ValidationError("--connect ADDR:PORT") }
         if count > 0 {
             let s = LatencySummary(samples: try RawTCP.roundTrips(e, count: count))
             print("rtt p50-ns=\(s.p50) p90-ns=\(s.p90) p99-ns=\(s.p99) p999-ns=\(s.p999) max-ns=\(s.max)")
+            if let cdfFile { try writeWholeFile(cdfFile, s.cdf.map { "\($0.percentile) \($0.nanoseconds)\n" }.joined()) }
         }
         if streamMiB > 0 {
             print("stream seconds=\(try RawTCP.stream(e, bytes: streamMiB << 20))")

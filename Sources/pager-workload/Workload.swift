@@ -28,7 +28,8 @@ struct PagerWorkload: ParsableCommand {
         @Option(help: "pagerd dest's --uffd-socket.") var socket: String
         @Option(name: .customLong("size-mib")) var sizeMiB: Int
         @Option(help: "anon, shm or hugetlb.") var backing: String = "anon"
-        @Option(help: "sequential, random, strided, or none (wait for the full transfer).") var access: String = "random"
+        @Option(help: "sequential, random, strided, working-set, or none (wait for the full transfer).") var access: String = "random"
+        @Option(help: "Write the wait-latency distribution (percentile and ns per line) to this file.") var cdfFile: String?
         @Option(help: "Touch (and verify) only this many pages, in access order.") var touchPages: Int?
         @Option var seed: UInt64 = 1
         @Option(help: "Write to every N-th page touched (0: none).") var writeEvery = 13
@@ -39,7 +40,7 @@ struct PagerWorkload: ParsableCommand {
 
         func run() throws {
             guard let b = MigrationWorkload.Backing(rawValue: backing) else { throw ValidationError("--backing: anon, shm or hugetlb") }
-            guard let a = MigrationWorkload.Access(rawValue: access) else { throw ValidationError("--access: sequential, random, strided or none") }
+            guard let a = MigrationWorkload.Access(rawValue: access) else { throw ValidationError("--access: sequential, random, strided, working-set or none") }
             var w = MigrationWorkload(bytes: sizeMiB << 20, backing: b, access: a, seed: seed, writeEvery: writeEvery, touchPages: touchPages)
             w.discardEvery = discardEvery
             w.hintBytes = hintMiB << 20
@@ -48,6 +49,10 @@ struct PagerWorkload: ParsableCommand {
             let r = try w.run(socketPath: socket)
             print("workload: \(r.mismatches == 0 ? "ok" : "CORRUPT") pages=\(r.pages) backing=\(backing) access=\(access) mismatches=\(r.mismatches) touch-seconds=\(r.seconds) waits=\(r.waits.count) wait-p50-ns=\(r.waits.p50) wait-p90-ns=\(r.waits.p90) wait-p99-ns=\(r.waits.p99) wait-p999-ns=\(r.waits.p999) wait-max-ns=\(r.waits.max)")
             if let first = r.firstMismatch { print("first mismatch: \(first)") }
+            if let cdfFile {
+                let text = r.waits.cdf.map { "\($0.percentile) \($0.nanoseconds)\n" }.joined()
+                try writeWholeFile(cdfFile, text)
+            }
             if r.mismatches != 0 { throw ExitCode(1) }
         }
     }

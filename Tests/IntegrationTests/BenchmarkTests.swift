@@ -32,4 +32,42 @@ struct BenchmarkTests {
             #expect((number("ratios", key) ?? 0) > 0, "\(key)")
         }
     }
+
+    @Test("a short `pager-bench run` of every scenario prints its documented JSON keys with sane values, and an SVG")
+    func runJSON() throws {
+        let plot = "/tmp/pager-bench-test-\(getpid()).svg"
+        defer { unlink(plot) }
+        let out = try sh(Binaries.directory + "/pager-bench", "run", "--size-mib", "64", "--samples", "200", "--huge-samples", "20",
+                         "--json", "--plot", plot)
+        let line = try #require(out.split(separator: "\n").last(where: { $0.hasPrefix("{") }))
+        let json = try JSONReader.parse(Array(line.utf8))
+        func number(_ v: JSONValue?) -> Double? {
+            if case .number(let text)? = v { return Double(text) }
+            return nil
+        }
+        #expect(json["tool"] == .string("pager-bench") && number(json["format"]) == 1)
+        #expect(number(json["region_bytes"]) == Double(64 << 20))
+        for key in ["tcp_round_trip", "local_fault", "idle_4k", "pushing_4k", "idle_2m", "pushing_2m"] {
+            let l = json["latency_ns"]?[key]
+            let p50 = try #require(number(l?["p50"]), "\(key)"), p90 = try #require(number(l?["p90"]))
+            let p99 = try #require(number(l?["p99"])), p999 = try #require(number(l?["p999"])), max = try #require(number(l?["max"]))
+            #expect(p50 > 0 && p50 <= p90 && p90 <= p99 && p99 <= p999 && p999 <= max, "\(key): \(p50) \(p90) \(p99) \(p999) \(max)")
+            #expect((number(l?["count"]) ?? 0) > 0, "\(key)")
+        }
+        for pattern in ["none", "sequential", "random", "strided", "working-set"] {
+            let t = json["throughput"]?[pattern]
+            #expect(number(t?["bytes"]) == Double(64 << 20), "every byte of the region arrived and was verified (\(pattern))")
+            #expect((number(t?["seconds"]) ?? 0) > 0 && (number(t?["gbit_per_second"]) ?? 0) > 0 && (number(t?["vs_tcp_stream"]) ?? 0) > 0, "\(pattern)")
+        }
+        guard case .array(let figures)? = json["figures"] else { Issue.record("no figures array"); return }
+        let keys = figures.compactMap { f -> String? in if case .string(let k)? = f["key"] { return k } else { return nil } }
+        for key in ["tcp_round_trip_p50_us", "tcp_stream_gbit", "local_fault_p50_us", "local_install_gbit", "idle_4k_p50_us",
+                    "pushing_4k_p99_us", "idle_2m_p50_us", "pushing_2m_p99_us", "full_none_gbit", "full_working_set_gbit"] {
+            #expect(keys.contains(key), "figure \(key) missing: \(keys)")
+        }
+        for f in figures where f["ratio"] != .null { #expect((number(f["ratio"]) ?? 0) > 0, "\(String(describing: f["key"]))") }
+        #expect(json["peers"]?["criu lazy-pages"] != nil)
+        let svg = try readWholeFile(plot)
+        #expect(svg.hasPrefix("<svg") && svg.contains("polyline") && svg.hasSuffix("</svg>"))
+    }
 }
