@@ -15,8 +15,9 @@ fi
 
 # liburing-dev: io_uring transport. libibverbs-dev/librdmacm-dev: lets the RDMA trait build be
 # checked (the default build does not need them). pkg-config: finds liburing. iproute2: network
-# namespaces and tc for the two-host tests and benchmarks.
-packages=(liburing-dev pkg-config libibverbs-dev librdmacm-dev iproute2)
+# namespaces and tc for the two-host tests and benchmarks. iperf3: pager-bench's second
+# raw-throughput baseline (pager-bench says so and goes on without it).
+packages=(liburing-dev pkg-config libibverbs-dev librdmacm-dev iproute2 iperf3)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -98,7 +98,7 @@ extension BenchReport {
     /// An SVG picture: latency CDFs (log time axis) on the left, full-transfer throughput per
     /// access pattern against the raw TCP stream on the right.
     public var svg: String {
-        let w = 1000.0, h = 420.0
+        let w = 1000.0, h = 400.0 + 16 * Double(latencies.count)
         var out = ["<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(w))\" height=\"\(Int(h))\" font-family=\"sans-serif\" font-size=\"12\">",
                    "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>",
                    "<text x=\"20\" y=\"22\" font-size=\"15\">pager-bench: \(sizeMiB) MiB, \(transport)</text>"]
@@ -118,7 +118,7 @@ extension BenchReport {
             let x = x0 + Double(i) / 4 * pw
             out.append("<line x1=\"\(x)\" y1=\"\(y0)\" x2=\"\(x)\" y2=\"\(y0 + ph)\" stroke=\"#ddd\"/><text x=\"\(x - 14)\" y=\"\(y0 + ph + 16)\">\(label)</text>")
         }
-        for p in [0.0, 50, 90, 99, 100] {
+        for p in [0.0, 25, 50, 75, 100] {
             out.append("<text x=\"\(x0 - 34)\" y=\"\(py(p) + 4)\">\(Int(p))%</text>")
         }
         out.append("<text x=\"\(x0)\" y=\"\(y0 - 8)\">latency CDF (share of faults at or below)</text>")
@@ -127,7 +127,9 @@ extension BenchReport {
             let points = l.summary.cdf.map { "\(Self.number(px($0.nanoseconds), 1)),\(Self.number(py($0.percentile), 1))" }.joined(separator: " ")
             let c = colours[i % colours.count]
             out.append("<polyline fill=\"none\" stroke=\"\(c)\" stroke-width=\"2\" points=\"\(points)\"/>")
-            out.append("<rect x=\"\(x0 + 10)\" y=\"\(y0 + 10 + Double(i) * 16)\" width=\"10\" height=\"10\" fill=\"\(c)\"/><text x=\"\(x0 + 26)\" y=\"\(y0 + 19 + Double(i) * 16)\">\(l.label)</text>")
+            // The legend goes under the plot, where no curve is.
+            let ly = y0 + ph + 30 + Double(i) * 16
+            out.append("<rect x=\"\(x0)\" y=\"\(ly)\" width=\"10\" height=\"10\" fill=\"\(c)\"/><text x=\"\(x0 + 16)\" y=\"\(ly + 9)\">\(l.label)</text>")
         }
         // Right: throughput bars in Gbit/s.
         let (bx, by, bw, bh) = (620.0, 50.0, 340.0, 320.0)
@@ -144,7 +146,8 @@ extension BenchReport {
             let fill = bar.0 == "raw TCP" || bar.0 == "iperf3" ? "#999" : "#1f77b4"
             out.append("<rect x=\"\(Self.number(x, 1))\" y=\"\(Self.number(by + bh - height, 1))\" width=\"\(Self.number(slot * 0.7, 1))\" height=\"\(Self.number(height, 1))\" fill=\"\(fill)\"/>")
             out.append("<text x=\"\(Self.number(x, 1))\" y=\"\(Self.number(by + bh - height - 4, 1))\">\(Self.number(bar.1, 1))</text>")
-            out.append("<text x=\"\(Self.number(x, 1))\" y=\"\(by + bh + 16)\" font-size=\"10\">\(bar.0)</text>")
+            // Labels alternate between two lines so neighbours do not overlap.
+            out.append("<text x=\"\(Self.number(x, 1))\" y=\"\(by + bh + 14 + Double(i % 2) * 13)\" font-size=\"10\">\(bar.0)</text>")
         }
         out.append("</svg>")
         return out.joined(separator: "\n")
