@@ -264,10 +264,13 @@ public final class BenchSuite {
         guard let path = candidates.first(where: { access($0, X_OK) == 0 }) else {
             return "not installed (apt-get install criu); not compared"
         }
-        let version = (try? runProgram(path, ["--version"]))?.output.split(separator: "\n").first.map(String.init) ?? "unknown version"
+        let first = (try? runProgram(path, ["--version"]))?.output.split(separator: "\n").first.map(String.init) ?? "unknown version"
+        let version = "criu " + (first.split(separator: " ").last.map(String.init) ?? first)
         guard let (status, output) = try? runProgram(path, ["check"]) else { return "\(version): could not run criu check" }
-        let last = output.split(separator: "\n").last.map(String.init) ?? ""
+        let lines = output.split(separator: "\n").map(String.init)
+        // The first error that says something (criu first reports its helper processes' exits).
+        let firstError = lines.first { $0.hasPrefix("Error") && !$0.contains("exited, status=") } ?? lines.last ?? ""
         return status == 0 ? "\(version): criu check passed; lazy-pages runs are not automated by pager-bench yet, so no figures"
-                           : "\(version): unusable on this kernel (criu check: \(last)); not compared"
+                           : "\(version) cannot run on this kernel (criu check: \(firstError)); not compared"
     }
 }
