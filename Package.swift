@@ -28,6 +28,8 @@ let package = Package(
         .library(name: "PagerWire", targets: ["PagerWire"]),
         .library(name: "PagerCore", targets: ["PagerCore"]),
         .library(name: "PagerKernel", targets: ["PagerKernel"]),
+        // LD_PRELOAD library for an unmodified QEMU destination (libpager-preload.so).
+        .library(name: "pager-preload", type: .dynamic, targets: ["PagerPreload"]),
     ],
     traits: [
         .trait(
@@ -58,6 +60,9 @@ let package = Package(
             providers: [.apt(["libibverbs-dev", "librdmacm-dev"])]
         ),
 
+        // Interposes mmap/mmap64 in QEMU to hand its guest RAM to pagerd (C: runs inside QEMU).
+        .target(name: "PagerPreload", cSettings: [.define("_GNU_SOURCE")]),
+
         // MARK: Libraries
         .target(
             name: "PagerKernel",
@@ -80,6 +85,11 @@ let package = Package(
             name: "PagerSource",
             dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerTransport", .product(name: "Logging", package: "swift-log")]
         ),
+        // Driving unmodified QEMU over QMP: the post-copy backend's two sides.
+        .target(
+            name: "PagerQEMU",
+            dependencies: ["PagerKernel", "PagerWire", "PagerSource", "PagerDestination", .product(name: "Logging", package: "swift-log")]
+        ),
         // Measurements shared by pager-bench and the demo (library, so tests can run them too).
         .target(name: "PagerBenchKit", dependencies: ["PagerKernel", "PagerCore", .product(name: "Histogram", package: "hdrhistogram-swift")]),
 
@@ -87,7 +97,7 @@ let package = Package(
         .executableTarget(
             name: "pagerd",
             dependencies: [
-                "PagerKernel", "PagerWire", "PagerCore", "PagerBenchKit", "PagerSource", "PagerDestination",
+                "PagerKernel", "PagerWire", "PagerCore", "PagerBenchKit", "PagerSource", "PagerDestination", "PagerQEMU",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -14,6 +14,7 @@
 #include <linux/memfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 
 const unsigned int PAGER_MFD_CLOEXEC = MFD_CLOEXEC;
@@ -127,10 +128,18 @@ int pager_pin_to_cpu(int cpu) {
     return sched_setaffinity(0, sizeof(set), &set) < 0 ? -errno : 0;
 }
 
-int pager_make_thread_background(void) {
+/* Whether this thread made itself a background (SCHED_IDLE) thread, so that a foreground
+ * section on any other thread costs nothing. */
+static __thread int background_thread;
+
+int pager_set_thread_idle(int idle) {
     struct sched_param param = {0};
-    return sched_setscheduler(0, SCHED_IDLE, &param) < 0 ? -errno : 0;
+    if (sched_setscheduler(0, idle ? SCHED_IDLE : SCHED_OTHER, &param) < 0) return -errno;
+    return 0;
 }
+
+void pager_mark_background_thread(int on) { background_thread = on; }
+int pager_is_background_thread(void) { return background_thread; }
 
 int pager_current_cpu(void) { return sched_getcpu(); }
 

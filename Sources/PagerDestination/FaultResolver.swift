@@ -111,6 +111,10 @@ public final class FaultResolver: @unchecked Sendable {
     private let logger: Logger
     private let unit: Int
     private let lock: Mutex<State>
+    /// When the last frame arrived from the source (any channel), and bytes received: atomics,
+    /// so receiving a frame takes no lock before its install.
+    private let lastHeard = Atomic<UInt64>(monotonicNanoseconds())
+    private let bytesReceived = Atomic<UInt64>(0)
     private let zeroBuffer: UnsafeMutableRawPointer
     /// Pages installed per lock hold: 64 KiB of 4 KiB pages (one UFFDIO_COPY of 16 pages
     /// measured near the best copy rate here), or one huge page.
@@ -132,13 +136,14 @@ public final class FaultResolver: @unchecked Sendable {
         var finishing = false
         var receiversDone = 0
         /// When the last frame arrived from the source (any channel).
-        var lastHeard = monotonicNanoseconds()
         var pingsSent: UInt64 = 0
         /// Ranges installed without waking (`DONTWAKE`) because a known fault waits on them:
         /// woken once the lock is released. Otherwise the woken workload thread can preempt
         /// the installer (the push receiver runs as SCHED_IDLE) while it holds the lock, and the
         /// fault thread then waits on a lock held by a thread that cannot run: an inversion.
         var pendingWakes: [AddressRange] = []
+        /// Faults wait on pages asked for only as prefetch: poll often, to escalate them.
+        var slowFaults = false
 
         mutating func takeWakes() -> [AddressRange] {
             defer { pendingWakes.removeAll(keepingCapacity: true) }
@@ -221,7 +226,7 @@ public final class FaultResolver: @unchecked Sendable {
                 receivers.append(try KernelThread(name: "dst-staged") { [self] in
                     try? makeCurrentThreadBackground()
                     installStaged(staged, stagedUnits)
-                    lock.withLock { $0.receiversDone += 1 }
+                    withForegroundPriority { lock.withLock { $0.receiversDone += 1 } }
                 })
             } catch { throw .kernel(error) }
         }
@@ -229,7 +234,8 @@ public final class FaultResolver: @unchecked Sendable {
             let background = channel === push
             do {
                 receivers.append(try KernelThread(name: background ? "dst-push-rx" : "dst-demand-rx") { [self] in
-                    // The push receiver yields to demand work (see makeCurrentThreadBackground).
+                    // The push receiver yields to demand work (see makeCurrentThreadBackground);
+                    // it installs in the foreground (see receive).
                     if background { try? makeCurrentThreadBackground() }
                     receive(channel)
                 })
@@ -254,9 +260,11 @@ public final class FaultResolver: @unchecked Sendable {
         var workloadGone = false
         while true {
             let ready: Bool
+            // 20 ms between housekeeping passes, 1 ms while a fault may need escalating.
+            let pollMilliseconds: Int32 = lock.withLock { $0.slowFaults } ? 1 : 20
             do {
                 if let connection = workloadConnection {
-                    let (events, readable) = try uffd.waitReadable(or: connection, timeoutMilliseconds: 20)
+                    let (events, readable) = try uffd.waitReadable(or: connection, timeoutMilliseconds: pollMilliseconds)
                     ready = events
                     if readable {
                         // Hints, or EOF: the workload is gone.
@@ -270,7 +278,7 @@ public final class FaultResolver: @unchecked Sendable {
                         }
                     }
                 } else {
-                    ready = try uffd.waitReadable(timeoutMilliseconds: 20)
+                    ready = try uffd.waitReadable(timeoutMilliseconds: pollMilliseconds)
                 }
             } catch { throw .kernel(error) }
             var urgent: [PageRequest] = [], ahead: [PageRequest] = []
@@ -283,9 +291,25 @@ public final class FaultResolver: @unchecked Sendable {
                 // Faulting pages that went back to missing (a retried install) are asked again.
                 for (page, _) in state.faultTimes where state.pages.state(of: page) == .missing {
                     for run in state.pages.request(page..<page + 1) {
-                    state.urgentAsked.insert(run)
-                    urgent.append(request(run, .urgent, &state))
+                        state.urgentAsked.insert(run)
+                        urgent.append(request(run, .urgent, &state))
+                    }
                 }
+                // A fault waiting on a page asked for only as prefetch (left alone during a
+                // sequential scan, where it usually arrives next) is asked for urgently after
+                // 2 ms: on a host whose CPUs are all busy the background push, which answers
+                // prefetch, may not run at all.
+                let now = monotonicNanoseconds()
+                state.slowFaults = false
+                for (page, t) in state.faultTimes where !state.urgentAsked.contains(page) && state.pages.state(of: page) == .inFlight
+                    && stagedUnits?.contains(page) != true {
+                    if now - t > 2_000_000 {
+                        state.urgentAsked.insert(page)
+                        urgent.append(request(page..<page + 1, .urgent, &state))
+                        state.report.demandRequests += 1
+                    } else {
+                        state.slowFaults = true
+                    }
                 }
                 // Explicit prefetch hints: request what is missing of each, once.
                 for i in pendingHints.indices where !pendingHints[i].requested {
@@ -312,7 +336,9 @@ public final class FaultResolver: @unchecked Sendable {
                     }
                 }
                 // A silent source: ping after a second, give up after the stall timeout.
-                let silent = monotonicNanoseconds() - state.lastHeard
+                // Saturating: a receiver may store a time taken after ours.
+                let heard = lastHeard.load(ordering: .relaxed), checked = monotonicNanoseconds()
+                let silent = checked > heard ? checked - heard : 0
                 if !state.pages.isComplete && state.failure == nil {
                     if silent > UInt64(stallTimeoutMilliseconds) * 1_000_000 {
                         state.failure = .sourceLost("no frame from the source for \(silent / 1_000_000) ms (stall timeout \(stallTimeoutMilliseconds) ms)")
@@ -371,6 +397,7 @@ public final class FaultResolver: @unchecked Sendable {
         try? demand.send(.goodbye)
         finishedCleanly = true
         var report = lock.withLock { $0.report }
+        report.bytesReceived = bytesReceived.load(ordering: .relaxed)
         report.seconds = Double(monotonicNanoseconds() - started) / 1e9
         return report
     }
@@ -481,7 +508,7 @@ public final class FaultResolver: @unchecked Sendable {
         let chunk = max(1, (2 << 20) / unit)
         var i = 0
         while let start = units.first(true, from: i) {
-            if lock.withLock({ $0.failure != nil || $0.finishing }) { return }
+            if withForegroundPriority({ lock.withLock({ $0.failure != nil || $0.finishing }) }) { return }
             let end = min(units.first(false, from: start) ?? units.count, start + chunk)
             installUnits(start..<end, from: staged.pointer(offset: start * unit))
             // From here these units are no longer staged: one whose install had to be retried
@@ -493,56 +520,67 @@ public final class FaultResolver: @unchecked Sendable {
         }
     }
 
+    /// One channel's receive loop. On the (background) push channel only the receive itself
+    /// runs at background priority: everything that takes the lock faults need runs in the
+    /// foreground (see ``withForegroundPriority(_:)``).
     private func receive(_ channel: FrameChannel) {
-        defer { lock.withLock { $0.receiversDone += 1 } }
+        defer { withForegroundPriority { lock.withLock { $0.receiversDone += 1 } } }
         let assembly = UnitAssembly(unit: unit)
         while true {
             let incoming: Incoming
             do {
                 incoming = try channel.receive()
             } catch {
-                lock.withLock { state in
-                    if !state.finishing && !state.pages.isComplete && state.failure == nil {
-                        if case .peerError(_, let e) = error, e.code == .shuttingDown { state.failure = .sourceLost("source is shutting down") }
-                        else { state.failure = .sourceLost("\(error)") }
+                withForegroundPriority {
+                    lock.withLock { state in
+                        if !state.finishing && !state.pages.isComplete && state.failure == nil {
+                            if case .peerError(_, let e) = error, e.code == .shuttingDown { state.failure = .sourceLost("source is shutting down") }
+                            else { state.failure = .sourceLost("\(error)") }
+                        }
                     }
                 }
                 return
             }
-            let now = monotonicNanoseconds()
-            lock.withLock { $0.lastHeard = now }
-            switch incoming {
-            case .pageData(let header, _) where header.region != region.id:
-                // Another region of the source's: this destination does not map it (it said so
-                // with COMPLETE, but data may already have been on the way).
-                lock.withLock { $0.report.otherRegionBytes += header.length }
-            case .pageData(let header, let data):
-                guard header.offset + header.length <= region.length else {
-                    lock.withLock { $0.failure = .sourceLost("PAGE_DATA for region \(header.region) at \(hex(header.offset))+\(hex(header.length)) is not in region \(region.id) (\(hex(region.length)) bytes)") }
-                    return
-                }
-                lock.withLock { $0.report.bytesReceived += UInt64(data.count) }
-                deliver(header, data, assembly: assembly)
-            case .message(.pushComplete(let r, _)) where r == region.id:
-                lock.withLock { $0.pushComplete = true }
-            case .message(.pushComplete):
-                break // a region this destination declined
-            case .message(.completeAck(let r)) where r == region.id:
-                lock.withLock { $0.completeAcknowledged = true }
-            case .message(.completeAck):
-                break // for a region this destination declined
-            case .message(.error(let e)):
-                lock.withLock { $0.failure = .sourceRefused("request \(e.requestID): \(e.code): \(e.message)") }
-                return
-            case .message(.pong):
-                break
-            case .message(.ping(let token, let timestamp)):
-                try? channel.send(.pong(token: token, timestamp: timestamp)) // either side may ping
-            case .message(let other):
-                lock.withLock { $0.failure = .sourceLost("unexpected \(other.type) from the source") }
-                return
-            }
+            guard handle(incoming, from: channel, assembly) else { return }
         }
+    }
+
+    /// Handles one received frame; false when the channel must stop (the reason is recorded).
+    private func handle(_ incoming: Incoming, from channel: FrameChannel, _ assembly: UnitAssembly) -> Bool {
+        let now = monotonicNanoseconds()
+        lastHeard.store(now, ordering: .relaxed)
+        switch incoming {
+        case .pageData(let header, _) where header.region != region.id:
+            // Another region of the source's: this destination does not map it (it said so
+            // with COMPLETE, but data may already have been on the way).
+            locked { $0.report.otherRegionBytes += header.length }
+        case .pageData(let header, let data):
+            guard header.offset + header.length <= region.length else {
+                locked { $0.failure = .sourceLost("PAGE_DATA for region \(header.region) at \(hex(header.offset))+\(hex(header.length)) is not in region \(region.id) (\(hex(region.length)) bytes)") }
+                return false
+            }
+            bytesReceived.add(UInt64(data.count), ordering: .relaxed)
+            deliver(header, data, assembly: assembly)
+        case .message(.pushComplete(let r, _)) where r == region.id:
+            locked { $0.pushComplete = true }
+        case .message(.pushComplete):
+            break // a region this destination declined
+        case .message(.completeAck(let r)) where r == region.id:
+            locked { $0.completeAcknowledged = true }
+        case .message(.completeAck):
+            break // for a region this destination declined
+        case .message(.error(let e)):
+            locked { $0.failure = .sourceRefused("request \(e.requestID): \(e.code): \(e.message)") }
+            return false
+        case .message(.pong):
+            break
+        case .message(.ping(let token, let timestamp)):
+            try? channel.send(.pong(token: token, timestamp: timestamp)) // either side may ping
+        case .message(let other):
+            locked { $0.failure = .sourceLost("unexpected \(other.type) from the source") }
+            return false
+        }
+        return true
     }
 
     /// Installs a PAGE_DATA frame: whole units directly, pieces of a unit (a huge page that the
@@ -576,7 +614,7 @@ public final class FaultResolver: @unchecked Sendable {
         var at = units.lowerBound
         while at < units.upperBound {
             let batch = at..<min(units.upperBound, at + installBatch)
-            let wakes = lock.withLock { state in
+            let wakes = locked { state in
                 let wanted = state.pages.accept(batch)
                 state.report.duplicatePages += batch.count - wanted.reduce(0) { $0 + $1.count }
                 for run in wanted {
@@ -587,6 +625,13 @@ public final class FaultResolver: @unchecked Sendable {
             wakeAll(wakes)
             at = batch.upperBound
         }
+    }
+
+    /// The lock, taken in the foreground: background (push, staged) threads must not be
+    /// starved by a busy host while holding it (see ``withForegroundPriority(_:)``); on other
+    /// threads this is just `lock.withLock`.
+    private func locked<R>(_ body: (inout State) -> R) -> R {
+        withForegroundPriority { lock.withLock { body(&$0) } }
     }
 
     // MARK: Installing (always under the lock)

@@ -1,7 +1,7 @@
 /// A small, strict JSON reader for the handoff message (RFC 8259 values; numbers kept as
 /// text so 64-bit addresses lose no precision). Depth and size are bounded by the caller's
 /// buffer; nesting deeper than 32 is refused.
-enum JSONValue: Equatable {
+public enum JSONValue: Equatable, Sendable {
     case object([(String, JSONValue)])
     case array([JSONValue])
     case string(String)
@@ -9,7 +9,7 @@ enum JSONValue: Equatable {
     case bool(Bool)
     case null
 
-    static func == (a: JSONValue, b: JSONValue) -> Bool {
+    public static func == (a: JSONValue, b: JSONValue) -> Bool {
         switch (a, b) {
         case (.object(let x), .object(let y)): x.count == y.count && zip(x, y).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
         case (.array(let x), .array(let y)): x == y
@@ -20,29 +20,29 @@ enum JSONValue: Equatable {
         }
     }
 
-    subscript(key: String) -> JSONValue? {
+    public subscript(key: String) -> JSONValue? {
         if case .object(let members) = self { return members.first { $0.0 == key }?.1 }
         return nil
     }
 
-    var uint64: UInt64? {
+    public var uint64: UInt64? {
         if case .number(let text) = self { return UInt64(text) }
         return nil
     }
 }
 
-struct JSONError: Error, CustomStringConvertible {
-    var message: String
-    var offset: Int
-    var description: String { "invalid JSON at byte \(offset): \(message)" }
+public struct JSONError: Error, CustomStringConvertible {
+    public var message: String
+    public var offset: Int
+    public var description: String { "invalid JSON at byte \(offset): \(message)" }
 }
 
-struct JSONReader {
+public struct JSONReader {
     private let bytes: [UInt8]
     private var i = 0
 
     /// Parses one whole document; trailing non-space bytes are an error.
-    static func parse(_ bytes: [UInt8]) throws(JSONError) -> JSONValue {
+    public static func parse(_ bytes: [UInt8]) throws(JSONError) -> JSONValue {
         var r = JSONReader(bytes: bytes)
         let v = try r.value(depth: 0)
         r.space()

@@ -52,10 +52,25 @@ public final class KernelThread: @unchecked Sendable {
 }
 
 /// Makes the calling thread a background thread (`SCHED_IDLE`): bulk work such as the
-/// background push then never delays a demand fault's thread for a scheduler time slice.
+/// background push runs only on CPU time nobody else wants, so it never delays a demand
+/// thread. On a host whose CPUs never idle it makes no progress: demand paging still does.
+/// A background thread that takes a lock a demand thread needs must do so inside
+/// ``withForegroundPriority(_:)``, or it can be starved while holding it (an inversion that
+/// was seen stalling a TCG guest's faults for seconds).
 public func makeCurrentThreadBackground() throws(KernelError) {
-    let r = pager_make_thread_background()
+    let r = pager_set_thread_idle(1)
     if r < 0 { throw KernelError("sched_setscheduler(SCHED_IDLE)", negatedErrno: r) }
+    pager_mark_background_thread(1)
+}
+
+/// Runs `body` as a normal (`SCHED_OTHER`) thread, then goes back to `SCHED_IDLE`: for a
+/// background thread's work under a lock that faults wait for. On other threads it just runs
+/// `body` (no system call). If leaving `SCHED_IDLE` is not permitted, `body` runs as it is.
+public func withForegroundPriority<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
+    guard pager_is_background_thread() != 0 else { return try body() }
+    let raised = pager_set_thread_idle(0) == 0
+    defer { if raised { _ = pager_set_thread_idle(1) } }
+    return try body()
 }
 
 /// The CPU the calling thread runs on now (`sched_getcpu`).

@@ -19,9 +19,14 @@ public final class SourceServer: @unchecked Sendable {
     public let regions: [ServedRegion]
     public let listener: TCPListener
     private let logger: Logger
-    private let sessions = Mutex<[UInt64: SourceSession]>([:])
+    private let sessions = ForegroundMutex<[UInt64: SourceSession]>([:])
     private let stopping = Atomic<Bool>(false)
-    private let counters = Mutex(Counters())
+    /// While held, no PAGE_DATA leaves the server (sessions may connect and ask): a VM's RAM
+    /// must not be served before the VM has stopped writing it.
+    private let held = Atomic<Bool>(false)
+    private let releasedSignal = DispatchSemaphore(value: 0)
+    private let active = Atomic<Int>(0)
+    private let counters = ForegroundMutex(Counters())
 
     /// Totals over all sessions, for the summary.
     public struct Counters: Sendable {
@@ -49,6 +54,27 @@ public final class SourceServer: @unchecked Sendable {
     }
 
     public var counts: Counters { counters.withLock { $0 } }
+
+    /// Sessions being served now.
+    public var activeSessions: Int { active.load(ordering: .relaxed) }
+
+    /// Withholds page data until ``release()`` (see `held`).
+    public func hold() { held.store(true, ordering: .releasing) }
+
+    /// Lets page data flow (the writer of the memory has stopped).
+    public func release() {
+        held.store(false, ordering: .releasing)
+        releasedSignal.signal()
+    }
+
+    /// Blocks a sender while the server is held; false if the session closed meanwhile.
+    private func waitUntilReleased(_ session: SourceSession) -> Bool {
+        while held.load(ordering: .acquiring) {
+            if session.isClosed || stopping.load(ordering: .acquiring) { return false }
+            if releasedSignal.wait(timeout: .now() + .milliseconds(10)) == .success { releasedSignal.signal() }
+        }
+        return true
+    }
 
     /// Accepts connections until ``stop()``, each served on its own thread.
     public func run() {
@@ -104,6 +130,8 @@ public final class SourceServer: @unchecked Sendable {
                 }
                 let session = SourceSession(features: features, peer: channel.peer)
                 joined = session
+                active.add(1, ordering: .relaxed)
+                defer { active.subtract(1, ordering: .relaxed) }
                 sessions.withLock { $0[session.id] = session }
                 counters.withLock { $0.sessions += 1 }
                 defer { sessions.withLock { _ = $0.removeValue(forKey: session.id) } }
@@ -195,6 +223,7 @@ public final class SourceServer: @unchecked Sendable {
             try channel.send(.error(e))
             return
         }
+        guard waitUntilReleased(session) else { throw ChannelError.closed(peer: channel.peer) }
         session.markSent(region, offset: request.offset, length: request.length)
         _ = try send(region, offset: request.offset, length: request.length, requestID: request.requestID,
                      flags: flags, on: channel, session: session, chunk: max(region.pageSize, Int(channel.sendLimit) - 64 << 10), scratch: scratch)
@@ -255,9 +284,6 @@ public final class SourceServer: @unchecked Sendable {
     /// in order from the cursor. A live region's pages go in pre-copy rounds first (see
     /// ``LiveRegion``); its PUSH_COMPLETE comes only after the switch.
     private func servePush(_ channel: FrameChannel, session: SourceSession) throws {
-        // Bulk data yields the CPU to demand traffic at once (2 vCPUs here: otherwise a demand
-        // request can wait a whole time slice behind the push).
-        try? makeCurrentThreadBackground()
         let reader = try KernelThread(name: "src-push-rd") { [self] in
             // Requests on the push channel are prefetch hints; anything else ends the channel.
             while true {
@@ -287,6 +313,11 @@ public final class SourceServer: @unchecked Sendable {
                 }
             }
         }
+        // Bulk data yields the CPU to demand traffic at once (2 vCPUs here: otherwise a demand
+        // request can wait a whole time slice behind the push). The reader above stays a normal
+        // thread (prefetch requests are wanted soon); this thread's locks are all foreground
+        // (ForegroundMutex), so it is never starved while holding one.
+        try? makeCurrentThreadBackground()
         let scratch = UnsafeMutableRawPointer.allocate(byteCount: Self.maxChunk, alignment: 4096)
         defer {
             session.close()
@@ -322,11 +353,12 @@ public final class SourceServer: @unchecked Sendable {
                 continue
             }
             let region = regions[regionIndex]
+            if !waitUntilReleased(session) { break }
             let maxPages = max(1, pushChunk / region.pageSize)
             guard let run = session.claimUnsent(region, from: cursor, maxPages: maxPages) else {
                 if let live = region.live, var progress = rounds[region.id] {
                     // A pre-copy round ended: send what was written meanwhile, or switch.
-                    if try endRound(region, live, &progress, on: channel, session: session) {
+                    if try withForegroundPriority({ () throws -> Bool in try endRound(region, live, &progress, on: channel, session: session) }) {
                         rounds[region.id] = nil
                     } else {
                         rounds[region.id] = progress
@@ -463,7 +495,7 @@ final class SourceSession: @unchecked Sendable {
     let token: [UInt8]
     let features: Features
     let peer: String
-    private let state = Mutex(State())
+    private let state = ForegroundMutex(State())
     private let work = DispatchSemaphore(value: 0)
 
     struct State {
@@ -613,5 +645,16 @@ final class SourceSession: @unchecked Sendable {
     /// Waits (at most 100 ms) until a request is queued or the session closes.
     func waitForWork() {
         _ = work.wait(timeout: .now() + .milliseconds(100))
+    }
+}
+
+/// A mutex whose critical sections run in the foreground even on a background (`SCHED_IDLE`)
+/// thread: the push thread shares these with demand threads, and must never be starved by a
+/// busy host while holding one (see `withForegroundPriority`). Free on normal threads.
+final class ForegroundMutex<Value>: @unchecked Sendable {
+    private let mutex: Mutex<Value>
+    init(_ value: sending Value) { mutex = Mutex(value) }
+    func withLock<R>(_ body: (inout sending Value) throws -> sending R) rethrows -> R {
+        try withForegroundPriority { () throws -> R in try mutex.withLock(body) }
     }
 }

@@ -22,7 +22,7 @@ struct Pagerd: ParsableCommand {
         pagerd resolves userfaultfd page faults on a destination host by fetching the pages
         from a source host, while the rest of the memory streams in the background.
         """,
-        subcommands: [SourceCommand.self, DestCommand.self, Demo.self]
+        subcommands: [SourceCommand.self, DestCommand.self, QEMUSourceCommand.self, QEMUDestCommand.self, Demo.self]
     )
 }
 

@@ -224,9 +224,12 @@ int pager_punch_hole(int fd, int64_t offset, int64_t length);
 
 /// sched_setaffinity(0, ...) for the calling thread: pin it to one CPU. Returns 0 or -errno.
 int pager_pin_to_cpu(int cpu);
-/// sched_setscheduler(0, SCHED_IDLE) for the calling thread: it runs only when no normal
-/// thread wants the CPU, and any waking normal thread preempts it at once. Returns 0 or -errno.
-int pager_make_thread_background(void);
+/// sched_setscheduler(0, idle ? SCHED_IDLE : SCHED_OTHER) for the calling thread. Returns 0
+/// or -errno (leaving SCHED_IDLE needs RLIMIT_NICE or CAP_SYS_NICE when not root).
+int pager_set_thread_idle(int idle);
+/// A thread-local flag: whether the calling thread is a background thread.
+void pager_mark_background_thread(int on);
+int pager_is_background_thread(void);
 /// sched_getcpu(3).
 int pager_current_cpu(void);
 /// pthread_setname_np(3) for the calling thread (15 bytes at most).

@@ -1,0 +1,141 @@
+/*
+ * pager-preload: lets an unmodified QEMU hand its guest RAM to `pagerd qemu-dest`.
+ *
+ *   LD_PRELOAD=libpager-preload.so PAGER_RAM_PATH=/dev/shm/vm.ram PAGER_UFFD_SOCKET=/run/pager.sock \
+ *       qemu-system-x86_64 -object memory-backend-file,id=ram0,size=...,mem-path=/dev/shm/vm.ram,share=on ...
+ *
+ * It interposes mmap and mmap64 and touches nothing but mappings of the one file named by
+ * PAGER_RAM_PATH. When QEMU maps that file it registers a userfaultfd (MISSING mode) on the
+ * mapping and hands it to the pager over PAGER_UFFD_SOCKET in Firecracker's format (one JSON
+ * array of {"base_host_virt_addr","size","offset","page_size"}, the descriptor attached with
+ * SCM_RIGHTS), then returns the mapping. From then on every first touch of a guest page waits
+ * for the pager to fetch it from the source.
+ *
+ * A guest must never run on zero pages, so every failure stops QEMU at once with a message
+ * (exit status 78): a private mapping, `prealloc=on` (QEMU would touch every page before the
+ * source has stopped), a RAM file that already holds data, a userfaultfd or socket error.
+ * Without PAGER_RAM_PATH the library does nothing.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <linux/userfaultfd.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+typedef void *(*mmap_fn)(void *, size_t, int, int, int, off_t);
+
+/* The handoff connection stays open while QEMU runs: the pager closes it when all is local. */
+static int handoff_socket = -1;
+
+static void die(const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    dprintf(2, "pager-preload: FATAL: %s; stopping QEMU so the guest never runs on missing memory\n", msg);
+    _exit(78);
+}
+
+/* Whether `fd` is the file named by PAGER_RAM_PATH (same device and inode). */
+static int is_ram_file(int fd, const char *path) {
+    struct stat a, b;
+    if (fd < 0 || fstat(fd, &a) < 0 || stat(path, &b) < 0) return 0;
+    return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+static int cmdline_has(const char *needle) {
+    char buf[65536];
+    int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    for (ssize_t i = 0; i < n; i++) if (buf[i] == 0) buf[i] = ' ';
+    buf[n] = 0;
+    return strstr(buf, needle) != NULL;
+}
+
+static void hand_over(void *addr, size_t length, off_t offset, int fd, const char *path) {
+    const char *socket_path = getenv("PAGER_UFFD_SOCKET");
+    if (!socket_path || !*socket_path) die("PAGER_RAM_PATH is set but PAGER_UFFD_SOCKET is not");
+    struct statfs fs;
+    if (fstatfs(fd, &fs) < 0) die("fstatfs(%s): %s", path, strerror(errno));
+    int hugetlb = fs.f_type == HUGETLBFS_MAGIC;
+    long page_size = hugetlb ? fs.f_bsize : 4096;
+
+    int uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (uffd < 0) die("userfaultfd: %s (as root, or vm.unprivileged_userfaultfd=1)", strerror(errno));
+    struct uffdio_api api = { .api = UFFD_API,
+                              .features = (hugetlb ? UFFD_FEATURE_MISSING_HUGETLBFS : UFFD_FEATURE_MISSING_SHMEM)
+                                          | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP };
+    if (ioctl(uffd, UFFDIO_API, &api) < 0) die("UFFDIO_API: %s", strerror(errno));
+    struct uffdio_register reg = { .range = { .start = (uintptr_t)addr, .len = length }, .mode = UFFDIO_REGISTER_MODE_MISSING };
+    if (ioctl(uffd, UFFDIO_REGISTER, &reg) < 0) die("UFFDIO_REGISTER %p+%zu: %s", addr, length, strerror(errno));
+
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sun = { .sun_family = AF_UNIX };
+    if (strlen(socket_path) >= sizeof sun.sun_path) die("PAGER_UFFD_SOCKET path too long");
+    strcpy(sun.sun_path, socket_path);
+    if (s < 0 || connect(s, (struct sockaddr *)&sun, sizeof sun) < 0)
+        die("cannot reach the pager at %s: %s (start pagerd qemu-dest first)", socket_path, strerror(errno));
+
+    char json[256];
+    int n = snprintf(json, sizeof json, "[{\"base_host_virt_addr\":%lu,\"size\":%zu,\"offset\":%lld,\"page_size\":%ld}]",
+                     (unsigned long)(uintptr_t)addr, length, (long long)offset, page_size);
+    char control[CMSG_SPACE(sizeof(int))];
+    memset(control, 0, sizeof control);
+    struct iovec iov = { .iov_base = json, .iov_len = (size_t)n };
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control };
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &uffd, sizeof(int));
+    if (sendmsg(s, &msg, MSG_NOSIGNAL) != n) die("sending the handoff to %s: %s", socket_path, strerror(errno));
+    close(uffd); /* the pager holds it now; the registration lives as long as it does */
+    handoff_socket = s;
+    dprintf(2, "pager-preload: %s (%zu MiB at %p, %ld KiB pages) handed to the pager at %s\n", path, length >> 20, addr,
+            page_size >> 10, socket_path);
+}
+
+static void *interpose(const char *name, void *addr, size_t length, int prot, int flags, int fd, off_t offset) {
+    static mmap_fn real_mmap;
+    if (!real_mmap) {
+        real_mmap = (mmap_fn)dlsym(RTLD_NEXT, "mmap");
+        if (!real_mmap) die("dlsym(mmap): %s", dlerror());
+    }
+    const char *path = getenv("PAGER_RAM_PATH");
+    if (!path || !*path || !is_ram_file(fd, path)) return real_mmap(addr, length, prot, flags, fd, offset);
+    if (handoff_socket >= 0) die("%s is mapped a second time (%s); one mapping of guest RAM is supported", path, name);
+    if (!(flags & MAP_SHARED)) die("%s is mapped privately: give QEMU share=on", path);
+    if (cmdline_has("prealloc=on"))
+        die("prealloc=on makes QEMU touch every page of %s before the source has stopped: remove it", path);
+    /* A file that already holds data would be mapped as it is, and the guest would run on it. */
+    if (lseek(fd, 0, SEEK_DATA) >= 0 || errno != ENXIO) die("%s already holds data: give the destination an empty RAM file", path);
+    void *mapped = real_mmap(addr, length, prot, flags, fd, offset);
+    if (mapped == MAP_FAILED) return mapped;
+    hand_over(mapped, length, offset, fd, path);
+    return mapped;
+}
+
+void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset) {
+    return interpose("mmap", addr, length, prot, flags, fd, offset);
+}
+
+void *mmap64(void *addr, size_t length, int prot, int flags, int fd, off_t offset) {
+    return interpose("mmap64", addr, length, prot, flags, fd, offset);
+}

@@ -1,0 +1,87 @@
+import ArgumentParser
+import Logging
+import PagerBenchKit
+import PagerKernel
+import PagerQEMU
+
+struct QEMUSourceCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "qemu-source",
+        abstract: "Migrate a running QEMU's device state and serve its guest RAM to pagerd qemu-dest.",
+        discussion: """
+        QEMU must give the guest RAM as a named shared file:
+          -object memory-backend-file,id=ram0,size=SIZE,mem-path=/dev/shm/NAME,share=on -machine memory-backend=ram0
+        and a QMP socket (-qmp unix:SOCK,server=on,wait=off). This command sets x-ignore-shared,
+        starts the migration to --migrate-to (device state only), serves --ram to the
+        destination's pagerd, but not one page before QEMU has stopped the VM, and exits once
+        the destination holds every page. Start pagerd qemu-dest and the destination QEMU first.
+        """
+    )
+    @Option(help: "The source QEMU's QMP socket.") var qmp: String
+    @Option(help: "The guest RAM file (mem-path of the memory backend).") var ram: String
+    @Option(help: "Address and port to serve pages on, e.g. 0.0.0.0:7070.") var listen: String
+    @Option(help: "The destination QEMU's incoming URI, e.g. tcp:DEST:4444.") var migrateTo: String
+    @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
+
+    func validate() throws {
+        guard Endpoint(listen) != nil else { throw ValidationError("--listen must be ADDR:PORT (IPv4), got \(listen)") }
+    }
+
+    func run() throws {
+        let logger = makeLogger("pagerd.qemu-source", logLevel)
+        do {
+            let r = try QEMUSource(qmpPath: qmp, ram: ram, listen: Endpoint(listen)!, migrateTo: migrateTo, logger: logger)
+                .run { _ in logger.info("serving \(ram) on \(listen) (held until the VM stops)") }
+            print("""
+            pagerd qemu-source: device state migrated in \(String(format1: r.deviceStateSeconds * 1000)) ms (VM stopped after \(String(format1: r.untilStopSeconds * 1000)) ms)
+              served            \(r.counts.demandRequests) demand and \(r.counts.prefetchRequests) prefetch requests, \(r.counts.bytesSent >> 20) MiB as bytes, \(r.counts.zeroBytes >> 20) MiB as zero ranges
+            """)
+        } catch {
+            print("pagerd qemu-source: FAILED: \(error)")
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct QEMUDestCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "qemu-dest",
+        abstract: "Receive a QEMU migration whose guest RAM arrives on demand from pagerd qemu-source.",
+        discussion: """
+        Start this first, then the destination QEMU with the same RAM file (empty), -incoming
+        defer, a QMP socket, and the preload library:
+          LD_PRELOAD=libpager-preload.so PAGER_RAM_PATH=RAM PAGER_UFFD_SOCKET=SOCK qemu-system-x86_64 ...
+        The library hands QEMU's RAM mapping to this daemon; prealloc=on, a private mapping or a
+        RAM file that already holds data make QEMU stop at once. This command then drives the
+        incoming migration, resolves the guest's faults from the source and pushes the rest,
+        and prints a report once every page is local.
+        """
+    )
+    @Option(help: "The destination QEMU's QMP socket.") var qmp: String
+    @Option(help: "The guest RAM file here (empty; QEMU creates it).") var ram: String
+    @Option(help: "pagerd qemu-source's ADDR:PORT.") var connect: String
+    @Option(help: "Unix socket the preload library hands QEMU's RAM to.") var uffdSocket: String
+    @Option(help: "URI this QEMU receives the device state on, e.g. tcp:0:4444.") var incoming: String
+    @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
+
+    func validate() throws {
+        guard Endpoint(connect) != nil else { throw ValidationError("--connect must be ADDR:PORT (IPv4), got \(connect)") }
+    }
+
+    func run() throws {
+        let logger = makeLogger("pagerd.qemu-dest", logLevel)
+        do {
+            let r = try QEMUDestination(qmpPath: qmp, ram: ram, source: Endpoint(connect)!, uffdSocket: uffdSocket, incoming: incoming, logger: logger)
+                .run { print("pagerd qemu-dest: waiting for QEMU's handoff on \(uffdSocket)"); fflushStandardOutput() }
+            let latency = LatencySummary(samples: r.resolve.faultLatencies)
+            print("""
+            pagerd qemu-dest: guest running here \(String(format1: r.untilRunningSeconds * 1000)) ms after migrate-incoming; all RAM local after \(String(format1: r.untilLocalSeconds)) s
+              faults            \(r.resolve.faults), fault to install: p50 \(formatMicros(latency.p50)) p99 \(formatMicros(latency.p99)) max \(formatMicros(latency.max))
+              pages             \(r.resolve.installedPages) installed with data, \(r.resolve.zeroPages) zero, \(r.resolve.bytesReceived >> 20) MiB received
+            """)
+        } catch {
+            print("pagerd qemu-dest: FAILED: \(error)")
+            throw ExitCode(1)
+        }
+    }
+}
