@@ -17,7 +17,9 @@ fi
 # checked (the default build does not need them). pkg-config: finds liburing. iproute2: network
 # namespaces and tc for the two-host tests and benchmarks. iperf3: pager-bench's second
 # raw-throughput baseline (pager-bench says so and goes on without it).
-packages=(liburing-dev pkg-config libibverbs-dev librdmacm-dev iproute2 iperf3)
+# qemu-system-x86, busybox-static, cpio: the QEMU test guest (Deploy/qemu/make-guest.sh
+# fetches Debian's kernel itself).
+packages=(liburing-dev pkg-config libibverbs-dev librdmacm-dev iproute2 iperf3 qemu-system-x86 busybox-static cpio)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

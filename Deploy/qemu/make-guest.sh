@@ -7,7 +7,7 @@ out=${1:?usage: make-guest.sh OUT_DIR [MIB]}
 mib=${2:-128}
 here=$(cd "$(dirname "$0")" && pwd)
 need=()
-for p in qemu-system-x86 linux-image-amd64 busybox-static gcc libc6-dev cpio; do
+for p in qemu-system-x86 busybox-static gcc libc6-dev cpio; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -15,8 +15,19 @@ if [ "${#need[@]}" -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 mkdir -p "$out"
-kernel=$(ls /boot/vmlinuz-* | sort -V | tail -1)
-cp "$kernel" "$out/vmlinuz"
+# Debian's kernel: the one in /boot if there is one, else extracted from the linux-image
+# package without installing it (no initramfs, no bootloader hooks on the host).
+kernel=$(ls /boot/vmlinuz-* 2>/dev/null | sort -V | tail -1 || true)
+if [ -z "$kernel" ]; then
+    pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+    dl=$(mktemp -d)
+    (cd "$dl" && apt-get download -qq "$pkg" 2>/dev/null && dpkg-deb -x ./*.deb x)
+    kernel=$(ls "$dl"/x/boot/vmlinuz-* | head -1)
+    cp "$kernel" "$out/vmlinuz"
+    rm -rf "$dl"
+else
+    cp "$kernel" "$out/vmlinuz"
+fi
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,proc,sys,dev}

@@ -297,13 +297,13 @@ public final class FaultResolver: @unchecked Sendable {
                 }
                 // A fault waiting on a page asked for only as prefetch (left alone during a
                 // sequential scan, where it usually arrives next) is asked for urgently after
-                // 2 ms: on a host whose CPUs are all busy the background push, which answers
+                // 1 ms: on a host whose CPUs are all busy the background push, which answers
                 // prefetch, may not run at all.
                 let now = monotonicNanoseconds()
                 state.slowFaults = false
                 for (page, t) in state.faultTimes where !state.urgentAsked.contains(page) && state.pages.state(of: page) == .inFlight
                     && stagedUnits?.contains(page) != true {
-                    if now - t > 2_000_000 {
+                    if now - t > 1_000_000 {
                         state.urgentAsked.insert(page)
                         urgent.append(request(page..<page + 1, .urgent, &state))
                         state.report.demandRequests += 1

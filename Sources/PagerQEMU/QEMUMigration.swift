@@ -48,6 +48,9 @@ public struct QEMUSource {
         /// From `migrate` until the source VM stopped (pages flowed from then on).
         public var untilStopSeconds: Double
         public var counts: SourceServer.Counters
+        /// `monotonicNanoseconds()` when `migrate` was issued (comparable across processes
+        /// on one host: CLOCK_MONOTONIC is system-wide).
+        public var migrateIssuedAt: UInt64
     }
 
     /// Runs the migration and serves pages until the destination holds them all.
@@ -101,7 +104,7 @@ public struct QEMUSource {
         // Serve until the destination has every page and has gone.
         while server.counts.sessions == 0 || server.activeSessions > 0 { sleepMilliseconds(10) }
         return Report(deviceStateSeconds: Double(completedAt! - started) / 1e9, untilStopSeconds: Double(stoppedAt! - started) / 1e9,
-                      counts: server.counts)
+                      counts: server.counts, migrateIssuedAt: started)
     }
 }
 
@@ -131,6 +134,8 @@ public struct QEMUDestination {
         /// From `migrate-incoming` until every page of guest RAM was local.
         public var untilLocalSeconds: Double
         public var resolve: ResolveReport
+        /// `monotonicNanoseconds()` when every page was local.
+        public var allLocalAt: UInt64
     }
 
     /// Waits for QEMU's handoff (start QEMU with the preload library after calling this),
@@ -200,8 +205,9 @@ public struct QEMUDestination {
         switch result {
         case .failure(let e): throw QEMUError("paging guest RAM failed: \(e)")
         case .success(let r):
+            let now = monotonicNanoseconds()
             return Report(untilRunningSeconds: Double(runningAt! - started) / 1e9,
-                          untilLocalSeconds: Double(monotonicNanoseconds() - started) / 1e9, resolve: r)
+                          untilLocalSeconds: Double(now - started) / 1e9, resolve: r, allLocalAt: now)
         }
     }
 }

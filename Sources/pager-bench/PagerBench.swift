@@ -1,13 +1,15 @@
 import ArgumentParser
 import PagerBenchKit
+import PagerDestination
 import PagerKernel
+import PagerQEMU
 
 @main
 struct PagerBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pager-bench",
         abstract: "Measures the pager against baselines taken in the same run, and prints ratios.",
-        subcommands: [Run.self, List.self, Postcopy.self, Dirty.self, AB.self, FaultLocal.self, RawServer.self, RawClient.self],
+        subcommands: [Run.self, List.self, Postcopy.self, Dirty.self, QEMUCompare.self, AB.self, FaultLocal.self, RawServer.self, RawClient.self, QMPCommand.self],
         defaultSubcommand: Run.self
     )
 }
@@ -300,4 +302,71 @@ struct Dirty: ParsableCommand {
         }
         print("  post-copy only: workload paused \(f(post.pauseMilliseconds ?? -1, 2)) ms; destination touched everything in \(f(touchPost["touch-seconds"] ?? -1, 2)) s with \(Int(touchPost["waits"] ?? -1)) faults")
     }
+}
+
+/// One QMP command (used by the native-postcopy baseline, which drives QEMU in a namespace).
+struct QMPCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "qmp", abstract: "Run one QMP command and print its top-level result fields as key=value lines.")
+    @Option var socket: String
+    @Option var execute: String
+    @Option var arguments: String = "{}"
+    func run() throws {
+        let qmp = try QMP(path: socket)
+        let r = try qmp.execute(execute, arguments)
+        if case .object(let fields) = r {
+            for (k, v) in fields { print("\(k)=\(describe(v))") }
+        } else {
+            print(describe(r))
+        }
+    }
+}
+
+/// The QEMU comparison: the same guest migrated with the pager and with QEMU's postcopy.
+struct QEMUCompare: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "qemu",
+        abstract: "Migrate a QEMU guest between two namespaces with the pager and with QEMU's native postcopy, side by side.",
+        discussion: """
+        Builds the test guest (Deploy/qemu/make-guest.sh; installs what it needs) unless --guest
+        names one. Each method: the guest boots and verifies its memory in the source namespace,
+        is migrated, and must complete verification passes in the destination namespace after
+        all RAM is local. Prints total migration time, the guest's longest stall as its own
+        clock saw it, and fault latency (pager) or blocktime (QEMU). Needs root.
+        """
+    )
+    @Option(help: "Directory with vmlinuz and initrd.gz (default: build one).") var guest: String?
+    @Option(name: .customLong("ram-mib"), help: "Guest RAM.") var ramMiB = 384
+    @Option(name: .customLong("workload-mib"), help: "Memory the guest workload fills and checks.") var workloadMiB = 192
+
+    func run() throws {
+        let scratch = Scratch()
+        let dir = guest ?? scratch.file("guest")
+        if guest == nil {
+            guard let script = guestBuilderScript(binaries: executableDirectory()) else {
+                throw ValidationError("Deploy/qemu/make-guest.sh not found next to this build: give --guest DIR")
+            }
+            try sh("/bin/bash", script, dir, "\(workloadMiB)")
+        }
+        var rows: [(String, QEMUMigrationRun.Outcome)] = []
+        for method in [QEMUMigrationRun.Method.pager, .nativePostcopy] {
+            print("  ... \(method.rawValue)")
+            fflushStandardOutput()
+            let hosts = try TwoHosts(splitCPUs: true)
+            let runScratch = Scratch()
+            var m = QEMUMigrationRun(binaries: executableDirectory(), guest: dir)
+            m.ramMiB = ramMiB
+            m.method = method
+            let o = try m.run(hosts: hosts, scratch: runScratch)
+            guard !o.mismatch else { throw HarnessError("\(method.rawValue): the guest found wrong memory") }
+            rows.append((method.rawValue, o))
+        }
+        print("\nQEMU \(ramMiB) MiB guest, workload on \(workloadMiB) MiB, TCG, two namespaces (one vCPU each); guest checked its memory after the move")
+        for (name, o) in rows {
+            print("  \(name)".padded(18) + "total \(String(format: 3, o.totalSeconds)) s   guest's longest stall \(o.guestPauseMilliseconds) ms   \(o.faultSummary)")
+        }
+    }
+}
+
+extension String {
+    func padded(_ n: Int) -> String { self + String(repeating: " ", count: max(1, n - count)) }
 }

@@ -35,6 +35,7 @@ struct QEMUSourceCommand: ParsableCommand {
             print("""
             pagerd qemu-source: device state migrated in \(String(format1: r.deviceStateSeconds * 1000)) ms (VM stopped after \(String(format1: r.untilStopSeconds * 1000)) ms)
               served            \(r.counts.demandRequests) demand and \(r.counts.prefetchRequests) prefetch requests, \(r.counts.bytesSent >> 20) MiB as bytes, \(r.counts.zeroBytes >> 20) MiB as zero ranges
+              migrate-issued-ns=\(r.migrateIssuedAt)
             """)
         } catch {
             print("pagerd qemu-source: FAILED: \(error)")
@@ -78,6 +79,7 @@ struct QEMUDestCommand: ParsableCommand {
             pagerd qemu-dest: guest running here \(String(format1: r.untilRunningSeconds * 1000)) ms after migrate-incoming; all RAM local after \(String(format1: r.untilLocalSeconds)) s
               faults            \(r.resolve.faults), fault to install: p50 \(formatMicros(latency.p50)) p99 \(formatMicros(latency.p99)) max \(formatMicros(latency.max))
               pages             \(r.resolve.installedPages) installed with data, \(r.resolve.zeroPages) zero, \(r.resolve.bytesReceived >> 20) MiB received
+              all-local-ns=\(r.allLocalAt)
             """)
         } catch {
             print("pagerd qemu-dest: FAILED: \(error)")
