@@ -55,7 +55,7 @@ public struct QEMUMigrationRun {
     }
 
     /// Counts "pass N ok" lines in a console log.
-    static func passes(_ console: String) -> Int { lines(console).filter { $0.hasPrefix("pass ") && $0.contains(" ok ") }.count }
+    public static func passes(_ console: String) -> Int { lines(console).filter { $0.hasPrefix("pass ") && $0.contains(" ok ") }.count }
 
     static func maxGap(_ lines: some Sequence<Substring>) -> Int {
         lines.compactMap { line -> Int? in
@@ -120,6 +120,7 @@ public struct QEMUMigrationRun {
                                     Self.qemu] + dstArgs, log: scratch.file("dst.qemu.log"))
         defer { dest.signal(SIGKILL) }
         try waitFor(dest, toPrint: "handed to the pager", seconds: 30)
+        try waitFor(qdest, toPrint: "incoming migration on", seconds: 30)
         let qsource = try hosts.spawn(in: hosts.source, pagerd,
                                       ["qemu-source", "--qmp", srcQMP, "--ram", srcRAM, "--listen", "\(TwoHosts.sourceAddress):7070",
                                        "--migrate-to", "tcp:\(TwoHosts.destAddress):4444"], log: scratch.file("qemu-source.log"))

@@ -86,6 +86,13 @@ public struct QEMUSource {
                 completedAt = monotonicNanoseconds()
             case "failed", "cancelled":
                 let why = (try? qmp.execute("query-migrate")["error-desc"]).flatMap { $0 }.map(describe) ?? "no reason given"
+                // The destination QEMU may not be listening yet: retry a refused connection for
+                // 30 s (nothing ran on the destination, and the VM here never stopped).
+                if stoppedAt == nil && why.contains("Connection refused") && monotonicNanoseconds() - started < 30_000_000_000 {
+                    sleepMilliseconds(100)
+                    try qmp.execute("migrate", "{\"uri\":\"\(migrateTo)\"}")
+                    continue
+                }
                 throw QEMUError("QEMU's migration \(status) (\(why)); the source VM's RAM was never served")
             default:
                 break

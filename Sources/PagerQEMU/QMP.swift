@@ -46,9 +46,9 @@ public final class QMP {
         try UnixSocket.send(socket, bytes: Array(line.utf8), descriptors: [])
         let deadline = monotonicNanoseconds() + UInt64(timeoutMilliseconds) * 1_000_000
         while true {
-            let left = Int((deadline &- monotonicNanoseconds()) / 1_000_000)
-            guard monotonicNanoseconds() < deadline else { throw QEMUError("QMP \(command): no answer within \(timeoutMilliseconds) ms") }
-            guard let m = try readMessage(timeoutMilliseconds: left) else { continue }
+            let now = monotonicNanoseconds()
+            guard now < deadline else { throw QEMUError("QMP \(command): no answer within \(timeoutMilliseconds) ms") }
+            guard let m = try readMessage(timeoutMilliseconds: Int((deadline - now) / 1_000_000)) else { continue }
             if m["event"] != nil { events.append(m); continue }
             if let e = m["error"] { throw QEMUError("QMP \(command) failed: \(describe(e))") }
             if let r = m["return"] { return r }
@@ -62,8 +62,9 @@ public final class QMP {
             if let i = events.firstIndex(where: { if case .string(let n)? = $0["event"] { names.contains(n) } else { false } }) {
                 return events.remove(at: i)
             }
-            guard monotonicNanoseconds() < deadline else { return nil }
-            if let m = try readMessage(timeoutMilliseconds: Int((deadline &- monotonicNanoseconds()) / 1_000_000)), m["event"] != nil {
+            let now = monotonicNanoseconds()
+            guard now < deadline else { return nil }
+            if let m = try readMessage(timeoutMilliseconds: Int((deadline - now) / 1_000_000)), m["event"] != nil {
                 events.append(m)
             }
         }

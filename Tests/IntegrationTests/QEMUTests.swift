@@ -1,0 +1,102 @@
+import Glibc
+import PagerBenchKit
+import PagerKernel
+import Testing
+
+/// The test guest, built once per test run (Deploy/qemu/make-guest.sh: Debian's kernel and a
+/// busybox initramfs running a workload that fills 128 MiB and checks it for ever).
+enum TestGuest {
+    static let directory: String? = {
+        guard access("/usr/bin/qemu-system-x86_64", X_OK) == 0, let script = guestBuilderScript(binaries: Binaries.directory) else { return nil }
+        let dir = "/tmp/pager-test-guest"
+        if access(dir + "/initrd.gz", R_OK) == 0 && access(dir + "/vmlinuz", R_OK) == 0 { return dir }
+        guard (try? runProgram("/bin/bash", [script, dir, "128"]))?.status == 0 else { return nil }
+        return dir
+    }()
+    static var present: Bool { directory != nil }
+    static let missing = "QEMU or the test guest is missing: bash Deploy/setup.sh installs qemu-system-x86 and busybox-static, Deploy/qemu/make-guest.sh builds the guest"
+}
+
+@Suite("QEMU with the pager, unmodified", .serialized,
+       .enabled(if: isRoot, "needs root for network namespaces and userfaultfd"),
+       .enabled(if: Binaries.present, Comment(rawValue: Binaries.missing)),
+       .enabled(if: TestGuest.present, Comment(rawValue: TestGuest.missing)))
+struct QEMUTests {
+    @Test("a running guest moves between two namespaces with pagerd qemu-source/qemu-dest and keeps verifying its memory after all RAM is local")
+    func migrateGuest() throws {
+        let hosts = try TwoHosts()
+        let scratch = Scratch()
+        var run = QEMUMigrationRun(binaries: Binaries.directory, guest: TestGuest.directory!)
+        run.passesAfter = 2
+        let o = try run.run(hosts: hosts, scratch: scratch)
+        #expect(!o.mismatch, "\(o.destConsole.suffix(3000))")
+        #expect(QEMUMigrationRun.passes(o.destConsole) >= 2, "\(o.destConsole.suffix(3000))")
+        #expect(o.source.contains("device state migrated"), "\(o.source)")
+        #expect(o.dest.contains("all RAM local"), "\(o.dest)")
+        #expect(o.totalSeconds > 0)
+    }
+
+    /// Starts the destination QEMU with the preload library and returns its exit status and output.
+    func startDestination(extraObject: String, env: [String], scratch: Scratch) throws -> (Int32?, String) {
+        let console = scratch.file("console"), qmp = scratch.file("qmp")
+        let q = try ChildProcess("/usr/bin/env", env + ["LD_PRELOAD=\(Binaries.directory)/libpager-preload.so", "/usr/bin/qemu-system-x86_64",
+            "-machine", "q35", "-m", "256M", "-kernel", TestGuest.directory! + "/vmlinuz", "-initrd", TestGuest.directory! + "/initrd.gz",
+            "-nographic", "-no-reboot", "-accel", "tcg", "-monitor", "none", "-display", "none", "-serial", "file:" + console,
+            "-qmp", "unix:\(qmp),server=on,wait=off", "-incoming", "defer", "-object", extraObject, "-machine", "memory-backend=ram0"],
+            outputPath: scratch.file("qemu.log"))
+        let status = q.wait(timeoutMilliseconds: 30_000)
+        if status == nil { q.signal(SIGKILL) }
+        return (status, q.output)
+    }
+
+    @Test("the preload library stops QEMU with a clear message: prealloc=on, a private mapping, a RAM file with data, no pager listening")
+    func refusals() throws {
+        let scratch = Scratch()
+        let ram = scratch.file("vm.ram")
+        let socket = scratch.file("nobody.sock")
+        let env = ["PAGER_RAM_PATH=\(ram)", "PAGER_UFFD_SOCKET=\(socket)"]
+        let cases: [(String, String, () throws -> Void)] = [
+            ("memory-backend-file,id=ram0,size=256M,mem-path=\(ram),share=on,prealloc=on", "prealloc=on", {}),
+            ("memory-backend-file,id=ram0,size=256M,mem-path=\(ram),share=off", "mapped privately", {}),
+            ("memory-backend-file,id=ram0,size=256M,mem-path=\(ram),share=on", "already holds data", {
+                try sh(Binaries.workload, "fill", "--file", ram, "--size-mib", "256", "--seed", "1")
+            }),
+            ("memory-backend-file,id=ram0,size=256M,mem-path=\(ram),share=on", "cannot reach the pager", {}),
+        ]
+        for (object, expected, prepare) in cases {
+            unlink(ram)
+            try prepare()
+            let (status, output) = try startDestination(extraObject: object, env: env, scratch: scratch)
+            #expect(status == 78, "\(expected): QEMU exited \(String(describing: status)): \(output)")
+            #expect(output.contains("pager-preload: FATAL") && output.contains(expected), "\(expected): \(output)")
+        }
+    }
+
+    @Test("pagerd qemu-source refuses a QEMU whose guest RAM is not a named shared file, and never serves a VM that did not stop")
+    func sourceRefusals() throws {
+        let scratch = Scratch()
+        let console = scratch.file("console"), qmp = scratch.file("qmp"), ram = scratch.file("vm.ram")
+        // A guest with anonymous RAM: nothing for the pager to serve.
+        let q = try ChildProcess("/usr/bin/qemu-system-x86_64", ["-machine", "q35", "-m", "256M", "-kernel", TestGuest.directory! + "/vmlinuz",
+            "-initrd", TestGuest.directory! + "/initrd.gz", "-nographic", "-no-reboot", "-accel", "tcg", "-monitor", "none", "-display", "none",
+            "-serial", "file:" + console, "-qmp", "unix:\(qmp),server=on,wait=off"], outputPath: scratch.file("qemu.log"))
+        defer { q.signal(SIGKILL) }
+        var (status, output) = try runProgram(Binaries.pagerd, ["qemu-source", "--qmp", qmp, "--ram", ram, "--listen", "127.0.0.1:0",
+                                                                  "--migrate-to", "tcp:127.0.0.1:1"])
+        #expect(status == 1 && output.contains("has no mapping of \(ram)"), "\(output)")
+        q.signal(SIGKILL)
+        q.wait(timeoutMilliseconds: 10_000)
+        unlink(qmp)
+        // Shared file RAM, but the migration cannot happen (nobody listens): no page is ever served.
+        let q2 = try ChildProcess("/usr/bin/qemu-system-x86_64", ["-machine", "q35", "-m", "256M", "-kernel", TestGuest.directory! + "/vmlinuz",
+            "-initrd", TestGuest.directory! + "/initrd.gz", "-nographic", "-no-reboot", "-accel", "tcg", "-monitor", "none", "-display", "none",
+            "-serial", "file:" + console, "-qmp", "unix:\(qmp),server=on,wait=off",
+            "-object", "memory-backend-file,id=ram0,size=256M,mem-path=\(ram),share=on", "-machine", "memory-backend=ram0"],
+            outputPath: scratch.file("qemu2.log"))
+        defer { q2.signal(SIGKILL) }
+        // (exec:/bin/false fails at once; a refused TCP connection would be retried for 30 s.)
+        (status, output) = try runProgram(Binaries.pagerd, ["qemu-source", "--qmp", qmp, "--ram", ram, "--listen", "127.0.0.1:0",
+                                                              "--migrate-to", "exec:/bin/false"])
+        #expect(status == 1 && output.contains("never served"), "\(output)")
+    }
+}
