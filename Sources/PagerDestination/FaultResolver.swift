@@ -83,6 +83,10 @@ public final class FaultResolver: @unchecked Sendable {
     private let push: FrameChannel?
     /// Prefetch around faults (off: fetch exactly the faulting page).
     public var prefetch = true
+    /// The push (and the install of staged pages) runs as a background thread that only uses
+    /// idle CPU (true), or competes fairly (false): right where the workload itself keeps the
+    /// CPUs busy, e.g. a guest's vCPUs under TCG, which would otherwise starve the push.
+    public var backgroundPush = true
     /// Pages received by pre-copy before the switch: installed from local memory, never
     /// fetched again (see ``StagedPages``).
     public var staged: StagedPages?
@@ -224,7 +228,7 @@ public final class FaultResolver: @unchecked Sendable {
             let stagedUnits = units
             do {
                 receivers.append(try KernelThread(name: "dst-staged") { [self] in
-                    try? makeCurrentThreadBackground()
+                    if backgroundPush { try? makeCurrentThreadBackground() }
                     installStaged(staged, stagedUnits)
                     withForegroundPriority { lock.withLock { $0.receiversDone += 1 } }
                 })
@@ -236,7 +240,7 @@ public final class FaultResolver: @unchecked Sendable {
                 receivers.append(try KernelThread(name: background ? "dst-push-rx" : "dst-demand-rx") { [self] in
                     // The push receiver yields to demand work (see makeCurrentThreadBackground);
                     // it installs in the foreground (see receive).
-                    if background { try? makeCurrentThreadBackground() }
+                    if background && backgroundPush { try? makeCurrentThreadBackground() }
                     receive(channel)
                 })
             } catch { throw .kernel(error) }

@@ -181,6 +181,9 @@ public struct QEMUDestination {
                                          demand: client.demand, push: client.push, logger: logger)
         // The source holds pages until its VM stops; until then only silence can come.
         resolver.stallTimeoutMilliseconds = 120_000
+        // A guest's vCPU threads keep their CPUs busy: a push that only uses idle CPU could
+        // starve for the whole run. Compete fairly instead, as QEMU's own migration thread does.
+        resolver.backgroundPush = false
         resolver.workloadConnection = handoff.connection
         let outcome = Mutex<Result<ResolveReport, ResolveError>?>(nil)
         let resolving = try KernelThread(name: "dst-resolver") {

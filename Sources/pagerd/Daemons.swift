@@ -113,6 +113,7 @@ struct DestCommand: ParsableCommand {
     @Flag(help: "Exit after the first migration completes (exit status 1 if it failed).") var once = false
     @Flag(help: "No background push: pages arrive only when touched or prefetched (for measuring demand paging).") var noPush = false
     @Flag(help: "No prefetch around faults: fetch exactly the faulting page.") var noPrefetch = false
+    @Flag(help: "Run the background push at normal priority instead of on idle CPU only (for workloads that keep every CPU busy).") var normalPriorityPush = false
     @Option(help: "Declare the source lost after this many milliseconds without a frame while pages are outstanding.") var stallTimeoutMs = 10_000
     @Flag(help: "Ask the source for a CRC-32C of every 4 KiB page and check each before installing it.") var checksums = false
     @Flag(help: "Receive the source's pre-copy rounds before the handoff (one migration; implies --once).") var precopy = false
@@ -204,6 +205,7 @@ struct DestCommand: ParsableCommand {
             let resolver = try FaultResolver(uffd: handoff.uffd, region: region, mappings: handoff.mappings,
                                              demand: client.demand, push: noPush ? nil : client.push, logger: logger)
             resolver.prefetch = !noPrefetch
+            resolver.backgroundPush = !normalPriorityPush
             resolver.stallTimeoutMilliseconds = stallTimeoutMs
             resolver.otherRegions = client.regions.map(\.id)
             resolver.workloadConnection = handoff.connection
