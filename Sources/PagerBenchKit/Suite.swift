@@ -15,7 +15,7 @@ public enum Scenario: String, CaseIterable, Sendable {
         case .latency4k: "demand-fault latency of 4 KiB pages, idle link and while the background push runs (random access)"
         case .latency2m: "demand-fault latency of 2 MiB hugetlbfs pages, idle link and while the push runs (reserves huge pages for the run)"
         case .throughput: "time until the whole region is local, for access patterns none, sequential, random, strided and working-set"
-        case .peers: "other pagers on the same machine: CRIU lazy-pages (probed), QEMU native postcopy (not yet automated)"
+        case .peers: "other pagers on the same machine: CRIU lazy-pages (probed) and QEMU's native postcopy against the pager on the same TCG guest"
         }
     }
 }
@@ -235,7 +235,29 @@ public final class BenchSuite {
         if scenarios.contains(.peers) {
             advance("peers")
             report.peers.append(("criu lazy-pages", Self.probeCRIU()))
-            report.peers.append(("qemu native postcopy", "not measured yet: it needs the QEMU integration (see the QEMU issue)"))
+            if access("/usr/bin/qemu-system-x86_64", X_OK) == 0, let script = guestBuilderScript(binaries: binaries), !loopback {
+                let guestDir = "/tmp/pager-test-guest"
+                if access(guestDir + "/initrd.gz", R_OK) != 0 { try sh("/bin/bash", script, guestDir, "128") }
+                var results: [QEMUMigrationRun.Method: QEMUMigrationRun.Outcome] = [:]
+                for method in [QEMUMigrationRun.Method.pager, .nativePostcopy] {
+                    let h = try TwoHosts(splitCPUs: true)
+                    var m = QEMUMigrationRun(binaries: binaries, guest: guestDir)
+                    m.method = method
+                    let o = try m.run(hosts: h, scratch: Scratch())
+                    guard !o.mismatch else { throw HarnessError("QEMU \(method.rawValue): the guest found wrong memory") }
+                    results[method] = o
+                }
+                let p = results[.pager]!, n = results[.nativePostcopy]!
+                report.figures.append(Figure(key: "qemu_pager_total_s", label: "QEMU guest, pager: migrate to all RAM local", value: p.totalSeconds,
+                                             unit: "s", baseline: "QEMU native postcopy total", ratio: p.totalSeconds / n.totalSeconds))
+                report.figures.append(Figure(key: "qemu_pager_guest_stall_ms", label: "QEMU guest, pager: guest's longest stall",
+                                             value: Double(p.guestPauseMilliseconds), unit: "ms", baseline: "QEMU native postcopy stall",
+                                             ratio: Double(p.guestPauseMilliseconds) / Double(Swift.max(1, n.guestPauseMilliseconds))))
+                report.peers.append(("qemu native postcopy", "same guest, same run: total \(BenchReport.number(n.totalSeconds, 3)) s, guest's longest stall \(n.guestPauseMilliseconds) ms, \(n.faultSummary) (pager: \(BenchReport.number(p.totalSeconds, 3)) s, \(p.guestPauseMilliseconds) ms)"))
+            } else {
+                report.peers.append(("qemu native postcopy", loopback ? "not run on loopback (needs the two namespaces)"
+                                                                      : "QEMU is not installed (bash Deploy/setup.sh installs it); not compared"))
+            }
         }
         return report
     }
