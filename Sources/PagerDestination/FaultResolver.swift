@@ -118,6 +118,8 @@ public final class FaultResolver: @unchecked Sendable {
     /// When the last frame arrived from the source (any channel), and bytes received: atomics,
     /// so receiving a frame takes no lock before its install.
     private let lastHeard = Atomic<UInt64>(monotonicNanoseconds())
+    /// When the last frame came in on the push channel (see the escalation in `run`).
+    private let lastPushFrame = Atomic<UInt64>(monotonicNanoseconds())
     private let bytesReceived = Atomic<UInt64>(0)
     private let zeroBuffer: UnsafeMutableRawPointer
     /// Pages installed per lock hold: 64 KiB of 4 KiB pages (one UFFDIO_COPY of 16 pages
@@ -300,14 +302,17 @@ public final class FaultResolver: @unchecked Sendable {
                     }
                 }
                 // A fault waiting on a page asked for only as prefetch (left alone during a
-                // sequential scan, where it usually arrives next) is asked for urgently after
-                // 1 ms: on a host whose CPUs are all busy the background push, which answers
-                // prefetch, may not run at all.
+                // sequential scan, where it usually arrives next) is asked for urgently once it
+                // has waited 1 ms while the push channel has been silent for 1 ms: on a host
+                // whose CPUs are all busy the background push, which answers prefetch, may not
+                // run at all. While push frames keep arriving, the page is on its way.
                 let now = monotonicNanoseconds()
+                let pushFrame = lastPushFrame.load(ordering: .relaxed)
+                let pushStalled = now > pushFrame && now - pushFrame > 1_000_000
                 state.slowFaults = false
                 for (page, t) in state.faultTimes where !state.urgentAsked.contains(page) && state.pages.state(of: page) == .inFlight
                     && stagedUnits?.contains(page) != true {
-                    if now - t > 1_000_000 {
+                    if now > t && now - t > 1_000_000 && pushStalled {
                         state.urgentAsked.insert(page)
                         urgent.append(request(page..<page + 1, .urgent, &state))
                         state.report.demandRequests += 1
@@ -553,6 +558,7 @@ public final class FaultResolver: @unchecked Sendable {
     private func handle(_ incoming: Incoming, from channel: FrameChannel, _ assembly: UnitAssembly) -> Bool {
         let now = monotonicNanoseconds()
         lastHeard.store(now, ordering: .relaxed)
+        if channel === push { lastPushFrame.store(now, ordering: .relaxed) }
         switch incoming {
         case .pageData(let header, _) where header.region != region.id:
             // Another region of the source's: this destination does not map it (it said so

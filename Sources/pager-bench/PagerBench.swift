@@ -52,7 +52,7 @@ struct Run: ParsableCommand {
         let terminal = standardErrorIsTerminal
         suite.progress = { step, total, label in
             let width = 30
-            let filled = width * step / max(1, total)
+            let filled = min(width, width * step / max(1, total))
             let bar = "[" + String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled) + "]"
             let elapsed = (monotonicNanoseconds() - started) / 1_000_000_000
             let line = "\(bar) \(step)/\(total) \(elapsed) s  \(label)"
