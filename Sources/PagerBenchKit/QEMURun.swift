@@ -194,3 +194,15 @@ public func guestBuilderScript(binaries: String) -> String? {
     }
     return nil
 }
+
+/// A directory for the test guest built from this source tree: named after the builder's and
+/// the workload's sizes and modification times, so an edited workload gets a fresh guest.
+public func cachedGuestDirectory(builder script: String) -> String {
+    var st = stat()
+    var key = ""
+    for path in [script, script.split(separator: "/").dropLast().joined(separator: "/") + "/guest-workload.c"] {
+        let p = path.hasPrefix("/") ? path : "/" + path
+        if stat(p, &st) == 0 { key += "-\(st.st_size)-\(st.st_mtim.tv_sec)" }
+    }
+    return "/tmp/pager-guest" + key
+}

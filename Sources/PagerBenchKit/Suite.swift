@@ -238,7 +238,7 @@ public final class BenchSuite {
             advance("peers")
             report.peers.append(("criu lazy-pages", Self.probeCRIU()))
             if access("/usr/bin/qemu-system-x86_64", X_OK) == 0, let script = guestBuilderScript(binaries: binaries), !loopback {
-                let guestDir = "/tmp/pager-test-guest"
+                let guestDir = cachedGuestDirectory(builder: script)
                 if access(guestDir + "/initrd.gz", R_OK) != 0 { try sh("/bin/bash", script, guestDir, "128") }
                 var results: [QEMUMigrationRun.Method: QEMUMigrationRun.Outcome] = [:]
                 for method in [QEMUMigrationRun.Method.pager, .nativePostcopy] {

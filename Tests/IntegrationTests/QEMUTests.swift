@@ -8,7 +8,7 @@ import Testing
 enum TestGuest {
     static let directory: String? = {
         guard access("/usr/bin/qemu-system-x86_64", X_OK) == 0, let script = guestBuilderScript(binaries: Binaries.directory) else { return nil }
-        let dir = "/tmp/pager-test-guest"
+        let dir = cachedGuestDirectory(builder: script)
         if access(dir + "/initrd.gz", R_OK) == 0 && access(dir + "/vmlinuz", R_OK) == 0 { return dir }
         guard (try? runProgram("/bin/bash", [script, dir, "128"]))?.status == 0 else { return nil }
         return dir
