@@ -72,6 +72,18 @@ public final class TCPSocket: @unchecked Sendable {
         return true
     }
 
+    /// Blocks until at least one byte is available, then reads up to `count` (`recv`).
+    /// Returns 0 when the peer closed.
+    public func readSome(into buffer: UnsafeMutableRawPointer, count: Int) throws(KernelError) -> Int {
+        while true {
+            let n = recv(descriptor.rawValue, buffer, count, 0)
+            if n >= 0 { return n }
+            let e = Glibc.errno
+            if e == EINTR { continue }
+            throw KernelError("recv", Errno(rawValue: e), detail: peer)
+        }
+    }
+
     /// Reads what is available without blocking (`MSG_DONTWAIT`): returns 0 if nothing is
     /// pending, -1 if the peer closed.
     public func readAvailable(into buffer: UnsafeMutableRawBufferPointer) throws(KernelError) -> Int {

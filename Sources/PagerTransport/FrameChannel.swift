@@ -49,14 +49,23 @@ public final class FrameChannel: @unchecked Sendable {
     private let pageBuffer: UnsafeMutableRawPointer
     private static let pageBufferSize = Int(WireLimits.absoluteMaxPayload)
     private var payload: [UInt8] = []
+    /// Bytes received ahead of the frame being parsed: one `recv` usually brings a whole
+    /// small frame (a 4 KiB reply is 4168 bytes), instead of one `recv` per part.
+    private let rx: UnsafeMutableRawPointer
+    private static let rxSize = 64 << 10
+    private var rxStart = 0, rxEnd = 0
 
     public init(_ socket: TCPSocket) {
         self.socket = socket
         // 2 MiB alignment so a received huge page can be installed straight from the buffer.
         pageBuffer = .allocate(byteCount: FrameChannel.pageBufferSize, alignment: hugePageSize)
+        rx = .allocate(byteCount: FrameChannel.rxSize, alignment: 64)
     }
 
-    deinit { pageBuffer.deallocate() }
+    deinit {
+        pageBuffer.deallocate()
+        rx.deallocate()
+    }
 
     public var peer: String { socket.peer }
 
@@ -108,11 +117,38 @@ public final class FrameChannel: @unchecked Sendable {
         }
     }
 
+    /// Reads exactly `n` bytes into `p`: what is buffered first; a short rest (a frame's
+    /// header) through the buffer with one `recv` of whatever has arrived; a long rest (page
+    /// data) straight into `p`.
     private func readExactly(_ p: UnsafeMutableRawPointer, _ n: Int, betweenFrames: Bool = false) throws -> Void {
         guard n > 0 else { return }
-        if try !socket.readExactly(into: p, count: n) {
-            if betweenFrames { throw ChannelError.closed(peer: peer) }
-            throw KernelError("recv", .connectionReset, detail: "\(peer) closed the connection in the middle of a frame")
+        var done = min(n, rxEnd - rxStart)
+        if done > 0 {
+            p.copyMemory(from: rx + rxStart, byteCount: done)
+            rxStart += done
+        }
+        if rxStart == rxEnd { rxStart = 0; rxEnd = 0 }
+        while done < n {
+            let rest = n - done
+            if rest >= FrameChannel.rxSize / 2 {
+                if try !socket.readExactly(into: p + done, count: rest) {
+                    if betweenFrames && done == 0 { throw ChannelError.closed(peer: peer) }
+                    throw KernelError("recv", .connectionReset, detail: "\(peer) closed the connection in the middle of a frame")
+                }
+                return
+            }
+            // The buffer is empty here: fill it with what has arrived, take what is needed.
+            let got = try socket.readSome(into: rx, count: FrameChannel.rxSize)
+            if got == 0 {
+                if betweenFrames && done == 0 { throw ChannelError.closed(peer: peer) }
+                throw KernelError("recv", .connectionReset, detail: "\(peer) closed the connection in the middle of a frame")
+            }
+            rxEnd = got
+            let take = min(rest, got)
+            (p + done).copyMemory(from: rx, byteCount: take)
+            rxStart = take
+            done += take
+            if rxStart == rxEnd { rxStart = 0; rxEnd = 0 }
         }
     }
 
