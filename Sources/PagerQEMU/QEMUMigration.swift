@@ -108,8 +108,15 @@ public struct QEMUSource {
             server.release()
         }
         logger.info("device state migrated in \(Double(completedAt! - started) / 1e6) ms; serving pages until the destination has all")
-        // Serve until the destination has every page and has gone.
-        while server.counts.sessions == 0 || server.activeSessions > 0 { sleepMilliseconds(10) }
+        // Serve until the destination has every page and has gone; a destination that never
+        // connects within a minute of the switch is an error (its guest would hang).
+        let connectDeadline = monotonicNanoseconds() + 60_000_000_000
+        while server.counts.sessions == 0 || server.activeSessions > 0 {
+            if server.counts.sessions == 0 && monotonicNanoseconds() > connectDeadline {
+                throw QEMUError("no destination pagerd connected within 60 s of the switch: the destination guest cannot get its RAM")
+            }
+            sleepMilliseconds(10)
+        }
         return Report(deviceStateSeconds: Double(completedAt! - started) / 1e9, untilStopSeconds: Double(stoppedAt! - started) / 1e9,
                       counts: server.counts, migrateIssuedAt: started)
     }
