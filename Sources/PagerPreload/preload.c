@@ -39,6 +39,7 @@ typedef void *(*mmap_fn)(void *, size_t, int, int, int, off_t);
 
 /* The handoff connection stays open while QEMU runs: the pager closes it when all is local. */
 static int handoff_socket = -1;
+static int handoff_uffd = -1;
 
 static void die(const char *fmt, ...) {
     char msg[512];
@@ -106,7 +107,9 @@ static void hand_over(void *addr, size_t length, off_t offset, int fd, const cha
     c->cmsg_len = CMSG_LEN(sizeof(int));
     memcpy(CMSG_DATA(c), &uffd, sizeof(int));
     if (sendmsg(s, &msg, MSG_NOSIGNAL) != n) die("sending the handoff to %s: %s", socket_path, strerror(errno));
-    close(uffd); /* the pager holds it now; the registration lives as long as it does */
+    /* Kept open, never closed: if the pager dies, the registration stays and a fault waits
+     * (the guest hangs, loudly) instead of the kernel filling missing pages with zeros. */
+    handoff_uffd = uffd;
     handoff_socket = s;
     dprintf(2, "pager-preload: %s (%zu MiB at %p, %ld KiB pages) handed to the pager at %s\n", path, length >> 20, addr,
             page_size >> 10, socket_path);

@@ -154,7 +154,9 @@ public struct QEMUDestination {
 
     /// Waits for QEMU's handoff (start QEMU with the preload library after calling this),
     /// then runs the incoming migration to the end.
-    public func run(listening: () -> Void = {}) throws -> Report {
+    /// `onCancel` receives a function that stops the migration (e.g. on SIGTERM): the pages
+    /// not yet local are poisoned, so the guest gets SIGBUS there instead of zeros.
+    public func run(listening: () -> Void = {}, onCancel: (@escaping @Sendable () -> Void) -> Void = { _ in }) throws -> Report {
         let listener = try HandoffListener(path: uffdSocket)
         listening()
         logger.info("waiting for QEMU's guest RAM on \(uffdSocket) (QEMU with LD_PRELOAD=libpager-preload.so PAGER_RAM_PATH=\(ram) PAGER_UFFD_SOCKET=\(uffdSocket))")
@@ -178,6 +180,7 @@ public struct QEMUDestination {
             }
         }
         let client = connected!
+        onCancel { client.close() }
         var clientOpen = true
         defer { if clientOpen { client.close() } }
         let region = try client.region(selectedBy: nil)

@@ -3,6 +3,7 @@ import Logging
 import PagerBenchKit
 import PagerKernel
 import PagerQEMU
+import Synchronization
 
 struct QEMUSourceCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -72,8 +73,16 @@ struct QEMUDestCommand: ParsableCommand {
     func run() throws {
         let logger = makeLogger("pagerd.qemu-dest", logLevel)
         do {
+            // SIGTERM/SIGINT stop the migration: missing pages are poisoned (the guest gets
+            // SIGBUS, loudly) rather than left to become zeros when this process is gone.
+            let cancel = Mutex<(@Sendable () -> Void)?>(nil)
+            try TerminationSignals.start { signal in
+                logger.warning("signal \(signal): stopping; guest pages not yet local are poisoned")
+                cancel.withLock { $0 }?()
+            }
             let r = try QEMUDestination(qmpPath: qmp, ram: ram, source: Endpoint(connect)!, uffdSocket: uffdSocket, incoming: incoming, logger: logger)
-                .run { print("pagerd qemu-dest: waiting for QEMU's handoff on \(uffdSocket)"); fflushStandardOutput() }
+                .run(listening: { print("pagerd qemu-dest: waiting for QEMU's handoff on \(uffdSocket)"); fflushStandardOutput() },
+                     onCancel: { stop in cancel.withLock { $0 = stop } })
             let latency = LatencySummary(samples: r.resolve.faultLatencies)
             print("""
             pagerd qemu-dest: guest running here \(String(format1: r.untilRunningSeconds * 1000)) ms after migrate-incoming; all RAM local after \(String(format1: r.untilLocalSeconds)) s
