@@ -294,30 +294,34 @@ public final class FaultResolver: @unchecked Sendable {
                     do { try uffd.readEvents(into: &events) } catch let e as KernelError { state.failure = .kernel(e) } catch {}
                     for event in events { handle(event, &state, &urgent, &ahead) }
                 }
-                // Faulting pages that went back to missing (a retried install) are asked again.
-                for (page, _) in state.faultTimes where state.pages.state(of: page) == .missing {
-                    for run in state.pages.request(page..<page + 1) {
-                        state.urgentAsked.insert(run)
-                        urgent.append(request(run, .urgent, &state))
-                    }
-                }
-                // A fault waiting on a page asked for only as prefetch (left alone during a
-                // sequential scan, where it usually arrives next) is asked for urgently once it
-                // has waited 1 ms while the push channel has been silent for 1 ms: on a host
-                // whose CPUs are all busy the background push, which answers prefetch, may not
-                // run at all. While push frames keep arriving, the page is on its way.
+                // One pass over the waiting faults:
+                // - a page that went back to missing (a retried install) is asked for again;
+                // - a page asked for only as prefetch (left alone during a sequential scan, where
+                //   it usually arrives next) is asked for urgently once its fault has waited 1 ms
+                //   while the push channel has been silent for 1 ms: on a host whose CPUs are all
+                //   busy the background push, which answers prefetch, may not run at all. While
+                //   push frames keep arriving, the page is on its way.
                 let now = monotonicNanoseconds()
                 let pushFrame = lastPushFrame.load(ordering: .relaxed)
                 let pushStalled = now > pushFrame && now - pushFrame > 1_000_000
                 state.slowFaults = false
-                for (page, t) in state.faultTimes where !state.urgentAsked.contains(page) && state.pages.state(of: page) == .inFlight
-                    && stagedUnits?.contains(page) != true {
-                    if now > t && now - t > 1_000_000 && pushStalled {
-                        state.urgentAsked.insert(page)
-                        urgent.append(request(page..<page + 1, .urgent, &state))
-                        state.report.demandRequests += 1
-                    } else {
-                        state.slowFaults = true
+                for (page, t) in state.faultTimes {
+                    switch state.pages.state(of: page) {
+                    case .missing:
+                        for run in state.pages.request(page..<page + 1) {
+                            state.urgentAsked.insert(run)
+                            urgent.append(request(run, .urgent, &state))
+                        }
+                    case .inFlight where !state.urgentAsked.contains(page) && stagedUnits?.contains(page) != true:
+                        if now > t && now - t > 1_000_000 && pushStalled {
+                            state.urgentAsked.insert(page)
+                            urgent.append(request(page..<page + 1, .urgent, &state))
+                            state.report.demandRequests += 1
+                        } else {
+                            state.slowFaults = true
+                        }
+                    default:
+                        break
                     }
                 }
                 // Explicit prefetch hints: request what is missing of each, once.
