@@ -131,12 +131,7 @@ public final class TCPSocket: @unchecked Sendable {
 
     /// Waits until the socket is readable or `timeoutMilliseconds` passes (`poll`).
     public func waitReadable(timeoutMilliseconds: Int32) throws(KernelError) -> Bool {
-        var pfd = pollfd(fd: descriptor.rawValue, events: Int16(POLLIN), revents: 0)
-        while true {
-            let r = poll(&pfd, 1, timeoutMilliseconds)
-            if r >= 0 { return r > 0 }
-            if Glibc.errno != EINTR { throw KernelError("poll", Errno(rawValue: Glibc.errno), detail: peer) }
-        }
+        try pollReadable([descriptor], timeoutMilliseconds: timeoutMilliseconds, detail: peer)[0]
     }
 
     /// Shuts down both directions (`shutdown(SHUT_RDWR)`), waking a thread blocked in a read.

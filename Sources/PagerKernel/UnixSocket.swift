@@ -109,12 +109,7 @@ public enum UnixSocket {
 
     /// Waits until `socket` is readable (or hung up), at most `timeoutMilliseconds` (`poll`).
     public static func waitReadable(_ socket: FileDescriptor, timeoutMilliseconds: Int32) throws(KernelError) -> Bool {
-        var pfd = pollfd(fd: socket.rawValue, events: Int16(POLLIN), revents: 0)
-        while true {
-            let r = poll(&pfd, 1, timeoutMilliseconds)
-            if r >= 0 { return r > 0 }
-            if Glibc.errno != EINTR { throw KernelError("poll", Errno(rawValue: Glibc.errno), detail: "unix socket") }
-        }
+        try pollReadable([socket], timeoutMilliseconds: timeoutMilliseconds, detail: "unix socket")[0]
     }
 
     private static func withSocketAddress(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Int32) -> (result: Int32, errno: Int32) {

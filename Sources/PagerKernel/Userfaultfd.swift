@@ -287,25 +287,14 @@ public final class Userfaultfd: @unchecked Sendable {
     /// Waits until events are readable or `other` is readable or hung up (`poll` on both).
     /// Returns (events ready, other ready).
     public func waitReadable(or other: FileDescriptor, timeoutMilliseconds: Int32) throws(KernelError) -> (Bool, Bool) {
-        var fds = [pollfd(fd: descriptor.rawValue, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: other.rawValue, events: Int16(POLLIN), revents: 0)]
-        while true {
-            let r = poll(&fds, 2, timeoutMilliseconds)
-            if r >= 0 { return (fds[0].revents != 0, fds[1].revents != 0) }
-            if Glibc.errno != EINTR { throw KernelError("poll", Errno(rawValue: Glibc.errno), detail: "userfaultfd") }
-        }
+        let ready = try pollReadable([descriptor, other], timeoutMilliseconds: timeoutMilliseconds, detail: "userfaultfd")
+        return (ready[0], ready[1])
     }
 
     /// Waits until events are readable (`poll`) or `timeoutMilliseconds` passes (-1: forever).
     /// Returns true if readable. Also returns true on POLLERR/POLLHUP, when the next read tells.
     public func waitReadable(timeoutMilliseconds: Int32) throws(KernelError) -> Bool {
-        var pfd = pollfd(fd: descriptor.rawValue, events: Int16(POLLIN), revents: 0)
-        while true {
-            let r = poll(&pfd, 1, timeoutMilliseconds)
-            if r > 0 { return true }
-            if r == 0 { return false }
-            if Glibc.errno != EINTR { throw KernelError("poll", Errno(rawValue: Glibc.errno), detail: "userfaultfd") }
-        }
+        try pollReadable([descriptor], timeoutMilliseconds: timeoutMilliseconds, detail: "userfaultfd")[0]
     }
 }
 

@@ -1,0 +1,13 @@
+import Glibc
+import SystemPackage
+
+/// `poll` for POLLIN on `descriptors`, retrying EINTR, at most `timeoutMilliseconds` (0: just
+/// look; -1: forever). Returns which are readable or hung up, in order.
+func pollReadable(_ descriptors: [FileDescriptor], timeoutMilliseconds: Int32, detail: String) throws(KernelError) -> [Bool] {
+    var fds = descriptors.map { pollfd(fd: $0.rawValue, events: Int16(POLLIN), revents: 0) }
+    while true {
+        let r = poll(&fds, nfds_t(fds.count), timeoutMilliseconds)
+        if r >= 0 { return fds.map { $0.revents != 0 } }
+        if Glibc.errno != EINTR { throw KernelError("poll", Errno(rawValue: Glibc.errno), detail: detail) }
+    }
+}
