@@ -38,13 +38,16 @@ public struct QEMUMigrationRun {
 
     static let qemu = "/usr/bin/qemu-system-x86_64"
 
-    func commonArgs(console: String, qmp: String) -> [String] {
+    /// QEMU's arguments for the test guest with its serial console in file `console` and QMP on
+    /// socket `qmp` (RAM backend not included).
+    public func commonArgs(console: String, qmp: String) -> [String] {
         ["-machine", "q35", "-m", "\(ramMiB)M", "-kernel", guest + "/vmlinuz", "-initrd", guest + "/initrd.gz",
          "-append", "console=ttyS0 quiet panic=-1", "-nographic", "-no-reboot", "-accel", "tcg", "-monitor", "none",
          "-display", "none", "-serial", "file:" + console, "-qmp", "unix:\(qmp),server=on,wait=off"]
     }
 
-    func ramBackend(_ path: String) -> [String] {
+    /// A named shared RAM file as the guest's memory (`ram0`).
+    public func ramBackend(_ path: String) -> [String] {
         ["-object", "memory-backend-file,id=ram0,size=\(ramMiB)M,mem-path=\(path),share=on", "-machine", "memory-backend=ram0"]
     }
 

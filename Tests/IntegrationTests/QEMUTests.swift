@@ -36,13 +36,18 @@ struct QEMUTests {
         #expect(o.totalSeconds > 0)
     }
 
+    /// The test guest in 256 MiB, as `QEMUMigrationRun` starts it.
+    var guest: QEMUMigrationRun {
+        var g = QEMUMigrationRun(binaries: Binaries.directory, guest: TestGuest.directory!)
+        g.ramMiB = 256
+        return g
+    }
+
     /// Starts the destination QEMU with the preload library and returns its exit status and output.
     func startDestination(extraObject: String, env: [String], scratch: Scratch) throws -> (Int32?, String) {
-        let console = scratch.file("console"), qmp = scratch.file("qmp")
-        let q = try ChildProcess("/usr/bin/env", env + ["LD_PRELOAD=\(Binaries.directory)/libpager-preload.so", "/usr/bin/qemu-system-x86_64",
-            "-machine", "q35", "-m", "256M", "-kernel", TestGuest.directory! + "/vmlinuz", "-initrd", TestGuest.directory! + "/initrd.gz",
-            "-nographic", "-no-reboot", "-accel", "tcg", "-monitor", "none", "-display", "none", "-serial", "file:" + console,
-            "-qmp", "unix:\(qmp),server=on,wait=off", "-incoming", "defer", "-object", extraObject, "-machine", "memory-backend=ram0"],
+        let q = try ChildProcess("/usr/bin/env", env + ["LD_PRELOAD=\(Binaries.directory)/libpager-preload.so", "/usr/bin/qemu-system-x86_64"]
+            + guest.commonArgs(console: scratch.file("console"), qmp: scratch.file("qmp"))
+            + ["-incoming", "defer", "-object", extraObject, "-machine", "memory-backend=ram0"],
             outputPath: scratch.file("qemu.log"))
         let status = q.wait(timeoutMilliseconds: 30_000)
         if status == nil { q.signal(SIGKILL) }
@@ -77,9 +82,7 @@ struct QEMUTests {
         let scratch = Scratch()
         let console = scratch.file("console"), qmp = scratch.file("qmp"), ram = scratch.file("vm.ram")
         // A guest with anonymous RAM: nothing for the pager to serve.
-        let q = try ChildProcess("/usr/bin/qemu-system-x86_64", ["-machine", "q35", "-m", "256M", "-kernel", TestGuest.directory! + "/vmlinuz",
-            "-initrd", TestGuest.directory! + "/initrd.gz", "-nographic", "-no-reboot", "-accel", "tcg", "-monitor", "none", "-display", "none",
-            "-serial", "file:" + console, "-qmp", "unix:\(qmp),server=on,wait=off"], outputPath: scratch.file("qemu.log"))
+        let q = try ChildProcess("/usr/bin/qemu-system-x86_64", guest.commonArgs(console: console, qmp: qmp), outputPath: scratch.file("qemu.log"))
         defer { q.signal(SIGKILL) }
         var (status, output) = try runProgram(Binaries.pagerd, ["qemu-source", "--qmp", qmp, "--ram", ram, "--listen", "127.0.0.1:0",
                                                                   "--migrate-to", "tcp:127.0.0.1:1"])
@@ -88,11 +91,8 @@ struct QEMUTests {
         q.wait(timeoutMilliseconds: 10_000)
         unlink(qmp)
         // Shared file RAM, but the migration cannot happen (nobody listens): no page is ever served.
-        let q2 = try ChildProcess("/usr/bin/qemu-system-x86_64", ["-machine", "q35", "-m", "256M", "-kernel", TestGuest.directory! + "/vmlinuz",
-            "-initrd", TestGuest.directory! + "/initrd.gz", "-nographic", "-no-reboot", "-accel", "tcg", "-monitor", "none", "-display", "none",
-            "-serial", "file:" + console, "-qmp", "unix:\(qmp),server=on,wait=off",
-            "-object", "memory-backend-file,id=ram0,size=256M,mem-path=\(ram),share=on", "-machine", "memory-backend=ram0"],
-            outputPath: scratch.file("qemu2.log"))
+        let q2 = try ChildProcess("/usr/bin/qemu-system-x86_64", guest.commonArgs(console: console, qmp: qmp) + guest.ramBackend(ram),
+                                  outputPath: scratch.file("qemu2.log"))
         defer { q2.signal(SIGKILL) }
         // (exec:/bin/false fails at once; a refused TCP connection would be retried for 30 s.)
         (status, output) = try runProgram(Binaries.pagerd, ["qemu-source", "--qmp", qmp, "--ram", ram, "--listen", "127.0.0.1:0",
