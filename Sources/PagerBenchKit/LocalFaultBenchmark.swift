@@ -51,6 +51,27 @@ public struct LatencySummary: Sendable, CustomStringConvertible {
         self.mean = mean
     }
 
+    /// A summary printed as `key=value` pairs by another process (`pager-workload run`:
+    /// `wait-p50-ns=...`, prefix "wait-"; `raw-client`: `p50-ns=...`): count from `waits`.
+    public init(keyValues kv: [String: Double], prefix: String) {
+        self.init(count: Int(kv["waits"] ?? 0), p50: UInt64(kv["\(prefix)p50-ns"] ?? 0), p90: UInt64(kv["\(prefix)p90-ns"] ?? 0),
+                  p99: UInt64(kv["\(prefix)p99-ns"] ?? 0), mean: 0)
+        p999 = UInt64(kv["\(prefix)p999-ns"] ?? 0)
+        max = UInt64(kv["\(prefix)max-ns"] ?? 0)
+    }
+
+    /// The CDF as "percentile ns" lines, for a file another process reads (``readCDF(_:)``).
+    public var cdfText: String { cdf.map { "\($0.percentile) \($0.nanoseconds)\n" }.joined() }
+
+    /// Reads a CDF written as ``cdfText``; empty if the file is missing.
+    public static func readCDF(_ path: String) -> [(percentile: Double, nanoseconds: UInt64)] {
+        ((try? readWholeFile(path)) ?? "").split(separator: "\n").compactMap { line in
+            let f = line.split(separator: " ")
+            guard f.count == 2, let p = Double(f[0]), let v = UInt64(f[1]) else { return nil }
+            return (p, v)
+        }
+    }
+
     public var description: String {
         "p50 \(formatMicros(p50)) p90 \(formatMicros(p90)) p99 \(formatMicros(p99)) mean \(formatMicros(UInt64(mean)))"
     }

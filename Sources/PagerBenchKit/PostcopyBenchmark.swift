@@ -70,17 +70,10 @@ public struct PostcopyBenchmark {
         let pushing = try migrate("pushing", destFlags: [], workloadFlags: ["--access", "random", "--touch-pages", "\(samples)"])
         let full = try migrate("full", destFlags: [], workloadFlags: ["--access", "none"])
 
-        func summary(_ kv: [String: Double], _ prefix: String) -> LatencySummary {
-            var s = LatencySummary(count: Int(kv["waits"] ?? 0), p50: UInt64(kv["\(prefix)p50-ns"] ?? 0), p90: UInt64(kv["\(prefix)p90-ns"] ?? 0),
-                                   p99: UInt64(kv["\(prefix)p99-ns"] ?? 0), mean: 0)
-            s.p999 = UInt64(kv["\(prefix)p999-ns"] ?? 0)
-            s.max = UInt64(kv["\(prefix)max-ns"] ?? 0)
-            return s
-        }
-        var rawSummary = summary(rtt, "")
+        var rawSummary = LatencySummary(keyValues: rtt, prefix: "")
         rawSummary.count = samples
         return Results(rawRoundTrip: rawSummary, rawStreamSeconds: stream["seconds"] ?? 0, localFault: local,
-                       localInstallSeconds: install, idleFault: summary(idle, "wait-"), pushingFault: summary(pushing, "wait-"),
+                       localInstallSeconds: install, idleFault: LatencySummary(keyValues: idle, prefix: "wait-"), pushingFault: LatencySummary(keyValues: pushing, prefix: "wait-"),
                        fullTransferSeconds: full["touch-seconds"] ?? 0, fullTransferBytes: Int(full["pages"] ?? 0) * basePageSize,
                        sizeMiB: sizeMiB)
     }

@@ -18,14 +18,7 @@ extension BenchReport {
     /// Gbit/s of the raw TCP stream baseline, if measured.
     var streamGbit: Double? { figure("tcp_stream_gbit")?.value }
 
-    static func number(_ x: Double, _ digits: Int) -> String {
-        guard x.isFinite else { return "-" }
-        var scale = 1.0
-        for _ in 0..<digits { scale *= 10 }
-        let n = Int((abs(x) * scale).rounded())
-        let whole = n / Int(scale), fraction = String(n % Int(scale))
-        return (x < 0 ? "-" : "") + "\(whole)" + (digits == 0 ? "" : "." + String(repeating: "0", count: digits - fraction.count) + fraction)
-    }
+    static func number(_ x: Double, _ digits: Int) -> String { x.isFinite ? String(format: digits, x) : "-" }
 
     private static func pad(_ s: String, _ width: Int) -> String { s + String(repeating: " ", count: max(1, width - s.count)) }
 
@@ -164,5 +157,17 @@ extension BenchReport {
             k += 2
         }
         return 2 * sum / 2.302585092994046
+    }
+}
+
+extension String {
+    /// `value` with `digits` decimals (no Foundation here); non-finite values as Swift prints them.
+    public init(format digits: Int, _ value: Double) {
+        guard value.isFinite else { self = "\(value)"; return }
+        var scale = 1
+        for _ in 0..<digits { scale *= 10 }
+        let n = Int((abs(value) * Double(scale)).rounded())
+        let fraction = String(n % scale)
+        self = (value < 0 ? "-" : "") + "\(n / scale)" + (digits == 0 ? "" : "." + String(repeating: "0", count: digits - fraction.count) + fraction)
     }
 }

@@ -132,11 +132,8 @@ public final class BenchSuite {
                 throw HarnessError("\(name): workload failed (\(String(describing: status))): \(w.output)\n\(dest.output)")
             }
             let kv = keyValues(w.output)
-            var summary = LatencySummary(count: Int(kv["waits"] ?? 0), p50: UInt64(kv["wait-p50-ns"] ?? 0), p90: UInt64(kv["wait-p90-ns"] ?? 0),
-                                         p99: UInt64(kv["wait-p99-ns"] ?? 0), mean: 0)
-            summary.p999 = UInt64(kv["wait-p999-ns"] ?? 0)
-            summary.max = UInt64(kv["wait-max-ns"] ?? 0)
-            summary.cdf = Self.readCDF(cdf)
+            var summary = LatencySummary(keyValues: kv, prefix: "wait-")
+            summary.cdf = LatencySummary.readCDF(cdf)
             return (kv, summary)
         }
 
@@ -153,10 +150,9 @@ public final class BenchSuite {
             try waitFor(raw, toPrint: "listening")
             advance("baseline: raw TCP round trips")
             let kv = keyValues(try run(source: false, bench, ["raw-client", "--connect", "\(address):\(rawPort)", "--count", "\(samples)", "--cdf-file", scratch.file("raw.cdf")]))
-            var r = LatencySummary(count: samples, p50: UInt64(kv["p50-ns"] ?? 0), p90: UInt64(kv["p90-ns"] ?? 0), p99: UInt64(kv["p99-ns"] ?? 0), mean: 0)
-            r.p999 = UInt64(kv["p999-ns"] ?? 0)
-            r.max = UInt64(kv["max-ns"] ?? 0)
-            r.cdf = Self.readCDF(scratch.file("raw.cdf"))
+            var r = LatencySummary(keyValues: kv, prefix: "")
+            r.count = samples
+            r.cdf = LatencySummary.readCDF(scratch.file("raw.cdf"))
             rtt = r
             advance("baseline: raw TCP stream")
             streamSeconds = keyValues(try run(source: false, bench, ["raw-client", "--connect", "\(address):\(rawPort)", "--stream-mib", "\(sizeMiB)"]))["seconds"]
@@ -262,15 +258,6 @@ public final class BenchSuite {
             }
         }
         return report
-    }
-
-    /// "percentile ns" lines, as `pager-workload run --cdf-file` and `raw-client --cdf-file` write them.
-    static func readCDF(_ path: String) -> [(percentile: Double, nanoseconds: UInt64)] {
-        ((try? readWholeFile(path)) ?? "").split(separator: "\n").compactMap { line in
-            let f = line.split(separator: " ")
-            guard f.count == 2, let p = Double(f[0]), let v = UInt64(f[1]) else { return nil }
-            return (p, v)
-        }
     }
 
     /// `end.sum_received.bits_per_second` of `iperf3 -J` output, in Gbit/s.

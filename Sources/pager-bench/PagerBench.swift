@@ -96,19 +96,19 @@ struct Postcopy: ParsableCommand {
         }
         let expectedIdle = Double(r.rawRoundTrip.p50 + r.localFault.p50)
         func us(_ ns: UInt64) -> String { formatMicros(ns) }
-        func ratio(_ x: Double) -> String { String(format2: x) }
+        func ratio(_ x: Double) -> String { String(format: 2, x) }
         print("""
 
         post-copy over a veth pair, \(r.sizeMiB) MiB region, 4 KiB pages, \(samples) sampled faults
         baselines (same run)
           raw TCP round trip, 4 KiB reply     p50 \(us(r.rawRoundTrip.p50))  p99 \(us(r.rawRoundTrip.p99))
-          raw TCP stream of \(r.sizeMiB) MiB           \(String(format2: r.rawStreamSeconds)) s (\(Int(Double(r.sizeMiB) / r.rawStreamSeconds)) MiB/s)
+          raw TCP stream of \(r.sizeMiB) MiB           \(String(format: 2, r.rawStreamSeconds)) s (\(Int(Double(r.sizeMiB) / r.rawStreamSeconds)) MiB/s)
           local userfaultfd fault              p50 \(us(r.localFault.p50))  p99 \(us(r.localFault.p99))
-          local batched install of \(r.sizeMiB) MiB    \(String(format2: r.localInstallSeconds)) s
+          local batched install of \(r.sizeMiB) MiB    \(String(format: 2, r.localInstallSeconds)) s
         pager
           demand fault, idle link              p50 \(us(r.idleFault.p50))  p90 \(us(r.idleFault.p90))  p99 \(us(r.idleFault.p99))  p99.9 \(us(r.idleFault.p999))  max \(us(r.idleFault.max))
           demand fault, push running           p50 \(us(r.pushingFault.p50))  p90 \(us(r.pushingFault.p90))  p99 \(us(r.pushingFault.p99))  p99.9 \(us(r.pushingFault.p999))  max \(us(r.pushingFault.max))
-          full transfer of \(r.sizeMiB) MiB            \(String(format2: r.fullTransferSeconds)) s (\(Int(Double(r.sizeMiB) / r.fullTransferSeconds)) MiB/s)
+          full transfer of \(r.sizeMiB) MiB            \(String(format: 2, r.fullTransferSeconds)) s (\(Int(Double(r.sizeMiB) / r.fullTransferSeconds)) MiB/s)
         ratios (target)
           idle p50 / (round trip p50 + local fault p50)   \(ratio(Double(r.idleFault.p50) / expectedIdle))  (<= 1.2)
           p99 while pushing / idle p50                   \(ratio(Double(r.pushingFault.p99) / Double(r.idleFault.p50)))  (<= 3)
@@ -142,7 +142,7 @@ struct AB: ParsableCommand {
                 for key in keys {
                     let value = jsonNumber(output, key) ?? .nan
                     results[name]![key, default: []].append(value)
-                    line.append("\(key)=\(String(format2: value))")
+                    line.append("\(key)=\(String(format: 2, value))")
                 }
                 print("round \(round) \(name): " + line.joined(separator: " "))
             }
@@ -150,7 +150,7 @@ struct AB: ParsableCommand {
         for key in keys {
             func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
             let ma = median(results["A"]![key]!), mb = median(results["B"]![key]!)
-            print("median \(key): A \(String(format2: ma))  B \(String(format2: mb))  B/A \(String(format2: mb / ma))")
+            print("median \(key): A \(String(format: 2, ma))  B \(String(format: 2, mb))  B/A \(String(format: 2, mb / ma))")
         }
     }
 
@@ -182,7 +182,7 @@ struct RawClient: ParsableCommand {
         if count > 0 {
             let s = LatencySummary(samples: try RawTCP.roundTrips(e, count: count))
             print("rtt p50-ns=\(s.p50) p90-ns=\(s.p90) p99-ns=\(s.p99) p999-ns=\(s.p999) max-ns=\(s.max)")
-            if let cdfFile { try writeWholeFile(cdfFile, s.cdf.map { "\($0.percentile) \($0.nanoseconds)\n" }.joined()) }
+            if let cdfFile { try writeWholeFile(cdfFile, s.cdfText) }
         }
         if streamMiB > 0 {
             print("stream seconds=\(try RawTCP.stream(e, bytes: streamMiB << 20))")
@@ -219,22 +219,8 @@ struct FaultLocal: ParsableCommand {
         let cP99 = median(cRounds.map(\.p99)), sP99 = median(swiftRounds.map(\.p99))
         let ratio = Double(sP50) / Double(cP50)
         print("median of rounds: C p50 \(formatMicros(cP50)) p99 \(formatMicros(cP99)) | Swift p50 \(formatMicros(sP50)) p99 \(formatMicros(sP99))")
-        print("ratio Swift/C at the median: \(String(format2: ratio)) (target <= 1.10)")
+        print("ratio Swift/C at the median: \(String(format: 2, ratio)) (target <= 1.10)")
     }
-}
-
-extension String {
-    /// `value` with `digits` decimals (no Foundation here).
-    init(format digits: Int, _ value: Double) {
-        guard value.isFinite else { self = "\(value)"; return }
-        var scale = 1
-        for _ in 0..<digits { scale *= 10 }
-        let n = Int((abs(value) * Double(scale)).rounded())
-        let fraction = String(n % scale)
-        self = (value < 0 ? "-" : "") + "\(n / scale)" + (digits == 0 ? "" : "." + String(repeating: "0", count: digits - fraction.count) + fraction)
-    }
-
-    init(format2 value: Double) { self.init(format: 2, value) }
 }
 
 /// Dirty tracking and the pre-copy switch.

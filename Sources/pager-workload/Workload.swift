@@ -50,8 +50,7 @@ struct PagerWorkload: ParsableCommand {
             print("workload: \(r.mismatches == 0 ? "ok" : "CORRUPT") pages=\(r.pages) backing=\(backing) access=\(access) mismatches=\(r.mismatches) touch-seconds=\(r.seconds) waits=\(r.waits.count) wait-p50-ns=\(r.waits.p50) wait-p90-ns=\(r.waits.p90) wait-p99-ns=\(r.waits.p99) wait-p999-ns=\(r.waits.p999) wait-max-ns=\(r.waits.max)")
             if let first = r.firstMismatch { print("first mismatch: \(first)") }
             if let cdfFile {
-                let text = r.waits.cdf.map { "\($0.percentile) \($0.nanoseconds)\n" }.joined()
-                try writeWholeFile(cdfFile, text)
+                try writeWholeFile(cdfFile, r.waits.cdfText)
             }
             if r.mismatches != 0 { throw ExitCode(1) }
         }

@@ -180,7 +180,7 @@ struct DestCommand: ParsableCommand {
                 try client.demand.send(.complete(region: other.id, residentBytes: 0))
             }
             let staged = try StagedPages.receive(region: region, push: client.push, logger: logger)
-            print("pagerd dest: pre-copy done after \(String(format1: Double(staged.nanoseconds) / 1e9)) s: \(staged.stagedBytes >> 20) MiB staged, \(staged.bytesReceived >> 20) MiB received as data, \(staged.invalidatedBytes >> 10) KiB invalidated")
+            print("pagerd dest: pre-copy done after \(String(format: 1, Double(staged.nanoseconds) / 1e9)) s: \(staged.stagedBytes >> 20) MiB staged, \(staged.bytesReceived >> 20) MiB received as data, \(staged.invalidatedBytes >> 10) KiB invalidated")
             logger.info("switched to post-copy: waiting for the userfaultfd handoff on \(uffdSocket)")
             let handoff = try listener.accept()
             defer { try? handoff.connection.close() }
@@ -215,7 +215,7 @@ struct DestCommand: ParsableCommand {
             let mib = Double(r.pages * r.pageSize) / Double(1 << 20)
             let ending = r.pagesNeverFetched > 0 ? "; the workload exited with \(r.pagesNeverFetched) pages never needed" : ""
             print("""
-            pagerd dest: \(r.pages) pages (\(Int(mib)) MiB) \(r.pagesNeverFetched > 0 ? "mapped" : "local") after \(String(format1: r.seconds)) s (\(String(format1: mib / max(r.seconds, 1e-9))) MiB/s)\(ending)
+            pagerd dest: \(r.pages) pages (\(Int(mib)) MiB) \(r.pagesNeverFetched > 0 ? "mapped" : "local") after \(String(format: 1, r.seconds)) s (\(String(format: 1, mib / max(r.seconds, 1e-9))) MiB/s)\(ending)
               faults            \(r.faults), fault to install: \(latency)
               requests          \(r.demandRequests) demand, \(r.prefetchRequests) prefetch, \(r.hintedPages) pages hinted, \(r.sweepRequests) final sweep
               pages installed   \(r.installedPages) with data, \(r.zeroPages) zero, \(r.duplicatePages) duplicates dropped, \(r.discardedPages) discarded by the workload

@@ -62,7 +62,7 @@ struct Demo: ParsableCommand {
         let mib = Double(report.pages * basePageSize) / Double(1 << 20)
         print("""
 
-        pagerd demo: \(report.pages) pages (\(Int(mib)) MiB) migrated lazily in \(String(format1: report.seconds)) s
+        pagerd demo: \(report.pages) pages (\(Int(mib)) MiB) migrated lazily in \(String(format: 1, report.seconds)) s
           fault events       \(report.faults) (userfaultfd PAGEFAULT messages handled)
           workload waits     \(report.waitingTouches.count) touches waited for a page: \(report.waitingTouches)
           pages installed    \(report.copiedPages) copied (UFFDIO_COPY), \(report.zeroPages) zero (UFFDIO_ZEROPAGE, no bytes copied)
@@ -71,12 +71,5 @@ struct Demo: ParsableCommand {
           workload writes    \(report.writesKept ? "kept (never overwritten by a later push)" : "LOST")
         """)
         if report.mismatches != 0 || !report.writesKept { throw ExitCode(1) }
-    }
-}
-
-extension String {
-    init(format1 value: Double) {
-        let tenths = Int((value * 10).rounded())
-        self = "\(tenths / 10).\(tenths % 10)"
     }
 }

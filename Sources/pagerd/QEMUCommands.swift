@@ -34,7 +34,7 @@ struct QEMUSourceCommand: ParsableCommand {
             let r = try QEMUSource(qmpPath: qmp, ram: ram, listen: Endpoint(listen)!, migrateTo: migrateTo, logger: logger)
                 .run { _ in logger.info("serving \(ram) on \(listen) (held until the VM stops)") }
             print("""
-            pagerd qemu-source: device state migrated in \(String(format1: r.deviceStateSeconds * 1000)) ms (VM stopped after \(String(format1: r.untilStopSeconds * 1000)) ms)
+            pagerd qemu-source: device state migrated in \(String(format: 1, r.deviceStateSeconds * 1000)) ms (VM stopped after \(String(format: 1, r.untilStopSeconds * 1000)) ms)
               served            \(r.counts.demandRequests) demand and \(r.counts.prefetchRequests) prefetch requests, \(r.counts.bytesSent >> 20) MiB as bytes, \(r.counts.zeroBytes >> 20) MiB as zero ranges
               migrate-issued-ns=\(r.migrateIssuedAt)
             """)
@@ -85,7 +85,7 @@ struct QEMUDestCommand: ParsableCommand {
                      onCancel: { stop in cancel.withLock { $0 = stop } })
             let latency = LatencySummary(samples: r.resolve.faultLatencies)
             print("""
-            pagerd qemu-dest: guest running here \(String(format1: r.untilRunningSeconds * 1000)) ms after migrate-incoming; all RAM local after \(String(format1: r.untilLocalSeconds)) s
+            pagerd qemu-dest: guest running here \(String(format: 1, r.untilRunningSeconds * 1000)) ms after migrate-incoming; all RAM local after \(String(format: 1, r.untilLocalSeconds)) s
               faults            \(r.resolve.faults), fault to install: p50 \(formatMicros(latency.p50)) p99 \(formatMicros(latency.p99)) max \(formatMicros(latency.max))
               pages             \(r.resolve.installedPages) installed with data, \(r.resolve.zeroPages) zero, \(r.resolve.bytesReceived >> 20) MiB received
               all-local-ns=\(r.allLocalAt)
