@@ -114,7 +114,9 @@ public final class FaultResolver: @unchecked Sendable {
     }
     private let logger: Logger
     private let unit: Int
-    private let lock: Mutex<State>
+    /// Every install and every event read, in the foreground even on the push and staged
+    /// threads (see ForegroundMutex): a fault never waits behind a starved lock holder.
+    private let lock: ForegroundMutex<State>
     /// When the last frame arrived from the source (any channel), and bytes received: atomics,
     /// so receiving a frame takes no lock before its install.
     private let lastHeard = Atomic<UInt64>(monotonicNanoseconds())
@@ -198,7 +200,7 @@ public final class FaultResolver: @unchecked Sendable {
         var state = State(pages: pages, planner: planner, urgentAsked: PageBitmap(count: pages.pageCount))
         state.report.pages = mappings.reduce(0) { $0 + Int($1.size) / unit }
         state.report.pageSize = unit
-        lock = Mutex(state)
+        lock = ForegroundMutex(state)
     }
 
     deinit { zeroBuffer.deallocate() }
@@ -567,31 +569,31 @@ public final class FaultResolver: @unchecked Sendable {
         case .pageData(let header, _) where header.region != region.id:
             // Another region of the source's: this destination does not map it (it said so
             // with COMPLETE, but data may already have been on the way).
-            locked { $0.report.otherRegionBytes += header.length }
+            lock.withLock { $0.report.otherRegionBytes += header.length }
         case .pageData(let header, let data):
             guard header.offset + header.length <= region.length else {
-                locked { $0.failure = .sourceLost("PAGE_DATA for region \(header.region) at \(hex(header.offset))+\(hex(header.length)) is not in region \(region.id) (\(hex(region.length)) bytes)") }
+                lock.withLock { $0.failure = .sourceLost("PAGE_DATA for region \(header.region) at \(hex(header.offset))+\(hex(header.length)) is not in region \(region.id) (\(hex(region.length)) bytes)") }
                 return false
             }
             bytesReceived.add(UInt64(data.count), ordering: .relaxed)
             deliver(header, data, assembly: assembly)
         case .message(.pushComplete(let r, _)) where r == region.id:
-            locked { $0.pushComplete = true }
+            lock.withLock { $0.pushComplete = true }
         case .message(.pushComplete):
             break // a region this destination declined
         case .message(.completeAck(let r)) where r == region.id:
-            locked { $0.completeAcknowledged = true }
+            lock.withLock { $0.completeAcknowledged = true }
         case .message(.completeAck):
             break // for a region this destination declined
         case .message(.error(let e)):
-            locked { $0.failure = .sourceRefused("request \(e.requestID): \(e.code): \(e.message)") }
+            lock.withLock { $0.failure = .sourceRefused("request \(e.requestID): \(e.code): \(e.message)") }
             return false
         case .message(.pong):
             break
         case .message(.ping(let token, let timestamp)):
             try? channel.send(.pong(token: token, timestamp: timestamp)) // either side may ping
         case .message(let other):
-            locked { $0.failure = .sourceLost("unexpected \(other.type) from the source") }
+            lock.withLock { $0.failure = .sourceLost("unexpected \(other.type) from the source") }
             return false
         }
         return true
@@ -628,7 +630,7 @@ public final class FaultResolver: @unchecked Sendable {
         var at = units.lowerBound
         while at < units.upperBound {
             let batch = at..<min(units.upperBound, at + installBatch)
-            let wakes = locked { state in
+            let wakes = lock.withLock { state in
                 let wanted = state.pages.accept(batch)
                 state.report.duplicatePages += batch.count - wanted.reduce(0) { $0 + $1.count }
                 for run in wanted {
@@ -639,13 +641,6 @@ public final class FaultResolver: @unchecked Sendable {
             wakeAll(wakes)
             at = batch.upperBound
         }
-    }
-
-    /// The lock, taken in the foreground: background (push, staged) threads must not be
-    /// starved by a busy host while holding it (see ``withForegroundPriority(_:)``); on other
-    /// threads this is just `lock.withLock`.
-    private func locked<R>(_ body: (inout State) -> R) -> R {
-        withForegroundPriority { lock.withLock { body(&$0) } }
     }
 
     // MARK: Installing (always under the lock)

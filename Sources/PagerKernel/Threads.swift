@@ -1,5 +1,6 @@
 import CPagerKernel
 import Glibc
+import Synchronization
 import SystemPackage
 
 /// A dedicated OS thread (`pthread_create`), for fault handling and serving loops that
@@ -89,4 +90,16 @@ public func runTouchingChild(address: UnsafeRawPointer? = nil) throws(KernelErro
     let r = pager_clone_touch_and_reap(address)
     if r < 0 { throw KernelError("clone", negatedErrno: r) }
     return r
+}
+
+/// A mutex whose critical sections run in the foreground even on a background (`SCHED_IDLE`)
+/// thread (see ``withForegroundPriority(_:)``): a lock shared between background work (the
+/// push) and demand threads must never be held by a thread a busy host does not schedule.
+/// On normal threads it is a plain `Mutex`.
+public final class ForegroundMutex<Value>: @unchecked Sendable {
+    private let mutex: Mutex<Value>
+    public init(_ value: sending Value) { mutex = Mutex(value) }
+    public func withLock<R>(_ body: (inout sending Value) throws -> sending R) rethrows -> R {
+        try withForegroundPriority { () throws -> R in try mutex.withLock(body) }
+    }
 }

@@ -647,14 +647,3 @@ final class SourceSession: @unchecked Sendable {
         _ = work.wait(timeout: .now() + .milliseconds(100))
     }
 }
-
-/// A mutex whose critical sections run in the foreground even on a background (`SCHED_IDLE`)
-/// thread: the push thread shares these with demand threads, and must never be starved by a
-/// busy host while holding one (see `withForegroundPriority`). Free on normal threads.
-final class ForegroundMutex<Value>: @unchecked Sendable {
-    private let mutex: Mutex<Value>
-    init(_ value: sending Value) { mutex = Mutex(value) }
-    func withLock<R>(_ body: (inout sending Value) throws -> sending R) rethrows -> R {
-        try withForegroundPriority { () throws -> R in try mutex.withLock(body) }
-    }
-}
