@@ -138,6 +138,12 @@ int pager_set_thread_idle(int idle) {
     return 0;
 }
 
+int pager_set_thread_fifo(int priority) {
+    struct sched_param param = { .sched_priority = priority };
+    if (sched_setscheduler(0, priority > 0 ? SCHED_FIFO : SCHED_OTHER, &param) < 0) return -errno;
+    return 0;
+}
+
 void pager_mark_background_thread(int on) { background_thread = on; }
 int pager_is_background_thread(void) { return background_thread; }
 

@@ -110,6 +110,13 @@ public final class Scratch {
         var template = Array("/dev/shm/pager-it-XXXXXX".utf8CString)
         path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
     }
-    deinit { _ = try? runProgram("/bin/rm", ["-rf", path]) }
+    /// Removed when done, unless PAGER_KEEP_SCRATCH is set (to read the daemons' logs).
+    deinit {
+        if getenv("PAGER_KEEP_SCRATCH") != nil {
+            writeStandardError("kept \(path) (PAGER_KEEP_SCRATCH)\n")
+        } else {
+            _ = try? runProgram("/bin/rm", ["-rf", path])
+        }
+    }
     public func file(_ name: String) -> String { path + "/" + name }
 }

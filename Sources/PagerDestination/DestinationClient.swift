@@ -24,7 +24,9 @@ public final class DestinationClient: @unchecked Sendable {
         self.features = welcome.features
         let pushSocket = try TCPSocket.connect(source)
         pushSocket.setReceiveTimeout(milliseconds: 10_000)
-        pushSocket.setBufferSizes(4 << 20)
+        // A small receive window on the push keeps the bulk in flight short, so a prefetch
+        // answer on it is not stuck behind MiBs of pushed pages (see SourceServer.pushSendBuffer).
+        pushSocket.setBufferSizes(512 << 10)
         push = FrameChannel(pushSocket)
         try push.send(.hello(Hello(features: features, resumeSession: welcome.session, resumeToken: welcome.resumeToken, clientName: clientName)))
         let (again, _) = try DestinationClient.readWelcome(push)

@@ -87,6 +87,9 @@ public final class FaultResolver: @unchecked Sendable {
     /// idle CPU (true), or competes fairly (false): right where the workload itself keeps the
     /// CPUs busy, e.g. a guest's vCPUs under TCG, which would otherwise starve the push.
     public var backgroundPush = true
+    /// The fault loop and the demand receiver run as real-time threads (`SCHED_FIFO` 1, see
+    /// ``makeCurrentThreadUrgent()``), so a fault never waits for a busy CPU's time slice.
+    public var urgentDemand = true
     /// Pages received by pre-copy before the switch: installed from local memory, never
     /// fetched again (see ``StagedPages``).
     public var staged: StagedPages?
@@ -210,6 +213,10 @@ public final class FaultResolver: @unchecked Sendable {
     /// Resolves faults until every page is local (then unregisters the memory and completes
     /// the session) or the migration fails (then poisons every page not yet local and throws).
     public func run() throws(ResolveError) -> ResolveReport {
+        try withUrgentPriority(urgentDemand) { () throws(ResolveError) -> ResolveReport in try resolve() }
+    }
+
+    private func resolve() throws(ResolveError) -> ResolveReport {
         let started = monotonicNanoseconds()
         // Regions of the source this destination does not map: nothing is needed from them.
         for other in otherRegions where other != region.id {
@@ -245,6 +252,7 @@ public final class FaultResolver: @unchecked Sendable {
                     // The push receiver yields to demand work (see makeCurrentThreadBackground);
                     // it installs in the foreground (see receive).
                     if background && backgroundPush { try? makeCurrentThreadBackground() }
+                    if !background && urgentDemand { makeCurrentThreadUrgent() }
                     receive(channel)
                 })
             } catch { throw .kernel(error) }
@@ -255,8 +263,10 @@ public final class FaultResolver: @unchecked Sendable {
                 // After GOODBYE the source closes both connections; wait for that (bounded) so
                 // neither side resets a connection with data still unread.
                 let deadline = monotonicNanoseconds() + 2_000_000_000
+                // Sleep, never poll a descriptor here: this (real-time) thread would spin on a
+                // socket the receivers read, and keep them off the CPU.
                 while !lock.withLock({ $0.receiversDone == receivers.count }) && monotonicNanoseconds() < deadline {
-                    _ = try? uffd.waitReadable(timeoutMilliseconds: 5)
+                    sleepMicroseconds(200)
                 }
             }
             demand.socket.shutdown()
@@ -400,8 +410,9 @@ public final class FaultResolver: @unchecked Sendable {
             }
             try? demand.send(.complete(region: region.id, residentBytes: UInt64(lock.withLock { $0.report.pages }) * UInt64(unit)))
             let deadline = monotonicNanoseconds() + 5_000_000_000
+            // The demand receiver takes the COMPLETE_ACK: sleep until it has (see above).
             while !lock.withLock({ $0.completeAcknowledged }) && monotonicNanoseconds() < deadline {
-                _ = try? demand.socket.waitReadable(timeoutMilliseconds: 10)
+                sleepMicroseconds(200)
             }
         }
         lock.withLock {
@@ -616,9 +627,9 @@ public final class FaultResolver: @unchecked Sendable {
             }
             let pieceEnd = min(end, unitStart + u)
             let piece = header.encoding == .zero ? nil : data.baseAddress! + Int(offset - header.offset)
-            if assembly.add(unit: Int(offset / u), at: Int(offset - unitStart), length: Int(pieceEnd - offset), from: piece) {
-                installUnits(assembly.unitIndex..<assembly.unitIndex + 1, from: UnsafeRawPointer(assembly.buffer))
-                assembly.reset()
+            let index = Int(offset / u)
+            if let whole = assembly.add(unit: index, at: Int(offset - unitStart), length: Int(pieceEnd - offset), from: piece) {
+                installUnits(index..<index + 1, from: whole)
             }
             offset = pieceEnd
         }
@@ -804,38 +815,51 @@ public final class FaultResolver: @unchecked Sendable {
     }
 }
 
-/// Gathers the pieces of one unit (a huge page) that arrive in several frames on one channel.
-/// The source sends the runs of one request or push chunk consecutively, so one assembly per
-/// channel suffices; an unfinished unit is dropped when another begins (it is fetched again).
+/// Gathers the pieces of a unit (a huge page) that arrive in several frames on one channel.
+/// The source sends the runs of one request consecutively, but may put a prefetch answer
+/// between two push chunks of one huge page: two units are assembled at a time, and an
+/// unfinished unit pushed out by a third is dropped (it is fetched again).
 final class UnitAssembly {
-    let buffer: UnsafeMutableRawPointer
+    /// Two units at a time: the push sends a huge page in several chunks and may answer a
+    /// prefetch request (another unit, sent whole) between two of them.
+    private var slots: [Slot]
     private let unit: Int
-    private(set) var unitIndex = -1
-    private var filled: PageBitmap
+
+    private struct Slot {
+        let buffer: UnsafeMutableRawPointer
+        var index = -1
+        var filled: PageBitmap
+        var lastUse = 0
+    }
+    private var uses = 0
 
     init(unit: Int) {
         self.unit = unit
-        buffer = .allocate(byteCount: unit, alignment: unit)
-        filled = PageBitmap(count: unit / 4096)
+        slots = (0..<2).map { _ in Slot(buffer: .allocate(byteCount: unit, alignment: unit), filled: PageBitmap(count: unit / 4096)) }
     }
 
-    deinit { buffer.deallocate() }
+    deinit { for s in slots { s.buffer.deallocate() } }
 
-    func reset() {
-        unitIndex = -1
-        filled.remove(0..<filled.count)
-    }
-
-    /// Adds bytes (nil: zeros) at `at` within unit `index`; returns true when the unit is whole.
-    func add(unit index: Int, at: Int, length: Int, from source: UnsafeRawPointer?) -> Bool {
-        if index != unitIndex {
-            reset()
-            unitIndex = index
+    /// Adds bytes (nil: zeros) at `at` within unit `index`. Returns the unit's bytes when the
+    /// unit is whole (valid until the next call); the slot is free again after that.
+    func add(unit index: Int, at: Int, length: Int, from source: UnsafeRawPointer?) -> UnsafeRawPointer? {
+        uses += 1
+        var i = slots.firstIndex { $0.index == index } ?? -1
+        if i < 0 {
+            // A free slot, else the one untouched longest (its unit stays missing and is
+            // asked for again after the push: nothing wrong is ever installed).
+            i = slots.indices.min { (slots[$0].index < 0 ? 0 : slots[$0].lastUse + 1) < (slots[$1].index < 0 ? 0 : slots[$1].lastUse + 1) }!
+            slots[i].index = index
+            slots[i].filled.remove(0..<slots[i].filled.count)
         }
+        slots[i].lastUse = uses
+        let buffer = slots[i].buffer
         if let source { (buffer + at).copyMemory(from: source, byteCount: length) }
         else { (buffer + at).initializeMemory(as: UInt8.self, repeating: 0, count: length) }
-        filled.insert(at / 4096..<(at + length) / 4096)
-        return filled.population == filled.count
+        slots[i].filled.insert(at / 4096..<(at + length) / 4096)
+        guard slots[i].filled.population == slots[i].filled.count else { return nil }
+        slots[i].index = -1
+        return UnsafeRawPointer(buffer)
     }
 }
 

@@ -48,6 +48,26 @@ public final class TCPSocket: @unchecked Sendable {
         _ = setsockopt(descriptor.rawValue, SOL_SOCKET, SO_RCVBUF, &v, socklen_t(MemoryLayout<Int32>.size))
     }
 
+    /// Sets the send buffer alone (`SO_SNDBUF`; the kernel doubles it for bookkeeping).
+    public func setSendBufferSize(_ bytes: Int) {
+        var v = Int32(bytes)
+        _ = setsockopt(descriptor.rawValue, SOL_SOCKET, SO_SNDBUF, &v, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    /// Sets the receive buffer alone (`SO_RCVBUF`; the kernel doubles it for bookkeeping).
+    public func setReceiveBufferSize(_ bytes: Int) {
+        var v = Int32(bytes)
+        _ = setsockopt(descriptor.rawValue, SOL_SOCKET, SO_RCVBUF, &v, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    /// Limits the data queued but not yet sent (`TCP_NOTSENT_LOWAT`): a blocking `send` waits
+    /// until less than `bytes` is unsent, so a frame queued later is not stuck behind a deep
+    /// backlog of older ones.
+    public func setUnsentLimit(_ bytes: Int) {
+        var v = Int32(bytes)
+        _ = setsockopt(descriptor.rawValue, Int32(IPPROTO_TCP), 25 /* TCP_NOTSENT_LOWAT */, &v, socklen_t(MemoryLayout<Int32>.size))
+    }
+
     /// Sets a receive timeout (`SO_RCVTIMEO`): a blocked read fails with EAGAIN after it.
     public func setReceiveTimeout(milliseconds: Int) {
         var tv = timeval(tv_sec: milliseconds / 1000, tv_usec: (milliseconds % 1000) * 1000)

@@ -24,7 +24,16 @@ public final class KernelThread: @unchecked Sendable {
         }
         let box = Unmanaged.passRetained(Box(body, cpu: cpu, name: name))
         var t = pthread_t()
-        let rc = pthread_create(&t, nil, { raw in
+        // Every thread starts as a normal thread, whatever its creator runs as (a real-time
+        // fault loop must not hand SCHED_FIFO to a push receiver it starts).
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        defer { pthread_attr_destroy(&attributes) }
+        var normal = sched_param()
+        pthread_attr_setinheritsched(&attributes, Int32(PTHREAD_EXPLICIT_SCHED))
+        pthread_attr_setschedpolicy(&attributes, SCHED_OTHER)
+        pthread_attr_setschedparam(&attributes, &normal)
+        let start: @convention(c) (UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? = { raw in
             // SAFETY: `raw` is the retained Box passed below; this thread owns the +1.
             let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
             if let cpu = box.cpu { _ = pager_pin_to_cpu(Int32(cpu)) }
@@ -32,7 +41,10 @@ public final class KernelThread: @unchecked Sendable {
             pager_set_thread_name(String(box.name.utf8.prefix(15))!)
             box.body()
             return nil
-        }, box.toOpaque())
+        }
+        var rc = pthread_create(&t, &attributes, start, box.toOpaque())
+        // Leaving SCHED_IDLE needs privilege: without it the thread inherits what it can.
+        if rc == EPERM { rc = pthread_create(&t, nil, start, box.toOpaque()) }
         if rc != 0 {
             box.release()
             throw KernelError("pthread_create", Errno(rawValue: rc), detail: name)
@@ -62,6 +74,26 @@ public func makeCurrentThreadBackground() throws(KernelError) {
     let r = pager_set_thread_idle(1)
     if r < 0 { throw KernelError("sched_setscheduler(SCHED_IDLE)", negatedErrno: r) }
     pager_mark_background_thread(1)
+}
+
+/// Makes the calling thread a demand thread (`SCHED_FIFO`, priority 1): it preempts bulk
+/// work and busy workload threads (a TCG vCPU, a normal-priority push) the moment a fault's
+/// request or reply is ready, instead of waiting for the CPU's current task to use up its
+/// slice. Demand threads only run briefly per fault and block in `poll`/`recv` otherwise, so
+/// they cannot monopolise a CPU (and the kernel keeps a share for normal tasks regardless).
+/// Returns false, leaving the thread as it was, where real-time scheduling is not permitted
+/// (not root and no `CAP_SYS_NICE`, or an `RLIMIT_RTPRIO` of 0).
+@discardableResult
+public func makeCurrentThreadUrgent() -> Bool {
+    pager_set_thread_fifo(1) == 0
+}
+
+/// Runs `body` as a demand thread (see ``makeCurrentThreadUrgent()``), then makes the calling
+/// (normal) thread `SCHED_OTHER` again. With `enabled` false it just runs `body`.
+public func withUrgentPriority<T, E: Error>(_ enabled: Bool = true, _ body: () throws(E) -> T) throws(E) -> T {
+    let raised = enabled && makeCurrentThreadUrgent()
+    defer { if raised { _ = pager_set_thread_fifo(0) } }
+    return try body()
 }
 
 /// Runs `body` as a normal (`SCHED_OTHER`) thread, then goes back to `SCHED_IDLE`: for a

@@ -79,7 +79,7 @@ public struct QEMUSource {
                 stoppedAt = monotonicNanoseconds()
                 try region.refreshExtents() // the guest wrote its RAM until now
                 server.release()
-                logger.info("source VM stopped after \(Double(stoppedAt! - started) / 1e6) ms: serving its RAM")
+                logger.info("source VM stopped after \(Double(stoppedAt! - started) / 1e6) ms: serving its RAM (from \(Double(monotonicNanoseconds() - stoppedAt!) / 1e6) ms later)")
             }
             switch status {
             case "completed":
@@ -176,7 +176,9 @@ public struct QEMUDestination {
         while connected == nil {
             do { connected = try DestinationClient(source: source, clientName: "pagerd-qemu-dest") } catch {
                 if monotonicNanoseconds() > deadline { throw QEMUError("the source pagerd at \(source) does not answer: \(error)") }
-                sleepMilliseconds(50)
+                // Retry often: the guest may resume here within milliseconds of the source
+                // daemon listening, and its first faults wait for this connection.
+                sleepMilliseconds(2)
             }
         }
         let client = connected!

@@ -38,11 +38,22 @@ public final class SourceServer: @unchecked Sendable {
         public var failedSessions = 0
     }
 
-    /// Push frames carry at most this many bytes, from 2 MiB-aligned positions when nothing
-    /// was sent out of order: a destination with 2 MiB pages (hugetlbfs) installs whole
-    /// pages, so push data must come in whole 2 MiB units. (Destinations install big frames
-    /// in small batches, so frame size does not delay their faults.)
-    public var pushChunk = 2 << 20
+    /// Push frames carry at most this many bytes (at least one page of the region). Queued
+    /// prefetch requests are answered between two chunks, so a small chunk lets them overtake
+    /// the bulk sooner; destinations with 2 MiB pages assemble a huge page from its chunks.
+    public var pushChunk = 512 << 10
+
+    /// The push connection keeps little data queued (`SO_SNDBUF`, and `TCP_NOTSENT_LOWAT` for
+    /// what is not sent yet): a prefetch answer waits behind at most this much bulk data
+    /// instead of several MiB of it. With a TCG guest, 8 MiB buffers made faults on prefetched
+    /// pages wait up to 25 ms; see the README's measurements.
+    public var pushSendBuffer = 512 << 10
+    public var pushUnsentLimit = 128 << 10
+
+    /// Demand channels are served by real-time threads (`SCHED_FIFO` 1, see
+    /// ``makeCurrentThreadUrgent()``): a demand request never waits behind the push or any
+    /// other busy thread on this host for a time slice.
+    public var urgentDemand = true
 
     /// A connection that has not completed its HELLO within this time is closed.
     public var handshakeTimeoutMilliseconds = 10_000
@@ -180,6 +191,7 @@ public final class SourceServer: @unchecked Sendable {
 
     /// The demand loop: every request is answered before the next is read.
     private func serveDemand(_ channel: FrameChannel, session: SourceSession) throws {
+        if urgentDemand { makeCurrentThreadUrgent() }
         session.attachDemand(channel)
         let scratch = UnsafeMutableRawPointer.allocate(byteCount: Self.maxChunk, alignment: 4096)
         defer { scratch.deallocate() }
@@ -318,6 +330,8 @@ public final class SourceServer: @unchecked Sendable {
         // thread (prefetch requests are wanted soon); this thread's locks are all foreground
         // (ForegroundMutex), so it is never starved while holding one.
         try? makeCurrentThreadBackground()
+        channel.socket.setSendBufferSize(pushSendBuffer)
+        channel.socket.setUnsentLimit(pushUnsentLimit)
         let scratch = UnsafeMutableRawPointer.allocate(byteCount: Self.maxChunk, alignment: 4096)
         defer {
             session.close()

@@ -227,6 +227,8 @@ int pager_pin_to_cpu(int cpu);
 /// sched_setscheduler(0, idle ? SCHED_IDLE : SCHED_OTHER) for the calling thread. Returns 0
 /// or -errno (leaving SCHED_IDLE needs RLIMIT_NICE or CAP_SYS_NICE when not root).
 int pager_set_thread_idle(int idle);
+/* SCHED_FIFO at `priority` (1..99), or back to SCHED_OTHER with 0. */
+int pager_set_thread_fifo(int priority);
 /// A thread-local flag: whether the calling thread is a background thread.
 void pager_mark_background_thread(int on);
 int pager_is_background_thread(void);
