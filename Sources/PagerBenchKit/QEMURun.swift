@@ -6,7 +6,12 @@ import PagerKernel
 /// workload both ways. The guest checks its own memory continuously and prints on its serial
 /// console (see Deploy/qemu/guest-workload.c).
 public struct QEMUMigrationRun {
-    public enum Method: String, Sendable { case pager, nativePostcopy = "native-postcopy" }
+    public enum Method: String, Sendable, CaseIterable {
+        case pager
+        /// Pre-copy rounds of guest RAM (the source QEMU's preload library tracks writes), then post-copy.
+        case pagerPrecopy = "pager-precopy"
+        case nativePostcopy = "native-postcopy"
+    }
 
     public var binaries: String
     /// Directory with `vmlinuz` and `initrd.gz` (Deploy/qemu/make-guest.sh).
@@ -73,11 +78,15 @@ public struct QEMUMigrationRun {
         let srcRAM = scratch.file("src.ram"), dstRAM = scratch.file("dst.ram")
         var srcArgs = commonArgs(console: srcConsole, qmp: srcQMP)
         var dstArgs = commonArgs(console: dstConsole, qmp: dstQMP) + ["-incoming", "defer"]
-        if method == .pager {
+        if method != .nativePostcopy {
             srcArgs += ramBackend(srcRAM)
             dstArgs += ramBackend(dstRAM)
         }
-        let source = try hosts.spawn(in: hosts.source, Self.qemu, srcArgs, log: scratch.file("src.qemu.log"))
+        let trackSocket = scratch.file("track.sock")
+        let source = method == .pagerPrecopy
+            ? try hosts.spawn(in: hosts.source, "/usr/bin/env", ["LD_PRELOAD=\(binaries)/libpager-preload.so", "PAGER_RAM_PATH=\(srcRAM)",
+                                                                "PAGER_TRACK_SOCKET=\(trackSocket)", Self.qemu] + srcArgs, log: scratch.file("src.qemu.log"))
+            : try hosts.spawn(in: hosts.source, Self.qemu, srcArgs, log: scratch.file("src.qemu.log"))
         defer { source.signal(SIGKILL) }
         // The guest boots and fills its memory; two verified passes mean it runs.
         let deadline = monotonicNanoseconds() + 120_000_000_000
@@ -89,8 +98,9 @@ public struct QEMUMigrationRun {
         }
         let outcome: Outcome
         switch method {
-        case .pager: outcome = try runPager(hosts: hosts, scratch: scratch, dstArgs: dstArgs, srcQMP: srcQMP, dstQMP: dstQMP, srcRAM: srcRAM, dstRAM: dstRAM,
-                                            srcConsole: srcConsole, dstConsole: dstConsole)
+        case .pager, .pagerPrecopy:
+            outcome = try runPager(hosts: hosts, scratch: scratch, dstArgs: dstArgs, srcQMP: srcQMP, dstQMP: dstQMP, srcRAM: srcRAM, dstRAM: dstRAM,
+                                   srcConsole: srcConsole, dstConsole: dstConsole, trackSocket: method == .pagerPrecopy ? trackSocket : nil)
         case .nativePostcopy: outcome = try runNative(hosts: hosts, scratch: scratch, dstArgs: dstArgs, srcQMP: srcQMP, dstQMP: dstQMP,
                                                       srcConsole: srcConsole, dstConsole: dstConsole)
         }
@@ -110,12 +120,13 @@ public struct QEMUMigrationRun {
     }
 
     func runPager(hosts: TwoHosts, scratch: Scratch, dstArgs: [String], srcQMP: String, dstQMP: String, srcRAM: String, dstRAM: String,
-                  srcConsole: String, dstConsole: String) throws -> Outcome {
+                  srcConsole: String, dstConsole: String, trackSocket: String?) throws -> Outcome {
         let pagerd = binaries + "/pagerd"
         let uffdSocket = scratch.file("uffd.sock")
         let qdest = try hosts.spawn(in: hosts.dest, pagerd,
                                     ["qemu-dest", "--qmp", dstQMP, "--ram", dstRAM, "--connect", "\(TwoHosts.sourceAddress):7070",
-                                     "--uffd-socket", uffdSocket, "--incoming", "tcp:0.0.0.0:4444"], log: scratch.file("qemu-dest.log"))
+                                     "--uffd-socket", uffdSocket, "--incoming", "tcp:0.0.0.0:4444"] + (trackSocket == nil ? [] : ["--precopy"]),
+                                    log: scratch.file("qemu-dest.log"))
         defer { qdest.signal(SIGKILL) }
         try waitFor(qdest, toPrint: "waiting for QEMU's handoff")
         let dest = try hosts.spawn(in: hosts.dest, "/usr/bin/env",
@@ -126,7 +137,8 @@ public struct QEMUMigrationRun {
         try waitFor(qdest, toPrint: "incoming migration on", seconds: 30)
         let qsource = try hosts.spawn(in: hosts.source, pagerd,
                                       ["qemu-source", "--qmp", srcQMP, "--ram", srcRAM, "--listen", "\(TwoHosts.sourceAddress):7070",
-                                       "--migrate-to", "tcp:\(TwoHosts.destAddress):4444"], log: scratch.file("qemu-source.log"))
+                                       "--migrate-to", "tcp:\(TwoHosts.destAddress):4444"] + (trackSocket.map { ["--track-socket", $0] } ?? []),
+                                      log: scratch.file("qemu-source.log"))
         defer { qsource.signal(SIGKILL) }
         let s = qsource.wait(timeoutMilliseconds: 180_000)
         let d = qdest.wait(timeoutMilliseconds: 180_000)
@@ -137,9 +149,11 @@ public struct QEMUMigrationRun {
         let after = Self.passes((try? readWholeFile(dstConsole)) ?? "")
         try waitForPasses(after: after, console: dstConsole, dest: dest)
         let srcText = (try? readWholeFile(srcConsole)) ?? "", dstText = (try? readWholeFile(dstConsole)) ?? ""
-        // Total: from the source's `migrate` until every page of guest RAM is local (what QEMU's
-        // postcopy "completed" means); both daemons print CLOCK_MONOTONIC stamps.
-        let issued = keyValues(qsource.output)["migrate-issued-ns"] ?? 0, local = keyValues(qdest.output)["all-local-ns"] ?? 0
+        // Total: from the source's `migrate` (with pre-copy: the first round) until every page
+        // of guest RAM is local (what QEMU's postcopy "completed" means); both daemons print
+        // CLOCK_MONOTONIC stamps.
+        let stamps = keyValues(qsource.output)
+        let issued = stamps["precopy-started-ns"] ?? stamps["migrate-issued-ns"] ?? 0, local = keyValues(qdest.output)["all-local-ns"] ?? 0
         let total = (local - issued) / 1e9
         let faults = qdest.output.split(separator: "\n").first { $0.contains("fault to install") }.map { String($0).trimmingPrefixSpaces() } ?? ""
         return Outcome(sourceConsole: srcText, destConsole: dstText, source: qsource.output, dest: qdest.output,

@@ -1,23 +1,40 @@
 /*
- * pager-preload: lets an unmodified QEMU hand its guest RAM to `pagerd qemu-dest`.
+ * pager-preload: lets an unmodified QEMU hand its guest RAM to the pager, on either host.
  *
+ * Destination (post-copy):
  *   LD_PRELOAD=libpager-preload.so PAGER_RAM_PATH=/dev/shm/vm.ram PAGER_UFFD_SOCKET=/run/pager.sock \
  *       qemu-system-x86_64 -object memory-backend-file,id=ram0,size=...,mem-path=/dev/shm/vm.ram,share=on ...
  *
- * It interposes mmap and mmap64 and touches nothing but mappings of the one file named by
- * PAGER_RAM_PATH. When QEMU maps that file it registers a userfaultfd (MISSING mode) on the
- * mapping and hands it to the pager over PAGER_UFFD_SOCKET in Firecracker's format (one JSON
- * array of {"base_host_virt_addr","size","offset","page_size"}, the descriptor attached with
- * SCM_RIGHTS), then returns the mapping. From then on every first touch of a guest page waits
- * for the pager to fetch it from the source.
+ * Source (optional pre-copy rounds before the switch):
+ *   LD_PRELOAD=libpager-preload.so PAGER_RAM_PATH=/dev/shm/vm.ram PAGER_TRACK_SOCKET=/run/pager-track.sock \
+ *       qemu-system-x86_64 ...
  *
- * A guest must never run on zero pages, so every failure stops QEMU at once with a message
- * (exit status 78): a private mapping, `prealloc=on` (QEMU would touch every page before the
- * source has stopped), a RAM file that already holds data, a userfaultfd or socket error.
+ * It interposes mmap and mmap64 and touches nothing but mappings of the one file named by
+ * PAGER_RAM_PATH.
+ *
+ * With PAGER_UFFD_SOCKET, when QEMU maps that file it registers a userfaultfd (MISSING mode)
+ * on the mapping and hands it to the pager over PAGER_UFFD_SOCKET in Firecracker's format
+ * (one JSON array of {"base_host_virt_addr","size","offset","page_size"}, the descriptor
+ * attached with SCM_RIGHTS), then returns the mapping. From then on every first touch of a
+ * guest page waits for the pager to fetch it from the source. A guest must never run on zero
+ * pages, so every failure stops QEMU at once with a message (exit status 78): a private
+ * mapping, `prealloc=on` (QEMU would touch every page before the source has stopped), a RAM
+ * file that already holds data, a userfaultfd or socket error.
+ *
+ * With PAGER_TRACK_SOCKET, it listens on that Unix socket (a thread with every signal
+ * blocked). Each connection (`pagerd qemu-source --track-socket`) gets a fresh userfaultfd
+ * registered in write-protect mode with UFFD_FEATURE_WP_ASYNC on the RAM mapping, in the same
+ * format: the daemon finds the pages the guest writes with PAGEMAP_SCAN, and the kernel
+ * resolves every write by itself (QEMU never waits on the daemon). The library keeps no copy
+ * of that descriptor, so the tracking ends when the daemon closes it. A failure to set up a
+ * tracker is answered with {"error": "..."} and leaves QEMU running untouched.
+ *
  * Without PAGER_RAM_PATH the library does nothing.
  */
 #include <dlfcn.h>
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <linux/magic.h>
 #include <linux/userfaultfd.h>
@@ -34,6 +51,16 @@
 #include <sys/un.h>
 #include <sys/vfs.h>
 #include <unistd.h>
+
+#ifndef UFFD_FEATURE_WP_HUGETLBFS_SHMEM
+#define UFFD_FEATURE_WP_HUGETLBFS_SHMEM (1 << 12)
+#endif
+#ifndef UFFD_FEATURE_WP_UNPOPULATED
+#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
+#endif
+#ifndef UFFD_FEATURE_WP_ASYNC
+#define UFFD_FEATURE_WP_ASYNC (1 << 15)
+#endif
 
 typedef void *(*mmap_fn)(void *, size_t, int, int, int, off_t);
 
@@ -115,6 +142,107 @@ static void hand_over(void *addr, size_t length, off_t offset, int fd, const cha
             page_size >> 10, socket_path);
 }
 
+/* The mapping write tracking covers (source mode); set once, before the thread starts. */
+static struct {
+    void *addr;
+    size_t length;
+    off_t offset;
+    long page_size;
+    int shared_fs; /* tmpfs or hugetlbfs: needs UFFD_FEATURE_WP_HUGETLBFS_SHMEM */
+    int listener;
+} tracked = { .listener = -1 };
+
+static void send_json(int s, const char *json, int fd) {
+    char control[CMSG_SPACE(sizeof(int))];
+    memset(control, 0, sizeof control);
+    struct iovec iov = { .iov_base = (void *)json, .iov_len = strlen(json) };
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+    if (fd >= 0) {
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof control;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    }
+    (void)sendmsg(s, &msg, MSG_NOSIGNAL);
+}
+
+/* One tracker: a WP-async userfaultfd over the RAM mapping, handed to the daemon on `s`. */
+static void serve_tracker(int s) {
+    char json[512];
+    int uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (uffd < 0) {
+        snprintf(json, sizeof json, "{\"error\":\"userfaultfd: %s\"}", strerror(errno));
+        send_json(s, json, -1);
+        return;
+    }
+    struct uffdio_api api = { .api = UFFD_API,
+                              .features = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED
+                                          | (tracked.shared_fs ? UFFD_FEATURE_WP_HUGETLBFS_SHMEM : 0) };
+    struct uffdio_register reg = { .range = { .start = (uintptr_t)tracked.addr, .len = tracked.length }, .mode = UFFDIO_REGISTER_MODE_WP };
+    if (ioctl(uffd, UFFDIO_API, &api) < 0) {
+        snprintf(json, sizeof json, "{\"error\":\"UFFDIO_API with WP_ASYNC: %s (the kernel needs 6.7 or later)\"}", strerror(errno));
+        send_json(s, json, -1);
+    } else if (ioctl(uffd, UFFDIO_REGISTER, &reg) < 0) {
+        snprintf(json, sizeof json, "{\"error\":\"UFFDIO_REGISTER (write-protect) of the RAM mapping: %s%s\"}", strerror(errno),
+                 errno == EBUSY ? " (another daemon still tracks it)" : "");
+        send_json(s, json, -1);
+    } else {
+        snprintf(json, sizeof json, "[{\"base_host_virt_addr\":%lu,\"size\":%zu,\"offset\":%lld,\"page_size\":%ld}]",
+                 (unsigned long)(uintptr_t)tracked.addr, tracked.length, (long long)tracked.offset, tracked.page_size);
+        send_json(s, json, uffd);
+        dprintf(2, "pager-preload: guest RAM write tracking handed to a pager on %s\n", getenv("PAGER_TRACK_SOCKET"));
+    }
+    close(uffd); /* the daemon holds the only reference now: closing it ends the tracking */
+}
+
+static void *track_thread(void *unused) {
+    (void)unused;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL); /* QEMU's signals stay with QEMU's threads */
+    for (;;) {
+        int s = accept4(tracked.listener, NULL, NULL, SOCK_CLOEXEC);
+        if (s < 0) {
+            if (errno == EINTR || errno == ECONNABORTED) continue;
+            dprintf(2, "pager-preload: accept on PAGER_TRACK_SOCKET: %s; write tracking is no longer offered\n", strerror(errno));
+            return NULL;
+        }
+        serve_tracker(s);
+        /* One daemon at a time: wait until it hangs up. */
+        char byte;
+        while (read(s, &byte, 1) > 0) {}
+        close(s);
+    }
+}
+
+static void offer_tracking(void *addr, size_t length, off_t offset, int fd, const char *path) {
+    const char *socket_path = getenv("PAGER_TRACK_SOCKET");
+    struct statfs fs;
+    if (fstatfs(fd, &fs) < 0) die("fstatfs(%s): %s", path, strerror(errno));
+    tracked.addr = addr;
+    tracked.length = length;
+    tracked.offset = offset;
+    tracked.page_size = fs.f_type == HUGETLBFS_MAGIC ? fs.f_bsize : 4096;
+    tracked.shared_fs = fs.f_type == HUGETLBFS_MAGIC || fs.f_type == TMPFS_MAGIC;
+    struct sockaddr_un sun = { .sun_family = AF_UNIX };
+    if (strlen(socket_path) >= sizeof sun.sun_path) die("PAGER_TRACK_SOCKET path too long");
+    strcpy(sun.sun_path, socket_path);
+    struct stat st;
+    if (lstat(socket_path, &st) == 0 && S_ISSOCK(st.st_mode)) unlink(socket_path); /* a stale socket of an earlier run */
+    int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (l < 0 || bind(l, (struct sockaddr *)&sun, sizeof sun) < 0 || listen(l, 4) < 0)
+        die("cannot listen on PAGER_TRACK_SOCKET %s: %s", socket_path, strerror(errno));
+    tracked.listener = l;
+    pthread_t t;
+    int rc = pthread_create(&t, NULL, track_thread, NULL);
+    if (rc != 0) die("cannot start the write-tracking thread: %s", strerror(rc));
+    pthread_detach(t);
+    dprintf(2, "pager-preload: %s (%zu MiB at %p) can be write-tracked by a pager on %s\n", path, length >> 20, addr, socket_path);
+}
+
 static void *interpose(const char *name, void *addr, size_t length, int prot, int flags, int fd, off_t offset) {
     static mmap_fn real_mmap;
     if (!real_mmap) {
@@ -123,6 +251,16 @@ static void *interpose(const char *name, void *addr, size_t length, int prot, in
     }
     const char *path = getenv("PAGER_RAM_PATH");
     if (!path || !*path || !is_ram_file(fd, path)) return real_mmap(addr, length, prot, flags, fd, offset);
+    const char *track = getenv("PAGER_TRACK_SOCKET"), *uffd_socket = getenv("PAGER_UFFD_SOCKET");
+    if (track && *track) {
+        if (uffd_socket && *uffd_socket) die("set PAGER_UFFD_SOCKET (destination) or PAGER_TRACK_SOCKET (source), not both");
+        if (tracked.listener >= 0) die("%s is mapped a second time (%s); one mapping of guest RAM is supported", path, name);
+        if (!(flags & MAP_SHARED)) die("%s is mapped privately: give QEMU share=on", path);
+        void *mapped = real_mmap(addr, length, prot, flags, fd, offset);
+        if (mapped == MAP_FAILED) return mapped;
+        offer_tracking(mapped, length, offset, fd, path);
+        return mapped;
+    }
     if (handoff_socket >= 0) die("%s is mapped a second time (%s); one mapping of guest RAM is supported", path, name);
     if (!(flags & MAP_SHARED)) die("%s is mapped privately: give QEMU share=on", path);
     if (cmdline_has("prealloc=on"))

@@ -1,4 +1,5 @@
 import Logging
+import PagerCore
 import PagerDestination
 import PagerKernel
 import PagerSource
@@ -26,6 +27,11 @@ func checkGuestRAM(_ qmp: QMP, ram: String) throws {
 
 /// The source side: serves the guest's RAM file with `pagerd`'s server, migrates only device
 /// state (`x-ignore-shared`), and lets page data flow only once the source VM has stopped.
+///
+/// With ``precopy`` the guest's RAM is sent in pre-copy rounds while the guest still runs
+/// (the source QEMU's preload library hands over a write-protect userfaultfd on its RAM
+/// mapping, see ``Precopy``); the switch then issues `migrate`, which stops the VM, and only
+/// the pages written since the last round are fetched after it.
 public struct QEMUSource {
     public var qmpPath: String
     public var ram: String
@@ -33,13 +39,26 @@ public struct QEMUSource {
     /// Where the destination QEMU listens (`migrate` URI), e.g. tcp:198.18.0.2:4444.
     public var migrateTo: String
     public var logger: Logger
+    public var precopy: Precopy?
 
-    public init(qmpPath: String, ram: String, listen: Endpoint, migrateTo: String, logger: Logger) {
+    /// Pre-copy rounds of guest RAM before the switch.
+    public struct Precopy: Sendable {
+        /// The source QEMU's PAGER_TRACK_SOCKET (QEMU runs with the preload library).
+        public var trackSocket: String
+        public var policy: ConvergencePolicy
+        public init(trackSocket: String, policy: ConvergencePolicy) {
+            self.trackSocket = trackSocket
+            self.policy = policy
+        }
+    }
+
+    public init(qmpPath: String, ram: String, listen: Endpoint, migrateTo: String, logger: Logger, precopy: Precopy? = nil) {
         self.qmpPath = qmpPath
         self.ram = ram
         self.listen = listen
         self.migrateTo = migrateTo
         self.logger = logger
+        self.precopy = precopy
     }
 
     public struct Report: Sendable {
@@ -51,12 +70,18 @@ public struct QEMUSource {
         /// `monotonicNanoseconds()` when `migrate` was issued (comparable across processes
         /// on one host: CLOCK_MONOTONIC is system-wide).
         public var migrateIssuedAt: UInt64
+        /// What the pre-copy rounds did (with ``QEMUSource/precopy``).
+        public var precopy: LiveRegion.Outcome?
+        /// `monotonicNanoseconds()` when the first pre-copy round began (with pre-copy).
+        public var precopyStartedAt: UInt64?
     }
 
     /// Runs the migration and serves pages until the destination holds them all.
     public func run(serverReady: (SourceServer) -> Void = { _ in }) throws -> Report {
         let qmp = try QMP(path: qmpPath)
         try checkGuestRAM(qmp, ram: ram)
+        try qmp.execute("migrate-set-capabilities", #"{"capabilities":[{"capability":"x-ignore-shared","state":true}]}"#)
+        if let precopy { return try runPrecopy(qmp, precopy, serverReady: serverReady) }
         let region = try ServedRegion(id: 1, path: ram)
         let server = try SourceServer(listen: listen, regions: [region], logger: logger)
         server.hold() // not one page before the VM stops
@@ -66,7 +91,6 @@ public struct QEMUSource {
             serving.join()
         }
         serverReady(server)
-        try qmp.execute("migrate-set-capabilities", #"{"capabilities":[{"capability":"x-ignore-shared","state":true}]}"#)
         let started = monotonicNanoseconds()
         logger.info("migrating device state to \(migrateTo) (guest RAM is skipped: x-ignore-shared); pages are held until the VM stops")
         try qmp.execute("migrate", "{\"uri\":\"\(migrateTo)\"}")
@@ -100,16 +124,26 @@ public struct QEMUSource {
         }
         if stoppedAt == nil {
             // A completed migration has stopped the VM, even if the STOP event was missed.
-            guard case .bool(false)? = try qmp.execute("query-status")["running"] else {
-                throw QEMUError("QEMU reports the migration completed but the source VM still runs: refusing to serve its RAM")
-            }
+            try requireStopped(qmp)
             stoppedAt = monotonicNanoseconds()
             try region.refreshExtents()
             server.release()
         }
         logger.info("device state migrated in \(Double(completedAt! - started) / 1e6) ms; serving pages until the destination has all")
-        // Serve until the destination has every page and has gone; a destination that never
-        // connects within a minute of the switch is an error (its guest would hang).
+        try serveUntilDone(server)
+        return Report(deviceStateSeconds: Double(completedAt! - started) / 1e9, untilStopSeconds: Double(stoppedAt! - started) / 1e9,
+                      counts: server.counts, migrateIssuedAt: started)
+    }
+
+    private func requireStopped(_ qmp: QMP) throws {
+        guard case .bool(false)? = try qmp.execute("query-status")["running"] else {
+            throw QEMUError("QEMU reports the migration completed but the source VM still runs: refusing to serve its RAM")
+        }
+    }
+
+    /// Serves until the destination has every page and has gone; a destination that never
+    /// connects within a minute is an error (its guest would hang).
+    private func serveUntilDone(_ server: SourceServer) throws {
         let connectDeadline = monotonicNanoseconds() + 60_000_000_000
         while server.counts.sessions == 0 || server.activeSessions > 0 {
             if server.counts.sessions == 0 && monotonicNanoseconds() > connectDeadline {
@@ -117,9 +151,113 @@ public struct QEMUSource {
             }
             sleepMilliseconds(10)
         }
-        return Report(deviceStateSeconds: Double(completedAt! - started) / 1e9, untilStopSeconds: Double(stoppedAt! - started) / 1e9,
-                      counts: server.counts, migrateIssuedAt: started)
     }
+
+    /// Pre-copy: rounds while the guest runs, then `migrate` stops it (the switch).
+    private func runPrecopy(_ qmp: QMP, _ precopy: Precopy, serverReady: (SourceServer) -> Void) throws -> Report {
+        let connection = try UnixSocket.connect(path: precopy.trackSocket)
+        defer { try? connection.close() }
+        let handoff: Handoff
+        do { handoff = try HandoffListener.read(from: connection) } catch {
+            throw QEMUError("the source QEMU's preload library (PAGER_TRACK_SOCKET=\(precopy.trackSocket)) gave no write tracking: \(error)")
+        }
+        guard handoff.mappings.count == 1, let m = handoff.mappings.first, m.regionOffset == 0,
+              try UnixSocket.peerProcess(connection) == qmp.pid else {
+            throw QEMUError("\(precopy.trackSocket) is not the tracking socket of the QEMU behind \(qmpPath) (or describes more than the one RAM mapping)")
+        }
+        let tracker = try WriteTracker(handedOver: handoff.uffd, pid: qmp.pid, range: m.range)
+        // The pause runs on the push thread at the switch; the main thread leaves QMP alone
+        // until it is done (phase 2 or 3).
+        let phase = Atomic<Int>(0) // 0 rounds, 1 pausing, 2 stopped, 3 pause failed
+        let migrateIssued = Atomic<UInt64>(0), stopped = Atomic<UInt64>(0)
+        let shared = SharedQMP(qmp)
+        let migrateTo = migrateTo, logger = logger
+        let live = LiveRegion(tracker: tracker, policy: precopy.policy) {
+            phase.store(1, ordering: .releasing)
+            do {
+                migrateIssued.store(monotonicNanoseconds(), ordering: .relaxed)
+                try stopByMigrating(shared.qmp, to: migrateTo, logger: logger)
+                stopped.store(monotonicNanoseconds(), ordering: .relaxed)
+                phase.store(2, ordering: .releasing)
+            } catch {
+                logger.error("the switch failed, the source VM keeps running: \(error)")
+                phase.store(3, ordering: .releasing)
+                throw error
+            }
+        }
+        let region = ServedRegion(id: 1, name: ram, pid: qmp.pid, address: m.base, length: Int(m.size), pageSize: m.pageSize, live: live)
+        let server = try SourceServer(listen: listen, regions: [region], logger: logger)
+        // The guest's vCPUs keep running during the rounds: compete with them fairly, as
+        // QEMU's own migration thread does, or the rounds starve.
+        server.backgroundPush = false
+        let serving = try KernelThread(name: "src-accept") { server.run() }
+        defer {
+            server.stop()
+            serving.join()
+        }
+        serverReady(server)
+        logger.info("pre-copy: \(m.size >> 20) MiB of guest RAM write-tracked; rounds start when the destination connects, the switch issues migrate")
+        let precopyStarted = monotonicNanoseconds()
+        let connectDeadline = precopyStarted + 60_000_000_000
+        while phase.load(ordering: .acquiring) < 2 {
+            if server.counts.sessions == 0 && monotonicNanoseconds() > connectDeadline {
+                throw QEMUError("no destination pagerd connected within 60 s: nothing was migrated, the source VM keeps running")
+            }
+            if phase.load(ordering: .acquiring) == 0 && server.counts.sessions > 0 && server.activeSessions == 0 {
+                throw QEMUError("the destination's session ended before the switch (see the log above): the source VM keeps running")
+            }
+            sleepMilliseconds(2)
+        }
+        guard phase.load(ordering: .acquiring) == 2 else {
+            throw QEMUError("the switch to post-copy failed (see the log above): the source VM keeps running")
+        }
+        let started = migrateIssued.load(ordering: .relaxed), stoppedAt = stopped.load(ordering: .relaxed)
+        var completedAt: UInt64?
+        while completedAt == nil {
+            let status = try qmp.migrationStatus()
+            if status == "completed" { completedAt = monotonicNanoseconds() }
+            else if status == "failed" || status == "cancelled" {
+                throw QEMUError("QEMU's migration \(status) after the VM stopped; the destination holds pages but no device state")
+            } else { sleepMilliseconds(1) }
+        }
+        logger.info("device state migrated in \(Double(completedAt! - started) / 1e6) ms; serving pages until the destination has all")
+        try serveUntilDone(server)
+        return Report(deviceStateSeconds: Double(completedAt! - started) / 1e9, untilStopSeconds: Double(stoppedAt - started) / 1e9,
+                      counts: server.counts, migrateIssuedAt: started, precopy: live.outcome, precopyStartedAt: precopyStarted)
+    }
+}
+
+/// The QMP connection used by the pause on the push thread while the main thread waits.
+private final class SharedQMP: @unchecked Sendable {
+    let qmp: QMP
+    init(_ qmp: QMP) { self.qmp = qmp }
+}
+
+/// Issues `migrate` (device state only) and returns once QEMU has stopped the VM: from then on
+/// the guest writes nothing. Retries a refused connection for 30 s (the destination QEMU may
+/// not listen yet; the VM here has not stopped).
+func stopByMigrating(_ qmp: QMP, to uri: String, logger: Logger) throws {
+    let started = monotonicNanoseconds()
+    try qmp.execute("migrate", "{\"uri\":\"\(uri)\"}")
+    while true {
+        if try qmp.waitForEvent(["STOP"], timeoutMilliseconds: 1) != nil { break }
+        let status = try qmp.migrationStatus()
+        if status == "failed" || status == "cancelled" {
+            let why = (try? qmp.execute("query-migrate")["error-desc"]).flatMap { $0 }.map(describe) ?? "no reason given"
+            if why.contains("Connection refused") && monotonicNanoseconds() - started < 30_000_000_000 {
+                sleepMilliseconds(100)
+                try qmp.execute("migrate", "{\"uri\":\"\(uri)\"}")
+                continue
+            }
+            throw QEMUError("QEMU's migration \(status) (\(why))")
+        }
+        if status == "completed" { break }
+        if monotonicNanoseconds() - started > 60_000_000_000 { throw QEMUError("QEMU did not stop the VM within 60 s of migrate") }
+    }
+    guard case .bool(false)? = try qmp.execute("query-status")["running"] else {
+        throw QEMUError("QEMU stopped for migration but reports the VM running")
+    }
+    logger.info("source VM stopped \(Double(monotonicNanoseconds() - started) / 1e6) ms after migrate")
 }
 
 /// The destination side: takes QEMU's guest RAM from the preload library's handoff, pulls it
@@ -132,14 +270,18 @@ public struct QEMUDestination {
     /// Where this QEMU listens for the device state (`migrate-incoming` URI), e.g. tcp:0:4444.
     public var incoming: String
     public var logger: Logger
+    /// Receive the source's pre-copy rounds (`pagerd qemu-source --track-socket`) into this
+    /// daemon's memory before the switch; they are installed locally after it.
+    public var precopy = false
 
-    public init(qmpPath: String, ram: String, source: Endpoint, uffdSocket: String, incoming: String, logger: Logger) {
+    public init(qmpPath: String, ram: String, source: Endpoint, uffdSocket: String, incoming: String, logger: Logger, precopy: Bool = false) {
         self.qmpPath = qmpPath
         self.ram = ram
         self.source = source
         self.uffdSocket = uffdSocket
         self.incoming = incoming
         self.logger = logger
+        self.precopy = precopy
     }
 
     public struct Report: Sendable {
@@ -150,6 +292,8 @@ public struct QEMUDestination {
         public var resolve: ResolveReport
         /// `monotonicNanoseconds()` when every page was local.
         public var allLocalAt: UInt64
+        /// With pre-copy: what was staged before the switch.
+        public var staged: (bytes: UInt64, invalidatedBytes: UInt64, seconds: Double)?
     }
 
     /// Waits for QEMU's handoff (start QEMU with the preload library after calling this),
@@ -174,7 +318,10 @@ public struct QEMUDestination {
         var connected: DestinationClient?
         let deadline = monotonicNanoseconds() + 60_000_000_000
         while connected == nil {
-            do { connected = try DestinationClient(source: source, clientName: "pagerd-qemu-dest") } catch {
+            do {
+                connected = try DestinationClient(source: source, clientName: "pagerd-qemu-dest",
+                                                  features: precopy ? [.resume, .hugePages, .invalidation] : [.resume, .hugePages])
+            } catch {
                 if monotonicNanoseconds() > deadline { throw QEMUError("the source pagerd at \(source) does not answer: \(error)") }
                 // Retry often: the guest may resume here within milliseconds of the source
                 // daemon listening, and its first faults wait for this connection.
@@ -189,8 +336,20 @@ public struct QEMUDestination {
         guard region.length >= total else {
             throw QEMUError("the source serves \(region.length >> 20) MiB but QEMU here has \(total >> 20) MiB of guest RAM: give both the same size")
         }
+        var staged: StagedPages?
+        if precopy {
+            logger.info("receiving pre-copy rounds of guest RAM (the guest still runs on the source)")
+            do { staged = try StagedPages.receive(region: region, push: client.push, logger: logger) } catch {
+                // The guest may already run here (the source stops it at the switch): with no
+                // page installed yet, every page is missing; poison them all so that it gets
+                // SIGBUS, not a hang or zeros.
+                for m in handoff.mappings { _ = try? handoff.uffd.poison(m.range) }
+                throw QEMUError("pre-copy failed: \(error); guest RAM here is poisoned")
+            }
+        }
         let resolver = try FaultResolver(uffd: handoff.uffd, region: region, mappings: handoff.mappings,
                                          demand: client.demand, push: client.push, logger: logger)
+        resolver.staged = staged
         // The source holds pages until its VM stops; until then only silence can come.
         resolver.stallTimeoutMilliseconds = 120_000
         // A guest's vCPU threads keep their CPUs busy: a push that only uses idle CPU could
@@ -229,7 +388,8 @@ public struct QEMUDestination {
         case .success(let r):
             let now = monotonicNanoseconds()
             return Report(untilRunningSeconds: Double(runningAt! - started) / 1e9,
-                          untilLocalSeconds: Double(now - started) / 1e9, resolve: r, allLocalAt: now)
+                          untilLocalSeconds: Double(now - started) / 1e9, resolve: r, allLocalAt: now,
+                          staged: staged.map { ($0.stagedBytes, $0.invalidatedBytes, Double($0.nanoseconds) / 1e9) })
         }
     }
 }

@@ -50,6 +50,11 @@ public final class SourceServer: @unchecked Sendable {
     public var pushSendBuffer = 512 << 10
     public var pushUnsentLimit = 128 << 10
 
+    /// The push runs on idle CPU only (`SCHED_IDLE`, true) or competes fairly (false): a live
+    /// region whose writer keeps this host's CPUs busy (a running guest's vCPU during
+    /// pre-copy) would otherwise starve the rounds.
+    public var backgroundPush = true
+
     /// Demand channels are served by real-time threads (`SCHED_FIFO` 1, see
     /// ``makeCurrentThreadUrgent()``): a demand request never waits behind the push or any
     /// other busy thread on this host for a time slice.
@@ -329,7 +334,7 @@ public final class SourceServer: @unchecked Sendable {
         // request can wait a whole time slice behind the push). The reader above stays a normal
         // thread (prefetch requests are wanted soon); this thread's locks are all foreground
         // (ForegroundMutex), so it is never starved while holding one.
-        try? makeCurrentThreadBackground()
+        if backgroundPush { try? makeCurrentThreadBackground() }
         channel.socket.setSendBufferSize(pushSendBuffer)
         channel.socket.setUnsentLimit(pushUnsentLimit)
         let scratch = UnsafeMutableRawPointer.allocate(byteCount: Self.maxChunk, alignment: 4096)

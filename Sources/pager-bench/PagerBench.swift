@@ -316,8 +316,11 @@ struct QEMUCompare: ParsableCommand {
         Builds the test guest (Deploy/qemu/make-guest.sh; installs what it needs) unless --guest
         names one. Each method: the guest boots and verifies its memory in the source namespace,
         is migrated, and must complete verification passes in the destination namespace after
-        all RAM is local. Prints total migration time, the guest's longest stall as its own
-        clock saw it, and fault latency (pager) or blocktime (QEMU). Needs root.
+        all RAM is local. Methods: pager (post-copy only), pager-precopy (pre-copy rounds with
+        the source QEMU's writes tracked by the preload library, then post-copy), and QEMU's
+        native postcopy. Prints total migration time (pager-precopy: from its first round), the
+        guest's longest stall as its own clock saw it, and fault latency (pager) or blocktime
+        (QEMU). Needs root.
         """
     )
     @Option(help: "Directory with vmlinuz and initrd.gz (default: build one).") var guest: String?
@@ -334,7 +337,7 @@ struct QEMUCompare: ParsableCommand {
             try sh("/bin/bash", script, dir, "\(workloadMiB)")
         }
         var rows: [(String, QEMUMigrationRun.Outcome)] = []
-        for method in [QEMUMigrationRun.Method.pager, .nativePostcopy] {
+        for method in QEMUMigrationRun.Method.allCases {
             print("  ... \(method.rawValue)")
             fflushStandardOutput()
             let hosts = try TwoHosts(splitCPUs: true)

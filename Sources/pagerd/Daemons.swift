@@ -35,11 +35,9 @@ struct SourceCommand: ParsableCommand {
     @Option(name: .customLong("region"), help: "A file to serve (repeatable); region ids are 1, 2, ... in order.")
     var regions: [String] = []
     @Option(help: "Unix socket on which one workload hands over its live memory (pre-copy); it becomes the last region.") var liveSocket: String?
-    @Option(help: "Pre-copy: at most this many rounds after round 0.") var maxRounds = 30
-    @Option(help: "Pre-copy: switch once the dirty pages take at most this long to send at the measured rate.") var downtimeMs = 100
-    @Option(help: "Pre-copy: switch when the dirty set has not shrunk by 10% for this many rounds.") var stallRounds = 3
-    @Option(help: "Pre-copy: switch at the first round end after this many seconds.") var precopyDeadlineS: Double?
+    @OptionGroup var convergence: ConvergenceOptions
     @Flag(help: "Live memory without pre-copy: pause the workload at once and migrate it by post-copy only.") var noPrecopy = false
+    @Flag(help: "Run the push at normal priority instead of on idle CPU only (for a live workload that keeps every CPU busy).") var normalPriorityPush = false
     @Option(help: "Close connections that send no HELLO within this many milliseconds.") var handshakeTimeoutMs = 10_000
     @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
 
@@ -52,11 +50,7 @@ struct SourceCommand: ParsableCommand {
         let logger = makeLogger("pagerd.source", logLevel)
         var served: [ServedRegion] = []
         for (i, path) in regions.enumerated() { served.append(try ServedRegion(id: UInt32(i + 1), path: path)) }
-        var policy = ConvergencePolicy()
-        policy.maxRounds = maxRounds
-        policy.downtimeBudgetNanoseconds = UInt64(downtimeMs) * 1_000_000
-        policy.stallRounds = stallRounds
-        policy.deadlineNanoseconds = precopyDeadlineS.map { UInt64($0 * 1e9) }
+        var policy = convergence.policy
         policy.precopy = !noPrecopy
         let live = try liveSocket.map { path in
             try LiveWorkload.accept(on: path, regionID: UInt32(served.count + 1), policy: policy, logger: logger)
@@ -64,6 +58,7 @@ struct SourceCommand: ParsableCommand {
         if let live { served.append(live.region) }
         let server = try SourceServer(listen: Endpoint(listen)!, regions: served, logger: logger)
         server.handshakeTimeoutMilliseconds = handshakeTimeoutMs
+        server.backgroundPush = !normalPriorityPush
         try TerminationSignals.start(also: [TerminationSignals.userSignal1]) { signal in
             if signal == TerminationSignals.userSignal1 {
                 logger.info("SIGUSR1: switching to post-copy at the end of the current round")
@@ -74,16 +69,7 @@ struct SourceCommand: ParsableCommand {
             server.stop()
         }
         server.run()
-        if let outcome = live?.region.live?.outcome {
-            for r in outcome.rounds {
-                print("pagerd source: pre-copy round \(r.index): \(r.pagesSent) pages sent (\(r.bytesSent >> 20) MiB as data) in \(r.nanoseconds / 1_000_000) ms, \(Int(r.rate) >> 20) MiB/s; \(r.dirtyPages) pages written during it; scan \(r.scanNanoseconds / 1000) µs")
-            }
-            if outcome.switched {
-                print("pagerd source: switched to post-copy (\(outcome.reason.map { "\($0)" } ?? "")): final dirty set \(outcome.finalDirtyPages) pages, \(outcome.invalidatedPages) pages invalidated at the destination, workload paused \(Double(outcome.pauseNanoseconds / 1000) / 1000) ms before the switch")
-            } else {
-                print("pagerd source: pre-copy never switched to post-copy")
-            }
-        }
+        if let outcome = live?.region.live?.outcome { printPrecopy(outcome, daemon: "pagerd source", paused: "workload") }
         let c = server.counts
         print("pagerd source: \(c.sessions) session(s), \(c.demandRequests) demand and \(c.prefetchRequests) prefetch requests, \(c.bytesSent >> 20) MiB sent as bytes, \(c.zeroBytes >> 20) MiB as zero ranges, \(c.failedSessions) session(s) ended by errors")
     }
@@ -227,6 +213,35 @@ struct DestCommand: ParsableCommand {
             print("pagerd dest: migration FAILED: \(error)")
             return false
         }
+    }
+}
+
+/// When pre-copy switches to post-copy (`pagerd source` and `pagerd qemu-source`).
+struct ConvergenceOptions: ParsableArguments {
+    @Option(help: "Pre-copy: at most this many rounds after round 0.") var maxRounds = 30
+    @Option(help: "Pre-copy: switch once the dirty pages take at most this long to send at the measured rate.") var downtimeMs = 100
+    @Option(help: "Pre-copy: switch when the dirty set has not shrunk by 10% for this many rounds.") var stallRounds = 3
+    @Option(help: "Pre-copy: switch at the first round end after this many seconds.") var precopyDeadlineS: Double?
+
+    var policy: ConvergencePolicy {
+        var policy = ConvergencePolicy()
+        policy.maxRounds = maxRounds
+        policy.downtimeBudgetNanoseconds = UInt64(downtimeMs) * 1_000_000
+        policy.stallRounds = stallRounds
+        policy.deadlineNanoseconds = precopyDeadlineS.map { UInt64($0 * 1e9) }
+        return policy
+    }
+}
+
+/// The per-round lines both source daemons print after pre-copy.
+func printPrecopy(_ outcome: LiveRegion.Outcome, daemon: String, paused what: String) {
+    for r in outcome.rounds {
+        print("\(daemon): pre-copy round \(r.index): \(r.pagesSent) pages sent (\(r.bytesSent >> 20) MiB as data) in \(r.nanoseconds / 1_000_000) ms, \(Int(r.rate) >> 20) MiB/s; \(r.dirtyPages) pages written during it; scan \(r.scanNanoseconds / 1000) µs")
+    }
+    if outcome.switched {
+        print("\(daemon): switched to post-copy (\(outcome.reason.map { "\($0)" } ?? "")): final dirty set \(outcome.finalDirtyPages) pages, \(outcome.invalidatedPages) pages invalidated at the destination, \(what) paused \(Double(outcome.pauseNanoseconds / 1000) / 1000) ms before the switch")
+    } else {
+        print("\(daemon): pre-copy never switched to post-copy")
     }
 }
 

@@ -3,6 +3,7 @@ import Logging
 import PagerBenchKit
 import PagerKernel
 import PagerQEMU
+import PagerSource
 import Synchronization
 
 struct QEMUSourceCommand: ParsableCommand {
@@ -16,12 +17,22 @@ struct QEMUSourceCommand: ParsableCommand {
         starts the migration to --migrate-to (device state only), serves --ram to the
         destination's pagerd, but not one page before QEMU has stopped the VM, and exits once
         the destination holds every page. Start pagerd qemu-dest and the destination QEMU first.
+
+        Pre-copy (optional): start the source QEMU with the preload library and
+          LD_PRELOAD=libpager-preload.so PAGER_RAM_PATH=RAM PAGER_TRACK_SOCKET=SOCK
+        and give --track-socket SOCK here (and --precopy to pagerd qemu-dest). Guest RAM is then
+        sent in rounds while the guest runs (each round the pages it wrote meanwhile, found
+        with userfaultfd write-protect and PAGEMAP_SCAN) until the rules below say switch, or
+        SIGUSR1 forces it. The switch issues migrate: QEMU stops the VM, the destination drops
+        the pages written since the last round and fetches them on demand.
         """
     )
     @Option(help: "The source QEMU's QMP socket.") var qmp: String
     @Option(help: "The guest RAM file (mem-path of the memory backend).") var ram: String
     @Option(help: "Address and port to serve pages on, e.g. 0.0.0.0:7070.") var listen: String
     @Option(help: "The destination QEMU's incoming URI, e.g. tcp:DEST:4444.") var migrateTo: String
+    @Option(help: "The source QEMU's PAGER_TRACK_SOCKET: run pre-copy rounds of guest RAM before the switch.") var trackSocket: String?
+    @OptionGroup var convergence: ConvergenceOptions
     @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
 
     func validate() throws {
@@ -31,12 +42,29 @@ struct QEMUSourceCommand: ParsableCommand {
     func run() throws {
         let logger = makeLogger("pagerd.qemu-source", logLevel)
         do {
-            let r = try QEMUSource(qmpPath: qmp, ram: ram, listen: Endpoint(listen)!, migrateTo: migrateTo, logger: logger)
-                .run { _ in logger.info("serving \(ram) on \(listen) (held until the VM stops)") }
+            let precopy = trackSocket.map { QEMUSource.Precopy(trackSocket: $0, policy: convergence.policy) }
+            let servers = Mutex<SourceServer?>(nil)
+            if precopy != nil {
+                try TerminationSignals.start(also: [TerminationSignals.userSignal1]) { signal in
+                    if signal == TerminationSignals.userSignal1 {
+                        logger.info("SIGUSR1: switching to post-copy at the end of the current round")
+                        servers.withLock { $0 }?.regions.first?.live?.forceSwitch()
+                    } else {
+                        logger.info("signal \(signal): stopping; the source VM keeps running if it has not stopped yet")
+                        servers.withLock { $0 }?.stop()
+                    }
+                }
+            }
+            let r = try QEMUSource(qmpPath: qmp, ram: ram, listen: Endpoint(listen)!, migrateTo: migrateTo, logger: logger, precopy: precopy)
+                .run { server in
+                    servers.withLock { $0 = server }
+                    logger.info("serving \(ram) on \(listen)\(precopy == nil ? " (held until the VM stops)" : " (pre-copy rounds while the guest runs)")")
+                }
+            if let outcome = r.precopy { printPrecopy(outcome, daemon: "pagerd qemu-source", paused: "guest") }
             print("""
             pagerd qemu-source: device state migrated in \(String(format: 1, r.deviceStateSeconds * 1000)) ms (VM stopped after \(String(format: 1, r.untilStopSeconds * 1000)) ms)
               served            \(r.counts.demandRequests) demand and \(r.counts.prefetchRequests) prefetch requests, \(r.counts.bytesSent >> 20) MiB as bytes, \(r.counts.zeroBytes >> 20) MiB as zero ranges
-              migrate-issued-ns=\(r.migrateIssuedAt)
+              migrate-issued-ns=\(r.migrateIssuedAt)\(r.precopyStartedAt.map { "\n  precopy-started-ns=\($0)" } ?? "")
             """)
         } catch {
             print("pagerd qemu-source: FAILED: \(error)")
@@ -64,6 +92,7 @@ struct QEMUDestCommand: ParsableCommand {
     @Option(help: "pagerd qemu-source's ADDR:PORT.") var connect: String
     @Option(help: "Unix socket the preload library hands QEMU's RAM to.") var uffdSocket: String
     @Option(help: "URI this QEMU receives the device state on, e.g. tcp:0:4444.") var incoming: String
+    @Flag(help: "Receive pre-copy rounds first (the source runs pagerd qemu-source --track-socket).") var precopy = false
     @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
 
     func validate() throws {
@@ -80,10 +109,13 @@ struct QEMUDestCommand: ParsableCommand {
                 logger.warning("signal \(signal): stopping; guest pages not yet local are poisoned")
                 cancel.withLock { $0 }?()
             }
-            let r = try QEMUDestination(qmpPath: qmp, ram: ram, source: Endpoint(connect)!, uffdSocket: uffdSocket, incoming: incoming, logger: logger)
+            let r = try QEMUDestination(qmpPath: qmp, ram: ram, source: Endpoint(connect)!, uffdSocket: uffdSocket, incoming: incoming, logger: logger, precopy: precopy)
                 .run(listening: { print("pagerd qemu-dest: waiting for QEMU's handoff on \(uffdSocket)"); fflushStandardOutput() },
                      onCancel: { stop in cancel.withLock { $0 = stop } })
             let latency = LatencySummary(samples: r.resolve.faultLatencies)
+            if let staged = r.staged {
+                print("pagerd qemu-dest: pre-copy staged \(staged.bytes >> 20) MiB in \(String(format: 2, staged.seconds)) s; \(staged.invalidatedBytes >> 10) KiB written by the guest after its round were dropped and fetched again")
+            }
             print("""
             pagerd qemu-dest: guest running here \(String(format: 1, r.untilRunningSeconds * 1000)) ms after migrate-incoming; all RAM local after \(String(format: 1, r.untilLocalSeconds)) s
               faults            \(r.resolve.faults), fault to install: p50 \(formatMicros(latency.p50)) p99 \(formatMicros(latency.p99)) max \(formatMicros(latency.max))
