@@ -20,6 +20,10 @@ public struct QEMUMigrationRun {
     public var method = Method.pager
     /// Passes the guest must complete on the destination after all RAM is local.
     public var passesAfter = 2
+    /// More arguments for `pagerd qemu-source` (e.g. the pre-copy convergence rules).
+    public var sourceArguments: [String] = []
+    /// Where the two RAM files go (e.g. a hugetlbfs mount); nil: the run's scratch directory.
+    public var ramDirectory: String?
 
     public init(binaries: String, guest: String) {
         self.binaries = binaries
@@ -75,7 +79,9 @@ public struct QEMUMigrationRun {
     public func run(hosts: TwoHosts, scratch: Scratch) throws -> Outcome {
         let srcConsole = scratch.file("src.console"), dstConsole = scratch.file("dst.console")
         let srcQMP = scratch.file("src.qmp"), dstQMP = scratch.file("dst.qmp")
-        let srcRAM = scratch.file("src.ram"), dstRAM = scratch.file("dst.ram")
+        let srcRAM = ramDirectory.map { $0 + "/src.ram" } ?? scratch.file("src.ram")
+        let dstRAM = ramDirectory.map { $0 + "/dst.ram" } ?? scratch.file("dst.ram")
+        defer { if ramDirectory != nil { unlink(srcRAM); unlink(dstRAM) } }
         var srcArgs = commonArgs(console: srcConsole, qmp: srcQMP)
         var dstArgs = commonArgs(console: dstConsole, qmp: dstQMP) + ["-incoming", "defer"]
         if method != .nativePostcopy {
@@ -137,7 +143,7 @@ public struct QEMUMigrationRun {
         try waitFor(qdest, toPrint: "incoming migration on", seconds: 30)
         let qsource = try hosts.spawn(in: hosts.source, pagerd,
                                       ["qemu-source", "--qmp", srcQMP, "--ram", srcRAM, "--listen", "\(TwoHosts.sourceAddress):7070",
-                                       "--migrate-to", "tcp:\(TwoHosts.destAddress):4444"] + (trackSocket.map { ["--track-socket", $0] } ?? []),
+                                       "--migrate-to", "tcp:\(TwoHosts.destAddress):4444"] + (trackSocket.map { ["--track-socket", $0] } ?? []) + sourceArguments,
                                       log: scratch.file("qemu-source.log"))
         defer { qsource.signal(SIGKILL) }
         let s = qsource.wait(timeoutMilliseconds: 180_000)

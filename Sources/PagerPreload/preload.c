@@ -266,7 +266,12 @@ static void *interpose(const char *name, void *addr, size_t length, int prot, in
     if (cmdline_has("prealloc=on"))
         die("prealloc=on makes QEMU touch every page of %s before the source has stopped: remove it", path);
     /* A file that already holds data would be mapped as it is, and the guest would run on it. */
-    if (lseek(fd, 0, SEEK_DATA) >= 0 || errno != ENXIO) die("%s already holds data: give the destination an empty RAM file", path);
+    /* hugetlbfs has no SEEK_DATA (the whole size reads as data) but counts its pages in st_blocks. */
+    struct statfs fs;
+    struct stat st;
+    int hugetlb = fstatfs(fd, &fs) == 0 && fs.f_type == HUGETLBFS_MAGIC;
+    if (hugetlb ? (fstat(fd, &st) < 0 || st.st_blocks != 0) : (lseek(fd, 0, SEEK_DATA) >= 0 || errno != ENXIO))
+        die("%s already holds data: give the destination an empty RAM file", path);
     void *mapped = real_mmap(addr, length, prot, flags, fd, offset);
     if (mapped == MAP_FAILED) return mapped;
     hand_over(mapped, length, offset, fd, path);

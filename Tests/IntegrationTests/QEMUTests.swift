@@ -36,6 +36,43 @@ struct QEMUTests {
         #expect(o.totalSeconds > 0)
     }
 
+    @Test("with pre-copy (the source QEMU's writes tracked by the preload library) the guest moves in rounds while it runs, then by post-copy, and keeps verifying its memory")
+    func migrateGuestWithPrecopy() throws {
+        let hosts = try TwoHosts()
+        let scratch = Scratch()
+        var run = QEMUMigrationRun(binaries: Binaries.directory, guest: TestGuest.directory!)
+        run.method = .pagerPrecopy
+        // A 1 ms downtime budget: the guest's writes during round 0 do not fit, so at least one
+        // more round runs (at most 3).
+        run.sourceArguments = ["--downtime-ms", "1", "--max-rounds", "3"]
+        let o = try run.run(hosts: hosts, scratch: scratch)
+        #expect(!o.mismatch, "\(o.destConsole.suffix(3000))")
+        #expect(QEMUMigrationRun.passes(o.destConsole) >= 2, "\(o.destConsole.suffix(3000))")
+        // Round 0 sent every page of the guest's RAM while it ran; the guest kept writing, so
+        // later rounds re-sent pages; the switch stopped the VM and invalidated what it wrote.
+        #expect(o.source.contains("pre-copy round 0: 98304 pages sent"), "\(o.source)")
+        #expect(o.source.contains("pre-copy round 1: "), "\(o.source)")
+        #expect(o.source.contains("switched to post-copy"), "\(o.source)")
+        #expect(o.dest.contains("pre-copy staged"), "\(o.dest)")
+        #expect(o.dest.contains("all RAM local"), "\(o.dest)")
+    }
+
+    @Test("guest RAM on hugetlbfs (2 MiB pages) moves with pagerd qemu-source/qemu-dest and the guest keeps verifying it")
+    func migrateGuestOnHugetlbfs() throws {
+        var run = guest
+        // Both hosts' RAM files live on this machine: reserve huge pages for the two of them.
+        let reservation = try HugePageReservation(pages: 2 * run.ramMiB / 2)
+        let mount = try HugetlbfsMount()
+        run.ramDirectory = mount.path
+        let o = try run.run(hosts: try TwoHosts(), scratch: Scratch())
+        withExtendedLifetime(mount) {}
+        _ = consume reservation
+        #expect(!o.mismatch, "\(o.destConsole.suffix(3000))")
+        #expect(QEMUMigrationRun.passes(o.destConsole) >= 2, "\(o.destConsole.suffix(3000))")
+        #expect(o.dest.contains("in 2048 KiB pages"), "\(o.dest)")
+        #expect(o.dest.contains("all RAM local"), "\(o.dest)")
+    }
+
     /// The test guest in 256 MiB, as `QEMUMigrationRun` starts it.
     var guest: QEMUMigrationRun {
         var g = QEMUMigrationRun(binaries: Binaries.directory, guest: TestGuest.directory!)
@@ -98,5 +135,20 @@ struct QEMUTests {
         (status, output) = try runProgram(Binaries.pagerd, ["qemu-source", "--qmp", qmp, "--ram", ram, "--listen", "127.0.0.1:0",
                                                               "--migrate-to", "exec:/bin/false"])
         #expect(status == 1 && output.contains("never served"), "\(output)")
+    }
+}
+
+/// A hugetlbfs mount (2 MiB pages) in a fresh directory, unmounted and removed when done.
+final class HugetlbfsMount {
+    let path: String
+    init() throws {
+        var template = Array("/tmp/pager-hugetlbfs-XXXXXX".utf8CString)
+        path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+        let (status, output) = try runProgram("/bin/mount", ["-t", "hugetlbfs", "-o", "pagesize=2M", "none", path])
+        guard status == 0 else { throw HarnessError("mount -t hugetlbfs on \(path) failed: \(output)") }
+    }
+    deinit {
+        _ = try? runProgram("/bin/umount", [path])
+        rmdir(path)
     }
 }
