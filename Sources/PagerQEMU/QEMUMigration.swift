@@ -5,6 +5,7 @@ import PagerKernel
 import PagerSource
 import PagerWire
 import Synchronization
+import SystemPackage
 
 /// Checks that `ram` is the guest RAM of the QEMU behind `qmp`, mapped shared from a named
 /// file (what `x-ignore-shared` skips and what the pager can serve), and that the memory
@@ -155,7 +156,10 @@ public struct QEMUSource {
 
     /// Pre-copy: rounds while the guest runs, then `migrate` stops it (the switch).
     private func runPrecopy(_ qmp: QMP, _ precopy: Precopy, serverReady: (SourceServer) -> Void) throws -> Report {
-        let connection = try UnixSocket.connect(path: precopy.trackSocket)
+        let connection: FileDescriptor
+        do { connection = try UnixSocket.connect(path: precopy.trackSocket) } catch {
+            throw QEMUError("nothing offers write tracking on \(precopy.trackSocket) (\(error)): start the source QEMU with LD_PRELOAD=libpager-preload.so PAGER_RAM_PATH=\(ram) PAGER_TRACK_SOCKET=\(precopy.trackSocket), or migrate without --track-socket")
+        }
         defer { try? connection.close() }
         let handoff: Handoff
         do { handoff = try HandoffListener.read(from: connection) } catch {

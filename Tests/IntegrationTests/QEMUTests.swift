@@ -135,6 +135,10 @@ struct QEMUTests {
         (status, output) = try runProgram(Binaries.pagerd, ["qemu-source", "--qmp", qmp, "--ram", ram, "--listen", "127.0.0.1:0",
                                                               "--migrate-to", "exec:/bin/false"])
         #expect(status == 1 && output.contains("never served"), "\(output)")
+        // Pre-copy asked for, but this QEMU runs without the preload library's tracking socket.
+        (status, output) = try runProgram(Binaries.pagerd, ["qemu-source", "--qmp", qmp, "--ram", ram, "--listen", "127.0.0.1:0",
+                                                              "--migrate-to", "exec:/bin/false", "--track-socket", scratch.file("track.sock")])
+        #expect(status == 1 && output.contains("nothing offers write tracking") && output.contains("PAGER_TRACK_SOCKET"), "\(output)")
     }
 }
 
