@@ -312,6 +312,22 @@ public struct QEMUDestination {
         defer { try? handoff.connection.close() }
         let total = handoff.mappings.reduce(0) { $0 + $1.size }
         logger.info("QEMU handed over \(total >> 20) MiB of guest RAM in \(handoff.mappings[0].pageSize >> 10) KiB pages")
+        // Until the resolver runs, nothing here answers the guest's faults: any way out of this
+        // function before it (an error, a signal) poisons all of guest RAM, so that a guest
+        // resumed here gets SIGBUS instead of hanging, and never zeros.
+        var resolverOwnsPages = false
+        defer {
+            if !resolverOwnsPages {
+                for m in handoff.mappings { _ = try? handoff.uffd.poison(m.range) }
+                logger.error("guest RAM here is poisoned: the guest gets SIGBUS if it runs")
+            }
+        }
+        let cancelled = Atomic<Bool>(false)
+        let current = Mutex<DestinationClient?>(nil)
+        onCancel {
+            cancelled.store(true, ordering: .releasing)
+            current.withLock { $0 }?.close()
+        }
         let qmp = try QMP(path: qmpPath)
         try checkGuestRAM(qmp, ram: ram)
         try qmp.execute("migrate-set-capabilities", #"{"capabilities":[{"capability":"x-ignore-shared","state":true}]}"#)
@@ -322,6 +338,7 @@ public struct QEMUDestination {
         var connected: DestinationClient?
         let deadline = monotonicNanoseconds() + 60_000_000_000
         while connected == nil {
+            if cancelled.load(ordering: .acquiring) { throw QEMUError("stopped by a signal before the source answered") }
             do {
                 connected = try DestinationClient(source: source, clientName: "pagerd-qemu-dest",
                                                   features: precopy ? [.resume, .hugePages, .invalidation] : [.resume, .hugePages])
@@ -333,7 +350,8 @@ public struct QEMUDestination {
             }
         }
         let client = connected!
-        onCancel { client.close() }
+        current.withLock { $0 = client }
+        if cancelled.load(ordering: .acquiring) { throw QEMUError("stopped by a signal") }
         var clientOpen = true
         defer { if clientOpen { client.close() } }
         let region = try client.region(selectedBy: nil)
@@ -343,12 +361,10 @@ public struct QEMUDestination {
         var staged: StagedPages?
         if precopy {
             logger.info("receiving pre-copy rounds of guest RAM (the guest still runs on the source)")
+            // The guest may already run here (the source stops it at the switch) and fault:
+            // a failure poisons all of its RAM (see above).
             do { staged = try StagedPages.receive(region: region, push: client.push, logger: logger) } catch {
-                // The guest may already run here (the source stops it at the switch): with no
-                // page installed yet, every page is missing; poison them all so that it gets
-                // SIGBUS, not a hang or zeros.
-                for m in handoff.mappings { _ = try? handoff.uffd.poison(m.range) }
-                throw QEMUError("pre-copy failed: \(error); guest RAM here is poisoned")
+                throw QEMUError("pre-copy failed: \(error)")
             }
         }
         let resolver = try FaultResolver(uffd: handoff.uffd, region: region, mappings: handoff.mappings,
@@ -366,6 +382,7 @@ public struct QEMUDestination {
             do throws(ResolveError) { r = .success(try resolver.run()) } catch { r = .failure(error) }
             outcome.withLock { $0 = r }
         }
+        resolverOwnsPages = true // from here on, the resolver poisons what is missing when it fails
         defer {
             // On an error below: closing the connections makes the resolver poison what is
             // missing (the guest gets SIGBUS there, never zeros) and return.

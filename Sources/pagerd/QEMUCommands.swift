@@ -1,3 +1,4 @@
+import Glibc
 import ArgumentParser
 import Logging
 import PagerBenchKit
@@ -106,8 +107,14 @@ struct QEMUDestCommand: ParsableCommand {
             // SIGBUS, loudly) rather than left to become zeros when this process is gone.
             let cancel = Mutex<(@Sendable () -> Void)?>(nil)
             try TerminationSignals.start { signal in
+                guard let stop = cancel.withLock({ $0 }) else {
+                    // QEMU has not handed over its RAM: there is nothing to poison.
+                    print("pagerd qemu-dest: FAILED: signal \(signal) before QEMU handed over its guest RAM")
+                    fflushStandardOutput()
+                    Glibc.exit(1)
+                }
                 logger.warning("signal \(signal): stopping; guest pages not yet local are poisoned")
-                cancel.withLock { $0 }?()
+                stop()
             }
             let r = try QEMUDestination(qmpPath: qmp, ram: ram, source: Endpoint(connect)!, uffdSocket: uffdSocket, incoming: incoming, logger: logger, precopy: precopy)
                 .run(listening: { print("pagerd qemu-dest: waiting for QEMU's handoff on \(uffdSocket)"); fflushStandardOutput() },

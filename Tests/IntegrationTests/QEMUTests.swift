@@ -114,6 +114,33 @@ struct QEMUTests {
         }
     }
 
+    @Test("SIGTERM on pagerd qemu-dest before the source answers poisons guest RAM: QEMU touching it dies of SIGBUS instead of hanging or reading zeros")
+    func destinationSignalPoisons() throws {
+        let scratch = Scratch()
+        let ram = scratch.file("vm.ram"), qmp = scratch.file("qmp"), socket = scratch.file("uffd.sock")
+        // Nothing listens on the source port: qemu-dest keeps retrying until the signal.
+        let qdest = try ChildProcess(Binaries.pagerd, ["qemu-dest", "--qmp", qmp, "--ram", ram, "--connect", "127.0.0.1:9",
+                                                       "--uffd-socket", socket, "--incoming", "tcp:127.0.0.1:0"],
+                                     outputPath: scratch.file("qemu-dest.log"))
+        defer { qdest.signal(SIGKILL) }
+        try waitFor(qdest, toPrint: "waiting for QEMU's handoff")
+        let q = try ChildProcess("/usr/bin/env", ["LD_PRELOAD=\(Binaries.directory)/libpager-preload.so", "PAGER_RAM_PATH=\(ram)",
+                                                  "PAGER_UFFD_SOCKET=\(socket)", "/usr/bin/qemu-system-x86_64"]
+            + guest.commonArgs(console: scratch.file("console"), qmp: qmp) + ["-incoming", "defer"] + guest.ramBackend(ram),
+            outputPath: scratch.file("qemu.log"))
+        defer { q.signal(SIGKILL) }
+        try waitFor(qdest, toPrint: "incoming migration on", seconds: 30)
+        qdest.signal(SIGTERM)
+        let status = qdest.wait(timeoutMilliseconds: 10_000)
+        #expect(status == 1, "qemu-dest exited \(String(describing: status)): \(qdest.output)")
+        #expect(qdest.output.contains("stopped by a signal") && qdest.output.contains("poisoned"), "\(qdest.output)")
+        // QEMU reads guest RAM (the monitor's xp): the page is poisoned, so QEMU gets SIGBUS.
+        _ = try? runProgram(Binaries.directory + "/pager-bench", ["qmp", "--socket", qmp, "--execute", "human-monitor-command",
+                                                                  "--arguments", #"{"command-line":"xp /1xg 0x100000"}"#])
+        let qemuStatus = q.wait(timeoutMilliseconds: 10_000)
+        #expect(qemuStatus == 128 + SIGBUS, "QEMU: \(String(describing: qemuStatus)): \(q.output)")
+    }
+
     @Test("pagerd qemu-source refuses a QEMU whose guest RAM is not a named shared file, and never serves a VM that did not stop")
     func sourceRefusals() throws {
         let scratch = Scratch()
