@@ -85,7 +85,12 @@ struct QEMUDestCommand: ParsableCommand {
         The library hands QEMU's RAM mapping to this daemon; prealloc=on, a private mapping or a
         RAM file that already holds data make QEMU stop at once. This command then drives the
         incoming migration, resolves the guest's faults from the source and pushes the rest,
-        and prints a report once every page is local.
+        and prints a report once every page is local. If it stops early (an error, SIGTERM),
+        every page not yet local is poisoned: the guest gets SIGBUS, never zeros.
+
+        With --precopy (the source runs pagerd qemu-source --track-socket) it first receives
+        pre-copy rounds of guest RAM into its own memory while the guest still runs on the
+        source, and installs them locally after the switch.
         """
     )
     @Option(help: "The destination QEMU's QMP socket.") var qmp: String
