@@ -105,7 +105,7 @@ let package = Package(
         .executableTarget(
             name: "pager-bench",
             dependencies: [
-                "PagerKernel", "PagerCore", "PagerBenchKit", "PagerQEMU", "PagerDestination",
+                "PagerKernel", "PagerCore", "PagerWire", "PagerBenchKit", "PagerQEMU", "PagerDestination",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -3,6 +3,7 @@ import PagerBenchKit
 import PagerDestination
 import PagerKernel
 import PagerQEMU
+import PagerWire
 
 @main
 struct PagerBench: ParsableCommand {
@@ -177,8 +178,28 @@ struct RawClient: ParsableCommand {
     @Option var count = 0
     @Option(name: .customLong("stream-mib")) var streamMiB = 0
     @Option(help: "Write the round-trip distribution (percentile and ns per line) to this file.") var cdfFile: String?
+    @Flag(name: .customLong("protocol"), help: "Round trips through the pager's protocol instead: --connect is a pagerd source; urgent 4 KiB PAGE_REQUESTs for random pages of its first region, answered on the demand channel.") var protocol_ = false
     func run() throws {
         guard let e = Endpoint(connect) else { throw ValidationError("--connect ADDR:PORT") }
+        if count > 0 && protocol_ {
+            let client = try DestinationClient(source: e, clientName: "pager-bench")
+            defer { client.close() }
+            let region = client.regions[0]
+            var samples: [UInt64] = []
+            samples.reserveCapacity(count)
+            var x: UInt64 = 0x9E3779B97F4A7C15
+            for i in 0..<count {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17
+                let page = x % (region.length / 4096)
+                let t0 = monotonicNanoseconds()
+                try client.demand.send(.pageRequest(PageRequest(requestID: UInt32(i + 1), region: region.id, offset: page * 4096, length: 4096, flags: .urgent)))
+                guard case .pageData = try client.demand.receive() else { throw HarnessError("expected PAGE_DATA") }
+                samples.append(monotonicNanoseconds() - t0)
+            }
+            let s = LatencySummary(samples: samples)
+            print("protocol-rtt p50-ns=\(s.p50) p90-ns=\(s.p90) p99-ns=\(s.p99) p999-ns=\(s.p999) max-ns=\(s.max)")
+            return
+        }
         if count > 0 {
             let s = LatencySummary(samples: try RawTCP.roundTrips(e, count: count))
             print("rtt p50-ns=\(s.p50) p90-ns=\(s.p90) p99-ns=\(s.p99) p999-ns=\(s.p999) max-ns=\(s.max)")
