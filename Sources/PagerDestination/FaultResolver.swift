@@ -65,6 +65,9 @@ public struct ResolveReport: Sendable {
     public var hintedPages = 0
     /// Pages still outstanding when the workload went away (0 for a completed migration).
     public var pagesNeverFetched = 0
+    /// Of those, pages the workload unmapped (`UFFD_EVENT_UNMAP`) before they were fetched:
+    /// it no longer has them, so the migration completes without them.
+    public var pagesUnmappedUnfetched = 0
     public var seconds: Double = 0
 }
 
@@ -402,7 +405,10 @@ public final class FaultResolver: @unchecked Sendable {
         } else {
             // Every page is here: the workload runs on local memory from now on.
             for m in mappings {
-                do { try uffd.unregister(m.range) } catch { logger.error("cannot unregister \(m.range): \(error)") }
+                do { try uffd.unregister(m.range) } catch let e where e.errno == .noMemory || e.errno == .invalidArgument {
+                    // The workload unmapped (part of) the range: there is nothing left to unregister.
+                    logger.info("\(m.range) is no longer mapped by the workload: \(e)")
+                } catch { logger.error("cannot unregister \(m.range): \(error)") }
                 // Unregistering wakes the faults pending on the range; wake once more anyway, so
                 // that no thread that queued a fault around the unregister sleeps on forever (a
                 // woken thread simply faults again, now on plain memory).
@@ -417,7 +423,7 @@ public final class FaultResolver: @unchecked Sendable {
         }
         lock.withLock {
             $0.finishing = true
-            $0.report.pagesNeverFetched = workloadGone ? $0.pages.outstandingCount : 0
+            $0.report.pagesNeverFetched = (workloadGone ? $0.pages.outstandingCount : 0) + $0.report.pagesUnmappedUnfetched
         }
         try? push?.send(.goodbye)
         try? demand.send(.goodbye)
@@ -502,6 +508,9 @@ public final class FaultResolver: @unchecked Sendable {
             }
         case .remove(let start, let end), .unmap(let start, let end):
             for (range, _) in regionRanges(start: start, end: end) {
+                if case .unmap = event {
+                    state.report.pagesUnmappedUnfetched += range.count { ![.resident, .discarded].contains(state.pages.state(of: $0)) }
+                }
                 state.pages.discard(range)
                 state.report.discardedPages += range.count
                 for p in range { state.faultTimes[p] = nil }

@@ -199,7 +199,9 @@ struct DestCommand: ParsableCommand {
             let r = try resolver.run()
             let latency = LatencySummary(samples: r.faultLatencies)
             let mib = Double(r.pages * r.pageSize) / Double(1 << 20)
-            let ending = r.pagesNeverFetched > 0 ? "; the workload exited with \(r.pagesNeverFetched) pages never needed" : ""
+            let gone = r.pagesNeverFetched - r.pagesUnmappedUnfetched
+            let ending = (gone > 0 ? "; the workload exited with \(gone) pages never needed" : "")
+                + (r.pagesUnmappedUnfetched > 0 ? "; the workload unmapped \(r.pagesUnmappedUnfetched) pages before it needed them" : "")
             print("""
             pagerd dest: \(r.pages) pages (\(Int(mib)) MiB) \(r.pagesNeverFetched > 0 ? "mapped" : "local") after \(String(format: 1, r.seconds)) s (\(String(format: 1, mib / max(r.seconds, 1e-9))) MiB/s)\(ending)
               faults            \(r.faults), fault to install: \(latency)

@@ -100,7 +100,10 @@ struct MigrationTests {
         #expect(outcome.workloadStatus == 0, "workload: \(outcome.workload)\ndest: \(outcome.dest)")
         #expect(outcome.workload.contains("pages=8192") && outcome.workload.contains("mismatches=0"), "\(outcome.workload)")
         #expect(outcome.destStatus == 0, "\(outcome.dest)")
-        #expect(outcome.dest.contains("the workload exited with"), "still migrating when the holes were punched: \(outcome.dest)")
+        // The migration was still running at the end: the workload left (exit, or an unmap of
+        // its memory just before) with pages never fetched.
+        #expect(outcome.dest.contains("the workload exited with") || outcome.dest.contains("pages before it needed them"),
+                "still migrating when the holes were punched: \(outcome.dest)")
     }
 
     @Test("an explicit prefetch hint makes a range local before it is touched: no faults on it")
