@@ -144,6 +144,12 @@ int pager_set_thread_fifo(int priority) {
     return 0;
 }
 
+int pager_allowed_cpu_count(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) < 0) return -errno;
+    return CPU_COUNT(&set);
+}
+
 void pager_mark_background_thread(int on) { background_thread = on; }
 int pager_is_background_thread(void) { return background_thread; }
 

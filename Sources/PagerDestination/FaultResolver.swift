@@ -92,7 +92,8 @@ public final class FaultResolver: @unchecked Sendable {
     public var backgroundPush = true
     /// The fault loop and the demand receiver run as real-time threads (`SCHED_FIFO` 1, see
     /// ``makeCurrentThreadUrgent()``), so a fault never waits for a busy CPU's time slice.
-    public var urgentDemand = true
+    /// Default: ``DemandPriority/auto`` (see there for when it pays).
+    public var urgentDemand = DemandPriority.auto.isRealtime
     /// Pages received by pre-copy before the switch: installed from local memory, never
     /// fetched again (see ``StagedPages``).
     public var staged: StagedPages?

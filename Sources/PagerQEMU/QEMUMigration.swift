@@ -277,6 +277,9 @@ public struct QEMUDestination {
     /// Receive the source's pre-copy rounds (`pagerd qemu-source --track-socket`) into this
     /// daemon's memory before the switch; they are installed locally after it.
     public var precopy = false
+    /// Real-time fault threads by default: the guest's vCPUs keep this host's CPUs busy, and a
+    /// fault must not wait for a vCPU's time slice (see ``DemandPriority``).
+    public var demandPriority = DemandPriority.realtime
 
     public init(qmpPath: String, ram: String, source: Endpoint, uffdSocket: String, incoming: String, logger: Logger, precopy: Bool = false) {
         self.qmpPath = qmpPath
@@ -370,6 +373,7 @@ public struct QEMUDestination {
         let resolver = try FaultResolver(uffd: handoff.uffd, region: region, mappings: handoff.mappings,
                                          demand: client.demand, push: client.push, logger: logger)
         resolver.staged = staged
+        resolver.urgentDemand = demandPriority.isRealtime
         // The source holds pages until its VM stops; until then only silence can come.
         resolver.stallTimeoutMilliseconds = 120_000
         // A guest's vCPU threads keep their CPUs busy: a push that only uses idle CPU could

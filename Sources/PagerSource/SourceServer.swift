@@ -57,8 +57,8 @@ public final class SourceServer: @unchecked Sendable {
 
     /// Demand channels are served by real-time threads (`SCHED_FIFO` 1, see
     /// ``makeCurrentThreadUrgent()``): a demand request never waits behind the push or any
-    /// other busy thread on this host for a time slice.
-    public var urgentDemand = true
+    /// other busy thread on this host for a time slice. Default: ``DemandPriority/auto``.
+    public var urgentDemand = DemandPriority.auto.isRealtime
 
     /// A connection that has not completed its HELLO within this time is closed.
     public var handshakeTimeoutMilliseconds = 10_000

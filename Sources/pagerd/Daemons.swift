@@ -38,6 +38,7 @@ struct SourceCommand: ParsableCommand {
     @OptionGroup var convergence: ConvergenceOptions
     @Flag(help: "Live memory without pre-copy: pause the workload at once and migrate it by post-copy only.") var noPrecopy = false
     @Flag(help: "Run the push at normal priority instead of on idle CPU only (for a live workload that keeps every CPU busy).") var normalPriorityPush = false
+    @Option(help: "Demand threads: auto (real-time when this process may use one CPU only), realtime (SCHED_FIFO 1), normal.") var demandPriority = DemandPriority.auto
     @Option(help: "Close connections that send no HELLO within this many milliseconds.") var handshakeTimeoutMs = 10_000
     @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
 
@@ -59,6 +60,7 @@ struct SourceCommand: ParsableCommand {
         let server = try SourceServer(listen: Endpoint(listen)!, regions: served, logger: logger)
         server.handshakeTimeoutMilliseconds = handshakeTimeoutMs
         server.backgroundPush = !normalPriorityPush
+        server.urgentDemand = demandPriority.isRealtime
         try TerminationSignals.start(also: [TerminationSignals.userSignal1]) { signal in
             if signal == TerminationSignals.userSignal1 {
                 logger.info("SIGUSR1: switching to post-copy at the end of the current round")
@@ -100,6 +102,7 @@ struct DestCommand: ParsableCommand {
     @Flag(help: "No background push: pages arrive only when touched or prefetched (for measuring demand paging).") var noPush = false
     @Flag(help: "No prefetch around faults: fetch exactly the faulting page.") var noPrefetch = false
     @Flag(help: "Run the background push at normal priority instead of on idle CPU only (for workloads that keep every CPU busy).") var normalPriorityPush = false
+    @Option(help: "Fault threads: auto (real-time when this process may use one CPU only), realtime (SCHED_FIFO 1), normal.") var demandPriority = DemandPriority.auto
     @Option(help: "Declare the source lost after this many milliseconds without a frame while pages are outstanding.") var stallTimeoutMs = 10_000
     @Flag(help: "Ask the source for a CRC-32C of every 4 KiB page and check each before installing it.") var checksums = false
     @Flag(help: "Receive the source's pre-copy rounds before the handoff (one migration; implies --once).") var precopy = false
@@ -192,6 +195,7 @@ struct DestCommand: ParsableCommand {
                                              demand: client.demand, push: noPush ? nil : client.push, logger: logger)
             resolver.prefetch = !noPrefetch
             resolver.backgroundPush = !normalPriorityPush
+            resolver.urgentDemand = demandPriority.isRealtime
             resolver.stallTimeoutMilliseconds = stallTimeoutMs
             resolver.otherRegions = client.regions.map(\.id)
             resolver.workloadConnection = handoff.connection
@@ -280,3 +284,5 @@ func makeLogger(_ label: String, _ level: String) -> Logger {
     logger.logLevel = Logger.Level(rawValue: level) ?? .info
     return logger
 }
+
+extension DemandPriority: ExpressibleByArgument {}

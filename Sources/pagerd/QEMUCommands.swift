@@ -99,6 +99,7 @@ struct QEMUDestCommand: ParsableCommand {
     @Option(help: "Unix socket the preload library hands QEMU's RAM to.") var uffdSocket: String
     @Option(help: "URI this QEMU receives the device state on, e.g. tcp:0:4444.") var incoming: String
     @Flag(help: "Receive pre-copy rounds first (the source runs pagerd qemu-source --track-socket).") var precopy = false
+    @Option(help: "Fault threads: realtime (SCHED_FIFO 1: the guest's vCPUs keep the CPUs busy), normal, or auto (real-time when this process may use one CPU only).") var demandPriority = DemandPriority.realtime
     @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
 
     func validate() throws {
@@ -121,8 +122,10 @@ struct QEMUDestCommand: ParsableCommand {
                 logger.warning("signal \(signal): stopping; guest pages not yet local are poisoned")
                 stop()
             }
-            let r = try QEMUDestination(qmpPath: qmp, ram: ram, source: Endpoint(connect)!, uffdSocket: uffdSocket, incoming: incoming, logger: logger, precopy: precopy)
-                .run(listening: { print("pagerd qemu-dest: waiting for QEMU's handoff on \(uffdSocket)"); fflushStandardOutput() },
+            var destination = QEMUDestination(qmpPath: qmp, ram: ram, source: Endpoint(connect)!, uffdSocket: uffdSocket, incoming: incoming,
+                                              logger: logger, precopy: precopy)
+            destination.demandPriority = demandPriority
+            let r = try destination.run(listening: { print("pagerd qemu-dest: waiting for QEMU's handoff on \(uffdSocket)"); fflushStandardOutput() },
                      onCancel: { stop in cancel.withLock { $0 = stop } })
             let latency = LatencySummary(samples: r.resolve.faultLatencies)
             if let staged = r.staged {

@@ -229,6 +229,8 @@ int pager_pin_to_cpu(int cpu);
 int pager_set_thread_idle(int idle);
 /* SCHED_FIFO at `priority` (1..99), or back to SCHED_OTHER with 0. */
 int pager_set_thread_fifo(int priority);
+/* CPUs the calling thread may run on (sched_getaffinity). */
+int pager_allowed_cpu_count(void);
 /// A thread-local flag: whether the calling thread is a background thread.
 void pager_mark_background_thread(int on);
 int pager_is_background_thread(void);
