@@ -48,18 +48,30 @@ struct PrecopyTests {
 
     @Test("SIGUSR1 forces the switch when the policy would go on; every page is still right")
     func forcedSwitch() throws {
-        let hosts = try TwoHosts()
-        let scratch = Scratch()
-        let outcome = try migration {
-            $0.sizeMiB = 256
-            $0.pagesPerSecond = 200_000
-            $0.hotPages = 4096
-            $0.sourceFlags = ["--downtime-ms", "0", "--max-rounds", "100000", "--stall-rounds", "100000"]
-            $0.forceSwitchAfterRound = 3
-        }.run(hosts: hosts, scratch: scratch)
-        #expect(outcome.workloadStatus == 0 && outcome.workload.contains("workload: ok"), "\(outcome.workload)\n\(outcome.dest)\n\(outcome.source)")
-        #expect(outcome.source.contains("switch forced by the operator"), "\(outcome.source)")
-        #expect(outcome.rounds.count >= 4, "\(outcome.source)")
+        // Only a round in which the writer wrote nothing ends without the signal (0 dirty pages
+        // fit any budget). On a loaded host the writer can miss a short round entirely; such an
+        // attempt proves nothing about SIGUSR1, so it is retried (at most 3 attempts), and every
+        // attempt must still migrate every page right.
+        var forced = false
+        for _ in 1...3 where !forced {
+            let hosts = try TwoHosts()
+            let scratch = Scratch()
+            let outcome = try migration {
+                $0.sizeMiB = 256
+                $0.pagesPerSecond = 200_000
+                $0.hotPages = 4096
+                $0.sourceFlags = ["--downtime-ms", "0", "--max-rounds", "100000", "--stall-rounds", "100000"]
+                $0.forceSwitchAfterRound = 3
+            }.run(hosts: hosts, scratch: scratch)
+            #expect(outcome.workloadStatus == 0 && outcome.workload.contains("workload: ok"), "\(outcome.workload)\n\(outcome.dest)\n\(outcome.source)")
+            if outcome.source.contains("switch forced by the operator") {
+                forced = true
+                #expect(outcome.rounds.count >= 4, "\(outcome.source)")
+            } else {
+                #expect(outcome.source.contains("converged: 0 KiB dirty"), "neither forced nor an empty round: \(outcome.source)")
+            }
+        }
+        #expect(forced, "SIGUSR1 never forced the switch in 3 attempts")
     }
 
     @Test("without pre-copy the writer is paused before anything is sent, and the post-copy still gets every page right")
