@@ -43,9 +43,8 @@ public final class TCPSocket: @unchecked Sendable {
 
     /// Sets the kernel socket buffer sizes (`SO_SNDBUF`/`SO_RCVBUF`).
     public func setBufferSizes(_ bytes: Int) {
-        var v = Int32(bytes)
-        _ = setsockopt(descriptor.rawValue, SOL_SOCKET, SO_SNDBUF, &v, socklen_t(MemoryLayout<Int32>.size))
-        _ = setsockopt(descriptor.rawValue, SOL_SOCKET, SO_RCVBUF, &v, socklen_t(MemoryLayout<Int32>.size))
+        setSendBufferSize(bytes)
+        setReceiveBufferSize(bytes)
     }
 
     /// Sets the send buffer alone (`SO_SNDBUF`; the kernel doubles it for bookkeeping).

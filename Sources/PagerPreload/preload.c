@@ -97,13 +97,52 @@ static int cmdline_has(const char *needle) {
     return strstr(buf, needle) != NULL;
 }
 
+/* The RAM file's filesystem (statfs f_type) and page size: hugetlbfs pages, else 4 KiB. */
+static long ram_page_size(int fd, const char *path, long *fs_type) {
+    struct statfs fs;
+    if (fstatfs(fd, &fs) < 0) die("fstatfs(%s): %s", path, strerror(errno));
+    *fs_type = (long)fs.f_type;
+    return fs.f_type == HUGETLBFS_MAGIC ? (long)fs.f_bsize : 4096;
+}
+
+/* The address of the Unix socket named by environment variable `name` (its value `path`). */
+static struct sockaddr_un unix_address(const char *path, const char *name) {
+    struct sockaddr_un sun = { .sun_family = AF_UNIX };
+    if (strlen(path) >= sizeof sun.sun_path) die("%s path too long", name);
+    strcpy(sun.sun_path, path);
+    return sun;
+}
+
+/* One mapping in Firecracker's handoff format. */
+static int mapping_json(char *json, size_t size, void *addr, size_t length, off_t offset, long page_size) {
+    return snprintf(json, size, "[{\"base_host_virt_addr\":%lu,\"size\":%zu,\"offset\":%lld,\"page_size\":%ld}]",
+                    (unsigned long)(uintptr_t)addr, length, (long long)offset, page_size);
+}
+
+/* Sends `json`, with descriptor `fd` attached (SCM_RIGHTS) unless it is -1; returns sendmsg's result. */
+static ssize_t send_json(int s, const char *json, int fd) {
+    char control[CMSG_SPACE(sizeof(int))];
+    memset(control, 0, sizeof control);
+    struct iovec iov = { .iov_base = (void *)json, .iov_len = strlen(json) };
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+    if (fd >= 0) {
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof control;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    }
+    return sendmsg(s, &msg, MSG_NOSIGNAL);
+}
+
 static void hand_over(void *addr, size_t length, off_t offset, int fd, const char *path) {
     const char *socket_path = getenv("PAGER_UFFD_SOCKET");
     if (!socket_path || !*socket_path) die("PAGER_RAM_PATH is set but PAGER_UFFD_SOCKET is not");
-    struct statfs fs;
-    if (fstatfs(fd, &fs) < 0) die("fstatfs(%s): %s", path, strerror(errno));
-    int hugetlb = fs.f_type == HUGETLBFS_MAGIC;
-    long page_size = hugetlb ? fs.f_bsize : 4096;
+    long fs_type;
+    long page_size = ram_page_size(fd, path, &fs_type);
+    int hugetlb = fs_type == HUGETLBFS_MAGIC;
 
     int uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
     if (uffd < 0) die("userfaultfd: %s (as root, or vm.unprivileged_userfaultfd=1)", strerror(errno));
@@ -115,25 +154,13 @@ static void hand_over(void *addr, size_t length, off_t offset, int fd, const cha
     if (ioctl(uffd, UFFDIO_REGISTER, &reg) < 0) die("UFFDIO_REGISTER %p+%zu: %s", addr, length, strerror(errno));
 
     int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un sun = { .sun_family = AF_UNIX };
-    if (strlen(socket_path) >= sizeof sun.sun_path) die("PAGER_UFFD_SOCKET path too long");
-    strcpy(sun.sun_path, socket_path);
+    struct sockaddr_un sun = unix_address(socket_path, "PAGER_UFFD_SOCKET");
     if (s < 0 || connect(s, (struct sockaddr *)&sun, sizeof sun) < 0)
         die("cannot reach the pager at %s: %s (start pagerd qemu-dest first)", socket_path, strerror(errno));
 
     char json[256];
-    int n = snprintf(json, sizeof json, "[{\"base_host_virt_addr\":%lu,\"size\":%zu,\"offset\":%lld,\"page_size\":%ld}]",
-                     (unsigned long)(uintptr_t)addr, length, (long long)offset, page_size);
-    char control[CMSG_SPACE(sizeof(int))];
-    memset(control, 0, sizeof control);
-    struct iovec iov = { .iov_base = json, .iov_len = (size_t)n };
-    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control };
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &uffd, sizeof(int));
-    if (sendmsg(s, &msg, MSG_NOSIGNAL) != n) die("sending the handoff to %s: %s", socket_path, strerror(errno));
+    int n = mapping_json(json, sizeof json, addr, length, offset, page_size);
+    if (send_json(s, json, uffd) != n) die("sending the handoff to %s: %s", socket_path, strerror(errno));
     /* Kept open, never closed: if the pager dies, the registration stays and a fault waits
      * (the guest hangs, loudly) instead of the kernel filling missing pages with zeros. */
     handoff_uffd = uffd;
@@ -152,30 +179,13 @@ static struct {
     int listener;
 } tracked = { .listener = -1 };
 
-static void send_json(int s, const char *json, int fd) {
-    char control[CMSG_SPACE(sizeof(int))];
-    memset(control, 0, sizeof control);
-    struct iovec iov = { .iov_base = (void *)json, .iov_len = strlen(json) };
-    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
-    if (fd >= 0) {
-        msg.msg_control = control;
-        msg.msg_controllen = sizeof control;
-        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(c), &fd, sizeof(int));
-    }
-    (void)sendmsg(s, &msg, MSG_NOSIGNAL);
-}
-
 /* One tracker: a WP-async userfaultfd over the RAM mapping, handed to the daemon on `s`. */
 static void serve_tracker(int s) {
     char json[512];
     int uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
     if (uffd < 0) {
         snprintf(json, sizeof json, "{\"error\":\"userfaultfd: %s\"}", strerror(errno));
-        send_json(s, json, -1);
+        (void)send_json(s, json, -1);
         return;
     }
     struct uffdio_api api = { .api = UFFD_API,
@@ -184,15 +194,14 @@ static void serve_tracker(int s) {
     struct uffdio_register reg = { .range = { .start = (uintptr_t)tracked.addr, .len = tracked.length }, .mode = UFFDIO_REGISTER_MODE_WP };
     if (ioctl(uffd, UFFDIO_API, &api) < 0) {
         snprintf(json, sizeof json, "{\"error\":\"UFFDIO_API with WP_ASYNC: %s (the kernel needs 6.7 or later)\"}", strerror(errno));
-        send_json(s, json, -1);
+        (void)send_json(s, json, -1);
     } else if (ioctl(uffd, UFFDIO_REGISTER, &reg) < 0) {
         snprintf(json, sizeof json, "{\"error\":\"UFFDIO_REGISTER (write-protect) of the RAM mapping: %s%s\"}", strerror(errno),
                  errno == EBUSY ? " (another daemon still tracks it)" : "");
-        send_json(s, json, -1);
+        (void)send_json(s, json, -1);
     } else {
-        snprintf(json, sizeof json, "[{\"base_host_virt_addr\":%lu,\"size\":%zu,\"offset\":%lld,\"page_size\":%ld}]",
-                 (unsigned long)(uintptr_t)tracked.addr, tracked.length, (long long)tracked.offset, tracked.page_size);
-        send_json(s, json, uffd);
+        mapping_json(json, sizeof json, tracked.addr, tracked.length, tracked.offset, tracked.page_size);
+        (void)send_json(s, json, uffd);
         dprintf(2, "pager-preload: guest RAM write tracking handed to a pager on %s\n", getenv("PAGER_TRACK_SOCKET"));
     }
     close(uffd); /* the daemon holds the only reference now: closing it ends the tracking */
@@ -220,16 +229,13 @@ static void *track_thread(void *unused) {
 
 static void offer_tracking(void *addr, size_t length, off_t offset, int fd, const char *path) {
     const char *socket_path = getenv("PAGER_TRACK_SOCKET");
-    struct statfs fs;
-    if (fstatfs(fd, &fs) < 0) die("fstatfs(%s): %s", path, strerror(errno));
+    long fs_type;
     tracked.addr = addr;
     tracked.length = length;
     tracked.offset = offset;
-    tracked.page_size = fs.f_type == HUGETLBFS_MAGIC ? fs.f_bsize : 4096;
-    tracked.shared_fs = fs.f_type == HUGETLBFS_MAGIC || fs.f_type == TMPFS_MAGIC;
-    struct sockaddr_un sun = { .sun_family = AF_UNIX };
-    if (strlen(socket_path) >= sizeof sun.sun_path) die("PAGER_TRACK_SOCKET path too long");
-    strcpy(sun.sun_path, socket_path);
+    tracked.page_size = ram_page_size(fd, path, &fs_type);
+    tracked.shared_fs = fs_type == HUGETLBFS_MAGIC || fs_type == TMPFS_MAGIC;
+    struct sockaddr_un sun = unix_address(socket_path, "PAGER_TRACK_SOCKET");
     struct stat st;
     if (lstat(socket_path, &st) == 0 && S_ISSOCK(st.st_mode)) unlink(socket_path); /* a stale socket of an earlier run */
     int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -267,9 +273,10 @@ static void *interpose(const char *name, void *addr, size_t length, int prot, in
         die("prealloc=on makes QEMU touch every page of %s before the source has stopped: remove it", path);
     /* A file that already holds data would be mapped as it is, and the guest would run on it. */
     /* hugetlbfs has no SEEK_DATA (the whole size reads as data) but counts its pages in st_blocks. */
-    struct statfs fs;
     struct stat st;
-    int hugetlb = fstatfs(fd, &fs) == 0 && fs.f_type == HUGETLBFS_MAGIC;
+    long fs_type;
+    (void)ram_page_size(fd, path, &fs_type);
+    int hugetlb = fs_type == HUGETLBFS_MAGIC;
     if (hugetlb ? (fstat(fd, &st) < 0 || st.st_blocks != 0) : (lseek(fd, 0, SEEK_DATA) >= 0 || errno != ENXIO))
         die("%s already holds data: give the destination an empty RAM file", path);
     void *mapped = real_mmap(addr, length, prot, flags, fd, offset);

@@ -94,51 +94,30 @@ public struct QEMUSource {
         serverReady(server)
         let started = monotonicNanoseconds()
         logger.info("migrating device state to \(migrateTo) (guest RAM is skipped: x-ignore-shared); pages are held until the VM stops")
-        try qmp.execute("migrate", "{\"uri\":\"\(migrateTo)\"}")
-        // STOP comes when QEMU pauses the VM for its final stage; from then on RAM is final.
-        var stoppedAt: UInt64?
-        var completedAt: UInt64?
-        while completedAt == nil {
-            let status = try qmp.migrationStatus()
-            if stoppedAt == nil, let e = try qmp.waitForEvent(["STOP"], timeoutMilliseconds: 5), e["event"] != nil {
-                stoppedAt = monotonicNanoseconds()
-                try region.refreshExtents() // the guest wrote its RAM until now
-                server.release()
-                logger.info("source VM stopped after \(Double(stoppedAt! - started) / 1e6) ms: serving its RAM (from \(Double(monotonicNanoseconds() - stoppedAt!) / 1e6) ms later)")
-            }
-            switch status {
-            case "completed":
-                completedAt = monotonicNanoseconds()
-            case "failed", "cancelled":
-                let why = (try? qmp.execute("query-migrate")["error-desc"]).flatMap { $0 }.map(describe) ?? "no reason given"
-                // The destination QEMU may not be listening yet: retry a refused connection for
-                // 30 s (nothing ran on the destination, and the VM here never stopped).
-                if stoppedAt == nil && why.contains("Connection refused") && monotonicNanoseconds() - started < 30_000_000_000 {
-                    sleepMilliseconds(100)
-                    try qmp.execute("migrate", "{\"uri\":\"\(migrateTo)\"}")
-                    continue
-                }
-                throw QEMUError("QEMU's migration \(status) (\(why)); the source VM's RAM was never served")
-            default:
-                break
-            }
+        do { try stopByMigrating(qmp, to: migrateTo, logger: logger) } catch {
+            throw QEMUError("\(error); the source VM's RAM was never served")
         }
-        if stoppedAt == nil {
-            // A completed migration has stopped the VM, even if the STOP event was missed.
-            try requireStopped(qmp)
-            stoppedAt = monotonicNanoseconds()
-            try region.refreshExtents()
-            server.release()
-        }
-        logger.info("device state migrated in \(Double(completedAt! - started) / 1e6) ms; serving pages until the destination has all")
+        // The VM has stopped: its RAM is final from now on.
+        let stoppedAt = monotonicNanoseconds()
+        try region.refreshExtents() // the guest wrote its RAM until now
+        server.release()
+        logger.info("serving the source VM's RAM from \(Double(monotonicNanoseconds() - stoppedAt) / 1e6) ms after it stopped")
+        let completedAt = try waitUntilCompleted(qmp)
+        logger.info("device state migrated in \(Double(completedAt - started) / 1e6) ms; serving pages until the destination has all")
         try serveUntilDone(server)
-        return Report(deviceStateSeconds: Double(completedAt! - started) / 1e9, untilStopSeconds: Double(stoppedAt! - started) / 1e9,
+        return Report(deviceStateSeconds: Double(completedAt - started) / 1e9, untilStopSeconds: Double(stoppedAt - started) / 1e9,
                       counts: server.counts, migrateIssuedAt: started)
     }
 
-    private func requireStopped(_ qmp: QMP) throws {
-        guard case .bool(false)? = try qmp.execute("query-status")["running"] else {
-            throw QEMUError("QEMU reports the migration completed but the source VM still runs: refusing to serve its RAM")
+    /// Waits until QEMU reports the migration (device state, after the VM stopped) completed.
+    private func waitUntilCompleted(_ qmp: QMP) throws -> UInt64 {
+        while true {
+            let status = try qmp.migrationStatus()
+            if status == "completed" { return monotonicNanoseconds() }
+            if status == "failed" || status == "cancelled" {
+                throw QEMUError("QEMU's migration \(status) after the VM stopped; the destination may hold pages but no device state")
+            }
+            sleepMilliseconds(1)
         }
     }
 
@@ -216,17 +195,10 @@ public struct QEMUSource {
             throw QEMUError("the switch to post-copy failed (see the log above): the source VM keeps running")
         }
         let started = migrateIssued.load(ordering: .relaxed), stoppedAt = stopped.load(ordering: .relaxed)
-        var completedAt: UInt64?
-        while completedAt == nil {
-            let status = try qmp.migrationStatus()
-            if status == "completed" { completedAt = monotonicNanoseconds() }
-            else if status == "failed" || status == "cancelled" {
-                throw QEMUError("QEMU's migration \(status) after the VM stopped; the destination holds pages but no device state")
-            } else { sleepMilliseconds(1) }
-        }
-        logger.info("device state migrated in \(Double(completedAt! - started) / 1e6) ms; serving pages until the destination has all")
+        let completedAt = try waitUntilCompleted(qmp)
+        logger.info("device state migrated in \(Double(completedAt - started) / 1e6) ms; serving pages until the destination has all")
         try serveUntilDone(server)
-        return Report(deviceStateSeconds: Double(completedAt! - started) / 1e9, untilStopSeconds: Double(stoppedAt - started) / 1e9,
+        return Report(deviceStateSeconds: Double(completedAt - started) / 1e9, untilStopSeconds: Double(stoppedAt - started) / 1e9,
                       counts: server.counts, migrateIssuedAt: started, precopy: live.outcome, precopyStartedAt: precopyStarted)
     }
 }
@@ -237,9 +209,10 @@ private final class SharedQMP: @unchecked Sendable {
     init(_ qmp: QMP) { self.qmp = qmp }
 }
 
-/// Issues `migrate` (device state only) and returns once QEMU has stopped the VM: from then on
-/// the guest writes nothing. Retries a refused connection for 30 s (the destination QEMU may
-/// not listen yet; the VM here has not stopped).
+/// Issues `migrate` (device state only) and returns once QEMU has stopped the VM (its `STOP`
+/// event, or a completed migration whose event was missed): from then on the guest writes
+/// nothing. Retries a refused connection for 30 s (the destination QEMU may not listen yet;
+/// the VM here has not stopped). Refuses a VM that QEMU still reports running.
 func stopByMigrating(_ qmp: QMP, to uri: String, logger: Logger) throws {
     let started = monotonicNanoseconds()
     try qmp.execute("migrate", "{\"uri\":\"\(uri)\"}")
@@ -259,7 +232,7 @@ func stopByMigrating(_ qmp: QMP, to uri: String, logger: Logger) throws {
         if monotonicNanoseconds() - started > 60_000_000_000 { throw QEMUError("QEMU did not stop the VM within 60 s of migrate") }
     }
     guard case .bool(false)? = try qmp.execute("query-status")["running"] else {
-        throw QEMUError("QEMU stopped for migration but reports the VM running")
+        throw QEMUError("QEMU reports the migration stopped or completed but the source VM still runs: refusing to serve its RAM")
     }
     logger.info("source VM stopped \(Double(monotonicNanoseconds() - started) / 1e6) ms after migrate")
 }
