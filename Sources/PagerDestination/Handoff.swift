@@ -112,3 +112,43 @@ public final class HandoffListener: @unchecked Sendable {
         }.joined(separator: ",") + "]").utf8)
     }
 }
+
+/// One mapping of a served region into the workload's address space: bytes
+/// `[regionOffset, regionOffset + size)` of the region live at `[base, base + size)`.
+/// The same fields as Firecracker's `GuestRegionUffdMapping`.
+public struct RegionMapping: Equatable, Sendable {
+    public var base: UInt64
+    public var size: UInt64
+    public var regionOffset: UInt64
+    public var pageSize: Int
+
+    public init(base: UInt64, size: UInt64, regionOffset: UInt64, pageSize: Int) {
+        self.base = base
+        self.size = size
+        self.regionOffset = regionOffset
+        self.pageSize = pageSize
+    }
+
+    public var range: AddressRange { AddressRange(start: base, length: size) }
+}
+
+/// An explicit prefetch hint from the workload ("prefetch this range before it is touched",
+/// the semantics of openEuler GMEM's `hmadvise`/`gmemPrefetch`): one line of JSON on the
+/// handoff connection, `{"prefetch":{"base_host_virt_addr":A,"size":S}}`. The pager fetches
+/// the range at prefetch priority and answers `{"prefetched":{...same...}}` when all of it is
+/// local.
+public struct PrefetchHint: Equatable, Sendable {
+    public var address: UInt64
+    public var size: UInt64
+
+    public init(address: UInt64, size: UInt64) {
+        self.address = address
+        self.size = size
+    }
+
+    init?(json: [UInt8]) {
+        guard let value = try? JSONReader.parse(json), let body = value["prefetch"],
+              let address = body["base_host_virt_addr"]?.uint64, let size = body["size"]?.uint64 else { return nil }
+        self.init(address: address, size: size)
+    }
+}
