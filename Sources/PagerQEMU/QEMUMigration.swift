@@ -288,14 +288,14 @@ public struct QEMUDestination {
         defer { try? handoff.connection.close() }
         let total = handoff.mappings.reduce(0) { $0 + $1.size }
         logger.info("QEMU handed over \(total >> 20) MiB of guest RAM in \(handoff.mappings[0].pageSize >> 10) KiB pages")
-        // Until the resolver runs, nothing here answers the guest's faults: any way out of this
-        // function before it (an error, a signal) poisons all of guest RAM, so that a guest
+        // Nothing but this function can bring the guest its RAM: any way out of it before every
+        // page is local (an error, a signal, a crash) poisons what is missing, so that a guest
         // resumed here gets SIGBUS instead of hanging, and never zeros.
-        var resolverOwnsPages = false
+        let missing = handoff.guardMissingPages()
         defer {
-            if !resolverOwnsPages {
-                for m in handoff.mappings { _ = try? handoff.uffd.poison(m.range) }
-                logger.error("guest RAM here is poisoned: the guest gets SIGBUS if it runs")
+            if !missing.isReleased {
+                let pages = missing.poisonMissing()
+                logger.error("\(pages) pages of guest RAM here are poisoned: the guest gets SIGBUS if it touches them")
             }
         }
         let cancelled = Atomic<Bool>(false)
@@ -359,7 +359,6 @@ public struct QEMUDestination {
             do throws(ResolveError) { r = .success(try resolver.run()) } catch { r = .failure(error) }
             outcome.withLock { $0 = r }
         }
-        resolverOwnsPages = true // from here on, the resolver poisons what is missing when it fails
         defer {
             // On an error below: closing the connections makes the resolver poison what is
             // missing (the guest gets SIGBUS there, never zeros) and return.
@@ -384,6 +383,7 @@ public struct QEMUDestination {
         switch result {
         case .failure(let e): throw QEMUError("paging guest RAM failed: \(e)")
         case .success(let r):
+            missing.release()
             let now = monotonicNanoseconds()
             return Report(untilRunningSeconds: Double(runningAt! - started) / 1e9,
                           untilLocalSeconds: Double(now - started) / 1e9, resolve: r, allLocalAt: now,

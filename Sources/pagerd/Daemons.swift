@@ -114,11 +114,21 @@ struct DestCommand: ParsableCommand {
 
     func run() throws {
         let logger = makeLogger("pagerd.dest", logLevel)
+        // A crash or a fatal signal while this daemon holds a workload's memory poisons what is
+        // missing first (see PoisonGuard): the workload gets SIGBUS, never zeros.
+        try PoisonGuard.installFatalSignalHandlers()
         let listener = try HandoffListener(path: uffdSocket)
         let stopping = Atomic<Bool>(false)
         try TerminationSignals.start { signal in
-            logger.info("signal \(signal): no new handoffs")
-            stopping.store(true, ordering: .releasing)
+            // The first signal stops new handoffs and lets migrations in progress finish; a
+            // second one aborts them: what is not local yet is poisoned before the exit.
+            if stopping.exchange(true, ordering: .acquiringAndReleasing) {
+                let pages = PoisonGuard.poisonAll()
+                logger.error("signal \(signal) again: migrations aborted, \(pages) pages not yet local were poisoned (the workloads get SIGBUS there, never zeros)")
+                print("pagerd dest: aborted by signal \(signal): \(pages) pages not yet local were poisoned")
+                exitProcess(1)
+            }
+            logger.info("signal \(signal): no new handoffs; migrations in progress go on (signal again to abort them)")
             listener.close()
         }
         if precopy {
@@ -186,6 +196,9 @@ struct DestCommand: ParsableCommand {
                  staged: StagedPages? = nil) -> Bool {
         let total = handoff.mappings.reduce(UInt64(0)) { $0 + $1.size }
         logger.info("handoff: \(handoff.mappings.count) mapping(s), \(total >> 20) MiB in \(handoff.mappings[0].pageSize >> 10) KiB pages")
+        // From here on no other process can bring the workload its pages: every way out of
+        // this function but "all local" (or "the workload is gone") poisons what is missing.
+        let missing = handoff.guardMissingPages()
         do {
             let client = try existing ?? DestinationClient(source: Endpoint(connect)!, clientName: "pagerd-dest", features: features)
             defer { client.close() }
@@ -201,6 +214,7 @@ struct DestCommand: ParsableCommand {
             resolver.workloadConnection = handoff.connection
             resolver.staged = staged
             let r = try resolver.run()
+            missing.release()
             let latency = LatencySummary(samples: r.faultLatencies)
             let mib = Double(r.pages * r.pageSize) / Double(1 << 20)
             let gone = r.pagesNeverFetched - r.pagesUnmappedUnfetched
@@ -215,8 +229,9 @@ struct DestCommand: ParsableCommand {
             """)
             return true
         } catch {
+            let poisoned = missing.poisonMissing()
             logger.error("migration failed: \(error)")
-            print("pagerd dest: migration FAILED: \(error)")
+            print("pagerd dest: migration FAILED: \(error); \(poisoned) pages not yet local were poisoned (the workload gets SIGBUS there, never zeros)")
             return false
         }
     }

@@ -1,4 +1,3 @@
-import Glibc
 import ArgumentParser
 import Logging
 import PagerBenchKit
@@ -109,6 +108,8 @@ struct QEMUDestCommand: ParsableCommand {
     func run() throws {
         let logger = makeLogger("pagerd.qemu-dest", logLevel)
         do {
+            // A crash or fatal signal after QEMU's handoff poisons the guest RAM not yet local.
+            try PoisonGuard.installFatalSignalHandlers()
             // SIGTERM/SIGINT stop the migration: missing pages are poisoned (the guest gets
             // SIGBUS, loudly) rather than left to become zeros when this process is gone.
             let cancel = Mutex<(@Sendable () -> Void)?>(nil)
@@ -117,7 +118,7 @@ struct QEMUDestCommand: ParsableCommand {
                     // QEMU has not handed over its RAM: there is nothing to poison.
                     print("pagerd qemu-dest: FAILED: signal \(signal) before QEMU handed over its guest RAM")
                     fflushStandardOutput()
-                    Glibc.exit(1)
+                    exitProcess(1)
                 }
                 logger.warning("signal \(signal): stopping; guest pages not yet local are poisoned")
                 stop()

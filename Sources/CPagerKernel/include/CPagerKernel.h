@@ -21,6 +21,8 @@
 #include <linux/fs.h>
 #include <sys/vfs.h>
 
+#include "poison_guard.h"
+
 // MARK: - Constants newer than the 6.1 headers (values from the kernel's uapi, 6.7+)
 
 #ifndef UFFD_FEATURE_WP_UNPOPULATED

@@ -1,0 +1,41 @@
+// The process-wide list of memory this process must poison if it dies holding it.
+//
+// A destination that holds a workload's userfaultfd is the only thing that can make a missing
+// page arrive. If it exits for any reason before every page is local (an error, a refusal, a
+// signal, a trap in its own code), the kernel drops the userfaultfd and the workload would read
+// zeros where its data belongs. So every range a destination takes over is entered here, and a
+// handler on the fatal signals poisons what is still missing (UFFDIO_POISON: later accesses
+// raise SIGBUS) before the process dies. Only SIGKILL escapes (no handler can run).
+#ifndef PAGER_POISON_GUARD_H
+#define PAGER_POISON_GUARD_H
+
+#include <stdint.h>
+
+// Slots in the list: one per handed-over mapping (a workload brings one or a few).
+#define PAGER_POISON_GUARD_SLOTS 256
+
+// Enters [start, start+len) of userfaultfd `fd` (pages of `page_size` bytes). Returns the slot
+// (>= 0), or -ENOSPC when every slot is taken.
+int pager_poison_guard_add(int fd, uint64_t start, uint64_t len, uint64_t page_size);
+
+// Takes a slot out of the list (its memory is all local, or no longer the process's to guard).
+void pager_poison_guard_remove(int slot);
+
+// Poisons every page of [start, start+len) that is still missing, skipping pages already
+// present (EEXIST), then wakes the range's waiters so they fault again and get SIGBUS.
+// Async-signal-safe (ioctl only). Returns the pages poisoned, or -errno of the first
+// failure other than EEXIST.
+int64_t pager_poison_missing(int fd, uint64_t start, uint64_t len, uint64_t page_size);
+
+// Poisons the missing pages of every slot in the list (what the fatal-signal handler does).
+// Returns the pages poisoned.
+int64_t pager_poison_guard_poison_all(void);
+
+// Installs the handler on the signals whose default action ends the process and that this
+// process does not otherwise handle: SIGSEGV, SIGBUS, SIGILL, SIGTRAP, SIGABRT, SIGFPE, SIGSYS,
+// SIGHUP, SIGQUIT, SIGXCPU, SIGXFSZ, SIGALRM, SIGVTALRM, SIGPROF, SIGUSR2. It poisons all
+// slots, writes one line to stderr, then lets the signal take its course with the action that
+// was in force before (Swift's backtracer, or the default). Idempotent. Returns 0 or -errno.
+int pager_poison_guard_install_handlers(void);
+
+#endif

@@ -1,0 +1,92 @@
+import CPagerKernel
+import Glibc
+import Synchronization
+
+/// Memory this process must poison if it stops serving it before every page is local.
+///
+/// A destination that holds a workload's userfaultfd is the only thing that can make a
+/// missing page arrive: if it exits holding pages that are not local (an error, a refusal, a
+/// signal, a trap in our own code), the kernel drops the userfaultfd and the workload reads
+/// zeros where its data belongs. A guard poisons the missing pages (`UFFDIO_POISON`: later
+/// accesses raise SIGBUS) on every way out: ``poisonMissing()`` explicitly, its deinit if
+/// nobody called ``release()``, and the process-wide fatal-signal handler
+/// (``installFatalSignalHandlers()``) for crashes and signals. Only SIGKILL escapes.
+public final class PoisonGuard: @unchecked Sendable {
+    /// Kept so the descriptor stays open (and its number is not reused) while it is guarded.
+    private let uffd: Userfaultfd
+    private let ranges: [(range: AddressRange, pageSize: Int)]
+    private let phase = Mutex(Phase.armed)
+    private let slots: [Int32]
+
+    private enum Phase { case armed, poisoned(pages: Int), released }
+
+    /// Guards `ranges` of `uffd` (each with its page size) from now on.
+    public init(uffd: Userfaultfd, ranges: [(range: AddressRange, pageSize: Int)]) {
+        self.uffd = uffd
+        self.ranges = ranges
+        slots = ranges.map { r in
+            uffd.withUnsafeDescriptor { fd in
+                pager_poison_guard_add(fd.rawValue, r.range.start, r.range.length, UInt64(r.pageSize))
+            }
+        }
+    }
+
+    deinit {
+        if case .armed = phase.withLock({ $0 }) { poisonMissing() }
+        for slot in slots where slot >= 0 { pager_poison_guard_remove(slot) }
+    }
+
+    /// Whether every range got a slot in the fatal-signal handler's list (256 slots per
+    /// process); a range without one is still poisoned on every other way out.
+    public var coveredByHandler: Bool { slots.allSatisfy { $0 >= 0 } }
+
+    /// Poisons every page of the guarded ranges that is not present, skipping those that are,
+    /// and wakes their waiters. Done once; later calls return the same count.
+    @discardableResult
+    public func poisonMissing() -> Int {
+        phase.withLock { phase in
+            switch phase {
+            case .poisoned(let pages): return pages
+            case .released: return 0
+            case .armed:
+                var pages = 0
+                for r in ranges {
+                    let n = uffd.withUnsafeDescriptor { fd in
+                        pager_poison_missing(fd.rawValue, r.range.start, r.range.length, UInt64(r.pageSize))
+                    }
+                    if n > 0 { pages += Int(n) }
+                }
+                phase = .poisoned(pages: pages)
+                return pages
+            }
+        }
+    }
+
+    /// Whether ``release()`` was called.
+    public var isReleased: Bool {
+        if case .released = phase.withLock({ $0 }) { return true }
+        return false
+    }
+
+    /// Nothing is left to guard: every page is local, or the memory is gone.
+    public func release() {
+        phase.withLock { if case .armed = $0 { $0 = .released } }
+        for slot in slots where slot >= 0 { pager_poison_guard_remove(slot) }
+    }
+
+    /// Poisons what is missing in every guard of this process (for an abort by signal).
+    /// Returns the pages poisoned.
+    @discardableResult
+    public static func poisonAll() -> Int { Int(pager_poison_guard_poison_all()) }
+
+    /// Installs the fatal-signal handler (SIGSEGV, SIGBUS, SIGILL, SIGTRAP, SIGABRT, SIGFPE,
+    /// SIGHUP, SIGQUIT, ...: see `poison_guard.h`): it poisons every guard's missing pages,
+    /// then lets the signal end the process as before. Idempotent.
+    public static func installFatalSignalHandlers() throws(KernelError) {
+        let r = pager_poison_guard_install_handlers()
+        if r < 0 { throw KernelError("sigaction", negatedErrno: r, detail: "fatal-signal poison handler") }
+    }
+}
+
+/// Ends the process at once with `status` (`exit`), from any thread.
+public func exitProcess(_ status: Int32) -> Never { exit(status) }

@@ -1,0 +1,141 @@
+import Glibc
+import PagerKernel
+import PagerTransport
+import PagerWire
+import Testing
+
+/// A source that answers every HELLO with WELCOME and the REGION frames given, or with an
+/// ERROR, and then says nothing: for destinations whose source misbehaves at the handoff.
+final class ScriptedSource: @unchecked Sendable {
+    enum Answer { case regions([RegionDescriptor]), refuse(ProtocolError) }
+    let listener: TCPListener
+    private var thread: KernelThread?
+
+    init(_ answer: Answer) throws {
+        listener = try TCPListener(Endpoint(host: "127.0.0.1", port: 0))
+        thread = try KernelThread(name: "scripted-src") { [listener] in
+            var open: [FrameChannel] = []
+            while let socket = try? listener.accept() {
+                let channel = FrameChannel(socket)
+                guard case .message(.hello(let hello))? = try? channel.receive() else { continue }
+                switch answer {
+                case .refuse(let e):
+                    try? channel.send(.error(e))
+                case .regions(let regions):
+                    try? channel.send(.welcome(Welcome(features: hello.features.intersection([.resume, .hugePages]),
+                                                       regionCount: UInt32(regions.count), session: 0x5eed)))
+                    for r in regions { try? channel.send(.region(r)) }
+                }
+                open.append(channel) // kept open: the destination must not see a close
+            }
+        }
+    }
+
+    var endpoint: Endpoint { listener.endpoint }
+
+    deinit {
+        listener.shutdown()
+        thread?.join()
+    }
+}
+
+/// `pagerd dest` has taken a workload's userfaultfd: whatever ends it before every page is
+/// local must poison what is missing, so the workload dies of SIGBUS and never reads zeros.
+@Suite("Every exit after a handoff poisons", .serialized,
+       .enabled(if: isRoot, "needs root for userfaultfd"),
+       .enabled(if: Binaries.present, Comment(rawValue: Binaries.missing)))
+struct PoisonOnExitTests {
+    struct Outcome {
+        var workloadStatus: Int32?
+        var destStatus: Int32?
+        var workload: String
+        var dest: String
+    }
+
+    /// Runs a 64 MiB workload against `pagerd dest --connect source`; `during` runs once the
+    /// destination has the handoff (it may signal the daemon).
+    func handOff(to source: Endpoint, destExtra: [String] = [], during: (ChildProcess) throws -> Void = { _ in }) throws -> Outcome {
+        let scratch = Scratch()
+        let socket = scratch.file("uffd.sock")
+        let dest = try ChildProcess(Binaries.pagerd, ["dest", "--connect", "\(source)", "--uffd-socket", socket, "--once"] + destExtra,
+                                    outputPath: scratch.file("dest.log"))
+        try waitFor(dest, toPrint: "waiting for userfaultfd handoffs")
+        let workload = try ChildProcess(Binaries.workload, ["run", "--socket", socket, "--size-mib", "64", "--access", "sequential"],
+                                        outputPath: scratch.file("workload.log"))
+        try waitFor(dest, toPrint: "handoff:")
+        try during(dest)
+        let w = workload.wait(timeoutMilliseconds: 60_000)
+        let d = dest.wait(timeoutMilliseconds: 30_000)
+        if w == nil { workload.signal(SIGKILL) }
+        if d == nil { dest.signal(SIGKILL) }
+        return Outcome(workloadStatus: w, destStatus: d, workload: workload.output, dest: dest.output)
+    }
+
+    func expectPoisoned(_ o: Outcome, _ because: String) {
+        #expect(o.workloadStatus == 128 + SIGBUS, "workload (\(because)): \(o.workload)")
+        #expect(!o.workload.contains("workload: ok") && !o.workload.contains("CORRUPT"), "\(o.workload)")
+        #expect(o.destStatus != 0 && o.destStatus != nil, "dest status \(String(describing: o.destStatus))")
+        #expect(o.dest.contains("poisoned"), "\(o.dest)")
+    }
+
+    @Test("the source is unreachable at the handoff (connection refused)")
+    func unreachable() throws {
+        // A port that was just free: nothing listens there.
+        let port = try TCPListener(Endpoint(host: "127.0.0.1", port: 0)).endpoint.port
+        let o = try handOff(to: Endpoint(host: "127.0.0.1", port: port))
+        expectPoisoned(o, "unreachable")
+        #expect(o.dest.contains("Connection refused"), "\(o.dest)")
+    }
+
+    @Test("the source refuses the session with an ERROR")
+    func refused() throws {
+        let source = try ScriptedSource(.refuse(ProtocolError(code: .unsupportedVersion, message: "scripted refusal")))
+        let o = try handOff(to: source.endpoint)
+        expectPoisoned(o, "refused")
+        #expect(o.dest.contains("scripted refusal"), "\(o.dest)")
+    }
+
+    @Test("the source announces a 2^63-byte region (malformed REGION for this workload)")
+    func hugeRegion() throws {
+        let region = RegionDescriptor(id: 1, pageShift: 12, flags: [], length: 1 << 63, name: "huge")
+        let source = try ScriptedSource(.regions([region]))
+        let o = try handOff(to: source.endpoint, destExtra: ["--stall-timeout-ms", "1500"])
+        expectPoisoned(o, "huge region")
+    }
+
+    @Test("the source's region is smaller than the workload's memory")
+    func smallRegion() throws {
+        let region = RegionDescriptor(id: 1, pageShift: 12, flags: [], length: 1 << 20, name: "small")
+        let source = try ScriptedSource(.regions([region]))
+        let o = try handOff(to: source.endpoint)
+        expectPoisoned(o, "small region")
+        #expect(o.dest.contains("does not fit region"), "\(o.dest)")
+    }
+
+    @Test("a fatal signal (SIGQUIT, as a crash would) while the daemon holds the memory")
+    func fatalSignal() throws {
+        let region = RegionDescriptor(id: 1, pageShift: 12, flags: [], length: 64 << 20, name: "silent")
+        let source = try ScriptedSource(.regions([region]))
+        let o = try handOff(to: source.endpoint) { dest in
+            try waitFor(dest, toPrint: "session ")
+            dest.signal(SIGQUIT)
+        }
+        #expect(o.workloadStatus == 128 + SIGBUS, "workload: \(o.workload)")
+        #expect(o.destStatus == 128 + SIGQUIT, "dest status \(String(describing: o.destStatus))")
+        #expect(o.dest.contains("fatal signal: every page not yet local was poisoned"), "\(o.dest)")
+    }
+
+    @Test("a second SIGTERM aborts a migration in progress: its missing pages are poisoned")
+    func secondTerm() throws {
+        let region = RegionDescriptor(id: 1, pageShift: 12, flags: [], length: 64 << 20, name: "silent")
+        let source = try ScriptedSource(.regions([region]))
+        let o = try handOff(to: source.endpoint) { dest in
+            try waitFor(dest, toPrint: "session ")
+            dest.signal(SIGTERM)
+            try waitFor(dest, toPrint: "signal again to abort")
+            dest.signal(SIGTERM)
+        }
+        expectPoisoned(o, "second SIGTERM")
+        #expect(o.dest.contains("aborted by signal"), "\(o.dest)")
+    }
+}
