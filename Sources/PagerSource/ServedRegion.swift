@@ -86,6 +86,9 @@ public final class ServedRegion: @unchecked Sendable {
         }
     }
 
+    /// How many pages the region has.
+    var pageCount: Int { Int(length / UInt64(pageSize)) }
+
     /// Where the served bytes live, in the address space that a write tracker scans.
     var trackedBase: UInt64 { base.map { UInt64(UInt(bitPattern: $0)) } ?? remoteBase }
 
