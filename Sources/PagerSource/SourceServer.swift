@@ -14,9 +14,11 @@ import Synchronization
 /// push cursor to just after it (as QEMU's postcopy restarts its scan after a requested page).
 /// A malformed frame or bad request ends that session only; the server keeps serving others.
 ///
-/// The rooms: this file accepts connections and holds the gate; Connection.swift runs one
-/// connection; Handshake.swift, DemandService.swift, PushService.swift, PrecopyRounds.swift and
-/// PageSender.swift do what their names say; SourceSession.swift is a destination's state.
+/// The rooms: this file accepts connections, holds and releases (ReleaseGate.swift) and
+/// stops; Connection.swift runs one connection; Handshake.swift, DemandService.swift,
+/// PushService.swift, PrecopyRounds.swift and PageSender.swift do what their names say;
+/// SourceSession.swift is one destination's state, SessionRegistry.swift all of them and the
+/// totals; ServedRegion.swift and LiveRegion.swift are what is served.
 public final class SourceServer: @unchecked Sendable {
     public let regions: [ServedRegion]
     public let listener: TCPListener
