@@ -12,10 +12,9 @@ extension SourceServer {
             switch try handshake(channel) {
             case .demand(let session, let client):
                 joined = session
-                active.add(1, ordering: .relaxed)
                 defer {
-                    active.subtract(1, ordering: .relaxed)
                     registry.leave(session, demand: true)
+                    active.subtract(1, ordering: .relaxed) // added by the handshake
                 }
                 try welcome(channel, session: session)
                 logger.info("session \(hex(session.id)) from \(channel.peer) (\(client)): demand channel open")

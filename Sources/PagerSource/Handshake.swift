@@ -44,6 +44,10 @@ extension SourceServer {
             }
         }
         let session = SourceSession(features: features, peer: channel.peer, regions: regions, gate: gate)
+        // Active before it is counted: whoever sees the session count grow (QEMUSource waits
+        // for sessions > 0 and active == 0) must not see it as already ended. The demand
+        // connection's service subtracts it again.
+        active.add(1, ordering: .relaxed)
         registry.open(session)
         return .demand(session, client: hello.clientName)
     }
