@@ -132,6 +132,12 @@ let package = Package(
         .testTarget(name: "PagerWireTests", dependencies: ["PagerWire"]),
         .testTarget(name: "PagerCoreTests", dependencies: ["PagerCore"]),
         .testTarget(name: "PagerKernelTests", dependencies: ["PagerKernel", "PagerWire"]),
+        // The source in-process on loopback, with a destination from PagerDestination.
+        .testTarget(
+            name: "PagerSourceTests",
+            dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerSource", "PagerDestination",
+                           .product(name: "Logging", package: "swift-log")]
+        ),
         // Separate processes (release builds of pagerd and pager-workload) in network namespaces.
         .testTarget(
             name: "IntegrationTests",

@@ -195,3 +195,16 @@ long pager_process_read(int pid, void *local, uint64_t remote, size_t len) {
     ssize_t n = process_vm_readv(pid, &l, 1, &r, 1, 0);
     return n < 0 ? -errno : n;
 }
+
+/* How many foreground sections the calling thread is inside: only the outermost one changes
+ * the policy, so leaving an inner one (a ForegroundMutex taken inside withForegroundPriority)
+ * does not put the thread back on SCHED_IDLE in the middle of the outer one. */
+static __thread int foreground_depth;
+
+int pager_enter_foreground(void) { return foreground_depth++; }
+void pager_leave_foreground(void) { foreground_depth--; }
+
+int pager_thread_policy(void) {
+    int policy = sched_getscheduler(0);
+    return policy < 0 ? -errno : policy;
+}

@@ -125,11 +125,46 @@ public func withUrgentPriority<T, E: Error>(_ enabled: Bool = true, _ body: () t
 /// Runs `body` as a normal (`SCHED_OTHER`) thread, then goes back to `SCHED_IDLE`: for a
 /// background thread's work under a lock that faults wait for. On other threads it just runs
 /// `body` (no system call). If leaving `SCHED_IDLE` is not permitted, `body` runs as it is.
+///
+/// Sections nest: only the outermost one changes the policy. (Deciding by the background flag
+/// alone put the thread back on `SCHED_IDLE` when an inner section, such as a
+/// ``ForegroundMutex`` taken inside the switch to post-copy, left: the rest of the outer
+/// section, the workload's downtime, then ran at idle priority.)
 public func withForegroundPriority<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
     guard pager_is_background_thread() != 0 else { return try body() }
-    let raised = pager_set_thread_idle(0) == 0
-    defer { if raised { _ = pager_set_thread_idle(1) } }
+    let outermost = pager_enter_foreground() == 0
+    let raised = outermost && pager_set_thread_idle(0) == 0
+    defer {
+        if raised { _ = pager_set_thread_idle(1) }
+        pager_leave_foreground()
+    }
     return try body()
+}
+
+/// A thread's scheduling policy (`sched_getscheduler`), with the kernel's numbering.
+public enum SchedulingPolicy: Equatable, Sendable {
+    case other, fifo, roundRobin, batch, idle, deadline
+    case unknown(Int32)
+
+    init(_ raw: Int32) {
+        // The kernel's SCHED_* values (uapi/linux/sched.h); 4 is reserved (SCHED_ISO).
+        switch raw {
+        case 0: self = .other
+        case 1: self = .fifo
+        case 2: self = .roundRobin
+        case 3: self = .batch
+        case 5: self = .idle
+        case 6: self = .deadline
+        default: self = .unknown(raw)
+        }
+    }
+}
+
+/// The calling thread's scheduling policy (`sched_getscheduler(0)`).
+public func currentThreadSchedulingPolicy() throws(KernelError) -> SchedulingPolicy {
+    let r = pager_thread_policy()
+    if r < 0 { throw KernelError("sched_getscheduler", negatedErrno: r) }
+    return SchedulingPolicy(r)
 }
 
 /// The CPU the calling thread runs on now (`sched_getcpu`).
@@ -159,5 +194,81 @@ public final class ForegroundMutex<Value>: @unchecked Sendable {
     public init(_ value: sending Value) { mutex = Mutex(value) }
     public func withLock<R>(_ body: (inout sending Value) throws -> sending R) rethrows -> R {
         try withForegroundPriority { () throws -> R in try mutex.withLock(body) }
+    }
+}
+
+/// A value under a lock that threads wait on until it satisfies a condition
+/// (`pthread_cond_wait`): a change made with ``change(_:)`` wakes every waiter at once, instead
+/// of waiters polling the value on a timer. Critical sections, and waits, run in the
+/// foreground as with ``ForegroundMutex``: a background thread woken here holds the lock at
+/// normal priority.
+public final class WaitableState<Value>: @unchecked Sendable {
+    private var value: Value
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let condition: UnsafeMutablePointer<pthread_cond_t>
+
+    public init(_ value: Value) {
+        self.value = value
+        mutex = .allocate(capacity: 1)
+        pthread_mutex_init(mutex, nil)
+        condition = .allocate(capacity: 1)
+        var attributes = pthread_condattr_t()
+        pthread_condattr_init(&attributes)
+        // Deadlines are monotonic (as monotonicNanoseconds()): a wall-clock step moves none.
+        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+        pthread_cond_init(condition, &attributes)
+        pthread_condattr_destroy(&attributes)
+    }
+
+    deinit {
+        pthread_cond_destroy(condition)
+        pthread_mutex_destroy(mutex)
+        condition.deallocate()
+        mutex.deallocate()
+    }
+
+    /// Reads or changes the value without waking waiters (for changes none of them waits for).
+    public func withLock<R, E: Error>(_ body: (inout Value) throws(E) -> R) throws(E) -> R {
+        try withForegroundPriority { () throws(E) -> R in
+            pthread_mutex_lock(mutex)
+            defer { pthread_mutex_unlock(mutex) }
+            return try body(&value)
+        }
+    }
+
+    /// Changes the value and wakes every waiter (`pthread_cond_broadcast`).
+    public func change<R, E: Error>(_ body: (inout Value) throws(E) -> R) throws(E) -> R {
+        try withForegroundPriority { () throws(E) -> R in
+            pthread_mutex_lock(mutex)
+            defer {
+                pthread_cond_broadcast(condition)
+                pthread_mutex_unlock(mutex)
+            }
+            return try body(&value)
+        }
+    }
+
+    /// Wakes every waiter without a change here: for waiters whose condition also reads state
+    /// kept elsewhere, which just changed. Taking the lock first means no waiter is between
+    /// its check and its sleep, so none misses the wake-up.
+    public func wakeAll() { change { _ in } }
+
+    /// Blocks until `satisfied` holds for the value (true), or `deadline` (monotonic
+    /// nanoseconds) passes first (false); with no deadline, waits as long as it takes.
+    public func wait(until satisfied: (Value) -> Bool, deadline: UInt64? = nil) -> Bool {
+        withForegroundPriority {
+            pthread_mutex_lock(mutex)
+            defer { pthread_mutex_unlock(mutex) }
+            while !satisfied(value) {
+                guard let deadline else {
+                    pthread_cond_wait(condition, mutex)
+                    continue
+                }
+                if monotonicNanoseconds() >= deadline { return false }
+                var until = timespec(tv_sec: Int(deadline / 1_000_000_000), tv_nsec: Int(deadline % 1_000_000_000))
+                _ = pthread_cond_timedwait(condition, mutex, &until)
+            }
+            return true
+        }
     }
 }

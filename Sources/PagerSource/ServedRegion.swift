@@ -86,6 +86,9 @@ public final class ServedRegion: @unchecked Sendable {
         }
     }
 
+    /// How many pages the region has.
+    var pageCount: Int { Int(length / UInt64(pageSize)) }
+
     /// Where the served bytes live, in the address space that a write tracker scans.
     var trackedBase: UInt64 { base.map { UInt64(UInt(bitPattern: $0)) } ?? remoteBase }
 
@@ -162,35 +165,6 @@ public final class ServedRegion: @unchecked Sendable {
         }
         return lo < dataExtents.count ? dataExtents[lo] : nil
     }
-}
-
-/// Splits `bytes` (whole pages of `pageSize`) into maximal runs of all-zero pages and of
-/// data pages, as byte offsets into `bytes`.
-func zeroRuns(_ bytes: UnsafeRawBufferPointer, pageSize: Int) -> [(range: Range<Int>, zero: Bool)] {
-    var result: [(range: Range<Int>, zero: Bool)] = []
-    var at = 0
-    while at < bytes.count {
-        let zero = isZeroPage(bytes.baseAddress! + at, pageSize)
-        if let last = result.last, last.zero == zero {
-            result[result.count - 1].range = last.range.lowerBound..<at + pageSize
-        } else {
-            result.append((at..<at + pageSize, zero))
-        }
-        at += pageSize
-    }
-    return result
-}
-
-private func isZeroPage(_ page: UnsafeRawPointer, _ pageSize: Int) -> Bool {
-    let words = page.assumingMemoryBound(to: UInt64.self)
-    // Most data pages have a non-zero first word: decide on one cache line when possible.
-    if words[0] != 0 { return false }
-    var acc: UInt64 = 0
-    for i in 0..<pageSize / 8 {
-        acc |= words[i]
-        if i & 63 == 63 && acc != 0 { return false }
-    }
-    return acc == 0
 }
 
 /// A served file and its read-only mapping, kept alive together.

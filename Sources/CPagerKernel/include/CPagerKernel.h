@@ -259,4 +259,12 @@ int pager_gettid(void);
 /// exited normally, or -errno.
 int pager_clone_touch_and_reap(const volatile void *touch);
 
+/// Enters a foreground section on the calling thread; returns how many it was already in
+/// (0: this is the outermost one, which alone changes the scheduling policy).
+int pager_enter_foreground(void);
+/// Leaves the section entered by the matching pager_enter_foreground().
+void pager_leave_foreground(void);
+/// sched_getscheduler(0): the calling thread's policy (SCHED_OTHER, SCHED_IDLE, ...) or -errno.
+int pager_thread_policy(void);
+
 #endif

@@ -1,0 +1,111 @@
+import PagerCore
+import Testing
+
+@Suite("The source's sent-page map")
+struct SentPagesTests {
+    @Test("clearRuns are the gaps between runs, within the range")
+    func clearRuns() {
+        var map = PageBitmap(count: 200)
+        map.insert(10..<20)
+        map.insert(64..<130)
+        #expect(map.clearRuns(in: 0..<200) == [0..<10, 20..<64, 130..<200])
+        #expect(map.clearRuns(in: 12..<70) == [20..<64])
+        #expect(map.clearRuns(in: 64..<130) == [])
+        #expect(PageBitmap(count: 5).clearRuns(in: 1..<4) == [1..<4])
+    }
+
+    @Test("claimUnsent walks from the cursor in runs of at most maxPages, wraps once, then is nil")
+    func claimWrapsOnce() {
+        var pages = SentPages(pageCounts: [1: 10])
+        pages.markSent(1, 2..<4)
+        #expect(pages.claimUnsent(1, from: 5, maxPages: 3) == 5..<8)
+        #expect(pages.claimUnsent(1, from: 8, maxPages: 3) == 8..<10)
+        #expect(pages.claimUnsent(1, from: 10, maxPages: 3) == 0..<2) // wrapped; stops at a sent page
+        #expect(pages.claimUnsent(1, from: 0, maxPages: 3) == 4..<5)
+        #expect(pages.claimUnsent(1, from: 0, maxPages: 3) == nil)
+        #expect((0..<10).allSatisfy { pages.isSent(1, $0) })
+    }
+
+    @Test("stale pages: sent once, written since, not sent again; a page sent again is not stale")
+    func staleRuns() {
+        var pages = SentPages(pageCounts: [7: 64])
+        pages.markSent(7, 0..<4) // before tracking starts: still counts as ever sent
+        pages.trackEverSent(7)
+        #expect(pages.claimUnsent(7, from: 4, maxPages: 16) == 4..<20)
+        #expect(pages.claimUnsent(7, from: 20, maxPages: 16) == 20..<36)
+        // Written after being sent (50..<60 never was: not stale, just unsent).
+        pages.markUnsent(7, [1..<3, 10..<12, 50..<60])
+        #expect(!pages.isSent(7, 1) && !pages.isSent(7, 10))
+        pages.markSent(7, 11..<12) // an answer sent page 11's latest content
+        let stale = pages.staleRuns(7)
+        #expect(stale == [1..<3, 10..<11])
+        // Every stale page is ever-sent and not sent now.
+        for run in stale { for p in run { #expect(!pages.isSent(7, p)) } }
+    }
+
+    @Test("never-sent pages are not stale; a region without ever-sent tracking has none")
+    func neverSentNotStale() {
+        var pages = SentPages(pageCounts: [1: 32, 2: 32])
+        pages.trackEverSent(1)
+        pages.markSent(1, 0..<8)
+        pages.markUnsent(1, [4..<20])
+        #expect(pages.staleRuns(1) == [4..<8])
+        pages.markSent(2, 0..<32)
+        pages.markUnsent(2, [0..<32])
+        #expect(pages.staleRuns(2) == [])
+        pages.markUnsent(3, [0..<1]) // a region never sent: nothing happens
+        #expect(pages.staleRuns(3) == [])
+    }
+
+    @Test("markAllSent: nothing left to claim, nothing stale")
+    func allSent() {
+        var pages = SentPages(pageCounts: [1: 100])
+        pages.trackEverSent(1)
+        pages.markAllSent(1)
+        #expect(pages.claimUnsent(1, from: 0, maxPages: 8) == nil)
+        #expect(pages.staleRuns(1) == [])
+    }
+
+    @Test("staleRuns matches a page-by-page reference on random histories")
+    func staleMatchesReference() {
+        var rng = SplitMix(seed: 42)
+        for _ in 0..<50 {
+            let count = Int(rng.next() % 300) + 1
+            var pages = SentPages(pageCounts: [1: count])
+            var sent = Set<Int>(), ever = Set<Int>()
+            pages.trackEverSent(1)
+            for _ in 0..<20 {
+                let a = Int(rng.next() % UInt64(count)), b = min(count, a + Int(rng.next() % 40) + 1)
+                switch rng.next() % 3 {
+                case 0:
+                    pages.markSent(1, a..<b); sent.formUnion(a..<b); ever.formUnion(a..<b)
+                case 1:
+                    pages.markUnsent(1, [a..<b]); sent.subtract(a..<b)
+                default:
+                    if let run = pages.claimUnsent(1, from: a, maxPages: b - a) {
+                        #expect(run.allSatisfy { !sent.contains($0) })
+                        sent.formUnion(run); ever.formUnion(run)
+                    }
+                }
+            }
+            let expected = ever.subtracting(sent)
+            let stale = pages.staleRuns(1)
+            #expect(Set(stale.flatMap { $0 }) == expected)
+            // Maximal, sorted, disjoint runs.
+            #expect(zip(stale, stale.dropFirst()).allSatisfy { $0.upperBound < $1.lowerBound })
+        }
+    }
+}
+
+/// A small deterministic generator (SplitMix64), so failures reproduce.
+private struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
