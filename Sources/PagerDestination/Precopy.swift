@@ -25,6 +25,9 @@ public final class StagedPages: @unchecked Sendable {
         present = PageBitmap(count: Int(region.length) / basePageSize)
     }
 
+    /// The largest live region staged: 64 TiB, half of x86-64's 47-bit user address space.
+    static let maxRegionLength: UInt64 = 1 << 46
+
     public var stagedBytes: UInt64 { UInt64(present.population * basePageSize) }
 
     /// Whether every 4 KiB piece of `[offset, offset + length)` is staged.
@@ -48,18 +51,22 @@ public final class StagedPages: @unchecked Sendable {
         guard region.flags.contains(.live) else {
             throw .invalidSetup("region \(region.id) is not live: the source runs no pre-copy for it")
         }
+        // Staging memory is as large as the region: it must fit this address space.
+        guard region.length <= StagedPages.maxRegionLength else {
+            throw .invalidSetup("live region \(region.id) is \(hex(region.length)) bytes: more than can be staged here (\(hex(StagedPages.maxRegionLength)))")
+        }
         let staged: StagedPages
         do { staged = try StagedPages(region: region) } catch { throw .kernel(error) }
         let started = monotonicNanoseconds()
         while true {
             let incoming: Incoming
-            do { incoming = try push.receive() } catch { throw .sourceLost("during pre-copy: \(error)") }
+            do { incoming = try push.receive() } catch { throw .channel(error) }
             switch incoming {
             case .pageData(let h, _) where h.region != region.id:
                 break // a region this destination does not map
             case .pageData(let h, let data):
-                guard h.offset + h.length <= region.length else {
-                    throw .sourceLost("pre-copy PAGE_DATA at \(hex(h.offset))+\(hex(h.length)) is outside region \(region.id)")
+                guard fits(h.offset, h.length, within: region.length) else {
+                    throw .sourceMisbehaved("pre-copy PAGE_DATA at \(hex(h.offset))+\(hex(h.length)) is outside region \(region.id)")
                 }
                 let offset = Int(h.offset), length = Int(h.length)
                 if h.encoding == .zero {
@@ -72,15 +79,13 @@ public final class StagedPages: @unchecked Sendable {
             case .message(.invalidate(let inv)):
                 // Dropped = no longer staged (never installed): acknowledge at once, since the
                 // source's writer is paused until it hears back; free the memory afterwards.
-                let ranges = inv.region == region.id ? inv.ranges.filter { $0.offset + $0.length <= region.length } : []
+                let ranges = inv.region == region.id ? inv.ranges.filter { fits($0.offset, $0.length, within: region.length) } : []
                 for r in ranges {
                     _ = staged.present.remove(Int(r.offset) / basePageSize..<Int(r.offset + r.length) / basePageSize)
                     staged.invalidatedBytes += r.length
                 }
                 if inv.region == region.id { staged.invalidations += 1 }
-                do { try push.send(.invalidateAck(sequence: inv.sequence, region: inv.region)) } catch {
-                    throw .sourceLost("cannot acknowledge INVALIDATE \(inv.sequence): \(error)")
-                }
+                do { try push.send(.invalidateAck(sequence: inv.sequence, region: inv.region)) } catch { throw .channel(error) }
                 for r in ranges { staged.release(offset: Int(r.offset), length: Int(r.length)) }
             case .message(.switched(let r, _)) where r == region.id:
                 staged.nanoseconds = monotonicNanoseconds() - started
@@ -89,16 +94,19 @@ public final class StagedPages: @unchecked Sendable {
             case .message(.ping(let token, let timestamp)):
                 // The source pings before it pauses the writer: answering says every frame before
                 // the PING was taken in.
-                do { try push.send(.pong(token: token, timestamp: timestamp)) } catch {
-                    throw .sourceLost("cannot answer PING: \(error)")
-                }
+                do { try push.send(.pong(token: token, timestamp: timestamp)) } catch { throw .channel(error) }
             case .message(.pushComplete), .message(.pong), .message(.switched):
                 break
             case .message(.error(let e)):
                 throw .sourceRefused("during pre-copy: \(e.code): \(e.message)")
             case .message(let other):
-                throw .sourceLost("unexpected \(other.type) during pre-copy")
+                throw .sourceMisbehaved("unexpected \(other.type) during pre-copy")
             }
         }
     }
+}
+
+/// Whether `[offset, offset + length)` lies within `[0, limit)`, without overflowing.
+func fits(_ offset: UInt64, _ length: UInt64, within limit: UInt64) -> Bool {
+    length <= limit && offset <= limit - length
 }

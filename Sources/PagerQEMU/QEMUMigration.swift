@@ -343,16 +343,17 @@ public struct QEMUDestination {
                 throw QEMUError("pre-copy failed: \(error)")
             }
         }
-        let resolver = try FaultResolver(uffd: handoff.uffd, region: region, mappings: handoff.mappings,
-                                         demand: client.demand, push: client.push, logger: logger)
-        resolver.staged = staged
-        resolver.urgentDemand = demandPriority.isRealtime
+        var configuration = FaultResolver.Configuration()
+        configuration.staged = staged
+        configuration.urgentDemand = demandPriority.isRealtime
         // The source holds pages until its VM stops; until then only silence can come.
-        resolver.stallTimeoutMilliseconds = 120_000
+        configuration.stallTimeoutMilliseconds = 120_000
         // A guest's vCPU threads keep their CPUs busy: a push that only uses idle CPU could
         // starve for the whole run. Compete fairly instead, as QEMU's own migration thread does.
-        resolver.backgroundPush = false
-        resolver.workloadConnection = handoff.connection
+        configuration.backgroundPush = false
+        configuration.workloadConnection = handoff.connection
+        let resolver = try FaultResolver(uffd: handoff.uffd, region: region, mappings: handoff.mappings,
+                                         demand: client.demand, push: client.push, configuration: configuration, logger: logger)
         let outcome = Mutex<Result<ResolveReport, ResolveError>?>(nil)
         let resolving = try KernelThread(name: "dst-resolver") {
             let r: Result<ResolveReport, ResolveError>

@@ -204,15 +204,16 @@ struct DestCommand: ParsableCommand {
             defer { client.close() }
             let region = try chosen ?? client.region(selectedBy: self.region)
             logger.info("session \(hex(client.session)) with \(connect): region \(region.id) \"\(region.name)\" (\(region.length >> 20) MiB)")
+            var configuration = FaultResolver.Configuration()
+            configuration.prefetch = !noPrefetch
+            configuration.backgroundPush = !normalPriorityPush
+            configuration.urgentDemand = demandPriority.isRealtime
+            configuration.stallTimeoutMilliseconds = stallTimeoutMs
+            configuration.otherRegions = client.regions.map(\.id)
+            configuration.workloadConnection = handoff.connection
+            configuration.staged = staged
             let resolver = try FaultResolver(uffd: handoff.uffd, region: region, mappings: handoff.mappings,
-                                             demand: client.demand, push: noPush ? nil : client.push, logger: logger)
-            resolver.prefetch = !noPrefetch
-            resolver.backgroundPush = !normalPriorityPush
-            resolver.urgentDemand = demandPriority.isRealtime
-            resolver.stallTimeoutMilliseconds = stallTimeoutMs
-            resolver.otherRegions = client.regions.map(\.id)
-            resolver.workloadConnection = handoff.connection
-            resolver.staged = staged
+                                             demand: client.demand, push: noPush ? nil : client.push, configuration: configuration, logger: logger)
             let r = try resolver.run()
             missing.release()
             let latency = LatencySummary(samples: r.faultLatencies)

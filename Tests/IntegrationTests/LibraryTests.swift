@@ -123,10 +123,11 @@ struct LibraryTests {
         let uffd = try Userfaultfd()
         try uffd.negotiate([.eventRemove, .eventUnmap])
         try uffd.register(destination.range, mode: .missing)
+        var configuration = FaultResolver.Configuration()
+        configuration.staged = staged
         let resolver = try FaultResolver(uffd: uffd, region: descriptor,
                                          mappings: [RegionMapping(base: UInt64(UInt(bitPattern: destination.base)), size: UInt64(pages * basePageSize), regionOffset: 0, pageSize: basePageSize)],
-                                         demand: client.demand, push: client.push, logger: logger)
-        resolver.staged = staged
+                                         demand: client.demand, push: client.push, configuration: configuration, logger: logger)
         let failure = Mutex<String?>(nil)
         let resolving = try KernelThread(name: "test-resolver") {
             do { _ = try resolver.run() } catch { failure.withLock { $0 = "\(error)" } }

@@ -1,0 +1,208 @@
+import PagerCore
+import PagerKernel
+import PagerTransport
+import PagerWire
+import SystemPackage
+
+extension FaultResolver {
+    /// How the fault loop ended without error.
+    enum LoopEnding { case allLocal, workloadGone }
+
+    /// Requests and pings one pass of the fault loop decided to send, once the lock is released.
+    struct Outgoing {
+        var urgent: [PageRequest] = []
+        var ahead: [PageRequest] = []
+        var ping = false
+    }
+
+    /// The fault loop: waits for userfaultfd events (and the workload's hints), decides under
+    /// the lock what each needs, reviews the waiting faults, and sends the requests. Runs until
+    /// every page is local, the workload is gone, or a failure was recorded (thrown).
+    func faultLoop() throws(ResolveError) -> LoopEnding {
+        var events: [UffdEvent] = []
+        events.reserveCapacity(64)
+        let hints = configuration.workloadConnection.map { HintChannel($0, logger: logger) }
+        while true {
+            // 20 ms between housekeeping passes, 1 ms while a fault may need escalating.
+            let pollMilliseconds: Int32 = lock.withLock { $0.slowFaults } ? 1 : 20
+            let ready: Bool
+            do {
+                if let hints {
+                    let (uffdReady, readable) = try uffd.waitReadable(or: hints.connection, timeoutMilliseconds: pollMilliseconds)
+                    ready = uffdReady
+                    if readable, try !hints.read(mappings), !uffdReady { return .workloadGone }
+                } else {
+                    ready = try uffd.waitReadable(timeoutMilliseconds: pollMilliseconds)
+                }
+            } catch { throw .kernel(error) }
+            var out = Outgoing()
+            let pass: (done: Bool, failure: ResolveError?, wakes: [AddressRange], hinted: [PrefetchHint]) = lock.withLock { state in
+                if ready {
+                    do { try uffd.readEvents(into: &events) } catch let e as KernelError { state.fail(.kernel(e)) } catch {}
+                    for event in events { handle(event, &state, &out) }
+                }
+                review(&state, &out)
+                if let hints { requestHinted(hints.takeUnrequested(), &state, &out) }
+                sweep(&state, &out)
+                watchSilence(&state, &out)
+                return (state.pages.isComplete, state.failure, state.takeWakes(), hints?.takeCompleted(state.pages) ?? [])
+            }
+            hints?.answer(pass.hinted)
+            wakeAll(pass.wakes)
+            if let failure = pass.failure { throw failure }
+            do {
+                if out.ping { try demand.send(.ping(token: 1, timestamp: monotonicNanoseconds())) }
+                for r in out.urgent { try demand.send(.pageRequest(r)) }
+                for r in out.ahead { try (push ?? demand).send(.pageRequest(r)) }
+            } catch {
+                lock.withLock { $0.fail(.channel(error)) }
+                continue
+            }
+            if pass.done { return .allLocal }
+        }
+    }
+
+    /// Decides what an event needs. Under the lock.
+    private func handle(_ event: UffdEvent, _ state: inout State, _ out: inout Outgoing) {
+        switch event {
+        case .pageFault(let address, _, _):
+            guard let page = mappings.page(of: address) else {
+                logger.warning("fault at \(hex(address)) outside every mapping")
+                return
+            }
+            state.report.faults += 1
+            state.faults.note(page: page, at: monotonicNanoseconds())
+            fault(on: page, &state, &out)
+        case .remove(let start, let end), .unmap(let start, let end):
+            for range in mappings.pages(inAddresses: start, end) {
+                if case .unmap = event {
+                    state.report.pagesUnmappedUnfetched += range.count { ![.resident, .discarded].contains(state.pages.state(of: $0)) }
+                }
+                state.pages.discard(range)
+                state.report.discardedPages += range.count
+                state.faults.forget(range)
+            }
+        case .remap(let from, let to, let length):
+            // The workload moved memory (mremap): follow it.
+            mappings.remap(from: from, to: to, length: length)
+        case .fork(let descriptor):
+            // Children are not followed: their copy of the memory resolves nothing. Closing the
+            // descriptor makes the kernel unregister it, so the child does not hang.
+            logger.warning("workload forked; the child's memory is not paged (its userfaultfd \(descriptor) is closed)")
+            try? FileDescriptor(rawValue: descriptor).close()
+        case .unknown(let code):
+            logger.warning("unknown userfaultfd event \(code)")
+        }
+    }
+
+    /// What a fault on `page` needs, by the page's state.
+    private func fault(on page: Int, _ state: inout State, _ out: inout Outgoing) {
+        switch state.pages.state(of: page) {
+        case .discarded:
+            // The workload dropped this page: by the kernel's rules it reads as zeros now.
+            install(page..<page + 1, from: .zeros, &state)
+        case .resident:
+            // Either the install raced with this fault (the page is present), or the page was
+            // removed behind our back with no event (a hole punched in shared memory, which
+            // reads as zeros). Installing zeros settles both: EEXIST in the first case (just
+            // wake), zeros in the second. A bare wake would let the thread fault forever.
+            install(page..<page + 1, from: .zeros, &state)
+        case .inFlight where state.isStaged(page):
+            // Staged by pre-copy and not installed yet: install it now from local memory, with
+            // the staged units of its aligned 256 KiB block (local pages cost a copy, not a
+            // round trip, and the background installer yields to the workload's CPU).
+            let block = max(1, (256 << 10) / unit)
+            let start = page / block * block
+            for run in state.stagedUnits!.runs(in: start..<min(start + block, state.pages.pageCount)) {
+                for wanted in state.pages.accept(run) {
+                    install(wanted, from: .bytes(configuration.staged!.pointer(offset: wanted.lowerBound * unit)), &state)
+                }
+            }
+        case .inFlight where !state.faults.askedUrgently(page) && state.planner.direction == .none:
+            // Requested as prefetch, so its reply may be queued behind push data: ask again
+            // on the demand channel (whichever copy arrives second is dropped). Not during a
+            // sequential scan: there the page heads an ordered prefetch and arrives next.
+            askUrgently(page..<page + 1, &state, &out)
+            state.report.demandRequests += 1
+        case .inFlight:
+            break
+        case .missing:
+            for run in state.pages.request(page..<page + 1) {
+                askUrgently(run, &state, &out)
+                state.report.demandRequests += 1
+            }
+            let plan = state.planner.plan(faultAt: page, pageCount: state.pages.pageCount)
+            for run in state.pages.request(configuration.prefetch ? plan.ahead : 0..<0) {
+                out.ahead.append(request(run, .prefetch))
+                state.report.prefetchRequests += 1
+            }
+        }
+    }
+
+    private func askUrgently(_ run: Range<Int>, _ state: inout State, _ out: inout Outgoing) {
+        state.faults.markUrgent(run)
+        out.urgent.append(request(run, .urgent))
+    }
+
+    /// One pass over the waiting faults (see ``WaitingFaults/review``): a page that went back
+    /// to missing is asked for again; a page asked for only as prefetch is asked for urgently
+    /// once its fault has waited a while with the push channel silent.
+    private func review(_ state: inout State, _ out: inout Outgoing) {
+        let review = state.faults.review(state.pages, now: monotonicNanoseconds(), lastPushFrame: lastPushFrame.load(ordering: .relaxed),
+                                         staged: { [stagedUnits = state.stagedUnits] in stagedUnits?.contains($0) == true })
+        for page in review.missingAgain {
+            for run in state.pages.request(page..<page + 1) { askUrgently(run, &state, &out) }
+        }
+        for page in review.escalate {
+            askUrgently(page..<page + 1, &state, &out)
+            state.report.demandRequests += 1
+        }
+        state.slowFaults = review.slow
+    }
+
+    /// Explicit prefetch hints: request what is missing of each, once.
+    private func requestHinted(_ ranges: [Range<Int>], _ state: inout State, _ out: inout Outgoing) {
+        for range in ranges {
+            for run in state.pages.request(range) {
+                out.ahead.append(request(run, .prefetch))
+                state.report.hintedPages += run.count
+            }
+        }
+    }
+
+    /// After the push, whatever is still missing (installs that had to be retried) is asked for.
+    private func sweep(_ state: inout State, _ out: inout Outgoing) {
+        guard state.pushComplete && state.pages.inFlightCount == 0 && !state.pages.isComplete else { return }
+        var from = 0
+        while let p = state.pages.nextMissing(from: from), p >= from {
+            for run in state.pages.request(p..<min(state.pages.pageCount, p + 256)) {
+                out.ahead.append(request(run, []))
+                state.report.sweepRequests += 1
+            }
+            from = p + 256
+        }
+    }
+
+    /// A silent source: ping after a second, give up after the stall timeout.
+    private func watchSilence(_ state: inout State, _ out: inout Outgoing) {
+        // Saturating: a receiver may store a time taken after ours.
+        let heard = lastHeard.load(ordering: .relaxed), now = monotonicNanoseconds()
+        let silent = now > heard ? now - heard : 0
+        guard !state.pages.isComplete && state.failure == nil else {
+            state.pingsSent = 0
+            return
+        }
+        let timeout = configuration.stallTimeoutMilliseconds
+        if silent > UInt64(timeout) * 1_000_000 {
+            state.fail(.sourceSilent(milliseconds: silent / 1_000_000, timeoutMilliseconds: timeout))
+        } else if silent > 1_000_000_000 && state.pingsSent < silent / 1_000_000_000 {
+            state.pingsSent = silent / 1_000_000_000
+            out.ping = true
+        }
+    }
+
+    func request(_ run: Range<Int>, _ flags: PageRequest.Flags) -> PageRequest {
+        PageRequest(requestID: UInt32(truncatingIfNeeded: run.lowerBound), region: region.id,
+                    offset: UInt64(run.lowerBound * unit), length: UInt64(run.count * unit), flags: flags)
+    }
+}

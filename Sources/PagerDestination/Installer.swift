@@ -1,0 +1,148 @@
+import PagerCore
+import PagerKernel
+
+/// What an install puts into the workload's pages.
+enum PageSource {
+    /// Bytes of the pages, one unit after another.
+    case bytes(UnsafeRawPointer)
+    /// Zeros (a hole, a zero page, or a page the workload dropped).
+    case zeros
+}
+
+/// The installer's own resources, used under the resolver's lock only.
+final class Installer {
+    /// One unit of zeros, for memory `UFFDIO_ZEROPAGE` does not serve (shmem, hugetlbfs).
+    let zeroUnit: UnsafeMutableRawPointer
+    /// `UFFDIO_ZEROPAGE` works on anonymous memory only; set false at its first EINVAL.
+    var zeroPageWorks = true
+
+    init(unit: Int) {
+        zeroUnit = .allocate(byteCount: unit, alignment: unit)
+        zeroUnit.initializeMemory(as: UInt8.self, repeating: 0, count: unit)
+    }
+
+    deinit { zeroUnit.deallocate() }
+}
+
+extension FaultResolver {
+    /// Pages installed per lock hold: 64 KiB of 4 KiB pages (one UFFDIO_COPY of 16 pages
+    /// measured near the best copy rate here), or one huge page.
+    var installBatch: Int { max(1, (64 << 10) / unit) }
+
+    /// Installs whole units, in batches, taking the lock per batch: a fault (which needs the
+    /// lock to read its event) waits for at most one batch, not a whole 2 MiB frame.
+    /// `source` nil: zeros.
+    func installUnits(_ units: Range<Int>, from source: UnsafeRawPointer?) {
+        var at = units.lowerBound
+        while at < units.upperBound {
+            let batch = at..<min(units.upperBound, at + installBatch)
+            let wakes = lock.withLock { state in
+                let wanted = state.pages.accept(batch)
+                state.report.duplicatePages += batch.count - wanted.reduce(0) { $0 + $1.count }
+                for run in wanted {
+                    install(run, from: source.map { .bytes($0 + (run.lowerBound - units.lowerBound) * unit) } ?? .zeros, &state)
+                }
+                return state.takeWakes()
+            }
+            wakeAll(wakes)
+            at = batch.upperBound
+        }
+    }
+
+    /// Installs region pages `run` from `source`, recording latencies. Under the lock.
+    func install(_ run: Range<Int>, from source: PageSource, _ state: inout State) {
+        let deferWake = state.faults.waits(on: run)
+        for (address, pages) in mappings.destinations(of: run) {
+            if deferWake { state.pendingWakes.append(AddressRange(start: address, length: UInt64(pages.count * unit))) }
+            var done = 0
+            while done < pages.count {
+                let at = address + UInt64(done * unit)
+                let rest = pages.lowerBound + done..<pages.upperBound
+                let outcome: InstallOutcome
+                let tried: Int
+                do {
+                    switch source {
+                    case .bytes(let bytes):
+                        tried = rest.count
+                        outcome = try uffd.copy(to: at, from: bytes + (rest.lowerBound - run.lowerBound) * unit,
+                                                length: UInt64(tried * unit), dontWake: deferWake)
+                    case .zeros where installer.zeroPageWorks:
+                        tried = rest.count
+                        do {
+                            outcome = try uffd.zeroPage(AddressRange(start: at, length: UInt64(tried * unit)), dontWake: deferWake)
+                        } catch let e where e.errno == .invalidArgument {
+                            // UFFDIO_ZEROPAGE is for anonymous memory only: copies of zeros from now on.
+                            installer.zeroPageWorks = false
+                            continue
+                        }
+                    case .zeros:
+                        tried = 1
+                        outcome = try uffd.copy(to: at, from: installer.zeroUnit, length: UInt64(unit), dontWake: deferWake)
+                    }
+                } catch {
+                    state.fail(.kernel(error))
+                    return
+                }
+                done += settle(outcome, rest.lowerBound..<rest.lowerBound + tried, &state)
+            }
+        }
+        switch source {
+        case .bytes: state.report.installedPages += run.count
+        case .zeros:
+            state.pages.zeroFilled(run)
+            state.report.zeroPages += run.count
+        }
+        state.report.faultLatencies += state.faults.settle(run, at: monotonicNanoseconds())
+    }
+
+    /// Applies an install outcome to the pages tried; returns how many pages it dealt with.
+    private func settle(_ outcome: InstallOutcome, _ pages: Range<Int>, _ state: inout State) -> Int {
+        switch outcome {
+        case .installed(let bytes):
+            return max(1, Int(bytes) / unit)
+        case .alreadyPresent(let before):
+            // The page after `before` bytes is present (it arrived another way): skip it, wake
+            // anyone waiting on it.
+            let present = pages.lowerBound + Int(before) / unit
+            wake(present..<present + 1)
+            return Int(before) / unit + 1
+        case .retry(let before):
+            // The workload's mappings are changing (an event is pending): the rest goes back to
+            // missing and is requested again after the event is read. Its waiters are woken so
+            // they fault again: their fault events were consumed, and nothing else would wake
+            // them (a zero install for a page believed resident records no pending fault).
+            let rest = pages.lowerBound + Int(before) / unit..<pages.upperBound
+            state.pages.invalidate(rest)
+            wake(rest)
+            return pages.count
+        case .targetGone:
+            state.fail(.workloadGone)
+            return pages.count
+        }
+    }
+
+    func wakeAll(_ ranges: [AddressRange]) {
+        for r in ranges { try? uffd.wake(r) }
+    }
+
+    func wake(_ run: Range<Int>) {
+        for (address, pages) in mappings.destinations(of: run) {
+            try? uffd.wake(AddressRange(start: address, length: UInt64(pages.count * unit)))
+        }
+    }
+
+    /// When the migration fails: every page not yet local is poisoned, so the workload gets
+    /// SIGBUS on it instead of zeros or a hang.
+    func poisonOutstanding() {
+        lock.withLock { state in
+            for run in state.pages.outstandingRuns() {
+                for (address, pages) in mappings.destinations(of: run) {
+                    _ = try? uffd.poison(AddressRange(start: address, length: UInt64(pages.count * unit)))
+                }
+            }
+        }
+        // Wake every waiter, also those on pages that were local: each faults again and either
+        // finds its page or gets SIGBUS; none sleeps on after this daemon is gone.
+        for s in mappings.spans { try? uffd.wake(AddressRange(start: s.base, length: s.size)) }
+    }
+}

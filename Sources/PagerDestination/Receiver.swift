@@ -1,0 +1,121 @@
+import PagerCore
+import PagerKernel
+import PagerTransport
+import PagerWire
+
+extension FaultResolver {
+    /// One channel's receive loop. On the (background) push channel only the receive itself
+    /// runs at background priority: everything that takes the lock faults need runs in the
+    /// foreground (see ``withForegroundPriority(_:)``).
+    func receive(_ channel: FrameChannel) {
+        defer { if channel === demand { endings.change { $0.demandClosed = true } } }
+        let assembly = UnitAssembly(unit: unit)
+        while true {
+            let incoming: Incoming
+            do {
+                incoming = try channel.receive()
+            } catch {
+                lock.withLock { state in
+                    guard case .fetching = state.phase, !state.pages.isComplete else { return }
+                    if case .peerError(_, let e) = error, e.code == .shuttingDown { state.fail(.sourceShuttingDown) }
+                    else { state.fail(.channel(error)) }
+                }
+                return
+            }
+            guard handle(incoming, from: channel, assembly) else { return }
+        }
+    }
+
+    /// Handles one received frame; false when the channel must stop (the reason is recorded).
+    private func handle(_ incoming: Incoming, from channel: FrameChannel, _ assembly: UnitAssembly) -> Bool {
+        let now = monotonicNanoseconds()
+        lastHeard.store(now, ordering: .relaxed)
+        if channel === push { lastPushFrame.store(now, ordering: .relaxed) }
+        switch incoming {
+        case .pageData(let header, _) where header.region != region.id:
+            // Another region of the source's: this destination does not map it (it said so
+            // with COMPLETE, but data may already have been on the way).
+            lock.withLock { $0.report.otherRegionBytes += header.length }
+        case .pageData(let header, let data):
+            guard fits(header.offset, header.length, within: region.length) else {
+                lock.withLock { $0.fail(.sourceMisbehaved("PAGE_DATA for region \(header.region) at \(hex(header.offset))+\(hex(header.length)) is not in region \(region.id) (\(hex(region.length)) bytes)")) }
+                return false
+            }
+            bytesReceived.add(UInt64(data.count), ordering: .relaxed)
+            deliver(header, data, assembly: assembly)
+        case .message(.pushComplete(let r, _)) where r == region.id:
+            lock.withLock { if case .fetching = $0.phase { $0.phase = .fetching(pushComplete: true) } }
+        case .message(.pushComplete):
+            break // a region this destination declined
+        case .message(.completeAck(let r)) where r == region.id:
+            endings.change { $0.completeAcknowledged = true }
+        case .message(.completeAck):
+            break // for a region this destination declined
+        case .message(.error(let e)):
+            lock.withLock { $0.fail(.sourceRefused("request \(e.requestID): \(e.code): \(e.message)")) }
+            return false
+        case .message(.pong):
+            break
+        case .message(.ping(let token, let timestamp)):
+            try? channel.send(.pong(token: token, timestamp: timestamp)) // either side may ping
+        case .message(let other):
+            lock.withLock { $0.fail(.sourceMisbehaved("unexpected \(other.type) from the source")) }
+            return false
+        }
+        return true
+    }
+
+    /// Installs a PAGE_DATA frame: whole units directly, pieces of a unit (a huge page that the
+    /// source sent as several zero and data runs) gathered in `assembly` until complete. Bytes
+    /// past the last page the mappings cover are not this workload's: they are dropped.
+    private func deliver(_ header: PageDataHeader, _ data: UnsafeRawBufferPointer, assembly: UnitAssembly) {
+        let u = UInt64(unit)
+        let tracked = UInt64(trackedPages) * u
+        var offset = header.offset
+        let end = min(header.offset + header.length, tracked)
+        if end < header.offset + header.length {
+            let dropped = header.encoding == .zero ? 0 : header.offset + header.length - max(end, header.offset)
+            lock.withLock { $0.report.otherRegionBytes += dropped }
+        }
+        while offset < end {
+            let unitStart = offset / u * u
+            if offset == unitStart && end - offset >= u {
+                let count = Int((end - offset) / u)
+                let source = header.encoding == .zero ? nil : data.baseAddress! + Int(offset - header.offset)
+                installUnits(Int(offset / u)..<Int(offset / u) + count, from: source)
+                offset += UInt64(count) * u
+                continue
+            }
+            let pieceEnd = min(end, unitStart + u)
+            let piece = header.encoding == .zero ? nil : data.baseAddress! + Int(offset - header.offset)
+            let index = Int(offset / u)
+            if let whole = assembly.add(unit: index, at: Int(offset - unitStart), length: Int(pieceEnd - offset), from: piece) {
+                installUnits(index..<index + 1, from: whole)
+            }
+            offset = pieceEnd
+        }
+    }
+
+    /// Installs every staged unit from local memory, 2 MiB at a time, freeing the staging
+    /// memory behind it.
+    func installStaged(_ staged: StagedPages, _ units: PageBitmap) {
+        let chunk = max(1, (2 << 20) / unit)
+        for run in units.runs(in: 0..<units.count) {
+            for start in stride(from: run.lowerBound, to: run.upperBound, by: chunk) {
+                let stopped = lock.withLock { state -> Bool in
+                    if case .fetching = state.phase { return false }
+                    return true
+                }
+                if stopped { return }
+                let end = min(run.upperBound, start + chunk)
+                installUnits(start..<end, from: staged.pointer(offset: start * unit))
+                // From here these units are no longer staged: one whose install had to be
+                // retried (EAGAIN) went back to missing and is fetched from the source, never
+                // installed from the memory released below. (Changed under the lock the fault
+                // path reads it in.)
+                lock.withLock { _ = $0.stagedUnits?.remove(start..<end) }
+                staged.release(offset: start * unit, length: (end - start) * unit)
+            }
+        }
+    }
+}

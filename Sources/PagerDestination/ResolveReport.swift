@@ -1,0 +1,60 @@
+import PagerKernel
+import PagerTransport
+
+/// Why a migration stopped before every page arrived.
+public enum ResolveError: Error, CustomStringConvertible, Sendable {
+    /// The connection to the source failed (the channel's typed error).
+    case channel(ChannelError)
+    /// The source went silent for the stall timeout while pages were outstanding.
+    case sourceSilent(milliseconds: UInt64, timeoutMilliseconds: Int)
+    /// The source said it is shutting down.
+    case sourceShuttingDown
+    /// The source sent something that is not valid here (a page outside the region, an
+    /// unexpected message).
+    case sourceMisbehaved(String)
+    case sourceRefused(String)
+    case workloadGone
+    case invalidSetup(String)
+    case kernel(KernelError)
+
+    public var description: String {
+        let poisoned = "pages not yet fetched were poisoned (the workload gets SIGBUS, never zeros)"
+        return switch self {
+        case .channel(let e): "source lost: \(e); \(poisoned)"
+        case .sourceSilent(let ms, let timeout): "source lost: no frame from the source for \(ms) ms (stall timeout \(timeout) ms); \(poisoned)"
+        case .sourceShuttingDown: "source lost: source is shutting down; \(poisoned)"
+        case .sourceMisbehaved(let s): "source lost: \(s); \(poisoned)"
+        case .sourceRefused(let s): "source could not serve a page: \(s); the workload was stopped with SIGBUS on missing pages"
+        case .workloadGone: "the workload's memory went away (process exited)"
+        case .invalidSetup(let s): s
+        case .kernel(let e): "\(e)"
+        }
+    }
+}
+
+/// What a finished migration did.
+public struct ResolveReport: Sendable {
+    public var pages = 0
+    public var pageSize = 0
+    public var faults = 0
+    public var demandRequests = 0
+    public var prefetchRequests = 0
+    public var sweepRequests = 0
+    public var installedPages = 0
+    public var zeroPages = 0
+    public var duplicatePages = 0
+    public var discardedPages = 0
+    public var bytesReceived: UInt64 = 0
+    /// Fault to install, in ns, for every fault the daemon saw.
+    public var faultLatencies: [UInt64] = []
+    /// Bytes received for regions (or parts of the region) this destination does not map.
+    public var otherRegionBytes: UInt64 = 0
+    /// Pages requested because of explicit prefetch hints.
+    public var hintedPages = 0
+    /// Pages still outstanding when the workload went away (0 for a completed migration).
+    public var pagesNeverFetched = 0
+    /// Of those, pages the workload unmapped (`UFFD_EVENT_UNMAP`) before they were fetched:
+    /// it no longer has them, so the migration completes without them.
+    public var pagesUnmappedUnfetched = 0
+    public var seconds: Double = 0
+}
