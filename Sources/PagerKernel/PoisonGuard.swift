@@ -90,3 +90,46 @@ public final class PoisonGuard: @unchecked Sendable {
 
 /// Ends the process at once with `status` (`exit`), from any thread.
 public func exitProcess(_ status: Int32) -> Never { exit(status) }
+
+extension Userfaultfd {
+    /// Poisons the missing pages of every mapping of process `pid` that is registered for
+    /// MISSING faults (`um` in `/proc/PID/smaps`' VmFlags), through this userfaultfd; ranges
+    /// registered with another userfaultfd are refused by the kernel and skipped. For a handoff
+    /// that is refused (its description of the memory unreadable): the descriptor says nothing
+    /// of where the memory is, yet closing it would turn the workload's missing pages into
+    /// zeros. Returns the pages poisoned.
+    public func poisonRegisteredMappings(ofProcess pid: Int32) throws(KernelError) -> Int {
+        var pages = 0
+        for vma in try Self.missingRegisteredMappings(smaps: readWholeFile("/proc/\(pid)/smaps")) {
+            let n = withUnsafeDescriptor { fd in
+                pager_poison_missing(fd.rawValue, vma.range.start, vma.range.length, UInt64(vma.pageSize))
+            }
+            if n > 0 { pages += Int(n) }
+        }
+        return pages
+    }
+
+    /// The mappings in an smaps text whose VmFlags include `um` (userfaultfd MISSING), with
+    /// their kernel page size.
+    public static func missingRegisteredMappings(smaps: String) -> [(range: AddressRange, pageSize: Int)] {
+        var result: [(range: AddressRange, pageSize: Int)] = []
+        var current: (start: UInt64, end: UInt64)?
+        var pageSize = 4096
+        for line in smaps.split(separator: "\n", omittingEmptySubsequences: true) {
+            if let dash = line.firstIndex(of: "-"), let space = line.firstIndex(of: " "), dash < space,
+               let start = UInt64(line[..<dash], radix: 16), let end = UInt64(line[line.index(after: dash)..<space], radix: 16) {
+                current = (start, end)
+                pageSize = 4096
+            } else if line.hasPrefix("KernelPageSize:") {
+                let kib = line.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 4
+                pageSize = kib * 1024
+            } else if line.hasPrefix("VmFlags:"), let vma = current {
+                if line.split(separator: " ").dropFirst().contains("um") && vma.end > vma.start {
+                    result.append((AddressRange(start: vma.start, length: vma.end - vma.start), pageSize))
+                }
+                current = nil
+            }
+        }
+        return result
+    }
+}
