@@ -33,6 +33,10 @@ struct MappingsAccepted {
             == [RegionMapping(base: 4 << 20, size: 4 << 20, regionOffset: 2 << 20, pageSize: 2 << 20)])
         #expect(try decode(#"[{"base_host_virt_addr":4096,"size":4096,"offset":0,"page_size_kib":4}]"#)[0].pageSize == 4096)
         #expect(try decode(#"[{"base_host_virt_addr":1073741824,"size":1073741824,"offset":0,"page_size_kib":1048576}]"#)[0].pageSize == 1 << 30)
+        // Bytes in page_size_kib without page_size (as Firecracker fills that field): read as
+        // 4096 KiB before, and refused as "not 4 KiB, 2 MiB or 1 GiB".
+        #expect(try decode(#"[{"base_host_virt_addr":4096,"size":4096,"offset":0,"page_size_kib":4096}]"#)[0].pageSize == 4096)
+        #expect(try decode(#"[{"base_host_virt_addr":2097152,"size":2097152,"offset":0,"page_size_kib":2097152}]"#)[0].pageSize == 2 << 20)
     }
 
     @Test("the preload library's message, exactly as its snprintf writes it")
