@@ -9,6 +9,7 @@
 //                                      the only module that makes system calls
 //   PagerWire    -> (nothing)          wire protocol v1, pure value types
 //   PagerCore    -> (nothing)          page bookkeeping, pure and synchronous
+//   PagerHandoff -> (nothing)          the workload's handoff messages (JSON), pure value types
 //   executables  -> everything
 //
 // RDMA (libibverbs, librdmacm) sits behind the `RDMA` trait, off by default, so the
@@ -25,8 +26,10 @@ let package = Package(
         .executable(name: "pager-workload", targets: ["pager-workload"]),
         .executable(name: "uffd-fault-bench-c", targets: ["uffd-fault-bench-c"]),
         .executable(name: "PagerWireFuzz", targets: ["PagerWireFuzz"]),
+        .executable(name: "PagerHandoffFuzz", targets: ["PagerHandoffFuzz"]),
         .library(name: "PagerWire", targets: ["PagerWire"]),
         .library(name: "PagerCore", targets: ["PagerCore"]),
+        .library(name: "PagerHandoff", targets: ["PagerHandoff"]),
         .library(name: "PagerKernel", targets: ["PagerKernel"]),
         // LD_PRELOAD library for an unmodified QEMU destination (libpager-preload.so).
         .library(name: "pager-preload", type: .dynamic, targets: ["PagerPreload"]),
@@ -75,11 +78,13 @@ let package = Package(
         ),
         .target(name: "PagerWire"),
         .target(name: "PagerCore"),
+        // The handoff's JSON: mappings, prefetch hints and replies (Protocols/handoff.md).
+        .target(name: "PagerHandoff"),
         // Frames over TCP: the page path's send (scatter-gather) and receive (into aligned buffers).
         .target(name: "PagerTransport", dependencies: ["PagerKernel", "PagerWire"]),
         .target(
             name: "PagerDestination",
-            dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerTransport", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerHandoff", "PagerTransport", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
             name: "PagerSource",
@@ -88,7 +93,7 @@ let package = Package(
         // Driving unmodified QEMU over QMP: the post-copy backend's two sides.
         .target(
             name: "PagerQEMU",
-            dependencies: ["PagerKernel", "PagerWire", "PagerSource", "PagerDestination", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["PagerKernel", "PagerWire", "PagerHandoff", "PagerSource", "PagerDestination", .product(name: "Logging", package: "swift-log")]
         ),
         // Measurements shared by pager-bench and the demo (library, so tests can run them too).
         .target(name: "PagerBenchKit", dependencies: ["PagerKernel", "PagerCore", .product(name: "Histogram", package: "hdrhistogram-swift")]),
@@ -127,10 +132,17 @@ let package = Package(
             name: "PagerWireFuzz",
             dependencies: ["PagerWire"]
         ),
+        // libFuzzer target for the handoff decoders and the hint line splitter (same flags).
+        .executableTarget(
+            name: "PagerHandoffFuzz",
+            dependencies: ["PagerHandoff"]
+        ),
 
         // MARK: Tests
         .testTarget(name: "PagerWireTests", dependencies: ["PagerWire"]),
         .testTarget(name: "PagerCoreTests", dependencies: ["PagerCore"]),
+        // Pure decoder tests, plus the socket side of the handoff (HandoffListener.read on a socketpair).
+        .testTarget(name: "PagerHandoffTests", dependencies: ["PagerHandoff", "PagerDestination", "PagerKernel"]),
         .testTarget(name: "PagerKernelTests", dependencies: ["PagerKernel", "PagerWire"]),
         // The source in-process on loopback, with a destination from PagerDestination.
         .testTarget(

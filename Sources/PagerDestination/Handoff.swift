@@ -1,3 +1,7 @@
+// The handoff's formats (RegionMapping, PrefetchHint, the JSON reader) live in the pure
+// PagerHandoff module; re-exported so code that imports PagerDestination (FaultResolver,
+// pagerd, the tests) keeps seeing them here.
+@_exported import PagerHandoff
 import PagerKernel
 import SystemPackage
 
@@ -47,9 +51,11 @@ public final class HandoffListener: @unchecked Sendable {
         _ = shutdownSocket(listener)
     }
 
-    static let maxMessage = 1 << 20
+    /// The most a handoff message may hold (the decoder's own limit, ``JSONLimits/handoff``).
+    static let maxMessage = JSONLimits.handoff.maxBytes
 
-    /// Reads one handoff message from `connection`.
+    /// Reads one handoff message from `connection`: the mappings (decoded by
+    /// ``RegionMapping/decodeArray(_:)``) and exactly one userfaultfd.
     public static func read(from connection: FileDescriptor) throws -> Handoff {
         var first = try UnixSocket.receive(connection, maxBytes: 64 << 10, maxDescriptors: 4)
         guard !first.bytes.isEmpty || !first.descriptors.isEmpty else {
@@ -57,98 +63,50 @@ public final class HandoffListener: @unchecked Sendable {
         }
         var bytes = first.bytes
         // The JSON may be split across reads of the stream: read until it parses.
-        var parsed: JSONValue? = try? JSONReader.parse(bytes)
-        while parsed == nil && bytes.count < maxMessage {
+        while (try? JSONReader.parse(bytes)) == nil && bytes.count < maxMessage {
             let more = try UnixSocket.receive(connection, maxBytes: 64 << 10, maxDescriptors: 4)
             first.descriptors += more.descriptors
             if more.bytes.isEmpty { break }
             bytes += more.bytes
-            parsed = try? JSONReader.parse(bytes)
         }
         let fds = first.descriptors
+        // Decoded before the descriptors are counted: a workload that could not make a
+        // userfaultfd sends `{"error":"..."}` with none, and its words say more than "got 0".
+        let mappings: [RegionMapping]
+        do {
+            mappings = try RegionMapping.decodeArray(bytes)
+        } catch {
+            for fd in fds { try? fd.close() }
+            throw error
+        }
         guard fds.count == 1 else {
             for fd in fds { try? fd.close() }
             throw HandoffError(message: "handoff must carry exactly one userfaultfd (SCM_RIGHTS), got \(fds.count)")
         }
-        let mappings: [RegionMapping]
-        do {
-            mappings = try parseMappings(bytes)
-        } catch {
-            try? fds[0].close()
-            throw error
-        }
         return Handoff(uffd: try Userfaultfd(adopting: fds[0]), mappings: mappings, connection: connection)
     }
 
-    /// Parses the JSON array of mappings.
-    public static func parseMappings(_ bytes: [UInt8]) throws -> [RegionMapping] {
-        let value: JSONValue
-        do { value = try JSONReader.parse(bytes) } catch { throw HandoffError(message: "handoff is not JSON: \(error)") }
-        guard case .array(let items) = value, !items.isEmpty else {
-            throw HandoffError(message: "handoff must be a non-empty JSON array of mappings")
-        }
-        return try items.enumerated().map { (i, item) in
-            guard let base = item["base_host_virt_addr"]?.uint64, let size = item["size"]?.uint64, let offset = item["offset"]?.uint64 else {
-                throw HandoffError(message: "mapping \(i) needs unsigned integers base_host_virt_addr, size and offset")
-            }
-            let pageSize: UInt64
-            if let p = item["page_size"]?.uint64 { pageSize = p }
-            else if let k = item["page_size_kib"]?.uint64 { pageSize = k * 1024 }
-            else { throw HandoffError(message: "mapping \(i) needs page_size (bytes) or page_size_kib") }
-            guard pageSize == 4096 || pageSize == 2 << 20 || pageSize == 1 << 30 else {
-                throw HandoffError(message: "mapping \(i): page size \(pageSize) is not 4 KiB, 2 MiB or 1 GiB")
-            }
-            guard size > 0, size % pageSize == 0, base % pageSize == 0, offset % pageSize == 0, base <= UInt64.max - size else {
-                throw HandoffError(message: "mapping \(i): base \(hex(base)), size \(hex(size)) and offset \(hex(offset)) must be nonzero multiples of page size \(pageSize)")
-            }
-            return RegionMapping(base: base, size: size, regionOffset: offset, pageSize: Int(pageSize))
-        }
+    /// Parses the JSON array of mappings (``RegionMapping/decodeArray(_:)``).
+    public static func parseMappings(_ bytes: [UInt8]) throws(HandoffFormatError) -> [RegionMapping] {
+        try RegionMapping.decodeArray(bytes)
     }
 
-    /// The JSON for `mappings`, as Firecracker writes it.
+    /// The JSON for `mappings`, as Firecracker writes it (``RegionMapping/encodeArray(_:)``).
     public static func encode(_ mappings: [RegionMapping]) -> [UInt8] {
-        Array(("[" + mappings.map {
-            "{\"base_host_virt_addr\":\($0.base),\"size\":\($0.size),\"offset\":\($0.regionOffset),\"page_size\":\($0.pageSize)}"
-        }.joined(separator: ",") + "]").utf8)
+        RegionMapping.encodeArray(mappings)
     }
 }
 
-/// One mapping of a served region into the workload's address space: bytes
-/// `[regionOffset, regionOffset + size)` of the region live at `[base, base + size)`.
-/// The same fields as Firecracker's `GuestRegionUffdMapping`.
-public struct RegionMapping: Equatable, Sendable {
-    public var base: UInt64
-    public var size: UInt64
-    public var regionOffset: UInt64
-    public var pageSize: Int
-
-    public init(base: UInt64, size: UInt64, regionOffset: UInt64, pageSize: Int) {
-        self.base = base
-        self.size = size
-        self.regionOffset = regionOffset
-        self.pageSize = pageSize
-    }
-
+extension RegionMapping {
+    /// The mapping's addresses in the workload, `[base, base + size)`.
     public var range: AddressRange { AddressRange(start: base, length: size) }
 }
 
-/// An explicit prefetch hint from the workload ("prefetch this range before it is touched",
-/// the semantics of openEuler GMEM's `hmadvise`/`gmemPrefetch`): one line of JSON on the
-/// handoff connection, `{"prefetch":{"base_host_virt_addr":A,"size":S}}`. The pager fetches
-/// the range at prefetch priority and answers `{"prefetched":{...same...}}` when all of it is
-/// local.
-public struct PrefetchHint: Equatable, Sendable {
-    public var address: UInt64
-    public var size: UInt64
-
-    public init(address: UInt64, size: UInt64) {
-        self.address = address
-        self.size = size
-    }
-
+extension PrefetchHint {
+    /// The hint on `json`, nil if it is not one. Kept for FaultResolver's hint loop, which
+    /// logs a refused line itself; new code calls ``PrefetchHint/decode(_:)`` for the reason.
     init?(json: [UInt8]) {
-        guard let value = try? JSONReader.parse(json), let body = value["prefetch"],
-              let address = body["base_host_virt_addr"]?.uint64, let size = body["size"]?.uint64 else { return nil }
-        self.init(address: address, size: size)
+        guard let hint = try? PrefetchHint.decode(json) else { return nil }
+        self = hint
     }
 }

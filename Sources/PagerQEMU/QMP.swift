@@ -1,4 +1,4 @@
-import PagerDestination
+import PagerHandoff
 import PagerKernel
 import SystemPackage
 
@@ -14,6 +14,10 @@ public final class QMP {
     private let socket: FileDescriptor
     private var buffer: [UInt8] = []
     private var events: [JSONValue] = []
+    /// QEMU's messages are larger than a handoff's (a `query-*` reply can list much) but
+    /// come from the local QEMU we started: generous bounds, there only so a runaway line
+    /// cannot grow without limit.
+    static let limits = JSONLimits(maxBytes: 16 << 20, maxDepth: 64)
     /// The QEMU process at the other end (`SO_PEERCRED`).
     public let pid: Int32
 
@@ -42,8 +46,13 @@ public final class QMP {
     /// Runs `command` with `arguments` (a JSON object's text) and returns its `return` value.
     @discardableResult
     public func execute(_ command: String, _ arguments: String = "{}", timeoutMilliseconds: Int = 30_000) throws -> JSONValue {
-        let line = "{\"execute\":\"\(command)\",\"arguments\":\(arguments)}\n"
-        try UnixSocket.send(socket, bytes: Array(line.utf8), descriptors: [])
+        let parsedArguments: JSONValue
+        do { parsedArguments = try JSONReader.parse(Array(arguments.utf8), limits: QMP.limits) } catch {
+            throw QEMUError("QMP \(command): arguments are not JSON (\(error)): \(arguments)")
+        }
+        var line = JSONWriter.encode(.object([("execute", .string(command)), ("arguments", parsedArguments)]))
+        line.append(0x0A)
+        try UnixSocket.send(socket, bytes: line, descriptors: [])
         let deadline = monotonicNanoseconds() + UInt64(timeoutMilliseconds) * 1_000_000
         while true {
             let now = monotonicNanoseconds()
@@ -84,7 +93,7 @@ public final class QMP {
                 let line = Array(buffer[..<nl])
                 buffer.removeSubrange(...nl)
                 if line.allSatisfy({ $0 == 0x20 || $0 == 0x0D }) { continue }
-                return try JSONReader.parse(line)
+                return try JSONReader.parse(line, limits: QMP.limits)
             }
             let now = monotonicNanoseconds()
             guard now < deadline, try UnixSocket.waitReadable(socket, timeoutMilliseconds: Int32(clamping: (deadline - now) / 1_000_000)) else {
