@@ -76,14 +76,31 @@ public final class HandoffListener: @unchecked Sendable {
         do {
             mappings = try RegionMapping.decodeArray(bytes)
         } catch {
-            for fd in fds { try? fd.close() }
-            throw error
+            throw refuse(fds, from: connection, because: error)
         }
         guard fds.count == 1 else {
-            for fd in fds { try? fd.close() }
-            throw HandoffError(message: "handoff must carry exactly one userfaultfd (SCM_RIGHTS), got \(fds.count)")
+            throw refuse(fds, from: connection, because: HandoffError(message: "handoff must carry exactly one userfaultfd (SCM_RIGHTS), got \(fds.count)"))
         }
         return Handoff(uffd: try Userfaultfd(adopting: fds[0]), mappings: mappings, connection: connection)
+    }
+
+    /// Refuses a handoff. The descriptors that came with it may be userfaultfds on memory the
+    /// workload already waits on: closing them would turn its missing pages into zeros. So
+    /// before they are closed, whatever of the sender's memory they cover is poisoned (the
+    /// workload gets SIGBUS there), found from its smaps since the message did not say.
+    /// Returns `reason` itself when nothing was poisoned, else the reason with what was.
+    static func refuse(_ descriptors: [FileDescriptor], from connection: FileDescriptor, because reason: any Error) -> any Error {
+        var poisoned = 0
+        let pid = try? UnixSocket.peerProcess(connection)
+        for fd in descriptors {
+            guard let pid, let uffd = try? Userfaultfd(adopting: fd) else {
+                try? fd.close()
+                continue
+            }
+            poisoned += (try? uffd.poisonRegisteredMappings(ofProcess: pid)) ?? 0
+        }
+        guard poisoned > 0 else { return reason }
+        return HandoffError(message: "\(reason); \(poisoned) missing pages its userfaultfd covered were poisoned (the workload gets SIGBUS there, never zeros)")
     }
 
     /// Parses the JSON array of mappings (``RegionMapping/decodeArray(_:)``).
@@ -100,13 +117,4 @@ public final class HandoffListener: @unchecked Sendable {
 extension RegionMapping {
     /// The mapping's addresses in the workload, `[base, base + size)`.
     public var range: AddressRange { AddressRange(start: base, length: size) }
-}
-
-extension PrefetchHint {
-    /// The hint on `json`, nil if it is not one. Kept for FaultResolver's hint loop, which
-    /// logs a refused line itself; new code calls ``PrefetchHint/decode(_:)`` for the reason.
-    init?(json: [UInt8]) {
-        guard let hint = try? PrefetchHint.decode(json) else { return nil }
-        self = hint
-    }
 }

@@ -1,4 +1,5 @@
 import Logging
+import PagerHandoff
 import PagerCore
 import PagerKernel
 import SystemPackage
@@ -8,7 +9,7 @@ import SystemPackage
 /// `prefetched` line once all of its range is local. EOF means the workload is gone.
 final class HintChannel {
     let connection: FileDescriptor
-    private var buffer: [UInt8] = []
+    private var lines = LineSplitter()
     /// Hinted ranges not yet wholly local.
     private var pending: [Pending] = []
     private let logger: Logger
@@ -18,9 +19,6 @@ final class HintChannel {
         var ranges: [Range<Int>]
         var requested = false
     }
-
-    /// No line that long is a hint: the buffer is dropped rather than grown.
-    static let maxLine = 1 << 16
 
     init(_ connection: FileDescriptor, logger: Logger) {
         self.connection = connection
@@ -32,23 +30,25 @@ final class HintChannel {
     func read(_ mappings: MappingTable) throws(KernelError) -> Bool {
         guard let bytes = try UnixSocket.readAvailable(connection, maxBytes: 4096) else { return true }
         if bytes.isEmpty { return false }
-        buffer += bytes
-        while let newline = buffer.firstIndex(of: 0x0A) {
-            let line = Array(buffer[..<newline])
-            buffer.removeSubrange(...newline)
-            guard !line.isEmpty else { continue }
-            guard let hint = PrefetchHint(json: line) else {
-                logger.warning("ignoring a malformed message on the handoff connection: \(String(decoding: line.prefix(200), as: UTF8.self))")
+        lines.append(bytes)
+        while let line = lines.next() {
+            guard case .text(let text) = line else {
+                logger.warning("ignoring a line longer than \(lines.maxLine) bytes on the handoff connection")
                 continue
             }
-            let end = hint.address &+ hint.size
-            guard hint.size > 0, end > hint.address else { continue }
+            let hint: PrefetchHint
+            do { hint = try PrefetchHint.decode(text) } catch {
+                logger.warning("ignoring a malformed message on the handoff connection (\(error)): \(String(decoding: text.prefix(200), as: UTF8.self))")
+                continue
+            }
             let u = UInt64(mappings.unit)
-            let ranges = mappings.pages(inAddresses: hint.address / u * u, (end + u - 1) / u * u)
+            // decode refuses size 0 and ranges past 2^64; the end rounds out to a whole unit,
+            // saturating at the top of the address space.
+            let lastUnit = (hint.address + (hint.size - 1)) / u * u
+            let ranges = mappings.pages(inAddresses: hint.address / u * u, lastUnit > UInt64.max - u ? UInt64.max : lastUnit + u)
             logger.info("prefetch hint for \(hex(hint.address))+\(hex(hint.size)) (\(ranges.reduce(0) { $0 + $1.count }) pages)")
             pending.append(Pending(hint: hint, ranges: ranges))
         }
-        if buffer.count > HintChannel.maxLine { buffer.removeAll() }
         return true
     }
 
@@ -75,13 +75,7 @@ final class HintChannel {
 
     /// Tells the workload that these hints' ranges are local.
     func answer(_ hints: [PrefetchHint]) {
-        for hint in hints { try? UnixSocket.send(connection, bytes: hint.prefetchedLine, descriptors: []) }
+        for hint in hints { try? UnixSocket.send(connection, bytes: hint.encodedReply(), descriptors: []) }
     }
 }
 
-extension PrefetchHint {
-    /// The answer line: `{"prefetched":{"base_host_virt_addr":A,"size":S}}` and a newline.
-    var prefetchedLine: [UInt8] {
-        Array("{\"prefetched\":{\"base_host_virt_addr\":\(address),\"size\":\(size)}}\n".utf8)
-    }
-}
