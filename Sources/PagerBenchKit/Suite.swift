@@ -1,5 +1,7 @@
-import Glibc
+import PagerHarness
 import PagerKernel
+import PagerReport
+import PagerWorkloads
 
 /// The named scenarios of `pager-bench run` (`pager-bench list` prints them).
 public enum Scenario: String, CaseIterable, Sendable {
@@ -85,7 +87,7 @@ public final class BenchSuite {
         if let link, let hosts { try hosts.shapeSource(rate: link) }
         let scratch = Scratch()
         let address = hosts == nil ? "127.0.0.1" : TwoHosts.sourceAddress
-        let port = 20_000 + Int(getpid() % 20_000)
+        let port = 20_000 + Int(processID() % 20_000)
         var report = BenchReport(sizeMiB: sizeMiB, transport: hosts == nil ? "loopback" : "veth between two network namespaces, one vCPU each",
                                  link: link)
         // The baselines run whenever a scenario needs them for its ratios.
@@ -115,12 +117,12 @@ public final class BenchSuite {
         func migrate(_ name: String, destFlags: [String], workloadArgs: [String]) throws -> ([String: Double], LatencySummary) {
             let source = try spawn(source: true, pagerd, ["source", "--listen", "\(address):\(port)", "--region", ram],
                                    log: scratch.file("source-\(name).log"))
-            defer { source.signal(SIGTERM); source.wait(timeoutMilliseconds: 10_000) }
+            defer { source.signal(.terminate); source.wait(timeoutMilliseconds: 10_000) }
             try waitFor(source, toPrint: "serving 1 region")
             let socket = scratch.file("\(name).sock")
             let dest = try spawn(source: false, pagerd, ["dest", "--connect", "\(address):\(port)", "--uffd-socket", socket, "--once"] + destFlags,
                                  log: scratch.file("dest-\(name).log"))
-            defer { dest.signal(SIGKILL) }
+            defer { dest.signal(.kill) }
             try waitFor(dest, toPrint: "waiting for userfaultfd handoffs")
             let cdf = scratch.file("\(name).cdf")
             let w = try spawn(source: false, workload, ["run", "--socket", socket, "--size-mib", "\(sizeMiB)", "--seed", "9", "--write-every", "0",
@@ -146,7 +148,7 @@ public final class BenchSuite {
             // The baselines every ratio needs, measured once per run.
             let rawPort = port + 1
             let raw = try spawn(source: true, bench, ["raw-server", "--listen", "\(address):\(rawPort)"], log: scratch.file("raw.log"))
-            defer { raw.signal(SIGKILL) }
+            defer { raw.signal(.kill) }
             try waitFor(raw, toPrint: "listening")
             advance("baseline: raw TCP round trips")
             let kv = keyValues(try run(source: false, bench, ["raw-client", "--connect", "\(address):\(rawPort)", "--count", "\(samples)", "--cdf-file", scratch.file("raw.cdf")]))
@@ -156,9 +158,9 @@ public final class BenchSuite {
             rtt = r
             advance("baseline: raw TCP stream")
             streamSeconds = keyValues(try run(source: false, bench, ["raw-client", "--connect", "\(address):\(rawPort)", "--stream-mib", "\(sizeMiB)"]))["seconds"]
-            if access("/usr/bin/iperf3", X_OK) == 0 {
+            if isExecutableFile("/usr/bin/iperf3") {
                 let iperf = try spawn(source: true, "/usr/bin/iperf3", ["-s", "-1", "--forceflush", "-p", "\(port + 2)"], log: scratch.file("iperf3-server.log"))
-                defer { iperf.signal(SIGKILL) }
+                defer { iperf.signal(.kill) }
                 try waitFor(iperf, toPrint: "Server listening")
                 // -R: the server (source side) sends, the direction pages travel (and the shaped one).
                 let out = try run(source: false, "/usr/bin/iperf3", ["-c", address, "-p", "\(port + 2)", "-t", "2", "-R", "-J"])
@@ -167,7 +169,7 @@ public final class BenchSuite {
                 report.notes.append("iperf3 is not installed (apt-get install iperf3): the raw-stream baseline is pager-bench's own only")
             }
             advance("baseline: local userfaultfd fault")
-            localFault = LatencySummary(samples: try LocalFaultBenchmark.run(pages: 20_000, touchCPU: 0, handlerCPU: 0))
+            localFault = LatencySummary(histogramOf: try LocalFaultBenchmark.run(pages: 20_000, touchCPU: 0, handlerCPU: 0))
             advance("baseline: local batched install")
             let install = try LocalInstallBenchmark.run(bytes: sizeMiB << 20)
             installSeconds = install
@@ -233,9 +235,9 @@ public final class BenchSuite {
         if scenarios.contains(.peers) {
             advance("peers")
             report.peers.append(("criu lazy-pages", Self.probeCRIU()))
-            if access("/usr/bin/qemu-system-x86_64", X_OK) == 0, let script = guestBuilderScript(binaries: binaries), !loopback {
+            if isExecutableFile("/usr/bin/qemu-system-x86_64"), let script = guestBuilderScript(binaries: binaries), !loopback {
                 let guestDir = cachedGuestDirectory(builder: script)
-                if access(guestDir + "/initrd.gz", R_OK) != 0 { try sh("/bin/bash", script, guestDir, "128") }
+                if !isReadableFile(guestDir + "/initrd.gz") { try sh("/bin/bash", script, guestDir, "128") }
                 var results: [QEMUMigrationRun.Method: QEMUMigrationRun.Outcome] = [:]
                 for method in [QEMUMigrationRun.Method.pager, .nativePostcopy] {
                     let h = try TwoHosts(splitCPUs: true)
@@ -272,7 +274,7 @@ public final class BenchSuite {
     /// What CRIU can do here: its version and `criu check`'s verdict, or why it cannot run.
     static func probeCRIU() -> String {
         let candidates: [String] = ["/usr/sbin/criu", "/usr/bin/criu"]
-        guard let path = candidates.first(where: { access($0, X_OK) == 0 }) else {
+        guard let path = candidates.first(where: { isExecutableFile($0) }) else {
             return "not installed (apt-get install criu); not compared"
         }
         let first = (try? runProgram(path, ["--version"]))?.output.split(separator: "\n").first.map(String.init) ?? "unknown version"

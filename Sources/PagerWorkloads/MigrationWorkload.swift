@@ -1,4 +1,5 @@
 import PagerKernel
+import PagerReport
 
 /// The content migration tests put in a source file, and the checks a workload makes on its
 /// copy. Per 4 KiB page `p`: pages with p % 16 == 15 are holes (never written: the source
@@ -165,11 +166,11 @@ public struct MigrationWorkload {
             var reply: [UInt8] = []
             while !reply.contains(0x0A) {
                 let got = try UnixSocket.receive(socket, maxBytes: 4096, maxDescriptors: 0)
-                if got.bytes.isEmpty { throw HarnessError("the pager closed the connection instead of answering the prefetch hint") }
+                if got.bytes.isEmpty { throw WorkloadError("the pager closed the connection instead of answering the prefetch hint") }
                 reply += got.bytes
             }
             guard String(decoding: reply, as: UTF8.self).contains("\"prefetched\"") else {
-                throw HarnessError("unexpected answer to the prefetch hint: \(String(decoding: reply, as: UTF8.self))")
+                throw WorkloadError("unexpected answer to the prefetch hint: \(String(decoding: reply, as: UTF8.self))")
             }
         }
         if let touchPages { order = Array(order.prefix(touchPages)) }
@@ -249,6 +250,12 @@ public struct MigrationWorkload {
                 }
             }
         }
-        return Result(pages: touchPages == nil ? pages : order.count, mismatches: mismatches, firstMismatch: first, seconds: seconds, waits: LatencySummary(samples: waits))
+        return Result(pages: touchPages == nil ? pages : order.count, mismatches: mismatches, firstMismatch: first, seconds: seconds, waits: LatencySummary(histogramOf: waits))
     }
+}
+
+/// The pager answered the workload in a way the handoff protocol does not allow.
+public struct WorkloadError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ d: String) { description = d }
 }
