@@ -155,6 +155,7 @@ let package = Package(
         // MARK: Tests
         .testTarget(name: "PagerWireTests", dependencies: ["PagerWire"]),
         .testTarget(name: "PagerCoreTests", dependencies: ["PagerCore"]),
+        .testTarget(name: "PagerReportTests", dependencies: ["PagerReport"]),
         .testTarget(name: "PagerKernelTests", dependencies: ["PagerKernel", "PagerWire", .product(name: "SystemPackage", package: "swift-system")]),
         // The source in-process on loopback, with a destination from PagerDestination.
         .testTarget(

@@ -24,9 +24,10 @@ public struct LatencySummary: Sendable, CustomStringConvertible {
         }
         let sorted = samples.sorted()
         func at(_ percentile: Double) -> UInt64 {
-            // ceil(p/100 * n) without Foundation; rank 1 at the least.
+            // ceil(p/100 * n), rank 1 at the least. 99.9 has no exact binary form: 99.9% of
+            // 1000 comes out a hair above 999, which must not round up to rank 1000.
             let exact = percentile / 100 * Double(sorted.count)
-            let rank = Swift.max(1, Int(exact.rounded(.up)))
+            let rank = Swift.max(1, Int((exact - 1e-9).rounded(.up)))
             return sorted[Swift.min(sorted.count, rank) - 1]
         }
         p50 = at(50)
