@@ -10,7 +10,7 @@
 //   PagerWire    -> (nothing)          wire protocol v1, pure value types
 //   PagerCore    -> (nothing)          page bookkeeping, pure and synchronous
 //   PagerReport  -> (nothing)          what pagerd prints: latency summaries, fixed decimals
-//   PagerWorkloads -> PagerKernel, PagerReport, Histogram
+//   PagerWorkloads -> PagerKernel, PagerReport, Histogram, SystemPackage
 //                                      the workload that is migrated (pager-workload, tests)
 //   PagerHarness -> PagerKernel        two namespaces, scratch dirs, children, QEMU runs (tests, pager-bench)
 //   PagerBenchKit -> PagerKernel, PagerReport, PagerWorkloads, PagerHarness
@@ -106,7 +106,8 @@ let package = Package(
         // histogram summaries.
         .target(
             name: "PagerWorkloads",
-            dependencies: ["PagerKernel", "PagerReport", .product(name: "Histogram", package: "hdrhistogram-swift")]
+            dependencies: ["PagerKernel", "PagerReport", .product(name: "Histogram", package: "hdrhistogram-swift"),
+                           .product(name: "SystemPackage", package: "swift-system")]
         ),
         // The two-namespace harness: TwoHosts, Scratch, children's output, live and QEMU runs.
         // Tests and pager-bench only; never pagerd.
@@ -156,7 +157,7 @@ let package = Package(
         .testTarget(name: "PagerWireTests", dependencies: ["PagerWire"]),
         .testTarget(name: "PagerCoreTests", dependencies: ["PagerCore"]),
         .testTarget(name: "PagerReportTests", dependencies: ["PagerReport"]),
-        .testTarget(name: "PagerKernelTests", dependencies: ["PagerKernel", "PagerWire", .product(name: "SystemPackage", package: "swift-system")]),
+        .testTarget(name: "PagerKernelTests", dependencies: ["PagerKernel", .product(name: "SystemPackage", package: "swift-system")]),
         // The source in-process on loopback, with a destination from PagerDestination.
         .testTarget(
             name: "PagerSourceTests",
@@ -166,7 +167,7 @@ let package = Package(
         // Separate processes (release builds of pagerd and pager-workload) in network namespaces.
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerTransport", "PagerReport", "PagerWorkloads", "PagerHarness",
+            dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerTransport", "PagerWorkloads", "PagerHarness",
                            "PagerSource", "PagerDestination",
                            .product(name: "Logging", package: "swift-log")]
         ),
