@@ -10,7 +10,15 @@
 //   PagerWire    -> (nothing)          wire protocol v1, pure value types
 //   PagerCore    -> (nothing)          page bookkeeping, pure and synchronous
 //   PagerHandoff -> (nothing)          the workload's handoff messages (JSON), pure value types
-//   executables  -> everything
+//   PagerReport  -> (nothing)          what pagerd prints: latency summaries, fixed decimals
+//   PagerWorkloads -> PagerKernel, PagerReport, Histogram, SystemPackage
+//                                      the workload that is migrated (pager-workload, tests)
+//   PagerHarness -> PagerKernel        two namespaces, scratch dirs, children, QEMU runs (tests, pager-bench)
+//   PagerBenchKit -> PagerKernel, PagerReport, PagerWorkloads, PagerHarness
+//                                      pager-bench's measurements
+//   pagerd       -> the services and PagerReport only: never the harness, the workloads or
+//                   HdrHistogram (IntegrationTests' LinkageTests check its symbols)
+//   other executables -> what they use
 //
 // RDMA (libibverbs, librdmacm) sits behind the `RDMA` trait, off by default, so the
 // package builds on machines without those development packages.
@@ -84,7 +92,8 @@ let package = Package(
         .target(name: "PagerTransport", dependencies: ["PagerKernel", "PagerWire"]),
         .target(
             name: "PagerDestination",
-            dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerHandoff", "PagerTransport", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerHandoff", "PagerTransport", .product(name: "Logging", package: "swift-log"),
+                           .product(name: "SystemPackage", package: "swift-system")]
         ),
         .target(
             name: "PagerSource",
@@ -93,16 +102,32 @@ let package = Package(
         // Driving unmodified QEMU over QMP: the post-copy backend's two sides.
         .target(
             name: "PagerQEMU",
-            dependencies: ["PagerKernel", "PagerWire", "PagerHandoff", "PagerSource", "PagerDestination", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerHandoff", "PagerSource", "PagerDestination", .product(name: "Logging", package: "swift-log"),
+                           .product(name: "SystemPackage", package: "swift-system")]
         ),
-        // Measurements shared by pager-bench and the demo (library, so tests can run them too).
-        .target(name: "PagerBenchKit", dependencies: ["PagerKernel", "PagerCore", .product(name: "Histogram", package: "hdrhistogram-swift")]),
+        // What pagerd prints: latency summaries and fixed-decimal numbers (pure, no histogram).
+        .target(name: "PagerReport"),
+        // The workload the tests and benchmarks migrate (pager-workload's logic), with its
+        // histogram summaries.
+        .target(
+            name: "PagerWorkloads",
+            dependencies: ["PagerKernel", "PagerReport", .product(name: "Histogram", package: "hdrhistogram-swift"),
+                           .product(name: "SystemPackage", package: "swift-system")]
+        ),
+        // The two-namespace harness: TwoHosts, Scratch, children's output, live and QEMU runs.
+        // Tests and pager-bench only; never pagerd.
+        .target(name: "PagerHarness", dependencies: ["PagerKernel"]),
+        // pager-bench's measurements (library, so tests can run them too).
+        .target(
+            name: "PagerBenchKit",
+            dependencies: ["PagerKernel", "PagerReport", "PagerWorkloads", "PagerHarness"]
+        ),
 
         // MARK: Executables
         .executableTarget(
             name: "pagerd",
             dependencies: [
-                "PagerKernel", "PagerWire", "PagerCore", "PagerBenchKit", "PagerSource", "PagerDestination", "PagerQEMU",
+                "PagerKernel", "PagerWire", "PagerCore", "PagerReport", "PagerSource", "PagerDestination", "PagerQEMU",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -110,14 +135,14 @@ let package = Package(
         .executableTarget(
             name: "pager-bench",
             dependencies: [
-                "PagerKernel", "PagerCore", "PagerWire", "PagerBenchKit", "PagerQEMU", "PagerDestination",
+                "PagerKernel", "PagerWire", "PagerReport", "PagerWorkloads", "PagerHarness", "PagerBenchKit", "PagerQEMU", "PagerDestination",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // The workload that integration tests and benchmarks migrate.
         .executableTarget(
             name: "pager-workload",
-            dependencies: ["PagerBenchKit", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["PagerKernel", "PagerWorkloads", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // The same fault micro-benchmark in plain C, so pager-bench can show Swift's
         // overhead against C measured in the same run on the same machine.
@@ -130,7 +155,7 @@ let package = Package(
         //   swift build -c debug --sanitize fuzzer --sanitize address --product PagerWireFuzz -Xswiftc -DFUZZING
         .executableTarget(
             name: "PagerWireFuzz",
-            dependencies: ["PagerWire"]
+            dependencies: ["PagerWire", "PagerKernel"]
         ),
         // libFuzzer target for the handoff decoders and the hint line splitter (same flags).
         .executableTarget(
@@ -143,17 +168,19 @@ let package = Package(
         .testTarget(name: "PagerCoreTests", dependencies: ["PagerCore"]),
         // Pure decoder tests, plus the socket side of the handoff (HandoffListener.read on a socketpair).
         .testTarget(name: "PagerHandoffTests", dependencies: ["PagerHandoff", "PagerDestination", "PagerKernel"]),
-        .testTarget(name: "PagerKernelTests", dependencies: ["PagerKernel", "PagerWire"]),
+        .testTarget(name: "PagerReportTests", dependencies: ["PagerReport"]),
+        .testTarget(name: "PagerKernelTests", dependencies: ["PagerKernel", .product(name: "SystemPackage", package: "swift-system")]),
         // The source in-process on loopback, with a destination from PagerDestination.
         .testTarget(
             name: "PagerSourceTests",
-            dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerSource", "PagerDestination",
+            dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerTransport", "PagerSource", "PagerDestination",
                            .product(name: "Logging", package: "swift-log")]
         ),
         // Separate processes (release builds of pagerd and pager-workload) in network namespaces.
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["PagerKernel", "PagerWire", "PagerTransport", "PagerBenchKit", "PagerSource", "PagerDestination",
+            dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerTransport", "PagerWorkloads", "PagerHarness",
+                           "PagerSource", "PagerDestination",
                            .product(name: "Logging", package: "swift-log")]
         ),
     ]

@@ -1,4 +1,4 @@
-import Glibc
+import PagerHarness
 import PagerKernel
 
 /// Raw TCP baselines on the same path the pager uses: a request/response round trip the
@@ -9,7 +9,7 @@ public enum RawTCP {
     public static func serve(_ endpoint: Endpoint, replyBytes: Int = 4096) throws {
         let listener = try TCPListener(endpoint)
         print("raw-server listening on \(listener.endpoint)")
-        fflush(nil) // flush all streams: the readiness line must reach a log file now, not at exit
+        fflushStandardOutput() // flush all streams: the readiness line must reach a log file now, not at exit
         let replyBuffer = UnsafeMutableRawPointer.allocate(byteCount: 1 << 20, alignment: 4096)
         replyBuffer.initializeMemory(as: UInt8.self, repeating: 0x5A, count: 1 << 20)
         let replyAddress = UInt(bitPattern: replyBuffer) // shared read-only by the connection threads

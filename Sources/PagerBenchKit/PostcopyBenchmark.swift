@@ -1,5 +1,7 @@
-import Glibc
+import PagerHarness
 import PagerKernel
+import PagerReport
+import PagerWorkloads
 
 /// The post-copy benchmark on a veth pair between two network namespaces, with its
 /// baselines taken in the same run.
@@ -39,19 +41,19 @@ public struct PostcopyBenchmark {
 
         log("baseline: raw TCP round trips (24-byte request, 4 KiB reply) on the veth pair")
         let raw = try hosts.spawn(in: hosts.source, bench, ["raw-server", "--listen", "\(TwoHosts.sourceAddress):7071"], log: scratch.file("raw.log"))
-        defer { raw.signal(SIGKILL) }
+        defer { raw.signal(.kill) }
         try waitFor(raw, toPrint: "listening")
         let rtt = try keyValues(hosts.run(in: hosts.dest, bench, ["raw-client", "--connect", "\(TwoHosts.sourceAddress):7071", "--count", "\(samples)"]))
         let stream = try keyValues(hosts.run(in: hosts.dest, bench, ["raw-client", "--connect", "\(TwoHosts.sourceAddress):7071", "--stream-mib", "\(sizeMiB)"]))
         log("baseline: local userfaultfd fault (handler thread, same CPU) and local batched install of \(sizeMiB) MiB")
-        let local = LatencySummary(samples: try LocalFaultBenchmark.run(pages: 20_000, touchCPU: 0, handlerCPU: 0))
+        let local = LatencySummary(histogramOf: try LocalFaultBenchmark.run(pages: 20_000, touchCPU: 0, handlerCPU: 0))
         let install = try LocalInstallBenchmark.run(bytes: sizeMiB << 20)
 
         func migrate(_ name: String, destFlags: [String], workloadFlags: [String]) throws -> [String: Double] {
             log("pager: \(name)")
             let source = try hosts.spawn(in: hosts.source, pagerd, ["source", "--listen", "\(TwoHosts.sourceAddress):7070", "--region", ram],
                                          log: scratch.file("source-\(name).log"))
-            defer { source.signal(SIGTERM); source.wait(timeoutMilliseconds: 10_000) }
+            defer { source.signal(.terminate); source.wait(timeoutMilliseconds: 10_000) }
             try waitFor(source, toPrint: "serving 1 region")
             let socket = scratch.file("\(name).sock")
             let dest = try hosts.spawn(in: hosts.dest, pagerd, ["dest", "--connect", "\(TwoHosts.sourceAddress):7070", "--uffd-socket", socket, "--once"] + destFlags,
@@ -79,17 +81,16 @@ public struct PostcopyBenchmark {
     }
 }
 
-/// Parses `key=value` pairs (numbers) out of a program's output.
-public func keyValues(_ text: String) -> [String: Double] {
-    var result: [String: Double] = [:]
-    for token in text.split(whereSeparator: { $0 == " " || $0 == "\n" }) {
-        let kv = token.split(separator: "=", maxSplits: 1)
-        if kv.count == 2, let v = Double(kv[1]) { result[String(kv[0])] = v }
-    }
-    return result
-}
-
 extension LatencySummary {
+    /// A summary printed as `key=value` pairs by another process (`pager-workload run`:
+    /// `wait-p50-ns=...`, prefix "wait-"; `raw-client`: `p50-ns=...`): count from `waits`.
+    public init(keyValues kv: [String: Double], prefix: String) {
+        self.init(count: Int(kv["waits"] ?? 0), p50: UInt64(kv["\(prefix)p50-ns"] ?? 0), p90: UInt64(kv["\(prefix)p90-ns"] ?? 0),
+                  p99: UInt64(kv["\(prefix)p99-ns"] ?? 0), mean: 0)
+        p999 = UInt64(kv["\(prefix)p999-ns"] ?? 0)
+        max = UInt64(kv["\(prefix)max-ns"] ?? 0)
+    }
+
     /// `{"count":…,"p50":…,"p90":…,"p99":…,"p999":…,"max":…}` in nanoseconds.
     public var json: String {
         "{\"count\":\(count),\"p50\":\(p50),\"p90\":\(p90),\"p99\":\(p99),\"p999\":\(p999),\"max\":\(max)}"

@@ -1,3 +1,5 @@
+import PagerReport
+
 /// The three ways a ``BenchReport`` is shown: a table for people, JSON for machines, and an
 /// SVG picture (latency CDFs and throughput bars).
 extension BenchReport {
@@ -157,17 +159,5 @@ extension BenchReport {
             k += 2
         }
         return 2 * sum / 2.302585092994046
-    }
-}
-
-extension String {
-    /// `value` with `digits` decimals (no Foundation here); non-finite values as Swift prints them.
-    public init(format digits: Int, _ value: Double) {
-        guard value.isFinite else { self = "\(value)"; return }
-        var scale = 1
-        for _ in 0..<digits { scale *= 10 }
-        let n = Int((abs(value) * Double(scale)).rounded())
-        let fraction = String(n % scale)
-        self = (value < 0 ? "-" : "") + "\(n / scale)" + (digits == 0 ? "" : "." + String(repeating: "0", count: digits - fraction.count) + fraction)
     }
 }

@@ -1,9 +1,12 @@
 import ArgumentParser
 import PagerBenchKit
 import PagerDestination
+import PagerHarness
 import PagerKernel
 import PagerQEMU
+import PagerReport
 import PagerWire
+import PagerWorkloads
 
 @main
 struct PagerBench: ParsableCommand {
@@ -196,12 +199,12 @@ struct RawClient: ParsableCommand {
                 guard case .pageData = try client.demand.receive() else { throw HarnessError("expected PAGE_DATA") }
                 samples.append(monotonicNanoseconds() - t0)
             }
-            let s = LatencySummary(samples: samples)
+            let s = LatencySummary(histogramOf: samples)
             print("protocol-rtt p50-ns=\(s.p50) p90-ns=\(s.p90) p99-ns=\(s.p99) p999-ns=\(s.p999) max-ns=\(s.max)")
             return
         }
         if count > 0 {
-            let s = LatencySummary(samples: try RawTCP.roundTrips(e, count: count))
+            let s = LatencySummary(histogramOf: try RawTCP.roundTrips(e, count: count))
             print("rtt p50-ns=\(s.p50) p90-ns=\(s.p90) p99-ns=\(s.p99) p999-ns=\(s.p999) max-ns=\(s.max)")
             if let cdfFile { try writeWholeFile(cdfFile, s.cdfText) }
         }
@@ -230,7 +233,7 @@ struct FaultLocal: ParsableCommand {
         var cRounds: [LatencySummary] = []
         for round in 1...rounds {
             let c = try LocalFaultBenchmark.runC(pages: pages, touchCPU: touchCPU, handlerCPU: handlerCPU)
-            let s = LatencySummary(samples: try LocalFaultBenchmark.run(pages: pages, touchCPU: touchCPU, handlerCPU: handlerCPU))
+            let s = LatencySummary(histogramOf: try LocalFaultBenchmark.run(pages: pages, touchCPU: touchCPU, handlerCPU: handlerCPU))
             print("  round \(round): C \(c)   Swift \(s)")
             cRounds.append(c)
             swiftRounds.append(s)

@@ -1,6 +1,6 @@
 import ArgumentParser
 import PagerKernel
-import PagerBenchKit
+import PagerWorkloads
 
 /// Test and benchmark workload for pagerd: fills source files with a known pattern, and runs
 /// a process whose memory is paged in by `pagerd dest` and checked page by page.

@@ -1,9 +1,9 @@
 import ArgumentParser
 import Logging
-import PagerBenchKit
 import PagerCore
 import PagerDestination
 import PagerKernel
+import PagerReport
 import PagerSource
 import PagerWire
 import Synchronization

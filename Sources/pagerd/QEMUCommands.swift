@@ -1,8 +1,8 @@
 import ArgumentParser
 import Logging
-import PagerBenchKit
 import PagerKernel
 import PagerQEMU
+import PagerReport
 import PagerSource
 import Synchronization
 

@@ -1,5 +1,6 @@
 import Glibc
-import PagerBenchKit
+import PagerHarness
+import PagerWorkloads
 import PagerKernel
 import Testing
 

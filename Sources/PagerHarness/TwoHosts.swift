@@ -1,19 +1,5 @@
-import Glibc
 import PagerKernel
 import Synchronization
-
-/// Runs a command to completion and requires success.
-@discardableResult
-public func sh(_ path: String, _ args: String...) throws -> String {
-    let (status, output) = try runProgram(path, args)
-    guard status == 0 else { throw HarnessError("\(path) \(args.joined(separator: " ")) exited \(status): \(output)") }
-    return output
-}
-
-public struct HarnessError: Error, CustomStringConvertible {
-    public var description: String
-    public init(_ d: String) { description = d }
-}
 
 /// Two "hosts": network namespaces joined by a veth pair, removed on deinit.
 public final class TwoHosts {
@@ -41,7 +27,7 @@ public final class TwoHosts {
         }
         // Unique per instance, not just per process: test suites run side by side in one
         // process, and two pairs with one name would delete each other's namespaces.
-        let id = Int(getpid() % 10_000) * 100 + TwoHosts.instances.wrappingAdd(1, ordering: .relaxed).oldValue % 100
+        let id = Int(processID() % 10_000) * 100 + TwoHosts.instances.wrappingAdd(1, ordering: .relaxed).oldValue % 100
         source = "pgs\(id)"
         dest = "pgd\(id)"
         sourceDevice = "vs\(id)"
@@ -89,34 +75,4 @@ public final class TwoHosts {
         let cpus = ns == source ? sourceCPUs : ns == dest ? destCPUs : nil
         return ["/usr/sbin/ip", "netns", "exec", ns] + (cpus.map { ["/usr/bin/taskset", "-c", $0] } ?? []) + [binary] + args
     }
-}
-
-/// Waits until `process` prints `text` (polling its log every 5 ms), or fails after `seconds`.
-public func waitFor(_ process: ChildProcess, toPrint text: String, seconds: Double = 10) throws {
-    let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
-    while monotonicNanoseconds() < deadline {
-        if process.output.contains(text) { return }
-        if let status = process.wait(timeoutMilliseconds: 5) {
-            throw HarnessError("process exited \(status) before printing \"\(text)\": \(process.output)")
-        }
-    }
-    throw HarnessError("no \"\(text)\" after \(seconds) s: \(process.output)")
-}
-
-/// A scratch directory for logs, sockets and source files, removed on deinit.
-public final class Scratch {
-    public let path: String
-    public init() {
-        var template = Array("/dev/shm/pager-it-XXXXXX".utf8CString)
-        path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
-    }
-    /// Removed when done, unless PAGER_KEEP_SCRATCH is set (to read the daemons' logs).
-    deinit {
-        if getenv("PAGER_KEEP_SCRATCH") != nil {
-            writeStandardError("kept \(path) (PAGER_KEEP_SCRATCH)\n")
-        } else {
-            _ = try? runProgram("/bin/rm", ["-rf", path])
-        }
-    }
-    public func file(_ name: String) -> String { path + "/" + name }
 }

@@ -1,4 +1,6 @@
 import PagerKernel
+import PagerReport
+import SystemPackage
 
 /// The content migration tests put in a source file, and the checks a workload makes on its
 /// copy. Per 4 KiB page `p`: pages with p % 16 == 15 are holes (never written: the source
@@ -88,6 +90,45 @@ public struct MigrationWorkload {
     /// Maps the memory, hands its userfaultfd to the pager at `socketPath`, touches every
     /// page in the chosen order (writing to some), then checks every word of every page.
     public func run(socketPath: String) throws -> Result {
+        let memory = try mapAndHandOff(socketPath: socketPath)
+        defer { try? memory.socket.close() }
+        let pages = bytes / basePageSize
+        var order = accessOrder(pages: pages)
+        let started = monotonicNanoseconds()
+        if access == .none {
+            // The pager closes the handoff connection once every page is local.
+            while try !UnixSocket.receive(memory.socket, maxBytes: 1, maxDescriptors: 0).bytes.isEmpty {}
+            order = []
+        }
+        if hintBytes > 0 { try hint(memory) }
+        if let touchPages { order = Array(order.prefix(touchPages)) }
+        let touched = try touchAll(memory, order: order)
+        let seconds = Double(monotonicNanoseconds() - started) / 1e9
+        let (mismatches, first) = verify(memory, touched, pages: touchPages == nil ? Array(0..<pages) : order)
+        return Result(pages: touchPages == nil ? pages : order.count, mismatches: mismatches, firstMismatch: first, seconds: seconds,
+                      waits: LatencySummary(histogramOf: touched.waits))
+    }
+
+    /// The workload's memory (and its memfd, for shared memory) and the connection it was
+    /// handed to the pager on.
+    struct HandedOff: ~Copyable {
+        let mapping: MemoryMapping
+        let backingFile: MemoryFile?
+        let socket: FileDescriptor
+        var base: UnsafeMutableRawPointer { mapping.base }
+    }
+
+    /// What touching did: the waits timed, the pages written (and their first word before),
+    /// the pages dropped (which must read as zeros).
+    struct Touched {
+        var waits: [UInt64] = []
+        var written = Set<Int>()
+        var originalWord0: [Int: UInt64] = [:]
+        var discarded = Set<Int>()
+    }
+
+    /// Maps the memory, registers it with a new userfaultfd and sends both to the pager.
+    func mapAndHandOff(socketPath: String) throws -> HandedOff {
         let pageSize = backing == .hugetlb ? hugePageSize : basePageSize
         let memory: MemoryMapping
         let features: Userfaultfd.Features
@@ -112,75 +153,77 @@ public struct MigrationWorkload {
         // pager's own encoder, so the test exercises the format and not our round trip.
         let json = "[{\"base_host_virt_addr\":\(UInt(bitPattern: memory.base)),\"size\":\(bytes),\"offset\":0,\"page_size\":\(pageSize)}]"
         let socket = try UnixSocket.connect(path: socketPath)
-        defer { try? socket.close() }
-        try uffd.withUnsafeDescriptor { fd in try UnixSocket.send(socket, bytes: Array(json.utf8), descriptors: [fd]) }
+        do {
+            try uffd.withUnsafeDescriptor { fd in try UnixSocket.send(socket, bytes: Array(json.utf8), descriptors: [fd]) }
+        } catch {
+            try? socket.close()
+            throw error
+        }
+        return HandedOff(mapping: memory, backingFile: backingFile, socket: socket)
+    }
 
-        let pages = bytes / basePageSize
-        var order: [Int]
+    /// The order pages are first touched in.
+    func accessOrder(pages: Int) -> [Int] {
+        func shuffle(_ a: inout [Int], _ x: inout UInt64) {
+            for i in stride(from: a.count - 1, to: 0, by: -1) {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17
+                a.swapAt(i, Int(x % UInt64(i + 1)))
+            }
+        }
+        var x = seed | 1
         switch access {
         case .sequential, .none:
-            order = Array(0..<pages)
+            return Array(0..<pages)
         case .random:
-            order = Array(0..<pages)
-            var x = seed | 1
-            for i in stride(from: pages - 1, to: 0, by: -1) {
-                x ^= x << 13; x ^= x >> 7; x ^= x << 17
-                order.swapAt(i, Int(x % UInt64(i + 1)))
-            }
+            var order = Array(0..<pages)
+            shuffle(&order, &x)
+            return order
         case .strided:
             let step = 67 // pages: a prime, so every page is visited once
-            order = []
+            var order: [Int] = []
             order.reserveCapacity(pages)
             for start in 0..<step { order += stride(from: start, to: pages, by: step) }
+            return order
         case .workingSet:
-            var x = seed | 1
             var set = Array(0..<pages)
-            for i in stride(from: pages - 1, to: 0, by: -1) {
-                x ^= x << 13; x ^= x >> 7; x ^= x << 17
-                set.swapAt(i, Int(x % UInt64(i + 1)))
-            }
+            shuffle(&set, &x)
             set = Array(set.prefix(Swift.max(1, pages / 10)))
-            order = []
+            var order: [Int] = []
             for _ in 0..<5 {
-                for i in stride(from: set.count - 1, to: 0, by: -1) {
-                    x ^= x << 13; x ^= x >> 7; x ^= x << 17
-                    set.swapAt(i, Int(x % UInt64(i + 1)))
-                }
+                shuffle(&set, &x)
                 order += set
             }
+            return order
         }
-        var waits: [UInt64] = []
-        var written = Set<Int>()
-        /// Word 0 of each page before the workload wrote its marker there.
-        var originalWord0: [Int: UInt64] = [:]
-        let started = monotonicNanoseconds()
-        if access == .none {
-            // The pager closes the handoff connection once every page is local.
-            while try !UnixSocket.receive(socket, maxBytes: 1, maxDescriptors: 0).bytes.isEmpty {}
-            order = []
+    }
+
+    /// Asks the pager to prefetch the first `hintBytes` and waits for its "prefetched" answer.
+    func hint(_ memory: borrowing HandedOff) throws {
+        let hint = "{\"prefetch\":{\"base_host_virt_addr\":\(UInt(bitPattern: memory.base)),\"size\":\(hintBytes)}}\n"
+        try UnixSocket.send(memory.socket, bytes: Array(hint.utf8), descriptors: [])
+        var reply: [UInt8] = []
+        while !reply.contains(0x0A) {
+            let got = try UnixSocket.receive(memory.socket, maxBytes: 4096, maxDescriptors: 0)
+            if got.bytes.isEmpty { throw WorkloadError("the pager closed the connection instead of answering the prefetch hint") }
+            reply += got.bytes
         }
-        if hintBytes > 0 {
-            let hint = "{\"prefetch\":{\"base_host_virt_addr\":\(UInt(bitPattern: memory.base)),\"size\":\(hintBytes)}}\n"
-            try UnixSocket.send(socket, bytes: Array(hint.utf8), descriptors: [])
-            var reply: [UInt8] = []
-            while !reply.contains(0x0A) {
-                let got = try UnixSocket.receive(socket, maxBytes: 4096, maxDescriptors: 0)
-                if got.bytes.isEmpty { throw HarnessError("the pager closed the connection instead of answering the prefetch hint") }
-                reply += got.bytes
-            }
-            guard String(decoding: reply, as: UTF8.self).contains("\"prefetched\"") else {
-                throw HarnessError("unexpected answer to the prefetch hint: \(String(decoding: reply, as: UTF8.self))")
-            }
+        guard String(decoding: reply, as: UTF8.self).contains("\"prefetched\"") else {
+            throw WorkloadError("unexpected answer to the prefetch hint: \(String(decoding: reply, as: UTF8.self))")
         }
-        if let touchPages { order = Array(order.prefix(touchPages)) }
+    }
+
+    /// Touches the pages of `order` (timing each wait over 2 µs), writes the marker into some,
+    /// drops and punches the pages the options say, and waits for the rest where asked.
+    func touchAll(_ memory: borrowing HandedOff, order: [Int]) throws -> Touched {
+        var t = Touched()
+        let pages = bytes / basePageSize
         // Pages the workload drops: by the kernel's rules anonymous memory reads as zeros after
         // MADV_DONTNEED, so the pager must never fill them from the source afterwards.
-        var discarded = Set<Int>()
         if discardEvery > 0 {
             precondition(backing == .anon, "discarding is checked on anonymous memory only")
             for p in stride(from: discardEvery / 2, to: pages, by: 2 * discardEvery) {
-                try memory.advise(.dontNeed, offset: p * basePageSize, length: basePageSize)
-                discarded.insert(p)
+                try memory.mapping.advise(.dontNeed, offset: p * basePageSize, length: basePageSize)
+                t.discarded.insert(p)
             }
         }
         for (n, p) in order.enumerated() {
@@ -188,67 +231,80 @@ public struct MigrationWorkload {
             let t0 = monotonicNanoseconds()
             _ = touch(page + 8)
             let dt = monotonicNanoseconds() - t0
-            if dt > 2000 { waits.append(dt) }
+            if dt > 2000 { t.waits.append(dt) }
             if writeEvery > 0 && n % writeEvery == 0 {
-                originalWord0[p] = page.load(as: UInt64.self)
+                t.originalWord0[p] = page.load(as: UInt64.self)
                 page.storeBytes(of: MigrationPattern.marker(page: p), as: UInt64.self)
-                written.insert(p)
+                t.written.insert(p)
             }
         }
         if discardEvery > 0 {
             // The other half: pages dropped after they were touched (and maybe written).
             for p in stride(from: discardEvery / 2 + discardEvery, to: pages, by: 2 * discardEvery) {
-                try memory.advise(.dontNeed, offset: p * basePageSize, length: basePageSize)
-                discarded.insert(p)
-                written.remove(p)
+                try memory.mapping.advise(.dontNeed, offset: p * basePageSize, length: basePageSize)
+                t.discarded.insert(p)
+                t.written.remove(p)
             }
         }
         if access == .workingSet {
             // The rest arrives in the background; the pager closes the connection when all is local.
-            while try !UnixSocket.receive(socket, maxBytes: 1, maxDescriptors: 0).bytes.isEmpty {}
+            while try !UnixSocket.receive(memory.socket, maxBytes: 1, maxDescriptors: 0).bytes.isEmpty {}
         }
         if punchEvery > 0 {
             precondition(backing == .shm, "hole punching is checked on shared memory only")
             // Only pages already touched (installed): a hole punched in a page that never arrived
             // is a conflicting write the pager cannot see, not a case it can get right.
             for p in stride(from: punchEvery / 2, to: order.count, by: punchEvery).map({ order[$0] }) {
-                try backingFile!.punchHole(offset: p * basePageSize, length: basePageSize)
-                discarded.insert(p)
-                written.remove(p)
+                try memory.backingFile!.punchHole(offset: p * basePageSize, length: basePageSize)
+                t.discarded.insert(p)
+                t.written.remove(p)
                 _ = touch(memory.base + p * basePageSize) // faults again: must not hang, must read zeros
             }
         }
-        let seconds = Double(monotonicNanoseconds() - started) / 1e9
+        return t
+    }
+
+    /// Checks `pages`: against the source's digests when given, else word by word against
+    /// the pattern. Returns the count of mismatches and the first one, described.
+    func verify(_ memory: borrowing HandedOff, _ t: Touched, pages: [Int]) -> (Int, String?) {
         var mismatches = 0
         var first: String?
-        for p in (touchPages == nil ? Array(0..<pages) : order) where expectedDigests != nil {
-            // Compare with the source's final memory: written pages must keep the marker, and
-            // with their original first word put back must match the source's digest.
-            let page = memory.base + p * basePageSize
-            let marked = written.contains(p)
-            if marked && page.load(as: UInt64.self) != MigrationPattern.marker(page: p) {
-                mismatches += 1
-                if first == nil { first = "page \(p): the workload's write was lost" }
-            }
-            let digest = PageDigest.of(page, word0: marked ? originalWord0[p] : nil)
-            if digest != expectedDigests![p] {
-                mismatches += 1
-                if first == nil { first = "page \(p): digest \(hex(digest)) instead of the source's \(hex(expectedDigests![p]))" }
-            }
+        func mismatch(_ what: @autoclosure () -> String) {
+            mismatches += 1
+            if first == nil { first = what() }
         }
-        for p in (touchPages == nil ? Array(0..<pages) : order) where expectedDigests == nil {
+        if let expectedDigests {
+            for p in pages {
+                // Compare with the source's final memory: written pages must keep the marker, and
+                // with their original first word put back must match the source's digest.
+                let page = memory.base + p * basePageSize
+                let marked = t.written.contains(p)
+                if marked && page.load(as: UInt64.self) != MigrationPattern.marker(page: p) {
+                    mismatch("page \(p): the workload's write was lost")
+                }
+                let digest = PageDigest.of(page, word0: marked ? t.originalWord0[p] : nil)
+                if digest != expectedDigests[p] {
+                    mismatch("page \(p): digest \(hex(digest)) instead of the source's \(hex(expectedDigests[p]))")
+                }
+            }
+            return (mismatches, first)
+        }
+        for p in pages {
             let words = (memory.base + p * basePageSize).assumingMemoryBound(to: UInt64.self)
             for w in 0..<basePageSize / 8 {
                 // A written word holds the marker; a dropped page is zeros otherwise (also when the
                 // workload wrote to it after dropping it); every other word is the source's.
-                let expected = w == 0 && written.contains(p) ? MigrationPattern.marker(page: p)
-                    : discarded.contains(p) ? 0 : MigrationPattern.word(page: p, word: w, seed: seed)
-                if words[w] != expected {
-                    mismatches += 1
-                    if first == nil { first = "page \(p) word \(w): \(hex(words[w])) instead of \(hex(expected))" }
-                }
+                let expected = w == 0 && t.written.contains(p) ? MigrationPattern.marker(page: p)
+                    : t.discarded.contains(p) ? 0 : MigrationPattern.word(page: p, word: w, seed: seed)
+                if words[w] != expected { mismatch("page \(p) word \(w): \(hex(words[w])) instead of \(hex(expected))") }
             }
         }
-        return Result(pages: touchPages == nil ? pages : order.count, mismatches: mismatches, firstMismatch: first, seconds: seconds, waits: LatencySummary(samples: waits))
+        return (mismatches, first)
     }
+}
+
+/// The pager answered the workload in a way the handoff protocol does not allow.
+public struct WorkloadError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ d: String) { description = d }
 }

@@ -1,4 +1,3 @@
-import Glibc
 import PagerKernel
 
 /// A QEMU guest migrated between the two namespaces, with the pager (`pagerd qemu-source` /
@@ -81,7 +80,7 @@ public struct QEMUMigrationRun {
         let srcQMP = scratch.file("src.qmp"), dstQMP = scratch.file("dst.qmp")
         let srcRAM = ramDirectory.map { $0 + "/src.ram" } ?? scratch.file("src.ram")
         let dstRAM = ramDirectory.map { $0 + "/dst.ram" } ?? scratch.file("dst.ram")
-        defer { if ramDirectory != nil { unlink(srcRAM); unlink(dstRAM) } }
+        defer { if ramDirectory != nil { removeFile(srcRAM); removeFile(dstRAM) } }
         var srcArgs = commonArgs(console: srcConsole, qmp: srcQMP)
         var dstArgs = commonArgs(console: dstConsole, qmp: dstQMP) + ["-incoming", "defer"]
         if method != .nativePostcopy {
@@ -93,7 +92,7 @@ public struct QEMUMigrationRun {
             ? try hosts.spawn(in: hosts.source, "/usr/bin/env", ["LD_PRELOAD=\(binaries)/libpager-preload.so", "PAGER_RAM_PATH=\(srcRAM)",
                                                                 "PAGER_TRACK_SOCKET=\(trackSocket)", Self.qemu] + srcArgs, log: scratch.file("src.qemu.log"))
             : try hosts.spawn(in: hosts.source, Self.qemu, srcArgs, log: scratch.file("src.qemu.log"))
-        defer { source.signal(SIGKILL) }
+        defer { source.signal(.kill) }
         // The guest boots and fills its memory; two verified passes mean it runs.
         let deadline = monotonicNanoseconds() + 120_000_000_000
         while Self.passes((try? readWholeFile(srcConsole)) ?? "") < 2 {
@@ -133,19 +132,19 @@ public struct QEMUMigrationRun {
                                     ["qemu-dest", "--qmp", dstQMP, "--ram", dstRAM, "--connect", "\(TwoHosts.sourceAddress):7070",
                                      "--uffd-socket", uffdSocket, "--incoming", "tcp:0.0.0.0:4444"] + (trackSocket == nil ? [] : ["--precopy"]),
                                     log: scratch.file("qemu-dest.log"))
-        defer { qdest.signal(SIGKILL) }
+        defer { qdest.signal(.kill) }
         try waitFor(qdest, toPrint: "waiting for QEMU's handoff")
         let dest = try hosts.spawn(in: hosts.dest, "/usr/bin/env",
                                    ["LD_PRELOAD=\(binaries)/libpager-preload.so", "PAGER_RAM_PATH=\(dstRAM)", "PAGER_UFFD_SOCKET=\(uffdSocket)",
                                     Self.qemu] + dstArgs, log: scratch.file("dst.qemu.log"))
-        defer { dest.signal(SIGKILL) }
+        defer { dest.signal(.kill) }
         try waitFor(dest, toPrint: "handed to the pager", seconds: 30)
         try waitFor(qdest, toPrint: "incoming migration on", seconds: 30)
         let qsource = try hosts.spawn(in: hosts.source, pagerd,
                                       ["qemu-source", "--qmp", srcQMP, "--ram", srcRAM, "--listen", "\(TwoHosts.sourceAddress):7070",
                                        "--migrate-to", "tcp:\(TwoHosts.destAddress):4444"] + (trackSocket.map { ["--track-socket", $0] } ?? []) + sourceArguments,
                                       log: scratch.file("qemu-source.log"))
-        defer { qsource.signal(SIGKILL) }
+        defer { qsource.signal(.kill) }
         let s = qsource.wait(timeoutMilliseconds: 180_000)
         let d = qdest.wait(timeoutMilliseconds: 180_000)
         guard s == 0, d == 0 else {
@@ -172,7 +171,7 @@ public struct QEMUMigrationRun {
     func runNative(hosts: TwoHosts, scratch: Scratch, dstArgs: [String], srcQMP: String, dstQMP: String,
                    srcConsole: String, dstConsole: String) throws -> Outcome {
         let dest = try hosts.spawn(in: hosts.dest, Self.qemu, dstArgs, log: scratch.file("dst.qemu.log"))
-        defer { dest.signal(SIGKILL) }
+        defer { dest.signal(.kill) }
         let control = binaries + "/pager-bench"
         // QMP on both sides through pager-bench's small helper (one command per call).
         func qmp(_ ns: String, _ socket: String, _ command: String, _ args: String = "{}") throws -> String {
@@ -213,7 +212,7 @@ extension String {
 public func guestBuilderScript(binaries: String) -> String? {
     for up in ["/../..", "/../../.."] {
         let path = binaries + up + "/Deploy/qemu/make-guest.sh"
-        if access(path, R_OK) == 0 { return path }
+        if isReadableFile(path) { return path }
     }
     return nil
 }
@@ -221,11 +220,10 @@ public func guestBuilderScript(binaries: String) -> String? {
 /// A directory for the test guest built from this source tree: named after the builder's and
 /// the workload's sizes and modification times, so an edited workload gets a fresh guest.
 public func cachedGuestDirectory(builder script: String) -> String {
-    var st = stat()
     var key = ""
     for path in [script, script.split(separator: "/").dropLast().joined(separator: "/") + "/guest-workload.c"] {
         let p = path.hasPrefix("/") ? path : "/" + path
-        if stat(p, &st) == 0 { key += "-\(st.st_size)-\(st.st_mtim.tv_sec)" }
+        if let st = fileSizeAndModificationTime(p) { key += "-\(st.bytes)-\(st.modifiedSeconds)" }
     }
     return "/tmp/pager-guest" + key
 }

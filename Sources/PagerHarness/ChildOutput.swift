@@ -1,0 +1,38 @@
+import PagerKernel
+
+// Running the pager's programs as children and reading what they print.
+
+/// Runs a command to completion and requires success.
+@discardableResult
+public func sh(_ path: String, _ args: String...) throws -> String {
+    let (status, output) = try runProgram(path, args)
+    guard status == 0 else { throw HarnessError("\(path) \(args.joined(separator: " ")) exited \(status): \(output)") }
+    return output
+}
+
+public struct HarnessError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ d: String) { description = d }
+}
+
+/// Waits until `process` prints `text` (polling its log every 5 ms), or fails after `seconds`.
+public func waitFor(_ process: ChildProcess, toPrint text: String, seconds: Double = 10) throws {
+    let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
+    while monotonicNanoseconds() < deadline {
+        if process.output.contains(text) { return }
+        if let status = process.wait(timeoutMilliseconds: 5) {
+            throw HarnessError("process exited \(status) before printing \"\(text)\": \(process.output)")
+        }
+    }
+    throw HarnessError("no \"\(text)\" after \(seconds) s: \(process.output)")
+}
+
+/// Parses `key=value` pairs (numbers) out of a program's output.
+public func keyValues(_ text: String) -> [String: Double] {
+    var result: [String: Double] = [:]
+    for token in text.split(whereSeparator: { $0 == " " || $0 == "\n" }) {
+        let kv = token.split(separator: "=", maxSplits: 1)
+        if kv.count == 2, let v = Double(kv[1]) { result[String(kv[0])] = v }
+    }
+    return result
+}

@@ -1,0 +1,19 @@
+import PagerKernel
+
+/// A scratch directory for logs, sockets and source files (under /dev/shm), removed on
+/// deinit unless PAGER_KEEP_SCRATCH is set (to read the daemons' logs afterwards).
+public final class Scratch {
+    private let directory: TemporaryDirectory
+    public var path: String { directory.path }
+
+    public init() {
+        // /dev/shm is a tmpfs on every machine these tests run on: failing here is a broken host.
+        do { directory = try TemporaryDirectory(template: "/dev/shm/pager-it-XXXXXX") } catch { fatalError("scratch directory: \(error)") }
+        if environmentValue("PAGER_KEEP_SCRATCH") != nil {
+            directory.keep = true
+            writeStandardError("keeping \(directory.path) (PAGER_KEEP_SCRATCH)\n")
+        }
+    }
+
+    public func file(_ name: String) -> String { directory.file(name) }
+}

@@ -1,0 +1,93 @@
+import Glibc
+import SystemPackage
+
+// The process and file-system calls the tools around the pager need (the demo, the
+// benchmark kit, the test harness, the fuzz replay), so that no module but this one imports
+// Glibc. One-line wrappers, no logic beyond decoding the C result.
+
+/// This process's id. The corresponding C function is `getpid`.
+public func processID() -> Int32 { getpid() }
+
+/// Whether this process runs as root (effective uid 0). The corresponding C function is `geteuid`.
+public var isRootUser: Bool { geteuid() == 0 }
+
+/// The value of environment variable `name`, or nil if unset. The corresponding C function is `getenv`.
+public func environmentValue(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
+
+/// Removes a file; a missing file is not an error (callers clean up best-effort).
+/// The corresponding C function is `unlink`.
+public func removeFile(_ path: String) { _ = unlink(path) }
+
+/// Whether `path` exists and this process may execute it. The corresponding C function is `access(X_OK)`.
+public func isExecutableFile(_ path: String) -> Bool { access(path, X_OK) == 0 }
+
+/// Whether `path` exists and this process may read it. The corresponding C function is `access(R_OK)`.
+public func isReadableFile(_ path: String) -> Bool { access(path, R_OK) == 0 }
+
+/// Size and modification time of a file, or nil if it cannot be stat'ed.
+/// The corresponding C function is `stat`.
+public func fileSizeAndModificationTime(_ path: String) -> (bytes: Int, modifiedSeconds: Int)? {
+    var st = stat()
+    guard stat(path, &st) == 0 else { return nil }
+    return (Int(st.st_size), Int(st.st_mtim.tv_sec))
+}
+
+/// Reads a whole file as bytes (the fuzz replay's inputs). The corresponding C functions
+/// are `open` and `read` (see ``readWholeFile(_:)`` for text).
+public func readFileBytes(_ path: String) throws(KernelError) -> [UInt8] {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    if fd < 0 { throw KernelError("open", Errno(rawValue: Glibc.errno), detail: path) }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n < 0 {
+            if Glibc.errno == EINTR { continue }
+            throw KernelError("read", Errno(rawValue: Glibc.errno), detail: path)
+        }
+        if n == 0 { return bytes }
+        bytes.append(contentsOf: chunk[0..<n])
+    }
+}
+
+/// A signal sent to a ``ChildProcess``: the few the tools use, by name.
+public struct ProcessSignal: Sendable, Equatable {
+    public let rawValue: Int32
+    public init(rawValue: Int32) { self.rawValue = rawValue }
+    /// `SIGTERM`: stop gracefully (the daemons report and exit).
+    public static let terminate = ProcessSignal(rawValue: SIGTERM)
+    /// `SIGKILL`: stop now (cleanup of a test's or benchmark's children).
+    public static let kill = ProcessSignal(rawValue: SIGKILL)
+    /// `SIGUSR1`: `pagerd source` forces the pre-copy switch.
+    public static let user1 = ProcessSignal(rawValue: SIGUSR1)
+}
+
+extension ChildProcess {
+    /// Sends `signal` to the process (nothing once it has been waited for). The corresponding C function is `kill`.
+    public func signal(_ signal: ProcessSignal) { self.signal(signal.rawValue) }
+}
+
+/// A fresh directory (`mkdtemp`), removed with everything in it on deinit unless ``keep`` is set.
+public final class TemporaryDirectory {
+    public let path: String
+    /// Leave the directory in place on deinit (to read the logs in it afterwards).
+    public var keep = false
+
+    /// `template` ends in `XXXXXX`, which `mkdtemp` replaces. The corresponding C function is `mkdtemp`.
+    public init(template: String) throws(KernelError) {
+        var chars = Array(template.utf8CString)
+        let made = chars.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) != nil }
+        if !made { throw KernelError("mkdtemp", Errno(rawValue: Glibc.errno), detail: template) }
+        path = chars.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+    }
+
+    deinit {
+        // rm -rf rather than a recursive walk here: sockets, logs and sparse files, one level
+        // deep or more, and nothing on this path is performance-critical.
+        if !keep { _ = try? runProgram("/bin/rm", ["-rf", path]) }
+    }
+
+    /// `path/name`.
+    public func file(_ name: String) -> String { path + "/" + name }
+}
