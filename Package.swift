@@ -160,7 +160,7 @@ let package = Package(
         // libFuzzer target for the handoff decoders and the hint line splitter (same flags).
         .executableTarget(
             name: "PagerHandoffFuzz",
-            dependencies: ["PagerHandoff"]
+            dependencies: ["PagerHandoff", "PagerKernel"]
         ),
 
         // MARK: Tests

@@ -81,7 +81,7 @@ public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     return 0
 }
 #else
-import Glibc
+import PagerKernel
 
 @main
 struct Replay {
@@ -89,14 +89,10 @@ struct Replay {
         let paths = CommandLine.arguments.dropFirst()
         if paths.isEmpty {
             print("usage: PagerHandoffFuzz FILE... (replays inputs; build with -DFUZZING and --sanitize fuzzer to fuzz)")
-            exit(2)
+            exitProcess(2)
         }
         for path in paths {
-            guard let f = fopen(path, "rb") else { print("cannot open \(path)"); exit(1) }
-            var bytes: [UInt8] = []
-            var chunk = [UInt8](repeating: 0, count: 65536)
-            while case let n = fread(&chunk, 1, chunk.count, f), n > 0 { bytes += chunk[0..<n] }
-            fclose(f)
+            guard let bytes = try? readFileBytes(path) else { print("cannot open \(path)"); exitProcess(1) }
             exercise(bytes)
             print("\(path): ok (\(bytes.count) bytes)")
         }
