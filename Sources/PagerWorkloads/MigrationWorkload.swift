@@ -69,6 +69,9 @@ public struct MigrationWorkload {
     /// Expected digest of every page (``PageDigest``), e.g. of a live source's final memory;
     /// nil: the pages must hold ``MigrationPattern``.
     public var expectedDigests: [UInt64]?
+    /// Tests only: send a handoff the pager must refuse (no `offset`, no `page_size`), with the
+    /// userfaultfd attached, and touch the memory anyway.
+    public var malformedHandoff = false
 
     public init(bytes: Int, backing: Backing, access: Access, seed: UInt64, writeEvery: Int, touchPages: Int? = nil) {
         self.touchPages = touchPages
@@ -151,7 +154,8 @@ public struct MigrationWorkload {
         try uffd.register(memory.range, mode: .missing)
         // The handoff, in Firecracker's format, written here by hand rather than with the
         // pager's own encoder, so the test exercises the format and not our round trip.
-        let json = "[{\"base_host_virt_addr\":\(UInt(bitPattern: memory.base)),\"size\":\(bytes),\"offset\":0,\"page_size\":\(pageSize)}]"
+        let json = malformedHandoff ? "[{\"base_host_virt_addr\":\(UInt(bitPattern: memory.base)),\"size\":\(bytes)}]"
+            : "[{\"base_host_virt_addr\":\(UInt(bitPattern: memory.base)),\"size\":\(bytes),\"offset\":0,\"page_size\":\(pageSize)}]"
         let socket = try UnixSocket.connect(path: socketPath)
         do {
             try uffd.withUnsafeDescriptor { fd in try UnixSocket.send(socket, bytes: Array(json.utf8), descriptors: [fd]) }

@@ -36,6 +36,7 @@ struct PagerWorkload: ParsableCommand {
         @Option(name: .customLong("hint-mib"), help: "Hint the pager to prefetch the first N MiB and wait until they are local, before touching.") var hintMiB = 0
         @Option(help: "Shared memory: punch a hole at every N-th page after touching (0: none).") var punchEvery = 0
         @Option(help: "Drop every N-th page with MADV_DONTNEED, half before and half after touching (anon only; 0: none).") var discardEvery = 0
+        @Flag(help: "Tests only: send a handoff the pager must refuse (no offset, no page_size), then touch the memory anyway.") var malformedHandoff = false
         @Option(help: "Check every page against these digests (from `pager-workload digest`) instead of the fill pattern.") var expectDigests: String?
 
         func run() throws {
@@ -45,6 +46,7 @@ struct PagerWorkload: ParsableCommand {
             w.discardEvery = discardEvery
             w.hintBytes = hintMiB << 20
             w.punchEvery = punchEvery
+            w.malformedHandoff = malformedHandoff
             w.expectedDigests = try expectDigests.map { try PageDigest.load(from: $0) }
             let r = try w.run(socketPath: socket)
             print("workload: \(r.mismatches == 0 ? "ok" : "CORRUPT") pages=\(r.pages) backing=\(backing) access=\(access) mismatches=\(r.mismatches) touch-seconds=\(r.seconds) waits=\(r.waits.count) wait-p50-ns=\(r.waits.p50) wait-p90-ns=\(r.waits.p90) wait-p99-ns=\(r.waits.p99) wait-p999-ns=\(r.waits.p999) wait-max-ns=\(r.waits.max)")

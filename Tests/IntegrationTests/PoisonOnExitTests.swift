@@ -52,18 +52,21 @@ struct PoisonOnExitTests {
         var dest: String
     }
 
-    /// Runs a 64 MiB workload against `pagerd dest --connect source`; `during` runs once the
-    /// destination has the handoff (it may signal the daemon).
-    func handOff(to source: Endpoint, destExtra: [String] = [], during: (ChildProcess) throws -> Void = { _ in }) throws -> Outcome {
+    /// Runs a 64 MiB workload against `pagerd dest --connect source`; `during`, if given, runs
+    /// once the destination has the handoff (it may signal the daemon).
+    func handOff(to source: Endpoint, destExtra: [String] = [], workloadExtra: [String] = [],
+                 during: ((ChildProcess) throws -> Void)? = nil) throws -> Outcome {
         let scratch = Scratch()
         let socket = scratch.file("uffd.sock")
         let dest = try ChildProcess(Binaries.pagerd, ["dest", "--connect", "\(source)", "--uffd-socket", socket, "--once"] + destExtra,
                                     outputPath: scratch.file("dest.log"))
         try waitFor(dest, toPrint: "waiting for userfaultfd handoffs")
-        let workload = try ChildProcess(Binaries.workload, ["run", "--socket", socket, "--size-mib", "64", "--access", "sequential"],
+        let workload = try ChildProcess(Binaries.workload, ["run", "--socket", socket, "--size-mib", "64", "--access", "sequential"] + workloadExtra,
                                         outputPath: scratch.file("workload.log"))
-        try waitFor(dest, toPrint: "handoff:")
-        try during(dest)
+        if let during {
+            try waitFor(dest, toPrint: "handoff:")
+            try during(dest)
+        }
         let w = workload.wait(timeoutMilliseconds: 60_000)
         let d = dest.wait(timeoutMilliseconds: 30_000)
         if w == nil { workload.signal(SIGKILL) }
@@ -85,6 +88,15 @@ struct PoisonOnExitTests {
         let o = try handOff(to: Endpoint(host: "127.0.0.1", port: port))
         expectPoisoned(o, "unreachable")
         #expect(o.dest.contains("Connection refused"), "\(o.dest)")
+    }
+
+    @Test("a handoff the daemon refuses (malformed JSON, the userfaultfd attached): what it covers is poisoned")
+    func refusedHandoff() throws {
+        let region = RegionDescriptor(id: 1, pageShift: 12, flags: [], length: 64 << 20, name: "unused")
+        let source = try ScriptedSource(.regions([region]))
+        let o = try handOff(to: source.endpoint, workloadExtra: ["--malformed-handoff"])
+        expectPoisoned(o, "refused handoff")
+        #expect(o.dest.contains("16384 missing pages its userfaultfd covered were poisoned"), "\(o.dest)")
     }
 
     @Test("the source refuses the session with an ERROR")
