@@ -150,21 +150,20 @@ public struct QEMUSource {
         }
         let tracker = try WriteTracker(handedOver: handoff.uffd, pid: qmp.pid, range: m.range)
         // The pause runs on the push thread at the switch; the main thread leaves QMP alone
-        // until it is done (phase 2 or 3).
-        let phase = Atomic<Int>(0) // 0 rounds, 1 pausing, 2 stopped, 3 pause failed
-        let migrateIssued = Atomic<UInt64>(0), stopped = Atomic<UInt64>(0)
+        // until it is done (stopped or failed).
+        let phase = WaitableState(SwitchPhase.rounds)
         let shared = SharedQMP(qmp)
         let migrateTo = migrateTo, logger = logger
         let live = LiveRegion(tracker: tracker, policy: precopy.policy) {
-            phase.store(1, ordering: .releasing)
+            let issued = monotonicNanoseconds()
+            phase.change { $0 = .pausing }
             do {
-                migrateIssued.store(monotonicNanoseconds(), ordering: .relaxed)
                 try stopByMigrating(shared.qmp, to: migrateTo, logger: logger)
-                stopped.store(monotonicNanoseconds(), ordering: .relaxed)
-                phase.store(2, ordering: .releasing)
+                let stoppedAt = monotonicNanoseconds()
+                phase.change { $0 = .stopped(migrateIssued: issued, at: stoppedAt) }
             } catch {
                 logger.error("the switch failed, the source VM keeps running: \(error)")
-                phase.store(3, ordering: .releasing)
+                phase.change { $0 = .pauseFailed }
                 throw error
             }
         }
@@ -182,24 +181,45 @@ public struct QEMUSource {
         logger.info("pre-copy: \(m.size >> 20) MiB of guest RAM write-tracked; rounds start when the destination connects, the switch issues migrate")
         let precopyStarted = monotonicNanoseconds()
         let connectDeadline = precopyStarted + 60_000_000_000
-        while phase.load(ordering: .acquiring) < 2 {
+        var outcome = phase.withLock { $0 }
+        while !outcome.isSettled {
             if server.counts.sessions == 0 && monotonicNanoseconds() > connectDeadline {
                 throw QEMUError("no destination pagerd connected within 60 s: nothing was migrated, the source VM keeps running")
             }
-            if phase.load(ordering: .acquiring) == 0 && server.counts.sessions > 0 && server.activeSessions == 0 {
+            if case .rounds = outcome, server.counts.sessions > 0 && server.activeSessions == 0 {
                 throw QEMUError("the destination's session ended before the switch (see the log above): the source VM keeps running")
             }
-            sleepMilliseconds(2)
+            // Wakes at once when the switch settles; the session checks above run every 50 ms.
+            _ = phase.wait(until: { $0.isSettled }, deadline: monotonicNanoseconds() + 50_000_000)
+            outcome = phase.withLock { $0 }
         }
-        guard phase.load(ordering: .acquiring) == 2 else {
+        guard case .stopped(let started, let stoppedAt) = outcome else {
             throw QEMUError("the switch to post-copy failed (see the log above): the source VM keeps running")
         }
-        let started = migrateIssued.load(ordering: .relaxed), stoppedAt = stopped.load(ordering: .relaxed)
         let completedAt = try waitUntilCompleted(qmp)
         logger.info("device state migrated in \(Double(completedAt - started) / 1e6) ms; serving pages until the destination has all")
         try serveUntilDone(server)
         return Report(deviceStateSeconds: Double(completedAt - started) / 1e9, untilStopSeconds: Double(stoppedAt - started) / 1e9,
                       counts: server.counts, migrateIssuedAt: started, precopy: live.outcome, precopyStartedAt: precopyStarted)
+    }
+}
+
+/// Where a pre-copy migration of QEMU is, as the push thread's pause moves it on.
+private enum SwitchPhase {
+    /// Pre-copy rounds run; the guest runs.
+    case rounds
+    /// `migrate` issued, waiting for QEMU to stop the VM.
+    case pausing
+    /// The VM stopped: its RAM is final.
+    case stopped(migrateIssued: UInt64, at: UInt64)
+    /// The pause failed: the source VM keeps running.
+    case pauseFailed
+
+    var isSettled: Bool {
+        switch self {
+        case .rounds, .pausing: false
+        case .stopped, .pauseFailed: true
+        }
     }
 }
 

@@ -27,6 +27,10 @@ public final class SourceServer: @unchecked Sendable {
     let stopping = Atomic<Bool>(false)
     let gate = ReleaseGate()
     let active = Atomic<Int>(0)
+    /// The connections being served, each by its own thread: ``stop()`` shuts them down, and
+    /// ``run()`` returns only once every one has ended, so that no thread of this server
+    /// touches a region's memory after `run()` returned (its owner may unmap it then).
+    private let connections = WaitableState([ObjectIdentifier: TCPSocket]())
 
     /// Totals over all sessions, for the summary.
     public struct Counters: Sendable {
@@ -87,7 +91,8 @@ public final class SourceServer: @unchecked Sendable {
         gate.waitUntilReleased(unless: { session.isClosed || stopping.load(ordering: .acquiring) })
     }
 
-    /// Accepts connections until ``stop()``, each served on its own thread.
+    /// Accepts connections until ``stop()``, each served on its own thread; returns once every
+    /// connection's thread has ended.
     public func run() {
         logger.info("serving \(regions.count) region(s) on \(listener.endpoint): \(regions.map { "\($0.id)=\($0.name) (\($0.length >> 20) MiB, \($0.pageSize >> 10) KiB pages)" }.joined(separator: ", "))")
         while !stopping.load(ordering: .acquiring) {
@@ -97,12 +102,22 @@ public final class SourceServer: @unchecked Sendable {
                 logger.error("accept failed: \(error)")
                 continue
             }
+            let key = ObjectIdentifier(socket)
+            connections.change { $0[key] = socket }
+            // Stopped between accept and here: stop() did not see this socket.
+            if stopping.load(ordering: .acquiring) { socket.shutdown() }
             do {
-                _ = try KernelThread(name: "src-conn") { [self] in serve(FrameChannel(socket)) }
+                _ = try KernelThread(name: "src-conn") { [self] in
+                    defer { connections.change { _ = $0.removeValue(forKey: key) } }
+                    serve(FrameChannel(socket))
+                }
             } catch {
+                connections.change { _ = $0.removeValue(forKey: key) }
                 logger.error("cannot start a thread for \(socket.peer): \(error)")
             }
         }
+        // Every connection was shut down by stop(): their threads end promptly.
+        _ = connections.wait(until: { $0.isEmpty })
     }
 
     /// Stops accepting and closes every session being served.
@@ -111,6 +126,8 @@ public final class SourceServer: @unchecked Sendable {
         listener.shutdown()
         gate.wakeAll()
         for session in registry.served { session.close(.serverStopped) }
+        // Connections still in their handshake (or any other) belong to no session yet.
+        for socket in connections.withLock({ Array($0.values) }) { socket.shutdown() }
     }
 }
 
