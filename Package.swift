@@ -132,6 +132,8 @@ let package = Package(
         .testTarget(name: "PagerWireTests", dependencies: ["PagerWire"]),
         .testTarget(name: "PagerCoreTests", dependencies: ["PagerCore"]),
         .testTarget(name: "PagerKernelTests", dependencies: ["PagerKernel", "PagerWire"]),
+        // FrameChannel over loopback TCP: fragmented reads, closes and truncations, concurrent senders.
+        .testTarget(name: "PagerTransportTests", dependencies: ["PagerTransport", "PagerKernel", "PagerWire"]),
         // Separate processes (release builds of pagerd and pager-workload) in network namespaces.
         .testTarget(
             name: "IntegrationTests",
