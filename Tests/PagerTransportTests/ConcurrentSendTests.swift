@@ -34,8 +34,8 @@ struct ConcurrentSendTests {
         // The sending side is the raw socket's end: wrap it in a channel too.
         let sending = FrameChannel(pair.raw)
         sending.maxBytesPerSendCall = maxBytesPerCall
-        pair.raw.setSendBufferSize(4096)
-        pair.channel.socket.setReceiveBufferSize(4096)
+        pair.raw.setSendBufferSize(32 << 10)
+        pair.channel.socket.setReceiveBufferSize(32 << 10)
         let failures = Mutex<[String]>([])
         let threads = try (0..<ConcurrentSendTests.senders).map { s in
             try KernelThread(name: "test-send\(s)") {
