@@ -176,6 +176,8 @@ let package = Package(
             dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerTransport", "PagerSource", "PagerDestination",
                            .product(name: "Logging", package: "swift-log")]
         ),
+        // FrameChannel over loopback TCP: fragmented reads, closes and truncations, concurrent senders.
+        .testTarget(name: "PagerTransportTests", dependencies: ["PagerTransport", "PagerKernel", "PagerWire"]),
         // Separate processes (release builds of pagerd and pager-workload) in network namespaces.
         .testTarget(
             name: "IntegrationTests",

@@ -36,7 +36,7 @@ public final class TCPSocket: @unchecked Sendable {
         return s
     }
 
-    private func setNoDelay() {
+    fileprivate func setNoDelay() {
         var one: Int32 = 1
         _ = setsockopt(descriptor.rawValue, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
     }
@@ -76,65 +76,71 @@ public final class TCPSocket: @unchecked Sendable {
     /// Reads exactly `count` bytes into `buffer`. Returns false if the peer closed the
     /// connection cleanly before the first byte; throws if it closed mid-way or on error.
     public func readExactly(into buffer: UnsafeMutableRawPointer, count: Int) throws(KernelError) -> Bool {
+        let got = try readFully(into: buffer, count: count)
+        if got == count || got == 0 { return got == count }
+        throw KernelError("recv", .connectionReset, detail: "\(peer) closed the connection after \(got) of \(count) bytes")
+    }
+
+    /// Reads `count` bytes into `buffer` (`recv` with `MSG_WAITALL`, again after a signal
+    /// cuts it short) and returns how many arrived: fewer than `count` only if the peer
+    /// closed the connection, so the caller decides what an end of stream there means.
+    public func readFully(into buffer: UnsafeMutableRawPointer, count: Int) throws(KernelError) -> Int {
         var got = 0
         while got < count {
-            let n = recv(descriptor.rawValue, buffer + got, count - got, PAGER_MSG_WAITALL)
-            if n > 0 { got += n; continue }
-            if n == 0 {
-                if got == 0 { return false }
-                throw KernelError("recv", .connectionReset, detail: "\(peer) closed the connection after \(got) of \(count) bytes")
-            }
-            let e = Glibc.errno
-            if e == EINTR { continue }
-            throw KernelError("recv", Errno(rawValue: e), detail: peer)
+            let n = try receive(buffer + got, count - got, PAGER_MSG_WAITALL)
+            if n == 0 { break }
+            got += n
         }
-        return true
+        return got
     }
 
     /// Blocks until at least one byte is available, then reads up to `count` (`recv`).
     /// Returns 0 when the peer closed.
     public func readSome(into buffer: UnsafeMutableRawPointer, count: Int) throws(KernelError) -> Int {
-        while true {
-            let n = recv(descriptor.rawValue, buffer, count, 0)
-            if n >= 0 { return n }
-            let e = Glibc.errno
-            if e == EINTR { continue }
-            throw KernelError("recv", Errno(rawValue: e), detail: peer)
-        }
+        try receive(buffer, count, 0)
     }
 
     /// Reads what is available without blocking (`MSG_DONTWAIT`): returns 0 if nothing is
     /// pending, -1 if the peer closed.
     public func readAvailable(into buffer: UnsafeMutableRawBufferPointer) throws(KernelError) -> Int {
-        while true {
-            let n = recv(descriptor.rawValue, buffer.baseAddress, buffer.count, PAGER_MSG_DONTWAIT)
-            if n > 0 { return n }
-            if n == 0 { return -1 }
-            let e = Glibc.errno
-            if e == EINTR { continue }
-            if e == EAGAIN || e == EWOULDBLOCK { return 0 }
-            throw KernelError("recv", Errno(rawValue: e), detail: peer)
+        switch retryingInterrupts({ recv(descriptor.rawValue, buffer.baseAddress, buffer.count, PAGER_MSG_DONTWAIT) }) {
+        case .success(let n): return n > 0 ? n : -1
+        case .failure(let e) where e == .resourceTemporarilyUnavailable || e == .wouldBlock: return 0
+        case .failure(let e): throw KernelError("recv", e, detail: peer)
+        }
+    }
+
+    /// One `recv`, retried after EINTR; 0 means the peer closed.
+    private func receive(_ buffer: UnsafeMutableRawPointer, _ count: Int, _ flags: Int32) throws(KernelError) -> Int {
+        switch retryingInterrupts({ recv(descriptor.rawValue, buffer, count, flags) }) {
+        case .success(let n): return n
+        case .failure(let e): throw KernelError("recv", e, detail: peer)
         }
     }
 
     /// Writes all of the given buffers (`sendmsg` with an iovec, `MSG_NOSIGNAL`), looping over
     /// short writes. The corresponding C function is `sendmsg`.
-    public func writeAll(_ parts: [UnsafeRawBufferPointer]) throws(KernelError) {
+    ///
+    /// Not atomic: the kernel may return after part of the buffers (a signal, a send timeout)
+    /// and even one blocking `sendmsg` on TCP lets another thread's data in while it waits
+    /// for buffer space. Callers that share a socket between threads serialise whole writes
+    /// (FrameChannel does, per frame).
+    ///
+    /// `maxBytesPerCall` caps what one `sendmsg` is offered, so tests can force the short
+    /// writes that signals and full buffers cause; the page path leaves it unlimited.
+    public func writeAll(_ parts: [UnsafeRawBufferPointer], maxBytesPerCall: Int = .max) throws(KernelError) {
         var iov = parts.filter { $0.count > 0 }.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count) }
         var first = 0
         while first < iov.count {
-            let n = iov.withUnsafeMutableBufferPointer { buf -> Int in
-                var msg = msghdr()
-                msg.msg_iov = buf.baseAddress! + first
-                msg.msg_iovlen = buf.count - first
-                return sendmsg(descriptor.rawValue, &msg, PAGER_MSG_NOSIGNAL)
+            let r = iov.withUnsafeMutableBufferPointer { buf in
+                // SAFETY: first < buf.count, so the pointer and count stay inside `iov`.
+                sendSome(buf.baseAddress! + first, count: buf.count - first, cap: maxBytesPerCall)
             }
-            if n < 0 {
-                let e = Glibc.errno
-                if e == EINTR { continue }
-                throw KernelError("sendmsg", Errno(rawValue: e), detail: peer)
+            var left: Int
+            switch r {
+            case .success(let n): left = n
+            case .failure(let e): throw KernelError("sendmsg", e, detail: peer)
             }
-            var left = n
             while left > 0 && first < iov.count {
                 if left >= iov[first].iov_len {
                     left -= iov[first].iov_len
@@ -145,6 +151,32 @@ public final class TCPSocket: @unchecked Sendable {
                     left = 0
                 }
             }
+        }
+    }
+
+    /// One `sendmsg` of `count` iovecs at `iov` (at most `cap` bytes of them), retried after EINTR.
+    private func sendSome(_ iov: UnsafeMutablePointer<iovec>, count: Int, cap: Int) -> Result<Int, Errno> {
+        var n = count
+        var saved: iovec?
+        if cap != .max {
+            // Offer only the first `cap` bytes: cut the iovec list, shortening its last entry.
+            var total = 0
+            n = 0
+            while n < count && total < cap {
+                if total + iov[n].iov_len > cap {
+                    saved = iov[n]
+                    iov[n].iov_len = cap - total
+                }
+                total += iov[n].iov_len
+                n += 1
+            }
+        }
+        defer { if let saved { iov[n - 1] = saved } }
+        return retryingInterrupts {
+            var msg = msghdr()
+            msg.msg_iov = iov
+            msg.msg_iovlen = n
+            return sendmsg(descriptor.rawValue, &msg, PAGER_MSG_NOSIGNAL)
         }
     }
 
@@ -194,17 +226,23 @@ public final class TCPListener: @unchecked Sendable {
         var addr = sockaddr_in()
         var len = socklen_t(MemoryLayout<sockaddr_in>.size)
         while true {
-            let fd = withUnsafeMutablePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pager_accept_addr(descriptor.rawValue, $0, &len) }
-            }
-            if fd >= 0 {
+            let r = retryingInterrupts(negatedErrno: {
+                withUnsafeMutablePointer(to: &addr) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pager_accept_addr(descriptor.rawValue, $0, &len) }
+                }
+            })
+            switch r {
+            case .success(let fd):
                 let s = TCPSocket(descriptor: FileDescriptor(rawValue: fd), peer: "\(Endpoint(addr))")
-                var one: Int32 = 1
-                _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+                s.setNoDelay()
                 return s
+            case .failure(.connectionAbort):
+                // The peer gave up before we accepted: wait for the next one.
+                len = socklen_t(MemoryLayout<sockaddr_in>.size)
+                continue
+            case .failure(let e):
+                throw KernelError("accept4", e, detail: "\(endpoint)")
             }
-            if fd == -EINTR || fd == -ECONNABORTED { continue }
-            throw KernelError("accept4", negatedErrno: fd, detail: "\(endpoint)")
         }
     }
 

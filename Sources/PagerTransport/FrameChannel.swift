@@ -1,79 +1,66 @@
 import PagerKernel
 import PagerWire
 
-/// Why a channel stopped.
-public enum ChannelError: Error, CustomStringConvertible, Sendable {
-    /// The peer closed the connection between frames.
-    case closed(peer: String)
-    /// The peer sent bytes that are not a valid frame.
-    case malformed(peer: String, WireError)
-    /// A system call failed (including a peer that vanished mid-frame).
-    case kernel(KernelError)
-    /// A page's CRC-32C did not match its data: the page was not installed.
-    case checksumMismatch(peer: String, region: UInt32, offset: UInt64)
-    /// The peer sent an ERROR that ends the session.
-    case peerError(peer: String, ProtocolError)
-    /// The peer sent a valid frame that makes no sense here.
-    case unexpected(peer: String, String)
-
-    public var description: String {
-        switch self {
-        case .closed(let p): "\(p) closed the connection"
-        case .malformed(let p, let e): "malformed frame from \(p): \(e)"
-        case .kernel(let e): "\(e)"
-        case .checksumMismatch(let p, let r, let o): "page at region \(r) offset \(hex(o)) from \(p) failed its CRC-32C check"
-        case .peerError(let p, let e): "\(p) reported \(e.code): \(e.message)"
-        case .unexpected(let p, let s): "unexpected from \(p): \(s)"
-        }
-    }
-}
-
-/// What ``FrameChannel/receive()`` returns.
-public enum Incoming {
-    /// Any message except PAGE_DATA.
-    case message(Message)
-    /// PAGE_DATA: the header and, for the raw encoding, the page bytes in the channel's
-    /// page-aligned buffer (valid until the next `receive`). Checksums, if sent, were verified.
-    case pageData(PageDataHeader, UnsafeRawBufferPointer)
-}
-
-/// Frames over one TCP connection. One thread receives; sends may come from one other
-/// thread (the socket serialises each `sendmsg`, and every frame is one `sendmsg`).
-public final class FrameChannel: @unchecked Sendable {
+/// Frames over one TCP connection: the TCP ``FrameConnection``.
+///
+/// Receiving drives the one ``FrameParser``: the parser says how many bytes it needs and
+/// where, and this class only gets them there with as few `recv` calls as it can. Sending
+/// writes each frame with one `sendmsg` (scatter-gather, no copy of page bytes), under a
+/// lock held until the frame is written whole, so frames from several threads never
+/// interleave on the wire.
+public final class FrameChannel: FrameConnection, @unchecked Sendable {
     public let socket: TCPSocket
     /// Largest payload the peer accepts from us / we accept from it.
     public var sendLimit: UInt32 = WireLimits.absoluteMaxPayload
     public var receiveLimit: UInt32 = WireLimits.absoluteMaxPayload
     /// Verify CRC-32C of incoming pages when present.
     public var verifyChecksums = true
+
+    /// One frame on the wire at a time, short writes completed inside. A ForegroundMutex: the
+    /// background (`SCHED_IDLE`) push shares its connection with threads that answer faults,
+    /// so a push frame must not stay half-written while a busy host leaves the push unscheduled.
+    private let sendLock = ForegroundMutex(())
+    /// Caps the bytes offered to one `sendmsg`: tests force short writes with it.
+    var maxBytesPerSendCall = Int.max
+
+    // Receive side: touched only by the one receiving thread.
+    private var parser = FrameParser()
     private let pageBuffer: UnsafeMutableRawPointer
     private static let pageBufferSize = Int(WireLimits.absoluteMaxPayload)
-    private var payload: [UInt8] = []
-    /// Bytes received ahead of the frame being parsed: one `recv` usually brings a whole
+    /// Bytes received ahead of the part being parsed: one `recv` usually brings a whole
     /// small frame (a 4 KiB reply is 4168 bytes), instead of one `recv` per part.
     private let rx: UnsafeMutableRawPointer
     private static let rxSize = 64 << 10
     private var rxStart = 0, rxEnd = 0
+    /// Where a part that is not already whole in `rx` is assembled (grown on demand, at most
+    /// the receive limit: a large INVALIDATE, a split header).
+    private var scratch: UnsafeMutableRawPointer
+    private var scratchSize = 4096
 
     public init(_ socket: TCPSocket) {
         self.socket = socket
         // 2 MiB alignment so a received huge page can be installed straight from the buffer.
         pageBuffer = .allocate(byteCount: FrameChannel.pageBufferSize, alignment: hugePageSize)
         rx = .allocate(byteCount: FrameChannel.rxSize, alignment: 64)
+        scratch = .allocate(byteCount: scratchSize, alignment: 64)
     }
 
     deinit {
         pageBuffer.deallocate()
         rx.deallocate()
+        scratch.deallocate()
     }
 
     public var peer: String { socket.peer }
+
+    /// Shuts the socket down in both directions (`shutdown(SHUT_RDWR)`).
+    public func shutdown() { socket.shutdown() }
 
     // MARK: Sending
 
     public func send(_ message: Message) throws(ChannelError) {
         let bytes = message.encoded()
-        try mapErrors { try bytes.withUnsafeBytes { try socket.writeAll([$0]) } }
+        try write { try bytes.withUnsafeBytes { try writeFrame([$0]) } }
     }
 
     /// Sends PAGE_DATA whose bytes are `data` (raw encoding) or nothing (zero encoding),
@@ -81,47 +68,89 @@ public final class FrameChannel: @unchecked Sendable {
     public func sendPageData(_ header: PageDataHeader, checksums: [UInt32]? = nil, data: UnsafeRawBufferPointer?) throws(ChannelError) {
         var h = header
         if checksums != nil { h.flags.insert(.checksums) } else { h.flags.remove(.checksums) }
-        let sums = (checksums ?? []).flatMap { c in [UInt8(c >> 24), UInt8(truncatingIfNeeded: c >> 16), UInt8(truncatingIfNeeded: c >> 8), UInt8(truncatingIfNeeded: c)] }
+        let sums = (checksums ?? []).map(\.bigEndian)
         let dataCount = h.encoding == .raw ? Int(h.length) : 0
         precondition(h.encoding != .raw || data?.count == dataCount, "raw PAGE_DATA needs exactly length bytes")
-        let payloadLength = PageDataHeader.size + sums.count + dataCount
+        let payloadLength = PageDataHeader.size + 4 * sums.count + dataCount
         precondition(h.encoding != .raw || payloadLength <= Int(sendLimit), "PAGE_DATA larger than the peer accepts")
         let body = dataCount > 0 ? data! : UnsafeRawBufferPointer(start: nil, count: 0)
-        try mapErrors {
+        try write {
             try withUnsafeTemporaryAllocation(byteCount: FrameHeader.size + PageDataHeader.size, alignment: 8) { head in
                 h.encodeFrameHeader(into: head.baseAddress!, payloadLength: payloadLength)
-                try sums.withUnsafeBytes { try socket.writeAll([UnsafeRawBufferPointer(head), $0, body]) }
+                try sums.withUnsafeBytes { try writeFrame([UnsafeRawBufferPointer(head), $0, body]) }
             }
         }
+    }
+
+    /// Writes one whole frame under the send lock.
+    private func writeFrame(_ parts: [UnsafeRawBufferPointer]) throws {
+        let cap = maxBytesPerSendCall
+        try sendLock.withLock { _ in try socket.writeAll(parts, maxBytesPerCall: cap) }
+    }
+
+    /// Runs a send (`withUnsafeBytes` rethrows untyped errors), as a ``ChannelError``.
+    private func write(_ body: () throws -> Void) throws(ChannelError) {
+        do { try body() } catch let e as KernelError { throw .kernel(e) } catch { preconditionFailure("a send threw \(error)") }
     }
 
     // MARK: Receiving
 
     /// Blocks until one whole frame has arrived and returns it.
     public func receive() throws(ChannelError) -> Incoming {
-        try mapErrors { try receiveFrame() }
-    }
-
-    /// Runs `body`, turning whatever it throws into a ``ChannelError``.
-    private func mapErrors<T>(_ body: () throws -> T) throws(ChannelError) -> T {
+        parser.maxPayload = receiveLimit
         do {
-            return try body()
-        } catch let error as ChannelError {
-            throw error
-        } catch let error as KernelError {
-            throw .kernel(error)
-        } catch let error as WireError {
-            throw .malformed(peer: peer, error)
+            while true {
+                let event: FrameParser.Event?
+                switch parser.need {
+                case .bytes(let n) where rxEnd - rxStart >= n:
+                    // Usually: the whole part came with an earlier recv; parse it where it is.
+                    let part = UnsafeRawBufferPointer(start: rx + rxStart, count: n)
+                    rxStart += n
+                    if rxStart == rxEnd { rxStart = 0; rxEnd = 0 }
+                    event = try parser.parse(part)
+                case .bytes(let n):
+                    if n > scratchSize { growScratch(n) }
+                    try fill(scratch, n)
+                    event = try parser.parse(UnsafeRawBufferPointer(start: scratch, count: n))
+                case .pageBytes(let n):
+                    try fill(pageBuffer, n)
+                    event = parser.pageBytesReceived()
+                }
+                if let event { return try deliver(event) }
+            }
+        } catch let e as WireError {
+            throw .malformed(peer: peer, e)
+        } catch let e as KernelError {
+            throw .kernel(e)
+        } catch let e as ChannelError {
+            throw e
         } catch {
             throw .unexpected(peer: peer, "\(error)")
         }
     }
 
-    /// Reads exactly `n` bytes into `p`: what is buffered first; a short rest (a frame's
-    /// header) through the buffer with one `recv` of whatever has arrived; a long rest (page
-    /// data) straight into `p`.
-    private func readExactly(_ p: UnsafeMutableRawPointer, _ n: Int, betweenFrames: Bool = false) throws -> Void {
-        guard n > 0 else { return }
+    /// What a parsed frame means to the caller: verified page data, or a message.
+    private func deliver(_ event: FrameParser.Event) throws(ChannelError) -> Incoming {
+        switch event {
+        case .pageData(let pd, let sums):
+            let data = UnsafeRawBufferPointer(start: pageBuffer, count: pd.encoding == .raw ? Int(pd.length) : 0)
+            if verifyChecksums, let sums, let i = PageDataHeader.firstChecksumMismatch(data, checksums: sums) {
+                throw .checksumMismatch(peer: peer, region: pd.region, offset: pd.offset + UInt64(i) * WireLimits.alignment)
+            }
+            return .pageData(pd, data)
+        case .message(.pageData(let d)):
+            throw .unexpected(peer: peer, "PAGE_DATA encoding \(d.header.encoding) is not supported")
+        case .message(.error(let e)) where e.requestID == 0:
+            throw .peerError(peer: peer, e)
+        case .message(let m):
+            return .message(m)
+        }
+    }
+
+    /// Receives exactly `n` bytes into `p`: what is buffered first; a short rest (a header,
+    /// a small frame) through `rx` with one `recv` of whatever has arrived; a long rest (page
+    /// data) straight into `p`. An end of stream is a close between frames, else a truncation.
+    private func fill(_ p: UnsafeMutableRawPointer, _ n: Int) throws(ChannelError) {
         var done = min(n, rxEnd - rxStart)
         if done > 0 {
             p.copyMemory(from: rx + rxStart, byteCount: done)
@@ -131,73 +160,40 @@ public final class FrameChannel: @unchecked Sendable {
         while done < n {
             let rest = n - done
             if rest >= FrameChannel.rxSize / 2 {
-                if try !socket.readExactly(into: p + done, count: rest) {
-                    if betweenFrames && done == 0 { throw ChannelError.closed(peer: peer) }
-                    throw KernelError("recv", .connectionReset, detail: "\(peer) closed the connection in the middle of a frame")
-                }
+                let got = try kernel { () throws(KernelError) in try socket.readFully(into: p + done, count: rest) }
+                if got < rest { throw endOfStream(after: done + got) }
                 return
             }
-            // The buffer is empty here: fill it with what has arrived, take what is needed.
-            let got = try socket.readSome(into: rx, count: FrameChannel.rxSize)
-            if got == 0 {
-                if betweenFrames && done == 0 { throw ChannelError.closed(peer: peer) }
-                throw KernelError("recv", .connectionReset, detail: "\(peer) closed the connection in the middle of a frame")
-            }
-            rxEnd = got
+            // `rx` is empty here: fill it with what has arrived, take what is needed.
+            let got = try kernel { () throws(KernelError) in try socket.readSome(into: rx, count: FrameChannel.rxSize) }
+            if got == 0 { throw endOfStream(after: done) }
             let take = min(rest, got)
             (p + done).copyMemory(from: rx, byteCount: take)
-            rxStart = take
+            (rxStart, rxEnd) = take == got ? (0, 0) : (take, got)
             done += take
-            if rxStart == rxEnd { rxStart = 0; rxEnd = 0 }
         }
     }
 
-    private func receiveFrame() throws -> Incoming {
-        var headerBytes: (UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0) // 40 bytes
-        return try withUnsafeMutableBytes(of: &headerBytes) { head in
-            try readExactly(head.baseAddress!, FrameHeader.size, betweenFrames: true)
-            let header = try FrameHeader.decode(UnsafeRawBufferPointer(head), maxPayload: receiveLimit)
-            if header.type == .pageData && header.length >= UInt32(PageDataHeader.size) {
-                let fixed = head.baseAddress! + FrameHeader.size
-                try readExactly(fixed, PageDataHeader.size)
-                var reader = ByteReader(UnsafeRawBufferPointer(start: fixed, count: PageDataHeader.size), context: .pageData)
-                let pd = try PageDataHeader.decode(&reader, flags: header.flags)
-                let rest = Int(header.length) - PageDataHeader.size
-                let sumBytes = 4 * pd.checksumCount
-                let dataBytes = pd.encoding == .raw ? Int(pd.length) : (pd.encoding == .zero ? 0 : rest - sumBytes)
-                guard rest == sumBytes + dataBytes, pd.encoding != .compressed else {
-                    // Let the full decoder name what is wrong.
-                    payload = [UInt8](repeating: 0, count: rest)
-                    try payload.withUnsafeMutableBytes { try readExactly($0.baseAddress!, rest) }
-                    var all = Array(UnsafeRawBufferPointer(start: fixed, count: PageDataHeader.size)) + payload
-                    _ = try all.withUnsafeMutableBytes { try Message.decode(header: header, payload: UnsafeRawBufferPointer($0)) }
-                    throw ChannelError.unexpected(peer: peer, "PAGE_DATA encoding \(pd.encoding) is not supported")
-                }
-                var sums: [UInt32] = []
-                if sumBytes > 0 {
-                    var raw = [UInt8](repeating: 0, count: sumBytes)
-                    try raw.withUnsafeMutableBytes { try readExactly($0.baseAddress!, sumBytes) }
-                    sums = raw.withUnsafeBytes { r in
-                        (0..<sumBytes / 4).map { UInt32(bigEndian: r.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self)) }
-                    }
-                }
-                try readExactly(pageBuffer, dataBytes)
-                let data = UnsafeRawBufferPointer(start: pageBuffer, count: dataBytes)
-                if verifyChecksums && !sums.isEmpty {
-                    for (i, expected) in sums.enumerated() {
-                        let page = UnsafeRawBufferPointer(rebasing: data[i * 4096..<(i + 1) * 4096])
-                        if CRC32C.checksum(page) != expected {
-                            throw ChannelError.checksumMismatch(peer: peer, region: pd.region, offset: pd.offset + UInt64(i * 4096))
-                        }
-                    }
-                }
-                return .pageData(pd, data)
-            }
-            payload = [UInt8](repeating: 0, count: Int(header.length))
-            try payload.withUnsafeMutableBytes { try readExactly($0.baseAddress!, $0.count) }
-            let message = try payload.withUnsafeBytes { try Message.decode(header: header, payload: $0) }
-            if case .error(let e) = message, e.requestID == 0 { throw ChannelError.peerError(peer: peer, e) }
-            return .message(message)
-        }
+    private func endOfStream(after partBytes: Int) -> ChannelError {
+        if parser.atFrameBoundary && partBytes == 0 { return .closed(peer: peer) }
+        let expected = parser.frame.map { FrameHeader.size + Int($0.length) } ?? FrameHeader.size
+        return .truncated(peer: peer, frame: parser.frame?.type, received: parser.frameOffset + partBytes, expected: expected)
+    }
+
+    private func kernel<T>(_ body: () throws(KernelError) -> T) throws(ChannelError) -> T {
+        do { return try body() } catch { throw .kernel(error) }
+    }
+
+    private func growScratch(_ n: Int) {
+        scratch.deallocate()
+        scratchSize = max(n, 2 * scratchSize)
+        scratch = .allocate(byteCount: scratchSize, alignment: 64)
+    }
+}
+
+extension FrameConnection {
+    /// PAGE_DATA without checksums.
+    public func sendPageData(_ header: PageDataHeader, data: UnsafeRawBufferPointer?) throws(ChannelError) {
+        try sendPageData(header, checksums: nil, data: data)
     }
 }

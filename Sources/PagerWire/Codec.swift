@@ -207,28 +207,15 @@ extension Message {
             message = .pageRequest(PageRequest(requestID: id, region: region, offset: offset, length: length, flags: flags))
         case .pageData:
             let h = try PageDataHeader.decode(&r, flags: header.flags)
+            // The same layout check the stream parser makes from the fixed part alone.
+            let layout = try h.payloadLayout(payloadLength: payload.count)
             var checksums: [UInt32]?
-            if h.flags.contains(.checksums) {
-                // Bounded: the frame length was checked against the maximum payload.
-                let count = h.checksumCount
-                try r.need(4 * count, "checksums")
+            if layout.checksumBytes > 0 {
                 checksums = []
-                checksums!.reserveCapacity(count)
-                for _ in 0..<count { checksums!.append(try r.u32("checksums")) }
+                checksums!.reserveCapacity(h.checksumCount)
+                for _ in 0..<h.checksumCount { checksums!.append(try r.u32("checksums")) }
             }
-            let data: [UInt8]
-            switch h.encoding {
-            case .raw:
-                if UInt64(r.remaining) != h.length {
-                    throw .fieldOutOfRange(.pageData, field: "data length", value: UInt64(r.remaining), limit: "equal to length \(h.length)")
-                }
-                data = try r.bytes(r.remaining, "data")
-            case .zero:
-                data = []
-            case .compressed:
-                if r.remaining == 0 { throw .truncatedPayload(.pageData, field: "compressed data", needed: r.position + 1, length: payload.count) }
-                data = try r.bytes(r.remaining, "compressed data")
-            }
+            let data = h.encoding == .zero ? [] : try r.bytes(layout.dataBytes, "data")
             var d = PageData(requestID: h.requestID, region: h.region, offset: h.offset, length: h.length,
                              flags: h.flags, encoding: h.encoding, checksums: checksums, data: data)
             d.header = h
@@ -315,66 +302,4 @@ private func writeString(_ w: inout ByteWriter, _ s: String, cap: Int) {
     }
     w.u16(UInt16(utf8.count))
     w.raw(utf8)
-}
-
-/// Splits a byte stream into messages. Feed it bytes as they arrive with ``append(_:)``;
-/// ``next()`` returns `nil` until a whole frame is buffered, and throws on the first
-/// malformed frame (after which the stream cannot be trusted and the session must end).
-public struct FrameDecoder: Sendable {
-    /// The largest payload accepted; frames announcing more are refused from their header.
-    public var maxPayload: UInt32
-    private var buffer: [UInt8] = []
-    private var start = 0
-
-    public init(maxPayload: UInt32 = WireLimits.absoluteMaxPayload) {
-        self.maxPayload = maxPayload
-    }
-
-    /// Bytes received but not yet returned as messages.
-    public var bufferedBytes: Int { buffer.count - start }
-
-    public mutating func append(_ bytes: some Sequence<UInt8>) {
-        compact()
-        buffer.append(contentsOf: bytes)
-    }
-
-    public mutating func append(_ bytes: UnsafeRawBufferPointer) {
-        compact()
-        buffer.append(contentsOf: bytes)
-    }
-
-    /// The header of the next frame, if its 8 bytes have arrived (validated).
-    public func peekHeader() throws(WireError) -> FrameHeader? {
-        guard bufferedBytes >= FrameHeader.size else { return nil }
-        // Array.withUnsafeBytes rethrows untyped errors: carry the typed one out in a Result.
-        let start = start, maxPayload = maxPayload
-        return try buffer.withUnsafeBytes { raw in
-            Result { () throws(WireError) in
-                try FrameHeader.decode(UnsafeRawBufferPointer(rebasing: raw[start..<start + FrameHeader.size]), maxPayload: maxPayload)
-            }
-        }.get()
-    }
-
-    /// The next whole message, or nil if more bytes are needed. Leaves the buffer as it was
-    /// when returning nil or throwing.
-    public mutating func next() throws(WireError) -> Message? {
-        guard let header = try peekHeader() else { return nil }
-        let total = FrameHeader.size + Int(header.length)
-        guard bufferedBytes >= total else { return nil }
-        let payloadStart = start + FrameHeader.size
-        let message = try buffer.withUnsafeBytes { raw in
-            Result { () throws(WireError) in
-                try Message.decode(header: header, payload: UnsafeRawBufferPointer(rebasing: raw[payloadStart..<payloadStart + Int(header.length)]))
-            }
-        }.get()
-        start += total
-        return message
-    }
-
-    private mutating func compact() {
-        if start > 0 && (start == buffer.count || start >= 64 << 10) {
-            buffer.removeSubrange(0..<start)
-            start = 0
-        }
-    }
 }

@@ -10,8 +10,9 @@
 import PagerWire
 
 /// Feeds `bytes` to the frame decoder in two ways (all at once, and split at a point the
-/// input chooses) and checks the invariants: both ways agree, nothing decoded is dropped, and
-/// every decoded message re-encodes to a frame that decodes to the same message.
+/// input chooses), and to the parser the way the transport drives it, and checks the
+/// invariants: all ways agree, nothing decoded is dropped, and every decoded message
+/// re-encodes to a frame that decodes to the same message.
 func exercise(_ bytes: UnsafeRawBufferPointer) {
     var whole = FrameDecoder(maxPayload: 1 << 20)
     whole.append(bytes)
@@ -37,6 +38,16 @@ func exercise(_ bytes: UnsafeRawBufferPointer) {
     }
     precondition(first == second && firstError == secondError, "chunking changed the decoding")
 
+    let streamed = streamLikeTheChannel(bytes)
+    if let firstError {
+        precondition(streamed.messages == first && streamed.error == firstError, "the channel's way disagrees with the decoder")
+    } else {
+        // The decoder waits for a whole frame; the stream may refuse an incomplete one from
+        // its first parts. Only the frame the decoder still holds may differ.
+        precondition(streamed.messages == first, "the channel's way decoded different messages")
+        if streamed.error != nil { precondition(streamed.failedFrameStart == bytes.count - whole.bufferedBytes, "the stream refused a frame the decoder took") }
+    }
+
     for m in first {
         let again = m.encoded()
         var check = FrameDecoder()
@@ -46,6 +57,68 @@ func exercise(_ bytes: UnsafeRawBufferPointer) {
         _ = m.description
     }
     if let firstError { _ = firstError.description }
+}
+
+/// Drives ``FrameParser`` the way FrameChannel does: the input arrives in chunks whose sizes
+/// the input chooses (each `recv` returns one), parser parts are taken in place when whole in
+/// the current chunk or assembled in a scratch buffer when they span chunks, and raw page
+/// bytes go to a separate page buffer that the message's data is read back from.
+func streamLikeTheChannel(_ bytes: UnsafeRawBufferPointer) -> (messages: [Message], error: WireError?, failedFrameStart: Int) {
+    var sizes = SplitMix(seed: bytes.prefix(8).reduce(UInt64(bytes.count)) { $0 << 8 | UInt64($1) })
+    var parser = FrameParser(maxPayload: 1 << 20)
+    let pageBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+    // A part spanning chunks is assembled here (parts are at most the 1 MiB payload limit).
+    let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 64)
+    defer { pageBuffer.deallocate(); scratch.deallocate() }
+    var chunkEnd = 0, at = 0, frameStart = 0
+    var out: [Message] = []
+    /// The next `n` bytes: in place if the current chunk holds them, else copied across chunks.
+    func take(_ n: Int) -> UnsafeRawBufferPointer? {
+        if at + n <= chunkEnd { defer { at += n }; return UnsafeRawBufferPointer(rebasing: bytes[at..<at + n]) }
+        while chunkEnd < at + n && chunkEnd < bytes.count { chunkEnd = min(bytes.count, chunkEnd + 1 + Int(sizes.next() % 9000)) }
+        guard at + n <= bytes.count else { return nil }
+        defer { at += n }
+        let part = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<n])
+        part.copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[at..<at + n]))
+        return UnsafeRawBufferPointer(part)
+    }
+    do {
+        while true {
+            let event: FrameParser.Event?
+            switch parser.need {
+            case .bytes(let n):
+                guard let part = take(n) else { return (out, nil, frameStart) }
+                event = try parser.parse(part)
+            case .pageBytes(let n):
+                guard let part = take(n) else { return (out, nil, frameStart) }
+                pageBuffer.copyMemory(from: part)
+                event = parser.pageBytesReceived()
+            }
+            switch event {
+            case nil: continue
+            case .message(let m)?: out.append(m)
+            case .pageData(let h, let sums)?:
+                let data = h.encoding == .raw ? Array(pageBuffer.prefix(Int(h.length))) : []
+                out.append(.pageData(PageData(header: h, checksums: sums, data: data)))
+            }
+            frameStart = at
+        }
+    } catch {
+        return (out, error, frameStart)
+    }
+}
+
+/// SplitMix64: chunk sizes that follow from the input, so a finding replays.
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
 }
 
 #if FUZZING

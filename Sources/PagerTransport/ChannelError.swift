@@ -1,0 +1,46 @@
+import PagerKernel
+import PagerWire
+
+/// Why a connection stopped.
+public enum ChannelError: Error, CustomStringConvertible, Sendable {
+    /// The peer closed the connection between frames.
+    case closed(peer: String)
+    /// The peer closed the connection inside a frame: `received` of its `expected` bytes
+    /// (header included) had arrived. `frame` is nil when the header itself was cut short
+    /// (then `expected` is the header's 8 bytes).
+    case truncated(peer: String, frame: MessageType?, received: Int, expected: Int)
+    /// The peer sent bytes that are not a valid frame.
+    case malformed(peer: String, WireError)
+    /// A system call failed.
+    case kernel(KernelError)
+    /// A page's CRC-32C did not match its data: the page was not installed.
+    case checksumMismatch(peer: String, region: UInt32, offset: UInt64)
+    /// The peer sent an ERROR that ends the session.
+    case peerError(peer: String, ProtocolError)
+    /// The peer sent a valid frame that makes no sense here.
+    case unexpected(peer: String, String)
+
+    public var description: String {
+        switch self {
+        case .closed(let p): "\(p) closed the connection"
+        case .truncated(let p, let frame?, let received, let expected):
+            "\(p) closed the connection inside a \(frame) frame, after \(received) of its \(expected) bytes"
+        case .truncated(let p, nil, let received, let expected):
+            "\(p) closed the connection inside a frame header, after \(received) of its \(expected) bytes"
+        case .malformed(let p, let e): "malformed frame from \(p): \(e)"
+        case .kernel(let e): "\(e)"
+        case .checksumMismatch(let p, let r, let o): "page at region \(r) offset \(hex(o)) from \(p) failed its CRC-32C check"
+        case .peerError(let p, let e): "\(p) reported \(e.code): \(e.message)"
+        case .unexpected(let p, let s): "unexpected from \(p): \(s)"
+        }
+    }
+}
+
+/// What ``FrameConnection/receive()`` returns.
+public enum Incoming {
+    /// Any message except PAGE_DATA.
+    case message(Message)
+    /// PAGE_DATA: the header and, for the raw encoding, the page bytes in the connection's
+    /// page-aligned buffer (valid until the next `receive`). Checksums, if sent, were verified.
+    case pageData(PageDataHeader, UnsafeRawBufferPointer)
+}

@@ -1,0 +1,28 @@
+import PagerWire
+
+/// One connection that carries pager wire frames: what the source and the destination need
+/// of a transport. ``FrameChannel`` is the TCP implementation; another transport (RDMA) is
+/// another conforming type.
+///
+/// Any number of threads may send: each frame reaches the peer whole, never interleaved with
+/// another. One thread receives.
+public protocol FrameConnection: AnyObject, Sendable {
+    /// The peer, for messages (`a.b.c.d:port` over TCP).
+    var peer: String { get }
+    /// Largest payload the peer accepts from us (its HELLO or WELCOME `max_payload`).
+    var sendLimit: UInt32 { get set }
+    /// Largest payload we accept: a frame announcing more is refused from its header.
+    var receiveLimit: UInt32 { get set }
+    /// Verify the CRC-32C of incoming pages when the peer sends checksums.
+    var verifyChecksums: Bool { get set }
+
+    /// Sends one message as one frame.
+    func send(_ message: Message) throws(ChannelError)
+    /// Sends PAGE_DATA whose bytes are `data` (raw encoding) or nothing (zero encoding),
+    /// with `checksums` (one CRC-32C per 4 KiB) if given, without copying the page bytes.
+    func sendPageData(_ header: PageDataHeader, checksums: [UInt32]?, data: UnsafeRawBufferPointer?) throws(ChannelError)
+    /// Blocks until one whole frame has arrived and returns it.
+    func receive() throws(ChannelError) -> Incoming
+    /// Ends the connection in both directions, waking a thread blocked in ``receive()``.
+    func shutdown()
+}
