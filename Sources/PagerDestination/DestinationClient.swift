@@ -70,7 +70,7 @@ public final class DestinationClient: @unchecked Sendable {
     }
 
     public func close() {
-        demand.socket.shutdown()
-        push.socket.shutdown()
+        demand.shutdown()
+        push.shutdown()
     }
 }

@@ -109,8 +109,8 @@ public final class FaultResolver: @unchecked Sendable {
 
     let uffd: Userfaultfd
     let region: RegionDescriptor
-    let demand: FrameChannel
-    let push: FrameChannel?
+    let demand: any FrameConnection
+    let push: (any FrameConnection)?
     let configuration: Configuration
     let logger: Logger
     /// The mapping's page size: the unit of every install.
@@ -135,8 +135,8 @@ public final class FaultResolver: @unchecked Sendable {
     /// - Parameter mappings: where the region's pages live in the workload; one page size.
     /// - Parameter push: the push channel, or nil for demand paging only (no background
     ///   transfer: pages arrive only when touched or prefetched).
-    public init(uffd: Userfaultfd, region: RegionDescriptor, mappings: [RegionMapping], demand: FrameChannel,
-                push: FrameChannel?, configuration: Configuration = Configuration(), logger: Logger) throws(ResolveError) {
+    public init(uffd: Userfaultfd, region: RegionDescriptor, mappings: [RegionMapping], demand: any FrameConnection,
+                push: (any FrameConnection)?, configuration: Configuration = Configuration(), logger: Logger) throws(ResolveError) {
         guard let unit = mappings.first?.pageSize, mappings.allSatisfy({ $0.pageSize == unit }) else {
             throw .invalidSetup("mappings must be non-empty and share one page size")
         }
@@ -202,8 +202,8 @@ public final class FaultResolver: @unchecked Sendable {
                 // neither side resets a connection with data still unread.
                 _ = endings.wait(until: { $0.receiversDone == receivers.count }, deadline: monotonicNanoseconds() + 2_000_000_000)
             }
-            demand.socket.shutdown()
-            push?.socket.shutdown()
+            demand.shutdown()
+            push?.shutdown()
             for r in receivers { r.join() }
         }
         let ending = try faultLoop()
@@ -249,8 +249,8 @@ public final class FaultResolver: @unchecked Sendable {
                 })
             }
         } catch {
-            demand.socket.shutdown()
-            push?.socket.shutdown()
+            demand.shutdown()
+            push?.shutdown()
             for r in receivers { r.join() }
             throw .kernel(error)
         }

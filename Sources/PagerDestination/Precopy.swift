@@ -47,7 +47,7 @@ public final class StagedPages: @unchecked Sendable {
     /// Receives the pre-copy rounds of live `region` on `push` until SWITCHED: data is copied
     /// into staging memory (a later round's copy of a page replaces the earlier one), ZERO
     /// ranges drop their staging pages, INVALIDATE drops pages and is acknowledged.
-    public static func receive(region: RegionDescriptor, push: FrameChannel, logger: Logger) throws(ResolveError) -> StagedPages {
+    public static func receive(region: RegionDescriptor, push: any FrameConnection, logger: Logger) throws(ResolveError) -> StagedPages {
         guard region.flags.contains(.live) else {
             throw .invalidSetup("region \(region.id) is not live: the source runs no pre-copy for it")
         }

@@ -7,7 +7,7 @@ extension FaultResolver {
     /// One channel's receive loop. On the (background) push channel only the receive itself
     /// runs at background priority: everything that takes the lock faults need runs in the
     /// foreground (see ``withForegroundPriority(_:)``).
-    func receive(_ channel: FrameChannel) {
+    func receive(_ channel: any FrameConnection) {
         defer { if channel === demand { endings.change { $0.demandClosed = true } } }
         let assembly = UnitAssembly(unit: unit)
         while true {
@@ -27,7 +27,7 @@ extension FaultResolver {
     }
 
     /// Handles one received frame; false when the channel must stop (the reason is recorded).
-    private func handle(_ incoming: Incoming, from channel: FrameChannel, _ assembly: UnitAssembly) -> Bool {
+    private func handle(_ incoming: Incoming, from channel: any FrameConnection, _ assembly: UnitAssembly) -> Bool {
         let now = monotonicNanoseconds()
         lastHeard.store(now, ordering: .relaxed)
         if channel === push { lastPushFrame.store(now, ordering: .relaxed) }

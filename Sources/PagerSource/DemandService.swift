@@ -5,7 +5,7 @@ import Synchronization
 
 extension SourceServer {
     /// The demand loop: every request is answered before the next is read.
-    func serveDemand(_ channel: FrameChannel, session: SourceSession) throws {
+    func serveDemand(_ channel: any FrameConnection, session: SourceSession) throws {
         if urgentDemand { makeCurrentThreadUrgent() }
         session.attachDemand(channel)
         let sender = PageSender(channel: channel, session: session)

@@ -11,12 +11,12 @@ final class PageSender {
     /// The largest data frame sent: the scratch buffer for another process's memory holds one.
     static let maxChunk = 4 << 20
 
-    let channel: FrameChannel
+    let channel: any FrameConnection
     private let checksums: Bool
     private let counters: SessionCounters
     private let scratch: UnsafeMutableRawPointer
 
-    init(channel: FrameChannel, session: SourceSession) {
+    init(channel: any FrameConnection, session: SourceSession) {
         self.channel = channel
         checksums = session.features.contains(.checksums)
         counters = session.counters

@@ -19,14 +19,14 @@ struct PrecopyRounds {
     }
 
     private let session: SourceSession
-    private let channel: FrameChannel
+    private let channel: any FrameConnection
     private let logger: Logger
     /// Live regions in pre-copy, by id; a region leaves when it switches to post-copy.
     private var progress: [UInt32: Progress] = [:]
 
     /// Starts round 0 of every live region not switched yet (one whose policy asks for no
     /// pre-copy switches at once).
-    init(regions: [ServedRegion], session: SourceSession, channel: FrameChannel, logger: Logger) throws {
+    init(regions: [ServedRegion], session: SourceSession, channel: any FrameConnection, logger: Logger) throws {
         self.session = session
         self.channel = channel
         self.logger = logger

@@ -44,7 +44,7 @@ final class SourceSession: @unchecked Sendable {
         var sequence: UInt32 = 0
         var acknowledged: UInt32 = 0
         var ponged: UInt64 = 0
-        var demand: FrameChannel?
+        var demand: (any FrameConnection)?
         var isOpen: Bool { lifecycle == .open }
     }
 
@@ -61,7 +61,7 @@ final class SourceSession: @unchecked Sendable {
         state = WaitableState(State(pages: SentPages(pageCounts: pageCounts)))
     }
 
-    func attachDemand(_ channel: FrameChannel) { state.withLock { $0.demand = channel } }
+    func attachDemand(_ channel: any FrameConnection) { state.withLock { $0.demand = channel } }
 
     // MARK: Lifecycle
 
@@ -76,12 +76,12 @@ final class SourceSession: @unchecked Sendable {
     func close(_ reason: CloseReason) { end(.closed(reason)) }
 
     private func end(_ to: SessionLifecycle) {
-        let demand = state.change { s -> FrameChannel? in
+        let demand = state.change { s -> (any FrameConnection)? in
             if s.isOpen || to == .saidGoodbye { s.lifecycle = to }
             return s.demand
         }
         gate.wakeAll()
-        demand?.socket.shutdown()
+        demand?.shutdown()
     }
 
     // MARK: Prefetch queue
