@@ -3,7 +3,7 @@ import SystemPackage
 /// A system call failed in a way the caller did not expect.
 ///
 /// Expected outcomes (a page already present, a mapping that changed, a target process
-/// that is gone) are not errors: they come back as values such as ``CopyOutcome``.
+/// that is gone) are not errors: they come back as values such as ``InstallOutcome``.
 public struct KernelError: Error, CustomStringConvertible, Equatable, Sendable {
     /// The operation, named after the kernel call (`"UFFDIO_REGISTER"`, `"mmap"`, ...).
     public var operation: String

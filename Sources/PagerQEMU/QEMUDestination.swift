@@ -1,0 +1,164 @@
+import Logging
+import PagerCore
+import PagerDestination
+import PagerKernel
+import PagerSource
+import PagerWire
+import Synchronization
+import SystemPackage
+
+/// The destination side: takes QEMU's guest RAM from the preload library's handoff, pulls it
+/// from the source daemon on demand and in the background, and drives the incoming migration.
+public struct QEMUDestination {
+    public var qmpPath: String
+    public var ram: String
+    public var source: Endpoint
+    public var uffdSocket: String
+    /// Where this QEMU listens for the device state (`migrate-incoming` URI), e.g. tcp:0:4444.
+    public var incoming: String
+    public var logger: Logger
+    /// Receive the source's pre-copy rounds (`pagerd qemu-source --track-socket`) into this
+    /// daemon's memory before the switch; they are installed locally after it.
+    public var precopy = false
+    /// Real-time fault threads by default: the guest's vCPUs keep this host's CPUs busy, and a
+    /// fault must not wait for a vCPU's time slice (see ``DemandPriority``).
+    public var demandPriority = DemandPriority.realtime
+
+    public init(qmpPath: String, ram: String, source: Endpoint, uffdSocket: String, incoming: String, logger: Logger, precopy: Bool = false) {
+        self.qmpPath = qmpPath
+        self.ram = ram
+        self.source = source
+        self.uffdSocket = uffdSocket
+        self.incoming = incoming
+        self.logger = logger
+        self.precopy = precopy
+    }
+
+    public struct Report: Sendable {
+        /// From `migrate-incoming` until the guest ran again on this host.
+        public var untilRunningSeconds: Double
+        /// From `migrate-incoming` until every page of guest RAM was local.
+        public var untilLocalSeconds: Double
+        public var resolve: ResolveReport
+        /// `monotonicNanoseconds()` when every page was local.
+        public var allLocalAt: UInt64
+        /// With pre-copy: what was staged before the switch.
+        public var staged: (bytes: UInt64, invalidatedBytes: UInt64, seconds: Double)?
+    }
+
+    /// Waits for QEMU's handoff (start QEMU with the preload library after calling this),
+    /// then runs the incoming migration to the end.
+    /// `onCancel` receives a function that stops the migration (e.g. on SIGTERM): the pages
+    /// not yet local are poisoned, so the guest gets SIGBUS there instead of zeros.
+    public func run(listening: () -> Void = {}, onCancel: (@escaping @Sendable () -> Void) -> Void = { _ in }) throws -> Report {
+        let listener = try HandoffListener(path: uffdSocket)
+        listening()
+        logger.info("waiting for QEMU's guest RAM on \(uffdSocket) (QEMU with LD_PRELOAD=libpager-preload.so PAGER_RAM_PATH=\(ram) PAGER_UFFD_SOCKET=\(uffdSocket))")
+        let handoff = try listener.accept()
+        defer { try? handoff.connection.close() }
+        let total = handoff.mappings.reduce(0) { $0 + $1.size }
+        logger.info("QEMU handed over \(total >> 20) MiB of guest RAM in \(handoff.mappings[0].pageSize >> 10) KiB pages")
+        // Nothing but this function can bring the guest its RAM: any way out of it before every
+        // page is local (an error, a signal, a crash) poisons what is missing, so that a guest
+        // resumed here gets SIGBUS instead of hanging, and never zeros.
+        let missing = handoff.guardMissingPages()
+        defer {
+            if !missing.isReleased {
+                let pages = missing.poisonMissing()
+                logger.error("\(pages) pages of guest RAM here are poisoned: the guest gets SIGBUS if it touches them")
+            }
+        }
+        let cancelled = Atomic<Bool>(false)
+        let current = Mutex<DestinationClient?>(nil)
+        onCancel {
+            cancelled.store(true, ordering: .releasing)
+            current.withLock { $0 }?.close()
+        }
+        let qmp = try QMP(path: qmpPath)
+        try checkGuestRAM(qmp, ram: ram)
+        try qmp.execute("migrate-set-capabilities", #"{"capabilities":[{"capability":"x-ignore-shared","state":true}]}"#)
+        let started = monotonicNanoseconds()
+        try qmp.execute("migrate-incoming", "{\"uri\":\"\(incoming)\"}")
+        logger.info("incoming migration on \(incoming)")
+        // pagerd qemu-source may start after this QEMU: keep trying for a minute.
+        var connected: DestinationClient?
+        let deadline = monotonicNanoseconds() + 60_000_000_000
+        while connected == nil {
+            if cancelled.load(ordering: .acquiring) { throw QEMUError("stopped by a signal before the source answered") }
+            do {
+                connected = try DestinationClient(source: source, clientName: "pagerd-qemu-dest",
+                                                  features: precopy ? [.resume, .hugePages, .invalidation] : [.resume, .hugePages])
+            } catch {
+                if monotonicNanoseconds() > deadline { throw QEMUError("the source pagerd at \(source) does not answer: \(error)") }
+                // Retry often: the guest may resume here within milliseconds of the source
+                // daemon listening, and its first faults wait for this connection.
+                sleepMilliseconds(2)
+            }
+        }
+        let client = connected!
+        current.withLock { $0 = client }
+        if cancelled.load(ordering: .acquiring) { throw QEMUError("stopped by a signal") }
+        var clientOpen = true
+        defer { if clientOpen { client.close() } }
+        let region = try client.region(selectedBy: nil)
+        guard region.length >= total else {
+            throw QEMUError("the source serves \(region.length >> 20) MiB but QEMU here has \(total >> 20) MiB of guest RAM: give both the same size")
+        }
+        var staged: StagedPages?
+        if precopy {
+            logger.info("receiving pre-copy rounds of guest RAM (the guest still runs on the source)")
+            // The guest may already run here (the source stops it at the switch) and fault:
+            // a failure poisons all of its RAM (see above).
+            do { staged = try StagedPages.receive(region: region, push: client.push, logger: logger) } catch {
+                throw QEMUError("pre-copy failed: \(error)")
+            }
+        }
+        var configuration = FaultResolver.Configuration()
+        configuration.staged = staged
+        configuration.urgentDemand = demandPriority.isRealtime
+        // The source holds pages until its VM stops; until then only silence can come.
+        configuration.stallTimeoutMilliseconds = 120_000
+        // A guest's vCPU threads keep their CPUs busy: a push that only uses idle CPU could
+        // starve for the whole run. Compete fairly instead, as QEMU's own migration thread does.
+        configuration.backgroundPush = false
+        configuration.workloadConnection = handoff.connection
+        let resolver = try FaultResolver(uffd: handoff.uffd, region: region, mappings: handoff.mappings,
+                                         demand: client.demand, push: client.push, configuration: configuration, logger: logger)
+        let outcome = Mutex<Result<ResolveReport, ResolveError>?>(nil)
+        let resolving = try KernelThread(name: "dst-resolver") {
+            let r: Result<ResolveReport, ResolveError>
+            do throws(ResolveError) { r = .success(try resolver.run()) } catch { r = .failure(error) }
+            outcome.withLock { $0 = r }
+        }
+        defer {
+            // On an error below: closing the connections makes the resolver poison what is
+            // missing (the guest gets SIGBUS there, never zeros) and return.
+            client.close()
+            clientOpen = false
+            resolving.join()
+        }
+        var runningAt: UInt64?
+        while runningAt == nil {
+            if let failure = outcome.withLock({ $0 }), case .failure(let e) = failure { throw QEMUError("paging guest RAM failed: \(e)") }
+            if try qmp.waitForEvent(["RESUME"], timeoutMilliseconds: 20) != nil { runningAt = monotonicNanoseconds(); break }
+            let status = try qmp.migrationStatus()
+            if status == "failed" || status == "cancelled" { throw QEMUError("the incoming migration \(status)") }
+            if status == "completed" {
+                if case .bool(true)? = try qmp.execute("query-status")["running"] { runningAt = monotonicNanoseconds() }
+                else { try qmp.execute("cont") }
+            }
+        }
+        logger.info("guest running here after \(Double(runningAt! - started) / 1e6) ms; its RAM arrives on demand and in the background")
+        resolving.join()
+        guard let result = outcome.withLock({ $0 }) else { throw QEMUError("the resolver ended without a result") }
+        switch result {
+        case .failure(let e): throw QEMUError("paging guest RAM failed: \(e)")
+        case .success(let r):
+            missing.release()
+            let now = monotonicNanoseconds()
+            return Report(untilRunningSeconds: Double(runningAt! - started) / 1e9,
+                          untilLocalSeconds: Double(now - started) / 1e9, resolve: r, allLocalAt: now,
+                          staged: staged.map { ($0.stagedBytes, $0.invalidatedBytes, Double($0.nanoseconds) / 1e9) })
+        }
+    }
+}
