@@ -80,22 +80,7 @@ public struct QEMUDestination {
         let started = monotonicNanoseconds()
         try qmp.execute("migrate-incoming", "{\"uri\":\"\(incoming)\"}")
         logger.info("incoming migration on \(incoming)")
-        // pagerd qemu-source may start after this QEMU: keep trying for a minute.
-        var connected: DestinationClient?
-        let deadline = monotonicNanoseconds() + 60_000_000_000
-        while connected == nil {
-            if cancelled.load(ordering: .acquiring) { throw QEMUError("stopped by a signal before the source answered") }
-            do {
-                connected = try DestinationClient(source: source, clientName: "pagerd-qemu-dest",
-                                                  features: precopy ? [.resume, .hugePages, .invalidation] : [.resume, .hugePages])
-            } catch {
-                if monotonicNanoseconds() > deadline { throw QEMUError("the source pagerd at \(source) does not answer: \(error)") }
-                // Retry often: the guest may resume here within milliseconds of the source
-                // daemon listening, and its first faults wait for this connection.
-                sleepMilliseconds(2)
-            }
-        }
-        let client = connected!
+        let client = try connectToSource(unless: cancelled)
         current.withLock { $0 = client }
         if cancelled.load(ordering: .acquiring) { throw QEMUError("stopped by a signal") }
         var clientOpen = true
@@ -113,17 +98,9 @@ public struct QEMUDestination {
                 throw QEMUError("pre-copy failed: \(error)")
             }
         }
-        var configuration = FaultResolver.Configuration()
-        configuration.staged = staged
-        configuration.urgentDemand = demandPriority.isRealtime
-        // The source holds pages until its VM stops; until then only silence can come.
-        configuration.stallTimeoutMilliseconds = 120_000
-        // A guest's vCPU threads keep their CPUs busy: a push that only uses idle CPU could
-        // starve for the whole run. Compete fairly instead, as QEMU's own migration thread does.
-        configuration.backgroundPush = false
-        configuration.workloadConnection = handoff.connection
         let resolver = try FaultResolver(uffd: handoff.uffd, region: region, mappings: handoff.mappings,
-                                         demand: client.demand, push: client.push, configuration: configuration, logger: logger)
+                                         demand: client.demand, push: client.push,
+                                         configuration: configuration(staged: staged, connection: handoff.connection), logger: logger)
         let outcome = Mutex<Result<ResolveReport, ResolveError>?>(nil)
         let resolving = try KernelThread(name: "dst-resolver") {
             let r: Result<ResolveReport, ResolveError>
@@ -137,18 +114,8 @@ public struct QEMUDestination {
             clientOpen = false
             resolving.join()
         }
-        var runningAt: UInt64?
-        while runningAt == nil {
-            if let failure = outcome.withLock({ $0 }), case .failure(let e) = failure { throw QEMUError("paging guest RAM failed: \(e)") }
-            if try qmp.waitForEvent(["RESUME"], timeoutMilliseconds: 20) != nil { runningAt = monotonicNanoseconds(); break }
-            let status = try qmp.migrationStatus()
-            if status == "failed" || status == "cancelled" { throw QEMUError("the incoming migration \(status)") }
-            if status == "completed" {
-                if case .bool(true)? = try qmp.execute("query-status")["running"] { runningAt = monotonicNanoseconds() }
-                else { try qmp.execute("cont") }
-            }
-        }
-        logger.info("guest running here after \(Double(runningAt! - started) / 1e6) ms; its RAM arrives on demand and in the background")
+        let runningAt = try waitUntilGuestRuns(qmp, unless: { outcome.withLock { $0 } })
+        logger.info("guest running here after \(Double(runningAt - started) / 1e6) ms; its RAM arrives on demand and in the background")
         resolving.join()
         guard let result = outcome.withLock({ $0 }) else { throw QEMUError("the resolver ended without a result") }
         switch result {
@@ -156,9 +123,55 @@ public struct QEMUDestination {
         case .success(let r):
             missing.release()
             let now = monotonicNanoseconds()
-            return Report(untilRunningSeconds: Double(runningAt! - started) / 1e9,
+            return Report(untilRunningSeconds: Double(runningAt - started) / 1e9,
                           untilLocalSeconds: Double(now - started) / 1e9, resolve: r, allLocalAt: now,
                           staged: staged.map { ($0.stagedBytes, $0.invalidatedBytes, Double($0.nanoseconds) / 1e9) })
+        }
+    }
+
+    /// Connects to the source daemon: `pagerd qemu-source` may start after this QEMU, so it
+    /// keeps trying for a minute, every 2 ms (the guest may resume here within milliseconds of
+    /// the source daemon listening, and its first faults wait for this connection).
+    private func connectToSource(unless cancelled: borrowing Atomic<Bool>) throws -> DestinationClient {
+        let deadline = monotonicNanoseconds() + 60_000_000_000
+        while true {
+            if cancelled.load(ordering: .acquiring) { throw QEMUError("stopped by a signal before the source answered") }
+            do {
+                return try DestinationClient(source: source, clientName: "pagerd-qemu-dest",
+                                             features: precopy ? [.resume, .hugePages, .invalidation] : [.resume, .hugePages])
+            } catch {
+                if monotonicNanoseconds() > deadline { throw QEMUError("the source pagerd at \(source) does not answer: \(error)") }
+                sleepMilliseconds(2)
+            }
+        }
+    }
+
+    /// How the resolver runs for a guest.
+    private func configuration(staged: StagedPages?, connection: FileDescriptor) -> FaultResolver.Configuration {
+        var configuration = FaultResolver.Configuration()
+        configuration.staged = staged
+        configuration.urgentDemand = demandPriority.isRealtime
+        // The source holds pages until its VM stops; until then only silence can come.
+        configuration.stallTimeoutMilliseconds = 120_000
+        // A guest's vCPU threads keep their CPUs busy: a push that only uses idle CPU could
+        // starve for the whole run. Compete fairly instead, as QEMU's own migration thread does.
+        configuration.backgroundPush = false
+        configuration.workloadConnection = connection
+        return configuration
+    }
+
+    /// Waits until the guest runs here (QMP `RESUME`, or a completed incoming migration, then
+    /// `cont` if needed); returns when. Throws if the migration or the resolver failed first.
+    private func waitUntilGuestRuns(_ qmp: QMP, unless resolved: () -> Result<ResolveReport, ResolveError>?) throws -> UInt64 {
+        while true {
+            if case .failure(let e)? = resolved() { throw QEMUError("paging guest RAM failed: \(e)") }
+            if try qmp.waitForEvent(["RESUME"], timeoutMilliseconds: 20) != nil { return monotonicNanoseconds() }
+            let status = try qmp.migrationStatus()
+            if status == "failed" || status == "cancelled" { throw QEMUError("the incoming migration \(status)") }
+            if status == "completed" {
+                if case .bool(true)? = try qmp.execute("query-status")["running"] { return monotonicNanoseconds() }
+                try qmp.execute("cont")
+            }
         }
     }
 }
