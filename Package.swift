@@ -155,7 +155,7 @@ let package = Package(
         //   swift build -c debug --sanitize fuzzer --sanitize address --product PagerWireFuzz -Xswiftc -DFUZZING
         .executableTarget(
             name: "PagerWireFuzz",
-            dependencies: ["PagerWire", "PagerKernel"]
+            dependencies: ["PagerWire", "PagerCore", "PagerKernel"]
         ),
         // libFuzzer target for the handoff decoders and the hint line splitter (same flags).
         .executableTarget(
@@ -164,7 +164,7 @@ let package = Package(
         ),
 
         // MARK: Tests
-        .testTarget(name: "PagerWireTests", dependencies: ["PagerWire"]),
+        .testTarget(name: "PagerWireTests", dependencies: ["PagerWire", "PagerCore"]),
         .testTarget(name: "PagerCoreTests", dependencies: ["PagerCore"]),
         // Pure decoder tests, plus the socket side of the handoff (HandoffListener.read on a socketpair).
         .testTarget(name: "PagerHandoffTests", dependencies: ["PagerHandoff", "PagerDestination", "PagerKernel"]),

@@ -85,17 +85,6 @@ import PagerKernel
 
 @main
 struct Replay {
-    static func main() {
-        let paths = CommandLine.arguments.dropFirst()
-        if paths.isEmpty {
-            print("usage: PagerHandoffFuzz FILE... (replays inputs; build with -DFUZZING and --sanitize fuzzer to fuzz)")
-            exitProcess(2)
-        }
-        for path in paths {
-            guard let bytes = try? readFileBytes(path) else { print("cannot open \(path)"); exitProcess(1) }
-            exercise(bytes)
-            print("\(path): ok (\(bytes.count) bytes)")
-        }
-    }
+    static func main() { replayFuzzInputs(tool: "PagerHandoffFuzz") { exercise($0) } }
 }
 #endif

@@ -7,6 +7,7 @@
 // Without -DFUZZING the same code builds as a replay tool (`PagerWireFuzz FILE...`), so a
 // plain `swift build` links and a crash input can be replayed under a debugger.
 
+import PagerCore
 import PagerWire
 
 /// Feeds `bytes` to the frame decoder in two ways (all at once, and split at a point the
@@ -64,7 +65,7 @@ func exercise(_ bytes: UnsafeRawBufferPointer) {
 /// the current chunk or assembled in a scratch buffer when they span chunks, and raw page
 /// bytes go to a separate page buffer that the message's data is read back from.
 func streamLikeTheChannel(_ bytes: UnsafeRawBufferPointer) -> (messages: [Message], error: WireError?, failedFrameStart: Int) {
-    var sizes = SplitMix(seed: bytes.prefix(8).reduce(UInt64(bytes.count)) { $0 << 8 | UInt64($1) })
+    var sizes = SplitMix64(state: bytes.prefix(8).reduce(UInt64(bytes.count)) { $0 << 8 | UInt64($1) })
     var parser = FrameParser(maxPayload: 1 << 20)
     let pageBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
     // A part spanning chunks is assembled here (parts are at most the 1 MiB payload limit).
@@ -108,18 +109,6 @@ func streamLikeTheChannel(_ bytes: UnsafeRawBufferPointer) -> (messages: [Messag
     }
 }
 
-/// SplitMix64: chunk sizes that follow from the input, so a finding replays.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 #if FUZZING
 @_cdecl("LLVMFuzzerTestOneInput")
@@ -132,17 +121,6 @@ import PagerKernel
 
 @main
 struct Replay {
-    static func main() {
-        let paths = CommandLine.arguments.dropFirst()
-        if paths.isEmpty {
-            print("usage: PagerWireFuzz FILE... (replays inputs; build with -DFUZZING and --sanitize fuzzer to fuzz)")
-            exitProcess(2)
-        }
-        for path in paths {
-            guard let bytes = try? readFileBytes(path) else { print("cannot open \(path)"); exitProcess(1) }
-            bytes.withUnsafeBytes { exercise($0) }
-            print("\(path): ok (\(bytes.count) bytes)")
-        }
-    }
+    static func main() { replayFuzzInputs(tool: "PagerWireFuzz") { bytes in bytes.withUnsafeBytes { exercise($0) } } }
 }
 #endif

@@ -68,7 +68,7 @@ struct SentPagesTests {
 
     @Test("staleRuns matches a page-by-page reference on random histories")
     func staleMatchesReference() {
-        var rng = SplitMix(seed: 42)
+        var rng = Rng(state: 42)
         for _ in 0..<50 {
             let count = Int(rng.next() % 300) + 1
             var pages = SentPages(pageCounts: [1: count])
@@ -97,15 +97,3 @@ struct SentPagesTests {
     }
 }
 
-/// A small deterministic generator (SplitMix64), so failures reproduce.
-private struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
