@@ -166,6 +166,8 @@ let package = Package(
         // MARK: Tests
         .testTarget(name: "PagerWireTests", dependencies: ["PagerWire", "PagerCore"]),
         .testTarget(name: "PagerCoreTests", dependencies: ["PagerCore"]),
+        // The destination's pure parts (huge-page assembly), with @testable access.
+        .testTarget(name: "PagerDestinationTests", dependencies: ["PagerDestination", "PagerCore"]),
         // Pure decoder tests, plus the socket side of the handoff (HandoffListener.read on a socketpair).
         .testTarget(name: "PagerHandoffTests", dependencies: ["PagerHandoff", "PagerDestination", "PagerKernel"]),
         .testTarget(name: "PagerReportTests", dependencies: ["PagerReport"]),
