@@ -22,40 +22,32 @@ swift build --traits RDMA --build-tests --scratch-path .build-rdma
 .build-rdma/debug/pagerPackageTests.xctest --testing-library swift-testing --filter RDMATests
 
 seconds=${PAGER_FUZZ_SECONDS:-30}
-echo "== fuzz the wire decoder (libFuzzer + AddressSanitizer, $seconds s)"
-if ! swift build -c debug --sanitize fuzzer --sanitize address --product PagerWireFuzz -Xswiftc -DFUZZING \
-    --scratch-path .build-fuzz >"$log/fuzz-build.txt" 2>&1; then
-    grep -v "Cannot export local symbol" "$log/fuzz-build.txt" | tail -30
-    echo "fuzz target failed to build" >&2
-    exit 1
-fi
-mkdir -p "$log/corpus"
-cp Protocols/vectors/corpus/* "$log/corpus/"
-if ! .build-fuzz/debug/PagerWireFuzz -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 \
-    -artifact_prefix="$log/" "$log/corpus" >"$log/fuzz.txt" 2>&1; then
-    tail -40 "$log/fuzz.txt"
-    echo "fuzz: FINDING (input saved under $log, copy it before exit)" >&2
-    exit 1
-fi
-grep -E "^Done|stat::number_of_executed_units" "$log/fuzz.txt"
-echo "fuzz: no findings"
-
-echo "== fuzz the handoff decoders (libFuzzer + AddressSanitizer, $seconds s)"
-if ! swift build -c debug --sanitize fuzzer --sanitize address --product PagerHandoffFuzz -Xswiftc -DFUZZING \
-    --scratch-path .build-fuzz >"$log/handoff-fuzz-build.txt" 2>&1; then
-    grep -v "Cannot export local symbol" "$log/handoff-fuzz-build.txt" | tail -30
-    echo "handoff fuzz target failed to build" >&2
-    exit 1
-fi
-mkdir -p "$log/handoff-corpus"
-cp Protocols/handoff-corpus/* "$log/handoff-corpus/"
-if ! .build-fuzz/debug/PagerHandoffFuzz -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 \
-    -artifact_prefix="$log/" "$log/handoff-corpus" >"$log/handoff-fuzz.txt" 2>&1; then
-    tail -40 "$log/handoff-fuzz.txt"
-    echo "handoff fuzz: FINDING (input saved under $log, copy it before exit)" >&2
-    exit 1
-fi
-grep -E "^Done|stat::number_of_executed_units" "$log/handoff-fuzz.txt"
-echo "handoff fuzz: no findings"
+# fuzz TARGET CORPUS WHAT: builds TARGET with libFuzzer + AddressSanitizer, runs it $seconds s
+# on a copy of CORPUS; a finding is kept in .fuzz-findings/ and printed, and fails the run.
+fuzz() {
+    local target=$1 corpus=$2 what=$3
+    echo "== fuzz the $what (libFuzzer + AddressSanitizer, $seconds s)"
+    if ! swift build -c debug --sanitize fuzzer --sanitize address --product "$target" -Xswiftc -DFUZZING \
+        --scratch-path .build-fuzz >"$log/$target-build.txt" 2>&1; then
+        grep -v "Cannot export local symbol" "$log/$target-build.txt" | tail -30
+        echo "$target failed to build" >&2
+        exit 1
+    fi
+    mkdir -p "$log/$target-corpus" "$log/$target-findings"
+    cp "$corpus"/* "$log/$target-corpus/"
+    if ! ".build-fuzz/debug/$target" -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 \
+        -artifact_prefix="$log/$target-findings/" "$log/$target-corpus" >"$log/$target.txt" 2>&1; then
+        tail -40 "$log/$target.txt"
+        mkdir -p .fuzz-findings
+        cp "$log/$target-findings"/* .fuzz-findings/ 2>/dev/null || true
+        for f in "$log/$target-findings"/*; do [ -f "$f" ] && { echo "finding $(basename "$f"):"; head -c 4096 "$f" | od -An -tx1; }; done
+        echo "$target: FINDING (kept in .fuzz-findings/, replay with .build/debug/$target FILE)" >&2
+        exit 1
+    fi
+    grep -E "^Done|stat::number_of_executed_units" "$log/$target.txt"
+    echo "$target: no findings"
+}
+fuzz PagerWireFuzz Protocols/vectors/corpus "frame parser"
+fuzz PagerHandoffFuzz Protocols/handoff-corpus "handoff decoders"
 
 echo "pager: ${passed:-0} passed, 0 failed, ${skipped} skipped"
