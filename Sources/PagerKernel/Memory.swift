@@ -203,25 +203,9 @@ public struct MemoryMapping: ~Copyable, @unchecked Sendable {
 @inline(__always)
 public func touch(_ address: UnsafeRawPointer) -> UInt64 { pager_touch_read(address) }
 
-/// Reads a whole (small, e.g. procfs) file as text.
+/// Reads a whole (small, e.g. procfs) file as text (``readFileBytes(_:)``).
 public func readWholeFile(_ path: String) throws(KernelError) -> String {
-    let fd: FileDescriptor
-    do { fd = try FileDescriptor.open(path, .readOnly, options: .closeOnExec) } catch {
-        throw KernelError("open", error, detail: path)
-    }
-    defer { try? fd.close() }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = chunk.withUnsafeMutableBytes { read(fd.rawValue, $0.baseAddress, $0.count) }
-        if n < 0 {
-            if Glibc.errno == EINTR { continue }
-            throw KernelError("read", Errno(rawValue: Glibc.errno), detail: path)
-        }
-        if n == 0 { break }
-        bytes.append(contentsOf: chunk[0..<n])
-    }
-    return String(decoding: bytes, as: UTF8.self)
+    String(decoding: try readFileBytes(path), as: UTF8.self)
 }
 
 /// Writes `text` to a file: a procfs or sysfs knob, or a new or truncated regular file.

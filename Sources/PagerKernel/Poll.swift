@@ -5,9 +5,8 @@ import SystemPackage
 /// look; -1: forever). Returns which are readable or hung up, in order.
 func pollReadable(_ descriptors: [FileDescriptor], timeoutMilliseconds: Int32, detail: String) throws(KernelError) -> [Bool] {
     var fds = descriptors.map { pollfd(fd: $0.rawValue, events: Int16(POLLIN), revents: 0) }
-    while true {
-        let r = poll(&fds, nfds_t(fds.count), timeoutMilliseconds)
-        if r >= 0 { return fds.map { $0.revents != 0 } }
-        if Glibc.errno != EINTR { throw KernelError("poll", Errno(rawValue: Glibc.errno), detail: detail) }
+    switch retryingInterrupts({ Int(poll(&fds, nfds_t(fds.count), timeoutMilliseconds)) }) {
+    case .success: return fds.map { $0.revents != 0 }
+    case .failure(let e): throw KernelError("poll", e, detail: detail)
     }
 }

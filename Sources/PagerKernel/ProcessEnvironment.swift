@@ -32,8 +32,8 @@ public func fileSizeAndModificationTime(_ path: String) -> (bytes: Int, modified
     return (Int(st.st_size), Int(st.st_mtim.tv_sec))
 }
 
-/// Reads a whole file as bytes (the fuzz replay's inputs). The corresponding C functions
-/// are `open` and `read` (see ``readWholeFile(_:)`` for text).
+/// Reads a whole file as bytes (procfs files, the fuzz replay's inputs). The corresponding C
+/// functions are `open` and `read` (see ``readWholeFile(_:)`` for text).
 public func readFileBytes(_ path: String) throws(KernelError) -> [UInt8] {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     if fd < 0 { throw KernelError("open", Errno(rawValue: Glibc.errno), detail: path) }
@@ -41,10 +41,10 @@ public func readFileBytes(_ path: String) throws(KernelError) -> [UInt8] {
     var bytes: [UInt8] = []
     var chunk = [UInt8](repeating: 0, count: 65536)
     while true {
-        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if n < 0 {
-            if Glibc.errno == EINTR { continue }
-            throw KernelError("read", Errno(rawValue: Glibc.errno), detail: path)
+        let n: Int
+        switch retryingInterrupts({ chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) } }) {
+        case .success(let got): n = got
+        case .failure(let e): throw KernelError("read", e, detail: path)
         }
         if n == 0 { return bytes }
         bytes.append(contentsOf: chunk[0..<n])

@@ -26,14 +26,13 @@ public func runProgram(_ path: String, _ arguments: [String]) throws(KernelError
     var output: [UInt8] = []
     var chunk = [UInt8](repeating: 0, count: 4096)
     while true {
-        let n = chunk.withUnsafeMutableBytes { read(pipeFDs[0], $0.baseAddress, $0.count) }
-        if n < 0 && Glibc.errno == EINTR { continue }
-        if n <= 0 { break }
+        guard case .success(let n) = retryingInterrupts({ chunk.withUnsafeMutableBytes { read(pipeFDs[0], $0.baseAddress, $0.count) } }),
+              n > 0 else { break }
         output += chunk[0..<n]
     }
     close(pipeFDs[0])
     var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0 && Glibc.errno == EINTR {}
+    _ = retryingInterrupts { Int(waitpid(pid, &status, 0)) }
     // WIFEXITED / WEXITSTATUS are macros: decode the status word by hand.
     let exitCode = (status & 0x7F) == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
     return (exitCode, String(decoding: output, as: UTF8.self))
@@ -87,7 +86,7 @@ public final class ChildProcess: @unchecked Sendable {
         if let status { return status }
         if pidfd >= 0 {
             var pfd = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
-            while poll(&pfd, 1, timeoutMilliseconds) < 0 && Glibc.errno == EINTR {}
+            _ = retryingInterrupts { Int(poll(&pfd, 1, timeoutMilliseconds)) }
             if pfd.revents == 0 { return nil }
         }
         var raw: Int32 = 0

@@ -97,13 +97,10 @@ public enum UnixSocket {
     /// empty if the peer closed.
     public static func readAvailable(_ socket: FileDescriptor, maxBytes: Int) throws(KernelError) -> [UInt8]? {
         var bytes = [UInt8](repeating: 0, count: maxBytes)
-        while true {
-            let n = bytes.withUnsafeMutableBytes { recv(socket.rawValue, $0.baseAddress, $0.count, PAGER_MSG_DONTWAIT) }
-            if n >= 0 { return Array(bytes.prefix(n)) }
-            let e = Glibc.errno
-            if e == EINTR { continue }
-            if e == EAGAIN || e == EWOULDBLOCK { return nil }
-            throw KernelError("recv", Errno(rawValue: e), detail: "unix socket")
+        switch retryingInterrupts({ bytes.withUnsafeMutableBytes { recv(socket.rawValue, $0.baseAddress, $0.count, PAGER_MSG_DONTWAIT) } }) {
+        case .success(let n): return Array(bytes.prefix(n))
+        case .failure(let e) where e == .wouldBlock || e == .resourceTemporarilyUnavailable: return nil
+        case .failure(let e): throw KernelError("recv", e, detail: "unix socket")
         }
     }
 

@@ -124,12 +124,8 @@ public struct QEMUSource {
     /// Serves until the destination has every page and has gone; a destination that never
     /// connects within a minute is an error (its guest would hang).
     private func serveUntilDone(_ server: SourceServer) throws {
-        let connectDeadline = monotonicNanoseconds() + 60_000_000_000
-        while server.counts.sessions == 0 || server.activeSessions > 0 {
-            if server.counts.sessions == 0 && monotonicNanoseconds() > connectDeadline {
-                throw QEMUError("no destination pagerd connected within 60 s of the switch: the destination guest cannot get its RAM")
-            }
-            sleepMilliseconds(10)
+        guard server.waitUntilSessionsEnded(firstWithinNanoseconds: 60_000_000_000) else {
+            throw QEMUError("no destination pagerd connected within 60 s of the switch: the destination guest cannot get its RAM")
         }
     }
 

@@ -13,11 +13,13 @@ final class SessionRegistry: Sendable {
         var ended = SourceServer.Counters()
     }
 
-    private let book = ForegroundMutex(Book())
+    /// A condition too: ``waitUntilAllEnded(deadlineForFirst:)`` wakes when a session opens or
+    /// its last connection ends.
+    private let book = WaitableState(Book())
 
     /// A new session (its demand connection): resumable and attached from now on.
     func open(_ session: SourceSession) {
-        book.withLock {
+        book.change {
             $0.resumable[session.id] = session
             $0.attached[session.id] = (session, 1)
             $0.ended.sessions += 1
@@ -36,7 +38,7 @@ final class SessionRegistry: Sendable {
     /// A connection of `session` ended (`demand`: its demand connection, after which no push
     /// can join it). The session's counts join the totals once its last connection ended.
     func leave(_ session: SourceSession, demand: Bool) {
-        book.withLock { b in
+        book.change { b in
             if demand { b.resumable[session.id] = nil }
             guard let entry = b.attached[session.id] else { return }
             if entry.connections > 1 {
@@ -61,5 +63,13 @@ final class SessionRegistry: Sendable {
             for entry in b.attached.values { entry.session.counters.add(to: &totals) }
             return totals
         }
+    }
+
+    /// Blocks until at least one session was opened and none is attached any more (true), or
+    /// until `deadline` (monotonic ns) passes with no session opened yet (false).
+    func waitUntilAllEnded(deadlineForFirst deadline: UInt64) -> Bool {
+        if !book.wait(until: { $0.ended.sessions > 0 }, deadline: deadline) { return false }
+        _ = book.wait(until: { $0.attached.isEmpty })
+        return true
     }
 }

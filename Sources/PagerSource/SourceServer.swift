@@ -76,6 +76,12 @@ public final class SourceServer: @unchecked Sendable {
     /// Totals over all sessions: those ended plus those being served (their counts so far).
     public var counts: Counters { registry.totals }
 
+    /// Waits until a destination has come and every session has ended (all its connections
+    /// closed): true. False if no session started within `firstWithinNanoseconds`.
+    public func waitUntilSessionsEnded(firstWithinNanoseconds: UInt64) -> Bool {
+        registry.waitUntilAllEnded(deadlineForFirst: monotonicNanoseconds() + firstWithinNanoseconds)
+    }
+
     /// Sessions being served now.
     public var activeSessions: Int { active.load(ordering: .relaxed) }
 
