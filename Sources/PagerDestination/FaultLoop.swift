@@ -95,22 +95,16 @@ extension FaultResolver {
         }
     }
 
-    /// What a fault on `page` needs, by the page's state.
+    /// Carries out what a fault on `page` needs (see ``FaultAction``).
     private func fault(on page: Int, _ state: inout State, _ out: inout Outgoing) {
-        switch state.pages.state(of: page) {
-        case .discarded:
-            // The workload dropped this page: by the kernel's rules it reads as zeros now.
+        let action = FaultAction.decide(state.pages.state(of: page), staged: state.isStaged(page),
+                                        askedUrgently: state.faults.askedUrgently(page), sequentialScan: state.planner.direction != .none)
+        switch action {
+        case .installZeros:
             install(page..<page + 1, from: .zeros, &state)
-        case .resident:
-            // Either the install raced with this fault (the page is present), or the page was
-            // removed behind our back with no event (a hole punched in shared memory, which
-            // reads as zeros). Installing zeros settles both: EEXIST in the first case (just
-            // wake), zeros in the second. A bare wake would let the thread fault forever.
-            install(page..<page + 1, from: .zeros, &state)
-        case .inFlight where state.isStaged(page):
-            // Staged by pre-copy and not installed yet: install it now from local memory, with
-            // the staged units of its aligned 256 KiB block (local pages cost a copy, not a
-            // round trip, and the background installer yields to the workload's CPU).
+        case .installStaged:
+            // With the staged units of its aligned 256 KiB block (the background installer
+            // yields to the workload's CPU, so neighbours are likely next).
             let block = max(1, (256 << 10) / unit)
             let start = page / block * block
             for run in state.stagedUnits!.runs(in: start..<min(start + block, state.pages.pageCount)) {
@@ -118,15 +112,12 @@ extension FaultResolver {
                     install(wanted, from: .bytes(configuration.staged!.pointer(offset: wanted.lowerBound * unit)), &state)
                 }
             }
-        case .inFlight where !state.faults.askedUrgently(page) && state.planner.direction == .none:
-            // Requested as prefetch, so its reply may be queued behind push data: ask again
-            // on the demand channel (whichever copy arrives second is dropped). Not during a
-            // sequential scan: there the page heads an ordered prefetch and arrives next.
+        case .askUrgently:
             askUrgently(page..<page + 1, &state, &out)
             state.report.demandRequests += 1
-        case .inFlight:
+        case .wait:
             break
-        case .missing:
+        case .fetch:
             for run in state.pages.request(page..<page + 1) {
                 askUrgently(run, &state, &out)
                 state.report.demandRequests += 1

@@ -104,3 +104,23 @@ struct WaitingFaultsTests {
         #expect(r.missingAgain == [6, 7] && r.escalate.isEmpty && !r.slow)
     }
 }
+
+@Suite("FaultAction: what a fault needs, by the page's state")
+struct FaultActionTests {
+    @Test("every state and flag combination")
+    func table() {
+        for staged in [false, true] {
+            for asked in [false, true] {
+                for sequential in [false, true] {
+                    let decide = { FaultAction.decide($0, staged: staged, askedUrgently: asked, sequentialScan: sequential) }
+                    // Never a bare wake or a wait on a page that is not on its way.
+                    #expect(decide(.discarded) == .installZeros)
+                    #expect(decide(.resident) == .installZeros)
+                    #expect(decide(.missing) == .fetch)
+                    let inFlight: FaultAction = staged ? .installStaged : (!asked && !sequential ? .askUrgently : .wait)
+                    #expect(decide(.inFlight) == inFlight, "staged \(staged) asked \(asked) sequential \(sequential)")
+                }
+            }
+        }
+    }
+}
