@@ -10,6 +10,11 @@
 //   PagerWire    -> (nothing)          wire protocol v1, pure value types
 //   PagerCore    -> (nothing)          page bookkeeping, pure and synchronous
 //   PagerHandoff -> (nothing)          the workload's handoff messages (JSON), pure value types
+//   PagerTransport -> PagerKernel, PagerWire
+//                                      a connection: FrameConnection, FrameChannel (TCP)
+//   PagerSource, PagerDestination -> PagerKernel, PagerWire, PagerCore, PagerTransport
+//                                      (+ PagerHandoff for the destination): the two services
+//   PagerQEMU    -> the services       QMP, QEMUSource, QEMUDestination
 //   PagerReport  -> (nothing)          what pagerd prints: latency summaries, fixed decimals
 //   PagerWorkloads -> PagerKernel, PagerReport, Histogram, SystemPackage
 //                                      the workload that is migrated (pager-workload, tests)
