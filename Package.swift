@@ -190,7 +190,7 @@ let package = Package(
             name: "IntegrationTests",
             dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerTransport", "PagerWorkloads", "PagerHarness",
                            "PagerSource", "PagerDestination",
-                           .product(name: "Logging", package: "swift-log")]
+                           .product(name: "Logging", package: "swift-log"), .product(name: "SystemPackage", package: "swift-system")]
         ),
     ]
 )

@@ -109,20 +109,49 @@ public enum UnixSocket {
         try pollReadable([socket], timeoutMilliseconds: timeoutMilliseconds, detail: "unix socket")[0]
     }
 
+    /// A path starting with `@` names the abstract namespace (as systemd writes
+    /// `$NOTIFY_SOCKET`): its first byte becomes NUL and the address is exactly its length.
     private static func withSocketAddress(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Int32) -> (result: Int32, errno: Int32) {
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
         let capacity = MemoryLayout.size(ofValue: addr.sun_path)
-        let utf8 = Array(path.utf8)
+        var utf8 = Array(path.utf8)
+        let abstract = utf8.first == UInt8(ascii: "@")
+        if abstract { utf8[0] = 0 }
         guard utf8.count < capacity else { return (-1, ENAMETOOLONG) }
         withUnsafeMutableBytes(of: &addr.sun_path) { raw in
             raw.copyBytes(from: utf8)
             raw[utf8.count] = 0
         }
+        let length = abstract ? MemoryLayout<sa_family_t>.size + utf8.count : MemoryLayout<sockaddr_un>.size
         let r = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(length)) }
         }
         return (r, r < 0 ? Glibc.errno : 0)
+    }
+
+    /// Sends one datagram to the socket at `path` (`sendto` on a fresh `SOCK_DGRAM` socket).
+    public static func sendDatagram(to path: String, bytes: [UInt8]) throws(KernelError) {
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        if fd < 0 { throw KernelError("socket", Errno(rawValue: Glibc.errno), detail: "AF_UNIX datagram") }
+        defer { close(fd) }
+        let (r, e) = withSocketAddress(path) { addr, length in
+            Int32(bytes.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL), addr, length) })
+        }
+        if r < 0 { throw KernelError("sendto", Errno(rawValue: e), detail: path) }
+    }
+
+    /// A bound `SOCK_DGRAM` socket at `path` (for tests that play systemd's notify socket).
+    public static func bindDatagram(path: String) throws(KernelError) -> FileDescriptor {
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        if fd < 0 { throw KernelError("socket", Errno(rawValue: Glibc.errno), detail: "AF_UNIX datagram") }
+        if !path.hasPrefix("@") { unlink(path) }
+        let (r, e) = withSocketAddress(path) { bind(fd, $0, $1) }
+        if r < 0 {
+            close(fd)
+            throw KernelError("bind", Errno(rawValue: e), detail: path)
+        }
+        return FileDescriptor(rawValue: fd)
     }
 }
 

@@ -68,11 +68,14 @@ struct SourceCommand: ParsableCommand {
                 return
             }
             logger.info("signal \(signal): stopping")
+            serviceNotifier.stopping(status: "stopping on signal \(signal)")
             server.stop()
         }
+        serviceNotifier.ready(status: "serving \(served.count) region(s) on \(server.listener.endpoint)")
         server.run()
         if let outcome = live?.region.live?.outcome { printPrecopy(outcome, daemon: "pagerd source", paused: "workload") }
         let c = server.counts
+        serviceNotifier.status("stopped: \(c.sessions) session(s), \(c.bytesSent >> 20) MiB sent as bytes, \(c.failedSessions) ended by errors")
         print("pagerd source: \(c.sessions) session(s), \(c.demandRequests) demand and \(c.prefetchRequests) prefetch requests, \(c.bytesSent >> 20) MiB sent as bytes, \(c.zeroBytes >> 20) MiB as zero ranges, \(c.failedSessions) session(s) ended by errors")
     }
 }
@@ -129,13 +132,16 @@ struct DestCommand: ParsableCommand {
                 exitProcess(1)
             }
             logger.info("signal \(signal): no new handoffs; migrations in progress go on (signal again to abort them)")
+            serviceNotifier.stopping(status: "no new handoffs (signal \(signal)); migrations in progress go on")
             listener.close()
         }
         if precopy {
+            serviceNotifier.ready(status: "receiving pre-copy rounds from \(connect); the handoff comes after the switch")
             guard migratePrecopy(listener, logger: logger) else { throw ExitCode(1) }
             return
         }
         logger.info("waiting for userfaultfd handoffs on \(uffdSocket); source \(connect)")
+        serviceNotifier.ready(status: "waiting for userfaultfd handoffs on \(uffdSocket); source \(connect)")
         let failures = Atomic<Int>(0)
         var workers: [KernelThread] = []
         while !stopping.load(ordering: .acquiring) {
@@ -199,6 +205,7 @@ struct DestCommand: ParsableCommand {
         // From here on no other process can bring the workload its pages: every way out of
         // this function but "all local" (or "the workload is gone") poisons what is missing.
         let missing = handoff.guardMissingPages()
+        serviceNotifier.status("migrating \(total >> 20) MiB from \(connect)")
         do {
             let client = try existing ?? DestinationClient(source: Endpoint(connect)!, clientName: "pagerd-dest", features: features)
             defer { client.close() }
@@ -216,6 +223,7 @@ struct DestCommand: ParsableCommand {
                                              demand: client.demand, push: noPush ? nil : client.push, configuration: configuration, logger: logger)
             let r = try resolver.run()
             missing.release()
+            serviceNotifier.status("last migration: \(r.pages) pages local after \(String(format: 1, r.seconds)) s; waiting for handoffs")
             let latency = LatencySummary(samples: r.faultLatencies)
             let mib = Double(r.pages * r.pageSize) / Double(1 << 20)
             let gone = r.pagesNeverFetched - r.pagesUnmappedUnfetched
@@ -231,6 +239,7 @@ struct DestCommand: ParsableCommand {
             return true
         } catch {
             let poisoned = missing.poisonMissing()
+            serviceNotifier.status("last migration FAILED: \(error)")
             logger.error("migration failed: \(error)")
             print("pagerd dest: migration FAILED: \(error); \(poisoned) pages not yet local were poisoned (the workload gets SIGBUS there, never zeros)")
             return false
@@ -302,3 +311,6 @@ func makeLogger(_ label: String, _ level: String) -> Logger {
 }
 
 extension DemandPriority: ExpressibleByArgument {}
+
+/// systemd's notification socket (`Type=notify`), read once from `$NOTIFY_SOCKET`.
+let serviceNotifier = ServiceNotifier()

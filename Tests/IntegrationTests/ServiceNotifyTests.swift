@@ -1,0 +1,75 @@
+import Glibc
+import PagerKernel
+import PagerWire
+import SystemPackage
+import Testing
+
+/// A fake systemd: the datagrams a daemon sends to `$NOTIFY_SOCKET`.
+final class FakeNotifySocket {
+    let path: String
+    private let socket: FileDescriptor
+
+    init(_ scratch: Scratch) throws {
+        path = scratch.file("notify.sock")
+        socket = try UnixSocket.bindDatagram(path: path)
+    }
+
+    deinit { try? socket.close() }
+
+    /// The next datagram, as text; nil if none comes within `seconds`.
+    func next(seconds: Int32 = 10) throws -> String? {
+        guard try UnixSocket.waitReadable(socket, timeoutMilliseconds: seconds * 1000) else { return nil }
+        return String(decoding: try UnixSocket.receive(socket, maxBytes: 4096, maxDescriptors: 0).bytes, as: UTF8.self)
+    }
+
+    /// Datagrams until one contains `text` (which is returned); records an issue if none does.
+    func awaitMessage(containing text: String) throws -> String? {
+        while let m = try next() {
+            if m.contains(text) { return m }
+        }
+        Issue.record("no notification containing \(text)")
+        return nil
+    }
+}
+
+@Suite("systemd notifications (Type=notify)", .serialized,
+       .enabled(if: isRoot, "needs root for userfaultfd"),
+       .enabled(if: Binaries.present, Comment(rawValue: Binaries.missing)))
+struct ServiceNotifyTests {
+    @Test("pagerd dest: READY=1 when waiting for handoffs, STATUS= per migration, STOPPING=1 on SIGTERM")
+    func dest() throws {
+        let scratch = Scratch()
+        let notify = try FakeNotifySocket(scratch)
+        let source = try ScriptedSource(.refuse(ProtocolError(code: .unsupportedVersion, message: "scripted refusal")))
+        let socket = scratch.file("uffd.sock")
+        let dest = try ChildProcess("/usr/bin/env", ["NOTIFY_SOCKET=\(notify.path)", Binaries.pagerd, "dest", "--connect", "\(source.endpoint)",
+                                                     "--uffd-socket", socket], outputPath: scratch.file("dest.log"))
+        let ready = try notify.awaitMessage(containing: "READY=1")
+        #expect(ready?.contains("STATUS=waiting for userfaultfd handoffs") == true, "\(ready ?? "")")
+        let workload = try ChildProcess(Binaries.workload, ["run", "--socket", socket, "--size-mib", "16", "--access", "sequential"],
+                                        outputPath: scratch.file("workload.log"))
+        #expect(try notify.awaitMessage(containing: "STATUS=migrating 16 MiB") != nil)
+        let failed = try notify.awaitMessage(containing: "STATUS=last migration FAILED")
+        #expect(failed?.contains("scripted refusal") == true, "\(failed ?? "")")
+        #expect(workload.wait(timeoutMilliseconds: 30_000) == 128 + SIGBUS, "the refused migration poisons: \(workload.output)")
+        dest.signal(SIGTERM)
+        #expect(try notify.awaitMessage(containing: "STOPPING=1") != nil)
+        #expect(dest.wait(timeoutMilliseconds: 10_000) == 1, "one migration failed: exit status 1\n\(dest.output)")
+    }
+
+    @Test("pagerd source: READY=1 once listening, STOPPING=1 on SIGTERM, then its summary as STATUS=")
+    func source() throws {
+        let scratch = Scratch()
+        let notify = try FakeNotifySocket(scratch)
+        let ram = scratch.file("small.ram")
+        try sh(Binaries.workload, "fill", "--file", ram, "--size-mib", "4", "--seed", "3")
+        let source = try ChildProcess("/usr/bin/env", ["NOTIFY_SOCKET=\(notify.path)", Binaries.pagerd, "source", "--listen", "127.0.0.1:0",
+                                                       "--region", ram], outputPath: scratch.file("source.log"))
+        let ready = try notify.awaitMessage(containing: "READY=1")
+        #expect(ready?.contains("STATUS=serving 1 region(s) on 127.0.0.1:") == true, "\(ready ?? "")")
+        source.signal(SIGTERM)
+        #expect(try notify.awaitMessage(containing: "STOPPING=1") != nil)
+        #expect(try notify.awaitMessage(containing: "STATUS=stopped: 0 session(s)") != nil)
+        #expect(source.wait(timeoutMilliseconds: 10_000) == 0)
+    }
+}
