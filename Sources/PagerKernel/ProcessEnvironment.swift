@@ -91,3 +91,21 @@ public final class TemporaryDirectory {
     /// `path/name`.
     public func file(_ name: String) -> String { path + "/" + name }
 }
+
+/// The device and inode of a file, as `dev:ino` in decimal: what systemd puts in
+/// `$JOURNAL_STREAM` for the stream it connected. The corresponding C function is `stat`.
+public func fileIdentity(_ path: String) -> String? {
+    var st = stat()
+    guard stat(path, &st) == 0 else { return nil }
+    return "\(st.st_dev):\(st.st_ino)"
+}
+
+/// Whether standard error is the journal's stream: `$JOURNAL_STREAM` names its device and
+/// inode (systemd sets it for the service's own stdout/stderr; a redirection elsewhere no
+/// longer matches). The corresponding C function is `fstat`.
+public var standardErrorIsJournal: Bool {
+    guard let expected = environmentValue("JOURNAL_STREAM") else { return false }
+    var st = stat()
+    guard fstat(2, &st) == 0 else { return false }
+    return expected == "\(st.st_dev):\(st.st_ino)"
+}

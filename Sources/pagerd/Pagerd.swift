@@ -1,10 +1,17 @@
 import ArgumentParser
 import Logging
+import PagerKernel
 
 @main
 struct Pagerd: ParsableCommand {
     static func main() {
-        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+        // Under systemd, stderr is the journal: lines carry syslog priorities instead of a
+        // timestamp and level word (the journal records both itself).
+        if standardErrorIsJournal {
+            LoggingSystem.bootstrap { JournalLogHandler(label: $0) }
+        } else {
+            LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+        }
         do {
             var command = try parseAsRoot()
             try command.run()

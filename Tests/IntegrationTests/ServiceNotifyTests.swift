@@ -72,4 +72,27 @@ struct ServiceNotifyTests {
         #expect(try notify.awaitMessage(containing: "STATUS=stopped: 0 session(s)") != nil)
         #expect(source.wait(timeoutMilliseconds: 10_000) == 0)
     }
+
+    @Test("with $JOURNAL_STREAM naming its stderr, log lines carry syslog priorities; with another stream, the usual format")
+    func journalPriorities() throws {
+        let scratch = Scratch()
+        let ram = scratch.file("small.ram")
+        try sh(Binaries.workload, "fill", "--file", ram, "--size-mib", "4", "--seed", "3")
+        for matching in [true, false] {
+            let log = scratch.file("source-\(matching).log")
+            try writeWholeFile(log, "")
+            let identity = matching ? try #require(fileIdentity(log)) : "1:1"
+            let source = try ChildProcess("/usr/bin/env", ["JOURNAL_STREAM=\(identity)", Binaries.pagerd, "source", "--listen", "127.0.0.1:0",
+                                                           "--region", ram], outputPath: log)
+            try waitFor(source, toPrint: "serving 1 region")
+            source.signal(SIGTERM)
+            #expect(source.wait(timeoutMilliseconds: 10_000) == 0)
+            let out = source.output
+            if matching {
+                #expect(out.contains("<6>pagerd.source: serving 1 region(s)") && out.contains("<6>pagerd.source: signal 15: stopping"), "\(out)")
+            } else {
+                #expect(!out.contains("<6>") && out.contains(" info pagerd.source: "), "\(out)")
+            }
+        }
+    }
 }
