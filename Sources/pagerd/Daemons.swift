@@ -13,20 +13,20 @@ struct SourceCommand: ParsableCommand {
         commandName: "source",
         abstract: "Serve memory regions to destinations.",
         discussion: """
-        Serves each --region file (a tmpfs file such as /dev/shm/vm.ram, a hugetlbfs file, or a
-        snapshot file) to any number of destinations. Demand requests are answered first, on
-        their own connection; every other page streams on a second connection; holes and
-        zero pages are sent as zero ranges, never as bytes. Stops on SIGTERM or SIGINT and
+        Serves each --region file (a tmpfs file such as /dev/shm/vm.ram, a hugetlbfs file, or a \
+        snapshot file) to any number of destinations. Demand requests are answered first, on \
+        their own connection; every other page streams on a second connection; holes and \
+        zero pages are sent as zero ranges, never as bytes. Stops on SIGTERM or SIGINT and \
         prints what it served.
 
-        Live memory (pre-copy, then post-copy): with --live-socket the daemon first waits for
-        a workload to hand over a userfaultfd registered in write-protect mode with
-        UFFD_FEATURE_WP_ASYNC on its memory (same Firecracker-format message as the
-        destination's handoff). That memory is served as a live region: round 0 sends every
-        page, each next round the pages written meanwhile (PAGEMAP_SCAN on /proc/PID/pagemap),
-        until the dirty set fits --downtime-ms, stops shrinking, --max-rounds or
-        --precopy-deadline-s is hit, or SIGUSR1 forces it. Then the workload is stopped
-        (SIGSTOP), a last scan finds the pages written since, the destination drops those
+        Live memory (pre-copy, then post-copy): with --live-socket the daemon first waits for \
+        a workload to hand over a userfaultfd registered in write-protect mode with \
+        UFFD_FEATURE_WP_ASYNC on its memory (same Firecracker-format message as the \
+        destination's handoff). That memory is served as a live region: round 0 sends every \
+        page, each next round the pages written meanwhile (PAGEMAP_SCAN on /proc/PID/pagemap), \
+        until the dirty set fits --downtime-ms, stops shrinking, --max-rounds or \
+        --precopy-deadline-s is hit, or SIGUSR1 forces it. Then the workload is stopped \
+        (SIGSTOP), a last scan finds the pages written since, the destination drops those \
         (INVALIDATE) and fetches them on demand. The destination must run with --precopy.
         """
     )
@@ -85,15 +85,15 @@ struct DestCommand: ParsableCommand {
         commandName: "dest",
         abstract: "Resolve a workload's page faults by fetching its memory from a source.",
         discussion: """
-        Waits on --uffd-socket for handoffs in Firecracker's format (a JSON array of
-        {"base_host_virt_addr", "size", "offset", "page_size"} with the userfaultfd attached
-        by SCM_RIGHTS), connects to the source for each, and resolves the workload's faults
-        while the rest of its memory streams in. If the source is lost, pages not yet fetched
+        Waits on --uffd-socket for handoffs in Firecracker's format (a JSON array of \
+        {"base_host_virt_addr", "size", "offset", "page_size"} with the userfaultfd attached \
+        by SCM_RIGHTS), connects to the source for each, and resolves the workload's faults \
+        while the rest of its memory streams in. If the source is lost, pages not yet fetched \
         are poisoned: the workload gets SIGBUS, never zeros. Prints a summary per migration.
 
-        With --precopy (for a source serving live memory): connects at once, keeps the
-        pre-copy rounds in its own memory until the source switches to post-copy, then takes
-        one handoff; staged pages are installed locally, pages the source invalidated are
+        With --precopy (for a source serving live memory): connects at once, keeps the \
+        pre-copy rounds in its own memory until the source switches to post-copy, then takes \
+        one handoff; staged pages are installed locally, pages the source invalidated are \
         fetched on demand.
         """
     )

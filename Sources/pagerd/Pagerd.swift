@@ -24,9 +24,10 @@ struct Pagerd: ParsableCommand {
         commandName: "pagerd",
         abstract: "Remote pager for post-copy memory migration.",
         discussion: """
-        pagerd resolves userfaultfd page faults on a destination host by fetching the pages
+        pagerd resolves userfaultfd page faults on a destination host by fetching the pages \
         from a source host, while the rest of the memory streams in the background.
         """,
+        version: pagerdVersion,
         subcommands: [SourceCommand.self, DestCommand.self, QEMUSourceCommand.self, QEMUDestCommand.self, Demo.self]
     )
 }
@@ -35,11 +36,11 @@ struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Migrate a real memory region lazily on this machine and verify every page.",
         discussion: """
-        Runs a source (`pagerd source` serving a file with known content), a destination
-        (`pagerd dest`) and a workload as three processes on loopback. The workload hands its
-        empty memory to the destination in Firecracker's format, then reads and writes it in
-        random order while pages arrive on demand and in the background, and checks every
-        byte at the end. Prints what each process did. Needs root (userfaultfd), and
+        Runs a source (`pagerd source` serving a file with known content), a destination \
+        (`pagerd dest`) and a workload as three processes on loopback. The workload hands its \
+        empty memory to the destination in Firecracker's format, then reads and writes it in \
+        random order while pages arrive on demand and in the background, and checks every \
+        byte at the end. Prints what each process did. Needs root (userfaultfd), and \
         pager-workload next to pagerd.
         """
     )
@@ -56,3 +57,6 @@ struct Demo: ParsableCommand {
         if !ok { throw ExitCode(1) }
     }
 }
+
+/// `pagerd --version`: the release and the wire protocol it speaks.
+let pagerdVersion = "pagerd 0.5.0 (wire protocol v1)"

@@ -13,17 +13,17 @@ struct QEMUSourceCommand: ParsableCommand {
         discussion: """
         QEMU must give the guest RAM as a named shared file:
           -object memory-backend-file,id=ram0,size=SIZE,mem-path=/dev/shm/NAME,share=on -machine memory-backend=ram0
-        and a QMP socket (-qmp unix:SOCK,server=on,wait=off). This command sets x-ignore-shared,
-        starts the migration to --migrate-to (device state only), serves --ram to the
-        destination's pagerd, but not one page before QEMU has stopped the VM, and exits once
+        and a QMP socket (-qmp unix:SOCK,server=on,wait=off). This command sets x-ignore-shared, \
+        starts the migration to --migrate-to (device state only), serves --ram to the \
+        destination's pagerd, but not one page before QEMU has stopped the VM, and exits once \
         the destination holds every page. Start pagerd qemu-dest and the destination QEMU first.
 
         Pre-copy (optional): start the source QEMU with the preload library and
           LD_PRELOAD=libpager-preload.so PAGER_RAM_PATH=RAM PAGER_TRACK_SOCKET=SOCK
-        and give --track-socket SOCK here (and --precopy to pagerd qemu-dest). Guest RAM is then
-        sent in rounds while the guest runs (each round the pages it wrote meanwhile, found
-        with userfaultfd write-protect and PAGEMAP_SCAN) until the rules below say switch, or
-        SIGUSR1 forces it. The switch issues migrate: QEMU stops the VM, the destination drops
+        and give --track-socket SOCK here (and --precopy to pagerd qemu-dest). Guest RAM is then \
+        sent in rounds while the guest runs (each round the pages it wrote meanwhile, found \
+        with userfaultfd write-protect and PAGEMAP_SCAN) until the rules below say switch, or \
+        SIGUSR1 forces it. The switch issues migrate: QEMU stops the VM, the destination drops \
         the pages written since the last round and fetches them on demand.
         """
     )
@@ -78,17 +78,17 @@ struct QEMUDestCommand: ParsableCommand {
         commandName: "qemu-dest",
         abstract: "Receive a QEMU migration whose guest RAM arrives on demand from pagerd qemu-source.",
         discussion: """
-        Start this first, then the destination QEMU with the same RAM file (empty), -incoming
+        Start this first, then the destination QEMU with the same RAM file (empty), -incoming \
         defer, a QMP socket, and the preload library:
           LD_PRELOAD=libpager-preload.so PAGER_RAM_PATH=RAM PAGER_UFFD_SOCKET=SOCK qemu-system-x86_64 ...
-        The library hands QEMU's RAM mapping to this daemon; prealloc=on, a private mapping or a
-        RAM file that already holds data make QEMU stop at once. This command then drives the
-        incoming migration, resolves the guest's faults from the source and pushes the rest,
-        and prints a report once every page is local. If it stops early (an error, SIGTERM),
+        The library hands QEMU's RAM mapping to this daemon; prealloc=on, a private mapping or a \
+        RAM file that already holds data make QEMU stop at once. This command then drives the \
+        incoming migration, resolves the guest's faults from the source and pushes the rest, \
+        and prints a report once every page is local. If it stops early (an error, SIGTERM), \
         every page not yet local is poisoned: the guest gets SIGBUS, never zeros.
 
-        With --precopy (the source runs pagerd qemu-source --track-socket) it first receives
-        pre-copy rounds of guest RAM into its own memory while the guest still runs on the
+        With --precopy (the source runs pagerd qemu-source --track-socket) it first receives \
+        pre-copy rounds of guest RAM into its own memory while the guest still runs on the \
         source, and installs them locally after the switch.
         """
     )
