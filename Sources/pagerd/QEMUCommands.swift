@@ -51,6 +51,7 @@ struct QEMUSourceCommand: ParsableCommand {
                         servers.withLock { $0 }?.regions.first?.live?.forceSwitch()
                     } else {
                         logger.info("signal \(signal): stopping; the source VM keeps running if it has not stopped yet")
+                        serviceNotifier.stopping(status: "stopping on signal \(signal)")
                         servers.withLock { $0 }?.stop()
                     }
                 }
@@ -58,8 +59,11 @@ struct QEMUSourceCommand: ParsableCommand {
             let r = try QEMUSource(qmpPath: qmp, ram: ram, listen: Endpoint(listen)!, migrateTo: migrateTo, logger: logger, precopy: precopy)
                 .run { server in
                     servers.withLock { $0 = server }
-                    logger.info("serving \(ram) on \(listen)\(precopy == nil ? " (held until the VM stops)" : " (pre-copy rounds while the guest runs)")")
+                    let serving = "serving \(ram) on \(listen)\(precopy == nil ? " (held until the VM stops)" : " (pre-copy rounds while the guest runs)")"
+                    logger.info("\(serving)")
+                    serviceNotifier.ready(status: serving)
                 }
+            serviceNotifier.status("migrated: the destination holds every page (\(r.counts.bytesSent >> 20) MiB sent as bytes)")
             if let outcome = r.precopy { printPrecopy(outcome, daemon: "pagerd qemu-source", paused: "guest") }
             print("""
             pagerd qemu-source: device state migrated in \(String(format: 1, r.deviceStateSeconds * 1000)) ms (VM stopped after \(String(format: 1, r.untilStopSeconds * 1000)) ms)
@@ -67,6 +71,7 @@ struct QEMUSourceCommand: ParsableCommand {
               migrate-issued-ns=\(r.migrateIssuedAt)\(r.precopyStartedAt.map { "\n  precopy-started-ns=\($0)" } ?? "")
             """)
         } catch {
+            serviceNotifier.status("FAILED: \(error)")
             print("pagerd qemu-source: FAILED: \(error)")
             throw ExitCode(1)
         }
@@ -121,13 +126,19 @@ struct QEMUDestCommand: ParsableCommand {
                     exitProcess(1)
                 }
                 logger.warning("signal \(signal): stopping; guest pages not yet local are poisoned")
+                serviceNotifier.stopping(status: "stopping on signal \(signal); guest pages not yet local are poisoned")
                 stop()
             }
             var destination = QEMUDestination(qmpPath: qmp, ram: ram, source: Endpoint(connect)!, uffdSocket: uffdSocket, incoming: incoming,
                                               logger: logger, precopy: precopy)
             destination.demandPriority = demandPriority
-            let r = try destination.run(listening: { print("pagerd qemu-dest: waiting for QEMU's handoff on \(uffdSocket)"); fflushStandardOutput() },
+            let r = try destination.run(listening: {
+                print("pagerd qemu-dest: waiting for QEMU's handoff on \(uffdSocket)")
+                fflushStandardOutput()
+                serviceNotifier.ready(status: "waiting for QEMU's handoff on \(uffdSocket); source \(connect)")
+            },
                      onCancel: { stop in cancel.withLock { $0 = stop } })
+            serviceNotifier.status("guest RAM all local after \(String(format: 1, r.untilLocalSeconds)) s")
             let latency = LatencySummary(samples: r.resolve.faultLatencies)
             if let staged = r.staged {
                 print("pagerd qemu-dest: pre-copy staged \(staged.bytes >> 20) MiB in \(String(format: 2, staged.seconds)) s; \(staged.invalidatedBytes >> 10) KiB written by the guest after its round were dropped and fetched again")
@@ -139,6 +150,7 @@ struct QEMUDestCommand: ParsableCommand {
               all-local-ns=\(r.allLocalAt)
             """)
         } catch {
+            serviceNotifier.status("FAILED: \(error)")
             print("pagerd qemu-dest: FAILED: \(error)")
             throw ExitCode(1)
         }
