@@ -43,6 +43,9 @@ public final class FaultResolver: @unchecked Sendable {
         /// migration ends without error (the memory it would have received no longer exists).
         /// It may also carry prefetch hints (see ``PrefetchHint``).
         public var workloadConnection: FileDescriptor?
+        /// The handoff's guard (``Handoff/guardMissingPages()``): when the resolver has poisoned
+        /// what is missing, it records that there, so the guard does not walk the memory again.
+        public var poisonGuard: PoisonGuard?
 
         public init() {}
     }
@@ -182,7 +185,7 @@ public final class FaultResolver: @unchecked Sendable {
                 return try resolve()
             } catch {
                 // Every way out but success leaves nothing missing unpoisoned.
-                poisonOutstanding()
+                configuration.poisonGuard?.recordPoisoned(pages: poisonOutstanding())
                 throw error
             }
         }

@@ -132,17 +132,23 @@ extension FaultResolver {
     }
 
     /// When the migration fails: every page not yet local is poisoned, so the workload gets
-    /// SIGBUS on it instead of zeros or a hang.
-    func poisonOutstanding() {
-        lock.withLock { state in
+    /// SIGBUS on it instead of zeros or a hang. Returns the pages poisoned.
+    @discardableResult
+    func poisonOutstanding() -> Int {
+        let poisoned = lock.withLock { state -> Int in
+            var poisoned = 0
             for run in state.pages.outstandingRuns() {
                 for (address, pages) in mappings.destinations(of: run) {
-                    _ = try? uffd.poison(AddressRange(start: address, length: UInt64(pages.count * unit)))
+                    if case .installed? = try? uffd.poison(AddressRange(start: address, length: UInt64(pages.count * unit))) {
+                        poisoned += pages.count
+                    }
                 }
             }
+            return poisoned
         }
         // Wake every waiter, also those on pages that were local: each faults again and either
         // finds its page or gets SIGBUS; none sleeps on after this daemon is gone.
         for s in mappings.spans { try? uffd.wake(AddressRange(start: s.base, length: s.size)) }
+        return poisoned
     }
 }

@@ -62,6 +62,13 @@ public final class PoisonGuard: @unchecked Sendable {
         }
     }
 
+    /// The owner of the memory poisoned what was missing itself (precisely, from its own
+    /// bookkeeping): ``poisonMissing()`` returns `pages` from now on instead of walking the
+    /// ranges again. The fatal-signal handler still covers the ranges until deinit.
+    public func recordPoisoned(pages: Int) {
+        phase.withLock { if case .armed = $0 { $0 = .poisoned(pages: pages) } }
+    }
+
     /// Whether ``release()`` was called.
     public var isReleased: Bool {
         if case .released = phase.withLock({ $0 }) { return true }

@@ -130,10 +130,16 @@ public enum UnixSocket {
         return (r, r < 0 ? Glibc.errno : 0)
     }
 
-    /// Sends one datagram to the socket at `path` (`sendto` on a fresh `SOCK_DGRAM` socket).
-    public static func sendDatagram(to path: String, bytes: [UInt8]) throws(KernelError) {
+    /// A new `AF_UNIX` `SOCK_DGRAM` socket (close-on-exec).
+    private static func datagramSocket() throws(KernelError) -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         if fd < 0 { throw KernelError("socket", Errno(rawValue: Glibc.errno), detail: "AF_UNIX datagram") }
+        return fd
+    }
+
+    /// Sends one datagram to the socket at `path` (`sendto` on a fresh `SOCK_DGRAM` socket).
+    public static func sendDatagram(to path: String, bytes: [UInt8]) throws(KernelError) {
+        let fd = try datagramSocket()
         defer { close(fd) }
         let (r, e) = withSocketAddress(path) { addr, length in
             Int32(bytes.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL), addr, length) })
@@ -143,8 +149,7 @@ public enum UnixSocket {
 
     /// A bound `SOCK_DGRAM` socket at `path` (for tests that play systemd's notify socket).
     public static func bindDatagram(path: String) throws(KernelError) -> FileDescriptor {
-        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        if fd < 0 { throw KernelError("socket", Errno(rawValue: Glibc.errno), detail: "AF_UNIX datagram") }
+        let fd = try datagramSocket()
         if !path.hasPrefix("@") { unlink(path) }
         let (r, e) = withSocketAddress(path) { bind(fd, $0, $1) }
         if r < 0 {

@@ -100,7 +100,7 @@ public struct QEMUDestination {
         }
         let resolver = try FaultResolver(uffd: handoff.uffd, region: region, mappings: handoff.mappings,
                                          demand: client.demand, push: client.push,
-                                         configuration: configuration(staged: staged, connection: handoff.connection), logger: logger)
+                                         configuration: configuration(staged: staged, connection: handoff.connection, guard: missing), logger: logger)
         let outcome = Mutex<Result<ResolveReport, ResolveError>?>(nil)
         let resolving = try KernelThread(name: "dst-resolver") {
             let r: Result<ResolveReport, ResolveError>
@@ -147,8 +147,9 @@ public struct QEMUDestination {
     }
 
     /// How the resolver runs for a guest.
-    private func configuration(staged: StagedPages?, connection: FileDescriptor) -> FaultResolver.Configuration {
+    private func configuration(staged: StagedPages?, connection: FileDescriptor, guard missing: PoisonGuard) -> FaultResolver.Configuration {
         var configuration = FaultResolver.Configuration()
+        configuration.poisonGuard = missing
         configuration.staged = staged
         configuration.urgentDemand = demandPriority.isRealtime
         // The source holds pages until its VM stops; until then only silence can come.

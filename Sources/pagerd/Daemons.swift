@@ -219,6 +219,7 @@ struct DestCommand: ParsableCommand {
             configuration.otherRegions = client.regions.map(\.id)
             configuration.workloadConnection = handoff.connection
             configuration.staged = staged
+            configuration.poisonGuard = missing
             let resolver = try FaultResolver(uffd: handoff.uffd, region: region, mappings: handoff.mappings,
                                              demand: client.demand, push: noPush ? nil : client.push, configuration: configuration, logger: logger)
             let r = try resolver.run()

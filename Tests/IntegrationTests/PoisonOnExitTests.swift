@@ -116,6 +116,8 @@ struct PoisonOnExitTests {
         // The daemon tracks only what the workload maps: no trap, it waits for the silent
         // source and gives up after the stall timeout.
         #expect(o.dest.contains("stall timeout 1500 ms") && !o.dest.contains("fatal signal"), "\(o.dest)")
+        // The resolver poisoned them (all 64 MiB was missing) and says how many.
+        #expect(o.dest.contains("16384 pages not yet local were poisoned"), "\(o.dest)")
     }
 
     @Test("the source's region is smaller than the workload's memory")
