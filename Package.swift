@@ -10,7 +10,11 @@
 //   PagerWire    -> (nothing)          wire protocol v1, pure value types
 //   PagerCore    -> (nothing)          page bookkeeping, pure and synchronous
 //   PagerHandoff -> (nothing)          the workload's handoff messages (JSON), pure value types
-//   PagerTransport -> PagerKernel, PagerWire
+//   CCrypto                            the system's libcrypto (OpenSSL 3): headers only
+//   PagerCrypto  -> CCrypto            HMAC, HKDF, X25519, AES-256-GCM, constant-time compare
+//   PagerTrust   -> PagerCrypto, PagerWire
+//                                      keys (the key file) and the handshake's key schedule
+//   PagerTransport -> PagerKernel, PagerWire, PagerCrypto, PagerTrust
 //                                      a connection: FrameConnection, FrameChannel (TCP)
 //   PagerSource, PagerDestination -> PagerKernel, PagerWire, PagerCore, PagerTransport
 //                                      (+ PagerHandoff for the destination): the two services
@@ -72,6 +76,11 @@ let package = Package(
             providers: [.apt(["liburing-dev"])]
         ),
         .systemLibrary(
+            name: "CCrypto",
+            pkgConfig: "libcrypto",
+            providers: [.apt(["libssl-dev"])]
+        ),
+        .systemLibrary(
             name: "CRDMA",
             providers: [.apt(["libibverbs-dev", "librdmacm-dev"])]
         ),
@@ -93,8 +102,12 @@ let package = Package(
         .target(name: "PagerCore"),
         // The handoff's JSON: mappings, prefetch hints and replies (Protocols/handoff.md).
         .target(name: "PagerHandoff"),
+        // Cryptographic primitives over libcrypto, one reused context per direction for AES-GCM.
+        .target(name: "PagerCrypto", dependencies: ["CCrypto"]),
+        // The key ring (QEMU's keys.psk format) and the handshake's transcript and key schedule.
+        .target(name: "PagerTrust", dependencies: ["PagerCrypto", "PagerWire"]),
         // Frames over TCP: the page path's send (scatter-gather) and receive (into aligned buffers).
-        .target(name: "PagerTransport", dependencies: ["PagerKernel", "PagerWire"]),
+        .target(name: "PagerTransport", dependencies: ["PagerKernel", "PagerWire", "PagerCrypto", "PagerTrust"]),
         .target(
             name: "PagerDestination",
             dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerHandoff", "PagerTransport", .product(name: "Logging", package: "swift-log"),
@@ -132,7 +145,7 @@ let package = Package(
         .executableTarget(
             name: "pagerd",
             dependencies: [
-                "PagerKernel", "PagerWire", "PagerCore", "PagerReport", "PagerSource", "PagerDestination", "PagerQEMU",
+                "PagerKernel", "PagerWire", "PagerCore", "PagerReport", "PagerSource", "PagerDestination", "PagerQEMU", "PagerTrust",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -176,6 +189,9 @@ let package = Package(
         // Pure decoder tests, plus the socket side of the handoff (HandoffListener.read on a socketpair).
         .testTarget(name: "PagerHandoffTests", dependencies: ["PagerHandoff", "PagerDestination", "PagerKernel"]),
         .testTarget(name: "PagerReportTests", dependencies: ["PagerReport"]),
+        // Known-answer vectors (RFC 4231, RFC 5869, RFC 7748, GCM) for the primitives.
+        .testTarget(name: "PagerCryptoTests", dependencies: ["PagerCrypto"]),
+        .testTarget(name: "PagerTrustTests", dependencies: ["PagerTrust", "PagerCrypto", "PagerWire"]),
         .testTarget(name: "PagerKernelTests", dependencies: ["PagerKernel", .product(name: "SystemPackage", package: "swift-system")]),
         // The source in-process on loopback, with a destination from PagerDestination.
         .testTarget(
