@@ -4,41 +4,6 @@ import PagerTransport
 import PagerWire
 import Testing
 
-/// A source that answers every HELLO with WELCOME and the REGION frames given, or with an
-/// ERROR, and then says nothing: for destinations whose source misbehaves at the handoff.
-final class ScriptedSource: @unchecked Sendable {
-    enum Answer { case regions([RegionDescriptor]), refuse(ProtocolError) }
-    let listener: TCPListener
-    private var thread: KernelThread?
-
-    init(_ answer: Answer) throws {
-        listener = try TCPListener(Endpoint(host: "127.0.0.1", port: 0))
-        thread = try KernelThread(name: "scripted-src") { [listener] in
-            var open: [FrameChannel] = []
-            while let socket = try? listener.accept() {
-                let channel = FrameChannel(socket)
-                guard case .message(.hello(let hello))? = try? channel.receive() else { continue }
-                switch answer {
-                case .refuse(let e):
-                    try? channel.send(.error(e))
-                case .regions(let regions):
-                    try? channel.send(.welcome(Welcome(features: hello.features.intersection([.resume, .hugePages]),
-                                                       regionCount: UInt32(regions.count), session: 0x5eed)))
-                    for r in regions { try? channel.send(.region(r)) }
-                }
-                open.append(channel) // kept open: the destination must not see a close
-            }
-        }
-    }
-
-    var endpoint: Endpoint { listener.endpoint }
-
-    deinit {
-        listener.shutdown()
-        thread?.join()
-    }
-}
-
 /// `pagerd dest` has taken a workload's userfaultfd: whatever ends it before every page is
 /// local must poison what is missing, so the workload dies of SIGBUS and never reads zeros.
 @Suite("Every exit after a handoff poisons", .serialized,
