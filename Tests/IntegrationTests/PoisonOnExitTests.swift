@@ -6,6 +6,8 @@ import Testing
 
 /// `pagerd dest` has taken a workload's userfaultfd: whatever ends it before every page is
 /// local must poison what is missing, so the workload dies of SIGBUS and never reads zeros.
+/// (A source that announces regions the destination refuses, or sends frames it refuses:
+/// HostileSourceTests.)
 @Suite("Every exit after a handoff poisons", .serialized,
        .enabled(if: isRoot, "needs root for userfaultfd"),
        .enabled(if: Binaries.present, Comment(rawValue: Binaries.missing)))
@@ -70,28 +72,6 @@ struct PoisonOnExitTests {
         let o = try handOff(to: source.endpoint)
         expectPoisoned(o, "refused")
         #expect(o.dest.contains("scripted refusal"), "\(o.dest)")
-    }
-
-    @Test("the source announces a 2^63-byte region (malformed REGION for this workload)")
-    func hugeRegion() throws {
-        let region = RegionDescriptor(id: 1, pageShift: 12, flags: [], length: 1 << 63, name: "huge")
-        let source = try ScriptedSource(.regions([region]))
-        let o = try handOff(to: source.endpoint, destExtra: ["--stall-timeout-ms", "1500"])
-        expectPoisoned(o, "huge region")
-        // The daemon tracks only what the workload maps: no trap, it waits for the silent
-        // source and gives up after the stall timeout.
-        #expect(o.dest.contains("stall timeout 1500 ms") && !o.dest.contains("fatal signal"), "\(o.dest)")
-        // The resolver poisoned them (all 64 MiB was missing) and says how many.
-        #expect(o.dest.contains("16384 pages not yet local were poisoned"), "\(o.dest)")
-    }
-
-    @Test("the source's region is smaller than the workload's memory")
-    func smallRegion() throws {
-        let region = RegionDescriptor(id: 1, pageShift: 12, flags: [], length: 1 << 20, name: "small")
-        let source = try ScriptedSource(.regions([region]))
-        let o = try handOff(to: source.endpoint)
-        expectPoisoned(o, "small region")
-        #expect(o.dest.contains("does not fit region"), "\(o.dest)")
     }
 
     @Test("a fatal signal (SIGQUIT, as a crash would) while the daemon holds the memory")
