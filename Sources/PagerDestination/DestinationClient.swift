@@ -47,6 +47,7 @@ public final class DestinationClient: @unchecked Sendable {
             throw ChannelError.unexpected(peer: channel.peer, "source chose version \(welcome.version)")
         }
         channel.sendLimit = welcome.maxPayload
+        try Announcement.check(regionCount: welcome.regionCount, from: channel)
         var regions: [RegionDescriptor] = []
         for _ in 0..<welcome.regionCount {
             guard case .message(.region(let r)) = try channel.receive() else {
@@ -54,6 +55,7 @@ public final class DestinationClient: @unchecked Sendable {
             }
             regions.append(r)
         }
+        try Announcement.check(welcome: welcome, regions: regions, from: channel)
         return (welcome, regions)
     }
 

@@ -140,18 +140,9 @@ public final class FaultResolver: @unchecked Sendable {
     ///   transfer: pages arrive only when touched or prefetched).
     public init(uffd: Userfaultfd, region: RegionDescriptor, mappings: [RegionMapping], demand: any FrameConnection,
                 push: (any FrameConnection)?, configuration: Configuration = Configuration(), logger: Logger) throws(ResolveError) {
-        guard let unit = mappings.first?.pageSize, mappings.allSatisfy({ $0.pageSize == unit }) else {
-            throw .invalidSetup("mappings must be non-empty and share one page size")
-        }
-        guard unit >= Int(region.pageSize), unit % Int(region.pageSize) == 0 else {
-            throw .invalidSetup("mapping page size \(unit) is smaller than region \(region.id)'s \(region.pageSize)-byte pages")
-        }
-        for m in mappings {
-            guard m.size > 0, m.size % UInt64(unit) == 0, m.regionOffset % UInt64(unit) == 0, m.base % UInt64(unit) == 0,
-                  fits(m.regionOffset, m.size, within: region.length) else {
-                throw .invalidSetup("mapping \(hex(m.base))+\(hex(m.size)) at region offset \(hex(m.regionOffset)) does not fit region \(region.id) (\(hex(region.length)) bytes, \(unit)-byte pages)")
-            }
-        }
+        // The region against the memory it is to fill, before anything is sized by either.
+        do { try Announcement.check(region: region, serves: mappings) } catch { throw .invalidSetup("\(error)") }
+        let unit = mappings[0].pageSize
         self.uffd = uffd
         self.region = region
         self.demand = demand
@@ -159,8 +150,8 @@ public final class FaultResolver: @unchecked Sendable {
         self.configuration = configuration
         self.logger = logger
         self.unit = unit
-        // Only the pages the mappings cover are tracked: a region may be far larger than what
-        // this workload maps (its bookkeeping then stays the size of the workload's memory).
+        // Only the pages the mappings cover are tracked (the region is exactly as long as their
+        // extent, checked above): the bookkeeping is the size of the workload's memory.
         let table = MappingTable(unit: unit, spans: mappings.map { .init(base: $0.base, size: $0.size, regionOffset: $0.regionOffset) })
         self.mappings = table
         trackedPages = table.pageCount

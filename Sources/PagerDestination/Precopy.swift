@@ -79,7 +79,10 @@ public final class StagedPages: @unchecked Sendable {
             case .message(.invalidate(let inv)):
                 // Dropped = no longer staged (never installed): acknowledge at once, since the
                 // source's writer is paused until it hears back; free the memory afterwards.
-                let ranges = inv.region == region.id ? inv.ranges.filter { fits($0.offset, $0.length, within: region.length) } : []
+                if inv.region == region.id, let bad = inv.ranges.first(where: { !fits($0.offset, $0.length, within: region.length) }) {
+                    throw .sourceMisbehaved("INVALIDATE \(inv.sequence) of region \(region.id) at \(hex(bad.offset))+\(hex(bad.length)) is outside the region (\(hex(region.length)) bytes)")
+                }
+                let ranges = inv.region == region.id ? inv.ranges : []
                 for r in ranges {
                     _ = staged.present.remove(Int(r.offset) / basePageSize..<Int(r.offset + r.length) / basePageSize)
                     staged.invalidatedBytes += r.length

@@ -34,7 +34,12 @@ extension FaultResolver {
         switch incoming {
         case .pageData(let header, _) where header.region != region.id:
             // Another region of the source's: this destination does not map it (it said so
-            // with COMPLETE, but data may already have been on the way).
+            // with COMPLETE, but data may already have been on the way). A region the source
+            // never announced is a lie, not a race.
+            guard configuration.otherRegions.contains(header.region) else {
+                lock.withLock { $0.fail(.sourceMisbehaved("PAGE_DATA for region \(header.region), which the source did not announce")) }
+                return false
+            }
             lock.withLock { $0.report.otherRegionBytes += header.length }
         case .pageData(let header, let data):
             guard fits(header.offset, header.length, within: region.length) else {

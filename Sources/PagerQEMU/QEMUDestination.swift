@@ -86,8 +86,9 @@ public struct QEMUDestination {
         var clientOpen = true
         defer { if clientOpen { client.close() } }
         let region = try client.region(selectedBy: nil)
-        guard region.length >= total else {
-            throw QEMUError("the source serves \(region.length >> 20) MiB but QEMU here has \(total >> 20) MiB of guest RAM: give both the same size")
+        // Before pre-copy stages anything sized by the region: it must be this guest RAM's.
+        do { try Announcement.check(region: region, serves: handoff.mappings) } catch {
+            throw QEMUError("\(error) (the source serves \(region.length >> 20) MiB, QEMU here has \(total >> 20) MiB of guest RAM: give both the same size)")
         }
         var staged: StagedPages?
         if precopy {

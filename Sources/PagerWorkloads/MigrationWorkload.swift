@@ -72,6 +72,11 @@ public struct MigrationWorkload {
     /// Tests only: send a handoff the pager must refuse (no `offset`, no `page_size`), with the
     /// userfaultfd attached, and touch the memory anyway.
     public var malformedHandoff = false
+    /// With access `.none`: once the pager has closed the handoff connection (it is done, or it
+    /// failed), say where every page stands before any missing one is read (tests of failed
+    /// migrations: every page must be present with its data, or poisoned; none may be neither,
+    /// which would read as zeros).
+    public var onPagerGone: ((Residency) -> Void)?
 
     public init(bytes: Int, backing: Backing, access: Access, seed: UInt64, writeEvery: Int, touchPages: Int? = nil) {
         self.touchPages = touchPages
@@ -102,6 +107,7 @@ public struct MigrationWorkload {
             // The pager closes the handoff connection once every page is local.
             while try !UnixSocket.receive(memory.socket, maxBytes: 1, maxDescriptors: 0).bytes.isEmpty {}
             order = []
+            if let onPagerGone { onPagerGone(try residency(memory)) }
         }
         if hintBytes > 0 { try hint(memory) }
         if let touchPages { order = Array(order.prefix(touchPages)) }
@@ -164,6 +170,52 @@ public struct MigrationWorkload {
             throw error
         }
         return HandedOff(mapping: memory, backingFile: backingFile, socket: socket)
+    }
+
+    /// Where the pages of the memory stand (`PAGEMAP_SCAN`), and whether the present ones hold
+    /// the pattern: reads present pages only, so it never faults.
+    public struct Residency: Sendable {
+        public var present = 0
+        /// Present pages whose content is not the source's.
+        public var mismatches = 0
+        /// Not present, with a marker in the page table: poisoned (`UFFDIO_POISON`), which
+        /// PAGEMAP_SCAN reports as swapped (this counts swapped-out pages too, on a host with swap).
+        public var poisoned = 0
+        /// Neither present nor marked: with the pager gone, such a page reads as zeros.
+        public var absent = 0
+    }
+
+    func residency(_ memory: borrowing HandedOff) throws -> Residency {
+        var r = Residency()
+        let scanner = try PagemapScanner()
+        let range = memory.mapping.range
+        var cursor = range.start
+        while cursor < range.end {
+            let (regions, walkEnd) = try scanner.scanOnce(AddressRange(start: cursor, length: range.end - cursor),
+                                                          anyOf: [.present, .swapped], report: [.present, .swapped])
+            for region in regions {
+                let start = max(region.range.start, cursor)
+                guard start < region.range.end else { continue }
+                let first = Int(start - range.start) / basePageSize, end = Int(region.range.end - range.start) / basePageSize
+                if region.categories.contains(.present) {
+                    r.present += end - first
+                    for p in first..<end where !holdsPattern(memory, page: p) { r.mismatches += 1 }
+                } else {
+                    r.poisoned += end - first
+                }
+                cursor = region.range.end
+            }
+            // As in PagemapScanner.writtenRanges: a short answer means the walk covered the range.
+            if regions.count < 512 || walkEnd <= cursor { break }
+            cursor = walkEnd
+        }
+        r.absent = bytes / basePageSize - r.present - r.poisoned
+        return r
+    }
+
+    private func holdsPattern(_ memory: borrowing HandedOff, page p: Int) -> Bool {
+        let words = (memory.base + p * basePageSize).assumingMemoryBound(to: UInt64.self)
+        return (0..<basePageSize / 8).allSatisfy { words[$0] == MigrationPattern.word(page: p, word: $0, seed: seed) }
     }
 
     /// The order pages are first touched in.

@@ -37,6 +37,7 @@ struct PagerWorkload: ParsableCommand {
         @Option(help: "Shared memory: punch a hole at every N-th page after touching (0: none).") var punchEvery = 0
         @Option(help: "Drop every N-th page with MADV_DONTNEED, half before and half after touching (anon only; 0: none).") var discardEvery = 0
         @Flag(help: "Tests only: send a handoff the pager must refuse (no offset, no page_size), then touch the memory anyway.") var malformedHandoff = false
+        @Flag(help: "Tests only, with --access none: once the pager closes the handoff connection, print how many pages are present (and whether they hold the pattern), poisoned, or neither, before reading the rest.") var reportResidency = false
         @Option(help: "Check every page against these digests (from `pager-workload digest`) instead of the fill pattern.") var expectDigests: String?
 
         func run() throws {
@@ -48,6 +49,13 @@ struct PagerWorkload: ParsableCommand {
             w.punchEvery = punchEvery
             w.malformedHandoff = malformedHandoff
             w.expectedDigests = try expectDigests.map { try PageDigest.load(from: $0) }
+            if reportResidency {
+                w.onPagerGone = { r in
+                    // Printed and flushed now: reading the rest may end this process with SIGBUS.
+                    print("workload: the pager is gone: present=\(r.present) present-mismatches=\(r.mismatches) poisoned=\(r.poisoned) absent=\(r.absent)")
+                    fflushStandardOutput()
+                }
+            }
             let r = try w.run(socketPath: socket)
             print("workload: \(r.mismatches == 0 ? "ok" : "CORRUPT") pages=\(r.pages) backing=\(backing) access=\(access) mismatches=\(r.mismatches) touch-seconds=\(r.seconds) waits=\(r.waits.count) wait-p50-ns=\(r.waits.p50) wait-p90-ns=\(r.waits.p90) wait-p99-ns=\(r.waits.p99) wait-p999-ns=\(r.waits.p999) wait-max-ns=\(r.waits.max)")
             if let first = r.firstMismatch { print("first mismatch: \(first)") }
