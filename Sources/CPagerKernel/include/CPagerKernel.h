@@ -267,4 +267,9 @@ void pager_leave_foreground(void);
 /// sched_getscheduler(0): the calling thread's policy (SCHED_OTHER, SCHED_IDLE, ...) or -errno.
 int pager_thread_policy(void);
 
+// Secret files (SecretFile.swift): getrandom(2), and the extended attribute that holds a
+// file's access ACL. Swift's Glibc module exports neither header.
+#include <sys/random.h>
+#include <sys/xattr.h>
+
 #endif
