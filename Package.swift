@@ -205,7 +205,7 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerTransport", "PagerWorkloads", "PagerHarness",
-                           "PagerSource", "PagerDestination",
+                           "PagerSource", "PagerDestination", "PagerTrust",
                            .product(name: "Logging", package: "swift-log"), .product(name: "SystemPackage", package: "swift-system")]
         ),
     ]

@@ -20,7 +20,8 @@ public struct SecretFileError: Error, CustomStringConvertible, Equatable, Sendab
         case symbolicLink
         /// A directory, FIFO, socket or device, named as in "is a directory".
         case notRegularFile(kind: String)
-        /// Group or other permission bits are set (and no ACL explains them away).
+        /// Group or other permission bits are set (and no ACL explains them away); `mode` is the
+        /// permission bits (`st_mode & 0o7777`).
         case accessibleByOthers(mode: UInt32)
         /// The access ACL lets someone else read or write it: `grantee` as in "user 1001".
         case aclGrantsAccess(mode: UInt32, grantee: String)
@@ -111,8 +112,8 @@ private func secretFileProblem(_ fd: Int32, _ st: stat) -> SecretFileError.Reaso
         // With an access ACL the group bits show the ACL's mask, not the group's permission:
         // decide on the entries themselves.
         switch aclGrantee(fd, group: st.st_gid) {
-        case .noACL: return .accessibleByOthers(mode: st.st_mode)
-        case .grants(let who): return .aclGrantsAccess(mode: st.st_mode, grantee: who)
+        case .noACL: return .accessibleByOthers(mode: st.st_mode & 0o7777)
+        case .grants(let who): return .aclGrantsAccess(mode: st.st_mode & 0o7777, grantee: who)
         case .onlyThisUser: break
         }
     }
