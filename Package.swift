@@ -16,13 +16,14 @@
 //                                      keys (the key file) and the handshake's key schedule
 //   PagerTransport -> PagerKernel, PagerWire, PagerCrypto, PagerTrust
 //                                      a connection: FrameConnection, FrameChannel (TCP)
-//   PagerSource, PagerDestination -> PagerKernel, PagerWire, PagerCore, PagerTransport
+//   PagerSource, PagerDestination -> PagerKernel, PagerWire, PagerCore, PagerTransport,
+//                                   PagerTrust, PagerCrypto
 //                                      (+ PagerHandoff for the destination): the two services
 //   PagerQEMU    -> the services       QMP, QEMUSource, QEMUDestination
 //   PagerReport  -> (nothing)          what pagerd prints: latency summaries, fixed decimals
 //   PagerWorkloads -> PagerKernel, PagerReport, Histogram, SystemPackage
 //                                      the workload that is migrated (pager-workload, tests)
-//   PagerHarness -> PagerKernel        two namespaces, scratch dirs, children, QEMU runs (tests, pager-bench)
+//   PagerHarness -> PagerKernel, PagerTrust  two namespaces, scratch dirs, children, QEMU runs (tests, pager-bench)
 //   PagerBenchKit -> PagerKernel, PagerReport, PagerWorkloads, PagerHarness
 //                                      pager-bench's measurements
 //   pagerd       -> the services and PagerReport only: never the harness, the workloads or
@@ -110,17 +111,20 @@ let package = Package(
         .target(name: "PagerTransport", dependencies: ["PagerKernel", "PagerWire", "PagerCrypto", "PagerTrust"]),
         .target(
             name: "PagerDestination",
-            dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerHandoff", "PagerTransport", .product(name: "Logging", package: "swift-log"),
+            dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerHandoff", "PagerTransport", "PagerTrust", "PagerCrypto",
+                           .product(name: "Logging", package: "swift-log"),
                            .product(name: "SystemPackage", package: "swift-system")]
         ),
         .target(
             name: "PagerSource",
-            dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerTransport", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerTransport", "PagerTrust", "PagerCrypto",
+                           .product(name: "Logging", package: "swift-log")]
         ),
         // Driving unmodified QEMU over QMP: the post-copy backend's two sides.
         .target(
             name: "PagerQEMU",
-            dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerHandoff", "PagerSource", "PagerDestination", .product(name: "Logging", package: "swift-log"),
+            dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerHandoff", "PagerSource", "PagerDestination", "PagerTrust",
+                           .product(name: "Logging", package: "swift-log"),
                            .product(name: "SystemPackage", package: "swift-system")]
         ),
         // What pagerd prints: latency summaries and fixed-decimal numbers (pure, no histogram).
@@ -134,7 +138,7 @@ let package = Package(
         ),
         // The two-namespace harness: TwoHosts, Scratch, children's output, live and QEMU runs.
         // Tests and pager-bench only; never pagerd.
-        .target(name: "PagerHarness", dependencies: ["PagerKernel"]),
+        .target(name: "PagerHarness", dependencies: ["PagerKernel", "PagerTrust"]),
         // pager-bench's measurements (library, so tests can run them too).
         .target(
             name: "PagerBenchKit",
@@ -154,6 +158,7 @@ let package = Package(
             name: "pager-bench",
             dependencies: [
                 "PagerKernel", "PagerWire", "PagerReport", "PagerWorkloads", "PagerHarness", "PagerBenchKit", "PagerQEMU", "PagerDestination",
+                "PagerTrust",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -196,7 +201,7 @@ let package = Package(
         // The source in-process on loopback, with a destination from PagerDestination.
         .testTarget(
             name: "PagerSourceTests",
-            dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerTransport", "PagerSource", "PagerDestination",
+            dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerTransport", "PagerSource", "PagerDestination", "PagerHarness", "PagerTrust",
                            .product(name: "Logging", package: "swift-log")]
         ),
         // FrameChannel over loopback TCP: fragmented reads, closes and truncations, concurrent senders.

@@ -1,10 +1,16 @@
 #!/usr/bin/env python3
-"""Writes vectors/valid.hex and vectors/invalid.hex for pager wire protocol v1.
+"""Writes vectors/valid.hex, vectors/invalid.hex and vectors/handshake.txt for wire protocol v1.
 
 An encoder written from pager-wire-v1.md alone, independent of the Swift implementation:
 the Swift tests decode these frames, compare with the `meaning` lines, and re-encode them,
-so the two implementations check each other.  Run: python3 Protocols/make_vectors.py
+so the two implementations check each other.  handshake.txt is a whole authenticated
+handshake (section 5) for a given key, nonces and X25519 private keys: every frame, both
+transcript hashes, the derived keys and both MACs, computed here with X25519 written from
+RFC 7748 and HKDF from RFC 5869 (Python's hashlib and hmac only for SHA-256 and HMAC).
+Run: python3 Protocols/make_vectors.py
 """
+import hashlib
+import hmac
 import os
 import struct
 
@@ -49,10 +55,10 @@ def flagnames(flags, names):
     return "|".join(out) if out else "-"
 
 
-def hello(minv, maxv, features, maxp, session, token, client):
-    p = struct.pack(">IHHQII Q", MAGIC, minv, maxv, features, maxp, 0, session) + token + string(client)
+def hello(minv, maxv, features, maxp, session, token, client, identity=""):
+    p = struct.pack(">IHHQII Q", MAGIC, minv, maxv, features, maxp, 0, session) + token + string(client) + string(identity)
     m = f'HELLO min-version={minv} max-version={maxv} features={hx(features)} max-payload={hx(maxp)} ' \
-        f'resume-session={hx(session)} resume-token={token.hex()} client="{client}"'
+        f'resume-session={hx(session)} resume-token={token.hex()} client="{client}" key-identity="{identity}"'
     return frame("HELLO", 0, p), m
 
 
@@ -104,11 +110,15 @@ def valid():
               *hello(1, 3, 0x08, 0x10000, 0x1122334455667788, bytes(range(16)), "")))
     v.append(("the server accepts version 1 with checksums and announces two regions",
               *welcome(1, 0x01, 0x210000, 2, 0x0123456789ABCDEF, bytes([0xA5] * 16))))
+    v.append(("an authenticated new session with the key named pager-1, max_payload above the maximum (kept as sent)",
+              *hello(1, 1, 0x6d, 0x7fffffff, 0, bytes(16), "pagerd-dest@host-b", "pager-1")))
     nonce = bytes(range(32))
-    v.append(("authentication challenge", frame("AUTH_CHALLENGE", 0, nonce), f"AUTH_CHALLENGE nonce={nonce.hex()}"))
+    share = bytes(range(64, 96))
+    v.append(("authentication challenge", frame("AUTH_CHALLENGE", 0, nonce + share),
+              f"AUTH_CHALLENGE nonce={nonce.hex()} share={share.hex()}"))
     mac = bytes(range(32, 64))
-    v.append(("authentication response", frame("AUTH_RESPONSE", 0, nonce[::-1] + mac),
-              f"AUTH_RESPONSE client-nonce={nonce[::-1].hex()} mac={mac.hex()}"))
+    v.append(("authentication response", frame("AUTH_RESPONSE", 0, nonce[::-1] + share[::-1] + mac),
+              f"AUTH_RESPONSE client-nonce={nonce[::-1].hex()} share={share[::-1].hex()} mac={mac.hex()}"))
     v.append(("authentication confirmation", frame("AUTH_CONFIRM", 0, mac[::-1]), f"AUTH_CONFIRM mac={mac[::-1].hex()}"))
     v.append(("a 1 GiB region of 4 KiB pages", *region(1, 12, 0, 1 << 30, "vm.ram")))
     v.append(("a live 64 MiB hugetlbfs region of 2 MiB pages", *region(2, 21, 1, 64 << 20, "/dev/hugepages/vm")))
@@ -157,7 +167,7 @@ def valid():
 def invalid():
     ok_req = struct.pack(">IIQQ", 7, 1, 0x200000, 0x1000)
     data_hdr = lambda length, enc, flags=0: struct.pack(">IIQQB7x", 1, 1, 0, length, enc)
-    hello_ok = struct.pack(">IHHQIIQ", MAGIC, 1, 1, 0, 0x210000, 0, 0) + bytes(16) + string("x")
+    hello_head = struct.pack(">IHHQIIQ", MAGIC, 1, 1, 0, 0x210000, 0, 0) + bytes(16)
     v = []
     v.append(("type 0x0099 does not exist", "unknown-message-type", struct.pack(">HHI", 0x99, 0, 0)))
     v.append(("GOODBYE defines no flags", "unknown-flags", struct.pack(">HHI", 0x7E, 1, 0)))
@@ -189,9 +199,13 @@ def invalid():
     v.append(("HELLO with max_payload below 64 KiB", "field-out-of-range",
               frame("HELLO", 0, struct.pack(">IHHQIIQ", MAGIC, 1, 1, 0, 4096, 0, 0) + bytes(16) + string("x"))))
     v.append(("HELLO client name longer than 64 bytes", "field-out-of-range",
-              frame("HELLO", 0, hello_ok[:-3] + string("n" * 65))))
+              frame("HELLO", 0, hello_head + string("n" * 65) + string(""))))
     v.append(("HELLO client name that is not UTF-8", "invalid-utf8",
-              frame("HELLO", 0, hello_ok[:-3] + struct.pack(">H", 2) + b"\xc3\x28")))
+              frame("HELLO", 0, hello_head + struct.pack(">H", 2) + b"\xc3\x28" + string(""))))
+    v.append(("HELLO key identity longer than 64 bytes", "field-out-of-range",
+              frame("HELLO", 0, hello_head + string("x") + string("k" * 65))))
+    v.append(("HELLO without its key identity (a HELLO of an older draft)", "truncated-payload",
+              frame("HELLO", 0, hello_head + string("x"))))
     v.append(("REGION with 8 KiB pages", "field-out-of-range",
               frame("REGION", 0, struct.pack(">IBBHQ", 1, 13, 0, 0, 1 << 20) + string("r"))))
     v.append(("REGION length not a multiple of its 2 MiB pages", "field-out-of-range",
@@ -206,7 +220,9 @@ def invalid():
     v.append(("WELCOME with a reserved field set", "reserved-not-zero",
               frame("WELCOME", 0, struct.pack(">HHQIIQ", 1, 9, 0, 0x210000, 0, 1) + bytes(16))))
     v.append(("SWITCHED without its last_sequence", "truncated-payload", frame("SWITCHED", 0, struct.pack(">I", 1))))
-    v.append(("AUTH_CHALLENGE with a 16-byte nonce", "truncated-payload", frame("AUTH_CHALLENGE", 0, bytes(16))))
+    v.append(("AUTH_CHALLENGE with a nonce and no share", "truncated-payload", frame("AUTH_CHALLENGE", 0, bytes(32))))
+    v.append(("AUTH_RESPONSE of 64 bytes (no share)", "truncated-payload", frame("AUTH_RESPONSE", 0, bytes(64))))
+    v.append(("AUTH_CONFIRM with a byte after its mac", "trailing-bytes", frame("AUTH_CONFIRM", 0, bytes(33))))
     return v
 
 
@@ -223,6 +239,112 @@ def write(name, blocks):
             f.write(f"\n# {comment}\n{second}\nhex: {spaced(raw)}\n")
 
 
+# --- Section 5: a whole authenticated handshake -------------------------------------------
+
+def x25519(scalar, u):
+    """RFC 7748 section 5: the Montgomery ladder on Curve25519."""
+    p, a24 = 2 ** 255 - 19, 121665
+    k = bytearray(scalar)
+    k[0] &= 248
+    k[31] &= 127
+    k[31] |= 64
+    k = int.from_bytes(k, "little")
+    x1 = int.from_bytes(u, "little") & ((1 << 255) - 1)
+    x2, z2, x3, z3, swap = 1, 0, x1, 1, 0
+    for t in reversed(range(255)):
+        bit = (k >> t) & 1
+        swap ^= bit
+        if swap:
+            x2, x3, z2, z3 = x3, x2, z3, z2
+        swap = bit
+        a, b, c, d = x2 + z2, x2 - z2, x3 + z3, x3 - z3
+        aa, bb = a * a, b * b
+        e, da, cb = aa - bb, d * a, c * b
+        x3, z3 = (da + cb) ** 2 % p, x1 * (da - cb) ** 2 % p
+        x2, z2 = aa * bb % p, e * (aa + a24 * e) % p
+    if swap:
+        x2, z2 = x3, z3
+    return (x2 * pow(z2, p - 2, p) % p).to_bytes(32, "little")
+
+
+BASE = (9).to_bytes(32, "little")
+# RFC 7748 section 6.1: Alice's and Bob's keys and their shared secret.
+_alice = bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+_bob = bytes.fromhex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb")
+assert x25519(_bob, BASE).hex() == "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"
+assert x25519(_alice, BASE).hex() == "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+assert x25519(_alice, x25519(_bob, BASE)).hex() == "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742"
+
+
+def hkdf_extract(salt, ikm):
+    return hmac.new(salt, ikm, hashlib.sha256).digest()
+
+
+def hkdf_expand(prk, info, n):
+    out, block, i = b"", b"", 1
+    while len(out) < n:
+        block = hmac.new(prk, block + info + bytes([i]), hashlib.sha256).digest()
+        out += block
+        i += 1
+    return out[:n]
+
+
+def handshake(psk, identity, hello_frame, resume_token, server_nonce, server_private, client_nonce, client_private,
+              answer_frames):
+    """One connection's handshake; returns the named values in wire order."""
+    server_share, client_share = x25519(server_private, BASE), x25519(client_private, BASE)
+    challenge = frame("AUTH_CHALLENGE", 0, server_nonce + server_share)
+    response_head = struct.pack(">HHI", T["AUTH_RESPONSE"], 0, 96) + client_nonce + client_share
+    h1 = hashlib.sha256(hello_frame + challenge + response_head).digest()
+    shared = x25519(client_private, server_share)
+    assert shared == x25519(server_private, client_share)
+    secret = hkdf_extract(h1, psk + shared + resume_token)
+    keys = {label: hkdf_expand(secret, f"pager-v1 {label}".encode(), 32)
+            for label in ("client mac", "server mac", "client write", "server write")}
+    client_mac = hmac.new(keys["client mac"], h1, hashlib.sha256).digest()
+    response = response_head + client_mac
+    h2 = hashlib.sha256(hello_frame + challenge + response + b"".join(answer_frames)).digest()
+    confirm = frame("AUTH_CONFIRM", 0, hmac.new(keys["server mac"], h2, hashlib.sha256).digest())
+    return [("psk-identity", identity.encode()), ("psk", psk), ("resume-token", resume_token),
+            ("server-nonce", server_nonce), ("server-private", server_private),
+            ("client-nonce", client_nonce), ("client-private", client_private),
+            ("hello", hello_frame), ("auth-challenge", challenge), ("auth-response", response)] + \
+           [("answer", f) for f in answer_frames] + \
+           [("auth-confirm", confirm), ("shared-secret", shared), ("h1", h1), ("h2", h2), ("secret", secret),
+            ("client-mac-key", keys["client mac"]), ("server-mac-key", keys["server mac"]),
+            ("client-write-key", keys["client write"]), ("server-write-key", keys["server write"]),
+            ("key-update-client-write", hkdf_expand(keys["client write"], b"pager-v1 key update", 32))]
+
+
+def handshakes():
+    psk = bytes(range(0xA0, 0xC0))
+    token = bytes(range(0xE0, 0xF0))
+    session = 0x0123456789ABCDEF
+    regions = [region(1, 12, 0, 1 << 30, "vm.ram")[0], region(2, 21, 0, 64 << 20, "/dev/hugepages/vm")[0]]
+    demand = handshake(
+        psk, "pager-1", hello(1, 1, 0x6C, 0x210000, 0, bytes(16), "pagerd-dest@host-b", "pager-1")[0], bytes(16),
+        bytes([0x11] * 32), bytes(range(32)), bytes([0x22] * 32), bytes(range(32, 64)),
+        [welcome(1, 0x6C, 0x210000, 2, session, token)[0]] + regions)
+    push = handshake(
+        psk, "pager-1", hello(1, 1, 0x6C, 0x210000, session, bytes(16), "pagerd-dest@host-b", "pager-1")[0], token,
+        bytes([0x33] * 32), bytes(range(64, 96)), bytes([0x44] * 32), bytes(range(96, 128)),
+        [welcome(1, 0x6C, 0x210000, 2, session, token)[0]] + regions)
+    return [("a new session's demand connection: features authentication, resume, invalidation, huge-pages", demand),
+            ("the push connection resuming that session (its token from WELCOME mixed into the keys, zeros in HELLO)", push)]
+
+
+def write_handshakes(name):
+    with open(os.path.join(HERE, "vectors", name), "w") as f:
+        f.write(f"# Pager wire protocol v1 handshake vectors ({name}). Generated by Protocols/make_vectors.py;\n"
+                "# section 5 of pager-wire-v1.md. Blocks separated by blank lines, one `name: hex` a line;\n"
+                "# frames are whole (header and payload); `answer` lines are WELCOME and the REGIONs, in order.\n")
+        for comment, values in handshakes():
+            f.write(f"\n# {comment}\n")
+            for key, value in values:
+                f.write(f"{key}: {spaced(value)}\n")
+
+
 os.makedirs(os.path.join(HERE, "vectors"), exist_ok=True)
+write_handshakes("handshake.txt")
 write("valid.hex", [(c, "meaning: " + m, raw) for c, raw, m in valid()])
 write("invalid.hex", [(c, "error: " + e, raw) for c, e, raw in invalid()])

@@ -51,12 +51,12 @@ public struct PostcopyBenchmark {
 
         func migrate(_ name: String, destFlags: [String], workloadFlags: [String]) throws -> [String: Double] {
             log("pager: \(name)")
-            let source = try hosts.spawn(in: hosts.source, pagerd, ["source", "--listen", "\(TwoHosts.sourceAddress):7070", "--region", ram],
+            let source = try hosts.spawn(in: hosts.source, pagerd, ["source", "--listen", "\(TwoHosts.sourceAddress):7070", "--region", ram, "--key-file", scratch.keyFile],
                                          log: scratch.file("source-\(name).log"))
             defer { source.signal(.terminate); source.wait(timeoutMilliseconds: 10_000) }
             try waitFor(source, toPrint: "serving 1 region")
             let socket = scratch.file("\(name).sock")
-            let dest = try hosts.spawn(in: hosts.dest, pagerd, ["dest", "--connect", "\(TwoHosts.sourceAddress):7070", "--uffd-socket", socket, "--once"] + destFlags,
+            let dest = try hosts.spawn(in: hosts.dest, pagerd, ["dest", "--connect", "\(TwoHosts.sourceAddress):7070", "--uffd-socket", socket, "--once", "--key-file", scratch.keyFile] + destFlags,
                                        log: scratch.file("dest-\(name).log"))
             try waitFor(dest, toPrint: "waiting for userfaultfd handoffs")
             let w = try hosts.spawn(in: hosts.dest, workload, ["run", "--socket", socket, "--size-mib", "\(sizeMiB)", "--seed", "9", "--write-every", "0"] + workloadFlags,

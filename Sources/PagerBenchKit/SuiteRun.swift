@@ -72,12 +72,12 @@ final class SuiteRun {
 
     /// One migration of the filled file; returns the workload's key=values and its latency CDF.
     func migrate(_ name: String, destFlags: [String], workloadArgs: [String]) throws -> ([String: Double], LatencySummary) {
-        let source = try spawn(source: true, pagerd, ["source", "--listen", "\(address):\(port)", "--region", ram],
+        let source = try spawn(source: true, pagerd, ["source", "--listen", "\(address):\(port)", "--region", ram, "--key-file", scratch.keyFile],
                                log: scratch.file("source-\(name).log"))
         defer { source.signal(.terminate); source.wait(timeoutMilliseconds: 10_000) }
         try waitFor(source, toPrint: "serving 1 region")
         let socket = scratch.file("\(name).sock")
-        let dest = try spawn(source: false, pagerd, ["dest", "--connect", "\(address):\(port)", "--uffd-socket", socket, "--once"] + destFlags,
+        let dest = try spawn(source: false, pagerd, ["dest", "--connect", "\(address):\(port)", "--uffd-socket", socket, "--once", "--key-file", scratch.keyFile] + destFlags,
                              log: scratch.file("dest-\(name).log"))
         defer { dest.signal(.kill) }
         try waitFor(dest, toPrint: "waiting for userfaultfd handoffs")

@@ -53,7 +53,7 @@ public struct LiveMigration {
     public func run(hosts: TwoHosts, scratch: Scratch) throws -> Outcome {
         let live = scratch.file("live.sock")
         let source = try hosts.spawn(in: hosts.source, pagerd,
-                                     ["source", "--listen", "\(TwoHosts.sourceAddress):7070", "--live-socket", live] + sourceFlags,
+                                     ["source", "--listen", "\(TwoHosts.sourceAddress):7070", "--live-socket", live, "--key-file", scratch.keyFile] + sourceFlags,
                                      log: scratch.file("source.log"))
         defer { source.signal(.kill) }
         try waitFor(source, toPrint: "waiting for a workload")
@@ -65,7 +65,7 @@ public struct LiveMigration {
         try waitFor(source, toPrint: "serving 1 region")
         let socket = scratch.file("dest.sock")
         let dest = try hosts.spawn(in: hosts.dest, pagerd,
-                                   ["dest", "--connect", "\(TwoHosts.sourceAddress):7070", "--uffd-socket", socket, "--precopy"],
+                                   ["dest", "--connect", "\(TwoHosts.sourceAddress):7070", "--uffd-socket", socket, "--precopy", "--key-file", scratch.keyFile],
                                    log: scratch.file("dest.log"))
         defer { dest.signal(.kill) }
         if let round = forceSwitchAfterRound {

@@ -130,7 +130,7 @@ public struct QEMUMigrationRun {
         let uffdSocket = scratch.file("uffd.sock")
         let qdest = try hosts.spawn(in: hosts.dest, pagerd,
                                     ["qemu-dest", "--qmp", dstQMP, "--ram", dstRAM, "--connect", "\(TwoHosts.sourceAddress):7070",
-                                     "--uffd-socket", uffdSocket, "--incoming", "tcp:0.0.0.0:4444"] + (trackSocket == nil ? [] : ["--precopy"]),
+                                     "--uffd-socket", uffdSocket, "--incoming", "tcp:0.0.0.0:4444", "--key-file", scratch.keyFile] + (trackSocket == nil ? [] : ["--precopy"]),
                                     log: scratch.file("qemu-dest.log"))
         defer { qdest.signal(.kill) }
         try waitFor(qdest, toPrint: "waiting for QEMU's handoff")
@@ -142,7 +142,7 @@ public struct QEMUMigrationRun {
         try waitFor(qdest, toPrint: "incoming migration on", seconds: 30)
         let qsource = try hosts.spawn(in: hosts.source, pagerd,
                                       ["qemu-source", "--qmp", srcQMP, "--ram", srcRAM, "--listen", "\(TwoHosts.sourceAddress):7070",
-                                       "--migrate-to", "tcp:\(TwoHosts.destAddress):4444"] + (trackSocket.map { ["--track-socket", $0] } ?? []) + sourceArguments,
+                                       "--migrate-to", "tcp:\(TwoHosts.destAddress):4444", "--key-file", scratch.keyFile] + (trackSocket.map { ["--track-socket", $0] } ?? []) + sourceArguments,
                                       log: scratch.file("qemu-source.log"))
         defer { qsource.signal(.kill) }
         let s = qsource.wait(timeoutMilliseconds: 180_000)

@@ -16,4 +16,12 @@ public final class Scratch {
     }
 
     public func file(_ name: String) -> String { directory.file(name) }
+
+    /// `keys.psk` in this directory (the test key, ``TestKeys``), written on first use:
+    /// pass it as `--key-file` to every daemon of one test.
+    public lazy var keyFile: String = {
+        let path = file("keys.psk")
+        do { try TestKeys.writeFile(path) } catch { fatalError("cannot write the test key file \(path): \(error)") }
+        return path
+    }()
 }

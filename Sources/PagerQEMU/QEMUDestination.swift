@@ -3,6 +3,7 @@ import PagerCore
 import PagerDestination
 import PagerKernel
 import PagerSource
+import PagerTrust
 import PagerWire
 import Synchronization
 import SystemPackage
@@ -17,6 +18,8 @@ public struct QEMUDestination {
     /// Where this QEMU listens for the device state (`migrate-incoming` URI), e.g. tcp:0:4444.
     public var incoming: String
     public var logger: Logger
+    /// How the source is authenticated (see ``DestinationClient``).
+    public var authentication: PeerAuthentication
     /// Receive the source's pre-copy rounds (`pagerd qemu-source --track-socket`) into this
     /// daemon's memory before the switch; they are installed locally after it.
     public var precopy = false
@@ -24,7 +27,9 @@ public struct QEMUDestination {
     /// fault must not wait for a vCPU's time slice (see ``DemandPriority``).
     public var demandPriority = DemandPriority.realtime
 
-    public init(qmpPath: String, ram: String, source: Endpoint, uffdSocket: String, incoming: String, logger: Logger, precopy: Bool = false) {
+    public init(qmpPath: String, ram: String, source: Endpoint, uffdSocket: String, incoming: String,
+                authentication: PeerAuthentication, logger: Logger, precopy: Bool = false) {
+        self.authentication = authentication
         self.qmpPath = qmpPath
         self.ram = ram
         self.source = source
@@ -139,7 +144,8 @@ public struct QEMUDestination {
             if cancelled.load(ordering: .acquiring) { throw QEMUError("stopped by a signal before the source answered") }
             do {
                 return try DestinationClient(source: source, clientName: "pagerd-qemu-dest",
-                                             features: precopy ? [.resume, .hugePages, .invalidation] : [.resume, .hugePages])
+                                             features: precopy ? [.resume, .hugePages, .invalidation] : [.resume, .hugePages],
+                                             authentication: authentication)
             } catch {
                 if monotonicNanoseconds() > deadline { throw QEMUError("the source pagerd at \(source) does not answer: \(error)") }
                 sleepMilliseconds(2)

@@ -3,6 +3,7 @@ import PagerCore
 import PagerDestination
 import PagerKernel
 import PagerSource
+import PagerTrust
 import PagerWire
 import Synchronization
 import SystemPackage
@@ -41,6 +42,8 @@ public struct QEMUSource {
     public var migrateTo: String
     public var logger: Logger
     public var precopy: Precopy?
+    /// Whom the guest RAM is served to (see ``SourceServer/authentication``).
+    public var authentication: PeerAuthentication
 
     /// Pre-copy rounds of guest RAM before the switch.
     public struct Precopy: Sendable {
@@ -53,7 +56,9 @@ public struct QEMUSource {
         }
     }
 
-    public init(qmpPath: String, ram: String, listen: Endpoint, migrateTo: String, logger: Logger, precopy: Precopy? = nil) {
+    public init(qmpPath: String, ram: String, listen: Endpoint, migrateTo: String, authentication: PeerAuthentication,
+                logger: Logger, precopy: Precopy? = nil) {
+        self.authentication = authentication
         self.qmpPath = qmpPath
         self.ram = ram
         self.listen = listen
@@ -84,7 +89,7 @@ public struct QEMUSource {
         try qmp.execute("migrate-set-capabilities", #"{"capabilities":[{"capability":"x-ignore-shared","state":true}]}"#)
         if let precopy { return try runPrecopy(qmp, precopy, serverReady: serverReady) }
         let region = try ServedRegion(id: 1, path: ram)
-        let server = try SourceServer(listen: listen, regions: [region], logger: logger)
+        let server = try SourceServer(listen: listen, regions: [region], authentication: authentication, logger: logger)
         server.hold() // not one page before the VM stops
         let serving = try KernelThread(name: "src-accept") { server.run() }
         defer {
@@ -164,7 +169,7 @@ public struct QEMUSource {
             }
         }
         let region = ServedRegion(id: 1, name: ram, pid: qmp.pid, address: m.base, length: Int(m.size), pageSize: m.pageSize, live: live)
-        let server = try SourceServer(listen: listen, regions: [region], logger: logger)
+        let server = try SourceServer(listen: listen, regions: [region], authentication: authentication, logger: logger)
         // The guest's vCPUs keep running during the rounds: compete with them fairly, as
         // QEMU's own migration thread does, or the rounds starve.
         server.backgroundPush = false

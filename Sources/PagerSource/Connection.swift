@@ -10,20 +10,20 @@ extension SourceServer {
         channel.socket.setBufferSizes(4 << 20)
         do {
             switch try handshake(channel) {
-            case .demand(let session, let client):
+            case .demand(let session, let client, let greeting):
                 joined = session
                 defer {
                     registry.leave(session, demand: true)
                     active.subtract(1, ordering: .relaxed) // added by the handshake
                 }
-                try welcome(channel, session: session)
+                try welcome(channel, session: session, greeting)
                 logger.info("session \(hex(session.id)) from \(channel.peer) (\(client)): demand channel open")
                 try serveDemand(channel, session: session)
                 logger.info("session \(hex(session.id)) ended cleanly")
-            case .push(let session):
+            case .push(let session, let greeting):
                 joined = session
                 defer { registry.leave(session, demand: false) }
-                try welcome(channel, session: session)
+                try welcome(channel, session: session, greeting)
                 logger.info("session \(hex(session.id)): push channel open from \(channel.peer)")
                 try servePush(channel, session: session)
             }

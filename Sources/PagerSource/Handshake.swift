@@ -1,20 +1,30 @@
+import PagerCrypto
 import PagerKernel
 import PagerTransport
+import PagerTrust
 import PagerWire
 
 extension SourceServer {
-    /// What a connection is once its HELLO is accepted.
+    /// What a connection is once its handshake is accepted.
     enum Joined {
         /// A new session: this is its demand connection. `client` is the HELLO's client name.
-        case demand(SourceSession, client: String)
+        case demand(SourceSession, client: String, Greeting)
         /// The push connection of a session being served.
-        case push(SourceSession)
+        case push(SourceSession, Greeting)
     }
 
-    /// Reads HELLO and checks it: versions, features, a live region's one destination, the
-    /// session a push connection resumes. A new session is registered here, before WELCOME
-    /// tells the destination its id (its push connection may follow at once). Throws
-    /// ``SessionError/refuse(_:_:)`` with the code and message the peer is sent.
+    /// What the rest of the handshake needs after HELLO (and, with keys, AUTH_RESPONSE)
+    /// was accepted: the authenticator, whose AUTH_CONFIRM follows WELCOME and the REGIONs.
+    struct Greeting {
+        var authenticator: ServerAuthenticator?
+    }
+
+    /// Reads HELLO and checks it: versions, features, the peer's key (AUTH_CHALLENGE and
+    /// AUTH_RESPONSE), a live region's one destination, the session a push connection
+    /// resumes. Nothing is created or claimed for the peer before it has authenticated. A
+    /// new session is registered here, before WELCOME tells the destination its id (its push
+    /// connection may follow at once). Throws ``SessionError/refuse(_:_:)`` with the code and
+    /// message the peer is sent.
     func handshake(_ channel: FrameChannel) throws -> Joined {
         // A peer that connects and says nothing must not hold a thread forever.
         channel.socket.setReceiveTimeout(milliseconds: handshakeTimeoutMilliseconds)
@@ -25,14 +35,16 @@ extension SourceServer {
             throw SessionError.refuse(.unsupportedVersion,
                 "server speaks versions \(ProtocolVersion.supported.lowerBound)-\(ProtocolVersion.supported.upperBound), client offered \(hello.minVersion)-\(hello.maxVersion)")
         }
-        channel.sendLimit = hello.maxPayload
+        channel.sendLimit = hello.acceptedPayload
+        var features = hello.features.intersection([.checksums, .resume, .hugePages, .invalidation])
+        var greeting = Greeting()
+        if case .keys(let ring) = authentication {
+            greeting.authenticator = try authenticate(channel, hello: hello, ring: ring)
+            features.insert(.authentication)
+        }
         channel.socket.setReceiveTimeout(milliseconds: 0)
-        let features = hello.features.intersection([.checksums, .resume, .hugePages, .invalidation])
         guard hello.resumeSession == 0 else {
-            guard let session = registry.resume(hello.resumeSession, token: hello.resumeToken) else {
-                throw SessionError.refuse(.unexpectedMessage, "no session \(hex(hello.resumeSession)) with that token")
-            }
-            return .push(session)
+            return .push(try resume(hello, authenticated: greeting.authenticator != nil), greeting)
         }
         if let live = regions.first(where: { $0.live != nil }) {
             guard features.contains(.invalidation) else {
@@ -49,13 +61,54 @@ extension SourceServer {
         // connection's service subtracts it again.
         active.add(1, ordering: .relaxed)
         registry.open(session)
-        return .demand(session, client: hello.clientName)
+        return .demand(session, client: hello.clientName, greeting)
     }
 
-    /// WELCOME (the session's id and resume token), then one REGION per served region.
-    func welcome(_ channel: FrameChannel, session: SourceSession) throws(ChannelError) {
-        try channel.send(.welcome(Welcome(features: session.features, regionCount: UInt32(regions.count),
-                                          session: session.id, resumeToken: session.token)))
-        for region in regions { try channel.send(.region(region.descriptor)) }
+    /// AUTH_CHALLENGE, then AUTH_RESPONSE verified with the key HELLO names. A resume's
+    /// session token is part of the key schedule: a HELLO resuming a session that does not
+    /// exist is verified against a random token, so it fails like a wrong key and an
+    /// unauthenticated peer learns nothing about which sessions exist.
+    private func authenticate(_ channel: FrameChannel, hello: Hello, ring: KeyRing) throws -> ServerAuthenticator {
+        var authenticator: ServerAuthenticator
+        do { authenticator = try ServerAuthenticator(ring: ring, hello: hello) } catch {
+            throw SessionError.refuse(.authenticationFailed, error.description)
+        }
+        try channel.send(authenticator.challenge())
+        guard case .message(.authResponse(let nonce, let share, let mac)) = try channel.receive() else {
+            throw SessionError.refuse(.unexpectedMessage, "expected AUTH_RESPONSE after AUTH_CHALLENGE")
+        }
+        let resuming = hello.resumeSession != 0
+        let token = resuming ? (registry.token(of: hello.resumeSession) ?? secureRandomBytes(16)) : [UInt8](repeating: 0, count: 16)
+        do {
+            try authenticator.verify(clientNonce: nonce, share: share, mac: mac, resumeToken: token, resuming: resuming)
+        } catch {
+            throw SessionError.refuse(.authenticationFailed, error.description)
+        }
+        return authenticator
+    }
+
+    /// The session a push connection joins: proven by the MAC (whose key mixed in the
+    /// session's token) or, without keys, by the token in HELLO, compared in constant time.
+    private func resume(_ hello: Hello, authenticated: Bool) throws -> SourceSession {
+        let session = authenticated ? registry.resumeAuthenticated(hello.resumeSession)
+                                    : registry.resume(hello.resumeSession, token: hello.resumeToken)
+        guard let session else {
+            throw SessionError.refuse(.unexpectedMessage, "no session \(hex(hello.resumeSession)) with that token")
+        }
+        return session
+    }
+
+    /// WELCOME (the session's id and resume token), then one REGION per served region, then
+    /// (with keys) AUTH_CONFIRM, whose MAC covers all of them.
+    func welcome(_ channel: FrameChannel, session: SourceSession, _ greeting: Greeting) throws(ChannelError) {
+        var authenticator = greeting.authenticator
+        func send(_ message: Message) throws(ChannelError) {
+            authenticator?.sent(message)
+            try channel.send(message)
+        }
+        try send(.welcome(Welcome(features: session.features, regionCount: UInt32(regions.count),
+                                  session: session.id, resumeToken: session.token)))
+        for region in regions { try send(.region(region.descriptor)) }
+        if let authenticator { try channel.send(authenticator.confirmation().0) }
     }
 }

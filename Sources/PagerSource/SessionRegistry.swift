@@ -1,3 +1,4 @@
+import PagerCrypto
 import PagerKernel
 
 /// The sessions of a server: those a push connection may still resume, those with a
@@ -26,10 +27,27 @@ final class SessionRegistry: Sendable {
         }
     }
 
-    /// The session a push connection resumes, attached to it; nil if there is none with that token.
+    /// The session a push connection resumes, attached to it; nil if there is none with that
+    /// token (compared in constant time: the token is the only proof without keys).
     func resume(_ id: UInt64, token: [UInt8]) -> SourceSession? {
         book.withLock { b -> SourceSession? in
-            guard let session = b.resumable[id], session.token == token else { return nil }
+            guard let session = b.resumable[id], constantTimeEqual(session.token, token) else { return nil }
+            b.attached[id, default: (session, 0)].connections += 1
+            return session
+        }
+    }
+
+    /// The token of a session a push connection may resume, for the key schedule of its
+    /// authentication; nil if there is none.
+    func token(of id: UInt64) -> [UInt8]? {
+        book.withLock { $0.resumable[id]?.token }
+    }
+
+    /// The session a push connection resumes after its authentication verified (with the
+    /// session's token in the key schedule), attached to it; nil if it ended meanwhile.
+    func resumeAuthenticated(_ id: UInt64) -> SourceSession? {
+        book.withLock { b -> SourceSession? in
+            guard let session = b.resumable[id] else { return nil }
             b.attached[id, default: (session, 0)].connections += 1
             return session
         }

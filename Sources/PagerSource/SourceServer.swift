@@ -1,6 +1,7 @@
 import Logging
 import PagerKernel
 import PagerTransport
+import PagerTrust
 import PagerWire
 import Synchronization
 
@@ -22,6 +23,8 @@ import Synchronization
 public final class SourceServer: @unchecked Sendable {
     public let regions: [ServedRegion]
     public let listener: TCPListener
+    /// Whom it serves: only destinations holding a key of the ring, or (insecure) anyone.
+    public let authentication: PeerAuthentication
     let logger: Logger
     let registry = SessionRegistry()
     let stopping = Atomic<Bool>(false)
@@ -67,8 +70,9 @@ public final class SourceServer: @unchecked Sendable {
     /// A connection that has not completed its HELLO within this time is closed.
     public var handshakeTimeoutMilliseconds = 10_000
 
-    public init(listen: Endpoint, regions: [ServedRegion], logger: Logger) throws(KernelError) {
+    public init(listen: Endpoint, regions: [ServedRegion], authentication: PeerAuthentication, logger: Logger) throws(KernelError) {
         self.regions = regions
+        self.authentication = authentication
         self.logger = logger
         listener = try TCPListener(listen)
     }
@@ -100,7 +104,10 @@ public final class SourceServer: @unchecked Sendable {
     /// Accepts connections until ``stop()``, each served on its own thread; returns once every
     /// connection's thread has ended.
     public func run() {
-        logger.info("serving \(regions.count) region(s) on \(listener.endpoint): \(regions.map { "\($0.id)=\($0.name) (\($0.length >> 20) MiB, \($0.pageSize >> 10) KiB pages)" }.joined(separator: ", "))")
+        if case .insecureNone = authentication {
+            logger.warning("INSECURE: --insecure-no-auth: anyone who can connect to \(listener.endpoint) can read the memory served here")
+        }
+        logger.info("serving \(regions.count) region(s) on \(listener.endpoint), \(authentication): \(regions.map { "\($0.id)=\($0.name) (\($0.length >> 20) MiB, \($0.pageSize >> 10) KiB pages)" }.joined(separator: ", "))")
         while !stopping.load(ordering: .acquiring) {
             let socket: TCPSocket
             do { socket = try listener.accept() } catch {

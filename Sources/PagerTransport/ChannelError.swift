@@ -1,4 +1,5 @@
 import PagerKernel
+import PagerTrust
 import PagerWire
 
 /// Why a connection stopped.
@@ -19,6 +20,9 @@ public enum ChannelError: Error, CustomStringConvertible, Sendable {
     case peerError(peer: String, ProtocolError)
     /// The peer sent a valid frame that makes no sense here.
     case unexpected(peer: String, String)
+    /// The handshake's authentication failed on this side (the peer's failures arrive as
+    /// ``peerError(peer:_:)`` with code `authentication-failed`).
+    case authentication(peer: String, AuthenticationError)
 
     public var description: String {
         switch self {
@@ -32,6 +36,7 @@ public enum ChannelError: Error, CustomStringConvertible, Sendable {
         case .checksumMismatch(let p, let r, let o): "page at region \(r) offset \(hex(o)) from \(p) failed its CRC-32C check"
         case .peerError(let p, let e): "\(p) reported \(e.code): \(e.message)"
         case .unexpected(let p, let s): "unexpected from \(p): \(s)"
+        case .authentication(let p, let e): "authentication with \(p) failed: \(e)"
         }
     }
 }
@@ -43,4 +48,14 @@ public enum Incoming {
     /// PAGE_DATA: the header and, for the raw encoding, the page bytes in the connection's
     /// page-aligned buffer (valid until the next `receive`). Checksums, if sent, were verified.
     case pageData(PageDataHeader, UnsafeRawBufferPointer)
+}
+
+extension Incoming {
+    /// The frame's type name, for messages about an unexpected frame.
+    public var typeName: String {
+        switch self {
+        case .message(let m): m.type.description
+        case .pageData: MessageType.pageData.description
+        }
+    }
 }

@@ -47,6 +47,7 @@ extension Message {
             w.u64(h.resumeSession)
             w.raw(fixed(h.resumeToken, 16))
             writeString(&w, h.clientName, cap: WireLimits.clientNameBytes)
+            writeString(&w, h.keyIdentity, cap: WireLimits.keyIdentityBytes)
         case .welcome(let m):
             w.u16(m.version)
             w.u16(0)
@@ -55,10 +56,12 @@ extension Message {
             w.u32(m.regionCount)
             w.u64(m.session)
             w.raw(fixed(m.resumeToken, 16))
-        case .authChallenge(let nonce):
+        case .authChallenge(let nonce, let share):
             w.raw(fixed(nonce, 32))
-        case .authResponse(let clientNonce, let mac):
+            w.raw(fixed(share, 32))
+        case .authResponse(let clientNonce, let share, let mac):
             w.raw(fixed(clientNonce, 32))
+            w.raw(fixed(share, 32))
             w.raw(fixed(mac, 32))
         case .authConfirm(let mac):
             w.raw(fixed(mac, 32))
@@ -158,8 +161,9 @@ extension Message {
             let session = try r.u64("resume_session")
             let token = try r.bytes(16, "resume_token")
             let name = try r.string("client_name", limit: WireLimits.clientNameBytes)
+            let identity = try r.string("key_identity", limit: WireLimits.keyIdentityBytes)
             message = .hello(Hello(minVersion: minVersion, maxVersion: maxVersion, features: features, maxPayload: maxPayload,
-                                   resumeSession: session, resumeToken: token, clientName: name))
+                                   resumeSession: session, resumeToken: token, clientName: name, keyIdentity: identity))
         case .welcome:
             let version = try r.u16("version")
             if version == 0 { throw .fieldOutOfRange(.welcome, field: "version", value: 0, limit: "at least 1") }
@@ -172,9 +176,10 @@ extension Message {
             message = .welcome(Welcome(version: version, features: features, maxPayload: maxPayload, regionCount: count,
                                        session: session, resumeToken: token))
         case .authChallenge:
-            message = .authChallenge(nonce: try r.bytes(32, "nonce"))
+            message = .authChallenge(nonce: try r.bytes(32, "server_nonce"), share: try r.bytes(32, "server_share"))
         case .authResponse:
-            message = .authResponse(clientNonce: try r.bytes(32, "client_nonce"), mac: try r.bytes(32, "mac"))
+            message = .authResponse(clientNonce: try r.bytes(32, "client_nonce"), share: try r.bytes(32, "client_share"),
+                                    mac: try r.bytes(32, "mac"))
         case .authConfirm:
             message = .authConfirm(mac: try r.bytes(32, "mac"))
         case .region:
@@ -283,7 +288,7 @@ private func checkMaxPayload(_ type: MessageType, _ v: UInt32) throws(WireError)
     if v < WireLimits.minimumMaxPayload {
         throw .fieldOutOfRange(type, field: "max_payload", value: UInt64(v), limit: "at least \(WireLimits.minimumMaxPayload)")
     }
-    return min(v, WireLimits.absoluteMaxPayload)
+    return v
 }
 
 /// Exactly `n` bytes: truncated or zero-padded (fixed-size fields such as nonces).

@@ -17,6 +17,7 @@ extension Message: CustomStringConvertible {
             add("resume-session", hex64(h.resumeSession))
             add("resume-token", hexBytes(h.resumeToken))
             add("client", quoted(h.clientName))
+            add("key-identity", quoted(h.keyIdentity))
         case .welcome(let m):
             add("version", "\(m.version)")
             add("features", hex64(m.features.rawValue))
@@ -24,10 +25,12 @@ extension Message: CustomStringConvertible {
             add("regions", "\(m.regionCount)")
             add("session", hex64(m.session))
             add("resume-token", hexBytes(m.resumeToken))
-        case .authChallenge(let nonce):
+        case .authChallenge(let nonce, let share):
             add("nonce", hexBytes(nonce))
-        case .authResponse(let clientNonce, let mac):
+            add("share", hexBytes(share))
+        case .authResponse(let clientNonce, let share, let mac):
             add("client-nonce", hexBytes(clientNonce))
+            add("share", hexBytes(share))
             add("mac", hexBytes(mac))
         case .authConfirm(let mac):
             add("mac", hexBytes(mac))

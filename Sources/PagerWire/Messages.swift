@@ -6,16 +6,24 @@ public struct Hello: Equatable, Sendable {
     public var minVersion: UInt16
     public var maxVersion: UInt16
     public var features: Features
+    /// As sent (at least 64 KiB): the decoder keeps the value exact so that a re-encoded
+    /// HELLO has the bytes the peer sent (the authentication transcript hashes it); use
+    /// ``acceptedPayload`` for the limit.
     public var maxPayload: UInt32
     /// 0 for a new session; otherwise the session to resume (needs ``Features/resume``).
     public var resumeSession: UInt64
-    /// 16 bytes: the token WELCOME gave for `resumeSession`; zeros for a new session.
+    /// 16 bytes: the token WELCOME gave for `resumeSession`; zeros for a new session, and
+    /// zeros with ``Features/authentication`` (the token is then mixed into the key schedule
+    /// instead of crossing the wire).
     public var resumeToken: [UInt8]
     public var clientName: String
+    /// The identity of the pre-shared key the client authenticates with (a line of its
+    /// `keys.psk`); empty without ``Features/authentication``.
+    public var keyIdentity: String
 
     public init(minVersion: UInt16 = ProtocolVersion.v1, maxVersion: UInt16 = ProtocolVersion.v1, features: Features,
                 maxPayload: UInt32 = WireLimits.absoluteMaxPayload, resumeSession: UInt64 = 0,
-                resumeToken: [UInt8] = Array(repeating: 0, count: 16), clientName: String) {
+                resumeToken: [UInt8] = Array(repeating: 0, count: 16), clientName: String, keyIdentity: String = "") {
         self.minVersion = minVersion
         self.maxVersion = maxVersion
         self.features = features
@@ -23,13 +31,18 @@ public struct Hello: Equatable, Sendable {
         self.resumeSession = resumeSession
         self.resumeToken = resumeToken
         self.clientName = clientName
+        self.keyIdentity = keyIdentity
     }
+
+    /// The largest payload the client accepts: values above the absolute maximum mean it.
+    public var acceptedPayload: UInt32 { min(maxPayload, WireLimits.absoluteMaxPayload) }
 }
 
 /// WELCOME (server to client): the server's answer to HELLO; `regionCount` REGION frames follow.
 public struct Welcome: Equatable, Sendable {
     public var version: UInt16
     public var features: Features
+    /// As sent (see ``Hello/maxPayload``); use ``acceptedPayload`` for the limit.
     public var maxPayload: UInt32
     public var regionCount: UInt32
     public var session: UInt64
@@ -45,6 +58,9 @@ public struct Welcome: Equatable, Sendable {
         self.session = session
         self.resumeToken = resumeToken
     }
+
+    /// The largest payload the server accepts: values above the absolute maximum mean it.
+    public var acceptedPayload: UInt32 { min(maxPayload, WireLimits.absoluteMaxPayload) }
 }
 
 /// REGION (server to client): one served region of memory.
@@ -245,11 +261,13 @@ public struct ProtocolError: Error, Equatable, Sendable {
 public enum Message: Equatable, Sendable {
     case hello(Hello)
     case welcome(Welcome)
-    /// 32-byte server nonce.
-    case authChallenge(nonce: [UInt8])
-    /// 32-byte client nonce and HMAC-SHA256 over both nonces with the pre-shared key.
-    case authResponse(clientNonce: [UInt8], mac: [UInt8])
-    /// The server's HMAC-SHA256 proving it knows the key too.
+    /// The server's 32-byte nonce and 32-byte X25519 public key.
+    case authChallenge(nonce: [UInt8], share: [UInt8])
+    /// The client's 32-byte nonce, 32-byte X25519 public key, and its HMAC-SHA256 over the
+    /// transcript so far (Protocols/pager-wire-v1.md §5).
+    case authResponse(clientNonce: [UInt8], share: [UInt8], mac: [UInt8])
+    /// The server's HMAC-SHA256 over the transcript through the last REGION: it knows the
+    /// key too, and WELCOME and REGION reached the client unchanged.
     case authConfirm(mac: [UInt8])
     case region(RegionDescriptor)
     case pageRequest(PageRequest)

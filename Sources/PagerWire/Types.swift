@@ -16,6 +16,8 @@ public enum WireLimits {
     public static let minimumMaxPayload: UInt32 = 64 << 10
     public static let regionNameBytes = 255
     public static let clientNameBytes = 64
+    /// HELLO's `key_identity`: the longest identity a key file may hold (KeyRing's limit).
+    public static let keyIdentityBytes = 64
     public static let errorMessageBytes = 1024
     /// Offsets and lengths of pages are multiples of this, whatever the region's page size.
     public static let alignment: UInt64 = 4096

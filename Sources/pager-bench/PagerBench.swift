@@ -5,6 +5,7 @@ import PagerHarness
 import PagerKernel
 import PagerQEMU
 import PagerReport
+import PagerTrust
 import PagerWire
 import PagerWorkloads
 
@@ -182,10 +183,12 @@ struct RawClient: ParsableCommand {
     @Option(name: .customLong("stream-mib")) var streamMiB = 0
     @Option(help: "Write the round-trip distribution (percentile and ns per line) to this file.") var cdfFile: String?
     @Flag(name: .customLong("protocol"), help: "Round trips through the pager's protocol instead: --connect is a pagerd source; urgent 4 KiB PAGE_REQUESTs for random pages of its first region, answered on the demand channel.") var protocol_ = false
+    @Option(help: "With --protocol: the source's key file (keys.psk); without it the handshake is unauthenticated (a source with --insecure-no-auth).") var keyFile: String?
     func run() throws {
         guard let e = Endpoint(connect) else { throw ValidationError("--connect ADDR:PORT") }
         if count > 0 && protocol_ {
-            let client = try DestinationClient(source: e, clientName: "pager-bench")
+            let authentication: PeerAuthentication = try keyFile.map { .keys(try KeyRing(parsing: try readSecretFile($0))) } ?? .insecureNone
+            let client = try DestinationClient(source: e, clientName: "pager-bench", authentication: authentication)
             defer { client.close() }
             let region = client.regions[0]
             var samples: [UInt64] = []

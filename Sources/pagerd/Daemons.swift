@@ -5,6 +5,7 @@ import PagerDestination
 import PagerKernel
 import PagerReport
 import PagerSource
+import PagerTrust
 import PagerWire
 import Synchronization
 
@@ -40,6 +41,7 @@ struct SourceCommand: ParsableCommand {
     @Flag(help: "Run the push at normal priority instead of on idle CPU only (for a live workload that keeps every CPU busy).") var normalPriorityPush = false
     @Option(help: "Demand threads: auto (real-time when this process may use one CPU only), realtime (SCHED_FIFO 1), normal.") var demandPriority = DemandPriority.auto
     @Option(help: "Close connections that send no HELLO within this many milliseconds.") var handshakeTimeoutMs = 10_000
+    @OptionGroup var keys: AuthenticationOptions
     @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
 
     func validate() throws {
@@ -49,6 +51,7 @@ struct SourceCommand: ParsableCommand {
 
     func run() throws {
         let logger = makeLogger("pagerd.source", logLevel)
+        let authentication = try keys.resolve(insecureMeans: InsecureConsequence.source)
         var served: [ServedRegion] = []
         for (i, path) in regions.enumerated() { served.append(try ServedRegion(id: UInt32(i + 1), path: path)) }
         var policy = convergence.policy
@@ -57,7 +60,7 @@ struct SourceCommand: ParsableCommand {
             try LiveWorkload.accept(on: path, regionID: UInt32(served.count + 1), policy: policy, logger: logger)
         }
         if let live { served.append(live.region) }
-        let server = try SourceServer(listen: Endpoint(listen)!, regions: served, logger: logger)
+        let server = try SourceServer(listen: Endpoint(listen)!, regions: served, authentication: authentication, logger: logger)
         server.handshakeTimeoutMilliseconds = handshakeTimeoutMs
         server.backgroundPush = !normalPriorityPush
         server.urgentDemand = demandPriority.isRealtime
@@ -109,6 +112,7 @@ struct DestCommand: ParsableCommand {
     @Option(help: "Declare the source lost after this many milliseconds without a frame while pages are outstanding.") var stallTimeoutMs = 10_000
     @Flag(help: "Ask the source for a CRC-32C of every 4 KiB page and check each before installing it.") var checksums = false
     @Flag(help: "Receive the source's pre-copy rounds before the handoff (one migration; implies --once).") var precopy = false
+    @OptionGroup var keys: AuthenticationOptions
     @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
 
     func validate() throws {
@@ -117,6 +121,7 @@ struct DestCommand: ParsableCommand {
 
     func run() throws {
         let logger = makeLogger("pagerd.dest", logLevel)
+        let authentication = try keys.resolve(insecureMeans: InsecureConsequence.destination)
         // A crash or a fatal signal while this daemon holds a workload's memory poisons what is
         // missing first (see PoisonGuard): the workload gets SIGBUS, never zeros.
         try PoisonGuard.installFatalSignalHandlers()
@@ -137,7 +142,7 @@ struct DestCommand: ParsableCommand {
         }
         if precopy {
             serviceNotifier.ready(status: "receiving pre-copy rounds from \(connect); the handoff comes after the switch")
-            guard migratePrecopy(listener, logger: logger) else { throw ExitCode(1) }
+            guard migratePrecopy(listener, authentication, logger: logger) else { throw ExitCode(1) }
             return
         }
         logger.info("waiting for userfaultfd handoffs on \(uffdSocket); source \(connect)")
@@ -153,7 +158,7 @@ struct DestCommand: ParsableCommand {
                 continue
             }
             let work: @Sendable () -> Void = {
-                if !migrate(handoff, logger: logger) { failures.add(1, ordering: .relaxed) }
+                if !migrate(handoff, authentication, logger: logger) { failures.add(1, ordering: .relaxed) }
                 try? handoff.connection.close()
             }
             if once {
@@ -175,9 +180,10 @@ struct DestCommand: ParsableCommand {
     }
 
     /// Pre-copy, then one handoff; returns false (after logging why) if it failed.
-    func migratePrecopy(_ listener: HandoffListener, logger: Logger) -> Bool {
+    func migratePrecopy(_ listener: HandoffListener, _ authentication: PeerAuthentication, logger: Logger) -> Bool {
         do {
-            let client = try DestinationClient(source: Endpoint(connect)!, clientName: "pagerd-dest", features: features)
+            let client = try DestinationClient(source: Endpoint(connect)!, clientName: "pagerd-dest", features: features,
+                                               authentication: authentication)
             defer { client.close() }
             let region = try client.region(selectedBy: self.region)
             logger.info("session \(hex(client.session)) with \(connect): live region \(region.id) \"\(region.name)\" (\(region.length >> 20) MiB): receiving pre-copy rounds")
@@ -189,7 +195,7 @@ struct DestCommand: ParsableCommand {
             logger.info("switched to post-copy: waiting for the userfaultfd handoff on \(uffdSocket)")
             let handoff = try listener.accept()
             defer { try? handoff.connection.close() }
-            return migrate(handoff, logger: logger, client: client, region: region, staged: staged)
+            return migrate(handoff, authentication, logger: logger, client: client, region: region, staged: staged)
         } catch {
             logger.error("migration failed: \(error)")
             print("pagerd dest: migration FAILED: \(error)")
@@ -198,8 +204,8 @@ struct DestCommand: ParsableCommand {
     }
 
     /// Runs one migration; returns false (after logging why) if it failed.
-    func migrate(_ handoff: Handoff, logger: Logger, client existing: DestinationClient? = nil, region chosen: RegionDescriptor? = nil,
-                 staged: StagedPages? = nil) -> Bool {
+    func migrate(_ handoff: Handoff, _ authentication: PeerAuthentication, logger: Logger, client existing: DestinationClient? = nil,
+                 region chosen: RegionDescriptor? = nil, staged: StagedPages? = nil) -> Bool {
         let total = handoff.mappings.reduce(UInt64(0)) { $0 + $1.size }
         logger.info("handoff: \(handoff.mappings.count) mapping(s), \(total >> 20) MiB in \(handoff.mappings[0].pageSize >> 10) KiB pages")
         // From here on no other process can bring the workload its pages: every way out of
@@ -207,7 +213,8 @@ struct DestCommand: ParsableCommand {
         let missing = handoff.guardMissingPages()
         serviceNotifier.status("migrating \(total >> 20) MiB from \(connect)")
         do {
-            let client = try existing ?? DestinationClient(source: Endpoint(connect)!, clientName: "pagerd-dest", features: features)
+            let client = try existing ?? DestinationClient(source: Endpoint(connect)!, clientName: "pagerd-dest", features: features,
+                                                           authentication: authentication)
             defer { client.close() }
             let region = try chosen ?? client.region(selectedBy: self.region)
             logger.info("session \(hex(client.session)) with \(connect): region \(region.id) \"\(region.name)\" (\(region.length >> 20) MiB)")

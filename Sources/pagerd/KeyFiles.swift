@@ -53,3 +53,42 @@ func requireKeyRing(path argument: String) throws -> KeyRing {
         throw ExitCode(1)
     }
 }
+
+/// `--key-file` and `--insecure-no-auth`, the same on every daemon: exactly one of them.
+/// Secure by default: a daemon given neither refuses to start rather than serve (or accept)
+/// memory unauthenticated.
+struct AuthenticationOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("""
+        The pre-shared keys, in QEMU's keys.psk format (lines of identity:hex, made by \
+        `pagerd keygen PATH`; owner-only permissions). A bare name is read from \
+        $CREDENTIALS_DIRECTORY (systemd's LoadCredential=). Both hosts need the same key; a \
+        source accepts any key of its file, a destination uses the first.
+        """, valueName: "path"))
+    var keyFile: String?
+
+    @Flag(help: "Run without authentication: a source then serves its memory to anyone who can connect, a destination installs pages from anyone who answers. For isolated test networks only.")
+    var insecureNoAuth = false
+
+    func validate() throws {
+        if keyFile != nil && insecureNoAuth { throw ValidationError("give --key-file or --insecure-no-auth, not both") }
+        if keyFile == nil && !insecureNoAuth {
+            throw ValidationError("no key: give --key-file PATH (make one with `pagerd keygen PATH` and copy it to both hosts), or --insecure-no-auth to run without authentication")
+        }
+    }
+
+    /// The daemon's authentication: the loaded ring, or none with a warning on standard error
+    /// (`role` says what the insecure mode exposes: "serves memory to anyone who can connect").
+    func resolve(insecureMeans consequence: String) throws -> PeerAuthentication {
+        guard let keyFile else {
+            writeStandardError("pagerd: WARNING: --insecure-no-auth: this daemon \(consequence)\n")
+            return .insecureNone
+        }
+        return .keys(try requireKeyRing(path: keyFile))
+    }
+}
+
+/// What `--insecure-no-auth` exposes, in the warning each daemon prints.
+enum InsecureConsequence {
+    static let source = "serves its memory to anyone who can connect, unauthenticated"
+    static let destination = "installs pages from any peer that answers, unauthenticated"
+}

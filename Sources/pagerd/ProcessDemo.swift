@@ -1,4 +1,5 @@
 import PagerKernel
+import PagerTrust
 
 /// `pagerd demo`: a real migration between processes on this machine, through the real
 /// daemons and nothing else. `pagerd source` serves a file with known content, `pagerd dest`
@@ -25,13 +26,19 @@ struct ProcessDemo {
         log("writing \(sizeMiB) MiB of known content to \(ram) (one page in 16 left as a hole, one written with zeros)")
         let (filled, fillOutput) = try runProgram(workload, ["fill", "--file", ram, "--size-mib", "\(sizeMiB)", "--seed", "42"])
         guard filled == 0 else { throw Failure(description: "\(workload) fill exited \(filled): \(fillOutput)") }
+        // A key made for this run only, as an operator would make one with `pagerd keygen`:
+        // the daemons authenticate each other, as they do everywhere.
+        let keys = directory.file("keys.psk")
+        try writeNewSecretFile(keys, contents: KeyRing.formatted([PresharedKey(identity: "demo", secret: secureRandomBytes(32))]))
+        log("made a key for this run only (\(keys), mode 0600): the daemons authenticate each other with it")
         let port = 20_000 + Int(processID() % 20_000)
-        let source = try ChildProcess(pagerd, ["source", "--listen", "127.0.0.1:\(port)", "--region", ram], outputPath: directory.file("source.log"))
+        let source = try ChildProcess(pagerd, ["source", "--listen", "127.0.0.1:\(port)", "--region", ram, "--key-file", keys],
+                                      outputPath: directory.file("source.log"))
         defer { source.signal(.terminate); source.wait(timeoutMilliseconds: 10_000) }
         try Self.wait(for: source, toPrint: "serving 1 region")
         log("pagerd source is serving it on 127.0.0.1:\(port)")
         let socket = directory.file("uffd.sock")
-        let dest = try ChildProcess(pagerd, ["dest", "--connect", "127.0.0.1:\(port)", "--uffd-socket", socket, "--once"], outputPath: directory.file("dest.log"))
+        let dest = try ChildProcess(pagerd, ["dest", "--connect", "127.0.0.1:\(port)", "--uffd-socket", socket, "--once", "--key-file", keys], outputPath: directory.file("dest.log"))
         try Self.wait(for: dest, toPrint: "waiting for userfaultfd handoffs")
         log("pagerd dest waits for a userfaultfd on \(socket); starting the workload (\(access) access, writes to every 13th page)")
         let w = try ChildProcess(workload, ["run", "--socket", socket, "--size-mib", "\(sizeMiB)", "--seed", "42", "--access", access, "--write-every", "13"],

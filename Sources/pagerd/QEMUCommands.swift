@@ -4,6 +4,7 @@ import PagerKernel
 import PagerQEMU
 import PagerReport
 import PagerSource
+import PagerTrust
 import Synchronization
 
 struct QEMUSourceCommand: ParsableCommand {
@@ -33,6 +34,7 @@ struct QEMUSourceCommand: ParsableCommand {
     @Option(help: "The destination QEMU's incoming URI, e.g. tcp:DEST:4444.") var migrateTo: String
     @Option(help: "The source QEMU's PAGER_TRACK_SOCKET: run pre-copy rounds of guest RAM before the switch.") var trackSocket: String?
     @OptionGroup var convergence: ConvergenceOptions
+    @OptionGroup var keys: AuthenticationOptions
     @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
 
     func validate() throws {
@@ -41,6 +43,7 @@ struct QEMUSourceCommand: ParsableCommand {
 
     func run() throws {
         let logger = makeLogger("pagerd.qemu-source", logLevel)
+        let authentication = try keys.resolve(insecureMeans: InsecureConsequence.source)
         do {
             let precopy = trackSocket.map { QEMUSource.Precopy(trackSocket: $0, policy: convergence.policy) }
             let servers = Mutex<SourceServer?>(nil)
@@ -56,7 +59,8 @@ struct QEMUSourceCommand: ParsableCommand {
                     }
                 }
             }
-            let r = try QEMUSource(qmpPath: qmp, ram: ram, listen: Endpoint(listen)!, migrateTo: migrateTo, logger: logger, precopy: precopy)
+            let r = try QEMUSource(qmpPath: qmp, ram: ram, listen: Endpoint(listen)!, migrateTo: migrateTo,
+                                 authentication: authentication, logger: logger, precopy: precopy)
                 .run { server in
                     servers.withLock { $0 = server }
                     let serving = "serving \(ram) on \(listen)\(precopy == nil ? " (held until the VM stops)" : " (pre-copy rounds while the guest runs)")"
@@ -104,6 +108,7 @@ struct QEMUDestCommand: ParsableCommand {
     @Option(help: "URI this QEMU receives the device state on, e.g. tcp:0:4444.") var incoming: String
     @Flag(help: "Receive pre-copy rounds first (the source runs pagerd qemu-source --track-socket).") var precopy = false
     @Option(help: "Fault threads: realtime (SCHED_FIFO 1: the guest's vCPUs keep the CPUs busy), normal, or auto (real-time when this process may use one CPU only).") var demandPriority = DemandPriority.realtime
+    @OptionGroup var keys: AuthenticationOptions
     @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
 
     func validate() throws {
@@ -112,6 +117,7 @@ struct QEMUDestCommand: ParsableCommand {
 
     func run() throws {
         let logger = makeLogger("pagerd.qemu-dest", logLevel)
+        let authentication = try keys.resolve(insecureMeans: InsecureConsequence.destination)
         do {
             // A crash or fatal signal after QEMU's handoff poisons the guest RAM not yet local.
             try PoisonGuard.installFatalSignalHandlers()
@@ -130,7 +136,7 @@ struct QEMUDestCommand: ParsableCommand {
                 stop()
             }
             var destination = QEMUDestination(qmpPath: qmp, ram: ram, source: Endpoint(connect)!, uffdSocket: uffdSocket, incoming: incoming,
-                                              logger: logger, precopy: precopy)
+                                              authentication: authentication, logger: logger, precopy: precopy)
             destination.demandPriority = demandPriority
             let r = try destination.run(listening: {
                 print("pagerd qemu-dest: waiting for QEMU's handoff on \(uffdSocket)")

@@ -1,23 +1,30 @@
 import Glibc
+import PagerHarness
 import PagerKernel
 import PagerTransport
+import PagerTrust
 import PagerWire
 import Testing
 
-/// A `pagerd source` process on loopback serving a small file, for protocol abuse.
+/// A `pagerd source` process on loopback serving a small file with the test key, for
+/// protocol abuse (`arguments` replaces `--key-file` when given).
 final class SourceUnderTest {
     let scratch = Scratch()
     let process: ChildProcess
     let endpoint: Endpoint
 
-    init() throws {
+    init(_ arguments: [String]? = nil) throws {
         let ram = scratch.file("small.ram")
         try sh(Binaries.workload, "fill", "--file", ram, "--size-mib", "4", "--seed", "3")
-        let port = 17_000 + UInt16(getpid() % 10_000)
-        endpoint = Endpoint(host: "127.0.0.1", port: port)
-        process = try ChildProcess(Binaries.pagerd, ["source", "--listen", "\(endpoint)", "--region", ram, "--handshake-timeout-ms", "500"],
+        // Port 0: several sources of several suites run at once; the log names the port.
+        process = try ChildProcess(Binaries.pagerd, ["source", "--listen", "127.0.0.1:0", "--region", ram, "--handshake-timeout-ms", "500"]
+                                       + (arguments ?? ["--key-file", scratch.keyFile]),
                                    outputPath: scratch.file("source.log"))
         try waitFor(process, toPrint: "serving 1 region")
+        let line = process.output.split(separator: "\n").first { $0.contains("serving 1 region(s) on 127.0.0.1:") } ?? ""
+        let port = line.split(separator: "127.0.0.1:").last.flatMap { UInt16($0.prefix { $0.isNumber }) }
+        guard let port, port != 0 else { throw HarnessError("no port in the source's log: \(process.output)") }
+        endpoint = Endpoint(host: "127.0.0.1", port: port)
     }
 
     deinit {
@@ -25,14 +32,22 @@ final class SourceUnderTest {
         process.wait(timeoutMilliseconds: 5000)
     }
 
-    /// A fresh connection that has completed the handshake.
-    func session() throws -> FrameChannel {
+    /// A fresh connection that has completed the handshake with `key` (the source's own by
+    /// default), every step checked.
+    func session(key: PresharedKey = TestKeys.key) throws -> FrameChannel {
         let channel = FrameChannel(try TCPSocket.connect(endpoint))
-        try channel.send(.hello(Hello(features: [.checksums], clientName: "test")))
+        var authenticator = try ClientAuthenticator(key: key)
+        try channel.send(.hello(authenticator.hello(Hello(features: [.checksums], clientName: "test"))))
+        guard case .message(.authChallenge(let nonce, let share)) = try channel.receive() else { throw HarnessError("no AUTH_CHALLENGE") }
+        try channel.send(try authenticator.respond(challengeNonce: nonce, share: share, resumeToken: Array(repeating: 0, count: 16)))
         guard case .message(.welcome(let w)) = try channel.receive(), w.regionCount == 1,
               case .message(.region(let r)) = try channel.receive(), r.length == 4 << 20 else {
             throw HarnessError("bad handshake")
         }
+        authenticator.received(.welcome(w))
+        authenticator.received(.region(r))
+        guard case .message(.authConfirm(let mac)) = try channel.receive() else { throw HarnessError("no AUTH_CONFIRM") }
+        _ = try authenticator.confirm(mac: mac)
         return channel
     }
 

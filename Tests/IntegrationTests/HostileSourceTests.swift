@@ -110,7 +110,7 @@ struct HostileSourceTests {
         // A stall timeout, so that a destination that waits for a source that will say nothing
         // more (the old behaviour for some cases) ends within the test.
         let dest = try ChildProcess(Binaries.pagerd, ["dest", "--connect", "\(source.endpoint)", "--uffd-socket", socket, "--once",
-                                                      "--stall-timeout-ms", "3000"] + c.destExtra,
+                                                      "--stall-timeout-ms", "3000", "--key-file", scratch.keyFile] + c.destExtra,
                                     outputPath: scratch.file("dest.log"))
         try waitFor(dest, toPrint: "waiting for userfaultfd handoffs")
         // The workload touches nothing until the pager closes the handoff connection, then says

@@ -2,8 +2,10 @@ import Glibc
 import Logging
 import PagerCore
 import PagerDestination
+import PagerHarness
 import PagerKernel
 import PagerSource
+import PagerTrust
 import PagerWire
 import Synchronization
 import Testing
@@ -21,7 +23,7 @@ struct LibraryTests {
         var logger = Logger(label: "test")
         logger.logLevel = .warning
         let region = ServedRegion(id: 1, name: "guest-ram", base: served.base, length: pages * basePageSize)
-        let server = try SourceServer(listen: Endpoint(host: "127.0.0.1", port: 0), regions: [region], logger: logger)
+        let server = try SourceServer(listen: Endpoint(host: "127.0.0.1", port: 0), regions: [region], authentication: TestKeys.authentication, logger: logger)
         let serverThread = try KernelThread(name: "test-server") { server.run() }
         defer { server.stop(); serverThread.join() }
 
@@ -29,7 +31,7 @@ struct LibraryTests {
         let uffd = try Userfaultfd()
         try uffd.negotiate([.eventRemove, .eventUnmap])
         try uffd.register(destination.range, mode: .missing)
-        let client = try DestinationClient(source: server.listener.endpoint, clientName: "test", features: [.resume, .checksums])
+        let client = try DestinationClient(source: server.listener.endpoint, clientName: "test", features: [.resume, .checksums], authentication: TestKeys.authentication)
         #expect(client.features.contains(.checksums))
         let descriptor = try client.region(selectedBy: nil)
         #expect(descriptor.length == UInt64(pages * basePageSize) && descriptor.name == "guest-ram")
@@ -94,7 +96,7 @@ struct LibraryTests {
             for p in lastWrites { memory.storeBytes(of: 0xFEED_0000 + UInt64(p), toByteOffset: p * basePageSize + 64, as: UInt64.self) }
         }
         let region = ServedRegion(id: 1, name: "live-ram", base: served.base, length: pages * basePageSize, live: live)
-        let server = try SourceServer(listen: Endpoint(host: "127.0.0.1", port: 0), regions: [region], logger: logger)
+        let server = try SourceServer(listen: Endpoint(host: "127.0.0.1", port: 0), regions: [region], authentication: TestKeys.authentication, logger: logger)
         let serverThread = try KernelThread(name: "test-server") { server.run() }
         defer { server.stop(); serverThread.join() }
         // Writes after round 0 sent every page: rewrite a quarter of the pages. They are found by
@@ -106,7 +108,7 @@ struct LibraryTests {
             rewritten.store(true, ordering: .releasing)
         }
 
-        let client = try DestinationClient(source: server.listener.endpoint, clientName: "test", features: [.resume, .invalidation])
+        let client = try DestinationClient(source: server.listener.endpoint, clientName: "test", features: [.resume, .invalidation], authentication: TestKeys.authentication)
         let descriptor = try client.region(selectedBy: nil)
         #expect(descriptor.flags.contains(.live))
         let staged = try StagedPages.receive(region: descriptor, push: client.push, logger: logger)

@@ -26,12 +26,12 @@ struct Migration {
         try sh(Binaries.workload, "fill", "--file", ram, "--size-mib", "\(sizeMiB)", "--seed", "\(seed)")
         if let shape { try hosts.shapeSource(rate: shape) }
         let source = try hosts.spawn(in: hosts.source, Binaries.pagerd,
-                                     ["source", "--listen", "\(TwoHosts.sourceAddress):7070", "--region", ram],
+                                     ["source", "--listen", "\(TwoHosts.sourceAddress):7070", "--region", ram, "--key-file", scratch.keyFile],
                                      log: scratch.file("source.log"))
         try waitFor(source, toPrint: "serving 1 region")
         let socket = scratch.file("uffd-\(backing)-\(access).sock")
         let dest = try hosts.spawn(in: hosts.dest, Binaries.pagerd,
-                                   ["dest", "--connect", "\(TwoHosts.sourceAddress):7070", "--uffd-socket", socket, "--once"] + destExtra,
+                                   ["dest", "--connect", "\(TwoHosts.sourceAddress):7070", "--uffd-socket", socket, "--once", "--key-file", scratch.keyFile] + destExtra,
                                    log: scratch.file("dest.log"))
         try waitFor(dest, toPrint: "waiting for userfaultfd handoffs")
         let workload = try hosts.spawn(in: hosts.dest, Binaries.workload,
@@ -138,14 +138,14 @@ struct MigrationTests {
         try sh(Binaries.workload, "fill", "--file", small, "--size-mib", "16", "--seed", "1")
         try sh(Binaries.workload, "fill", "--file", huge, "--size-mib", "256", "--seed", "21")
         let source = try hosts.spawn(in: hosts.source, Binaries.pagerd,
-                                     ["source", "--listen", "\(TwoHosts.sourceAddress):7070", "--region", small, "--region", huge],
+                                     ["source", "--listen", "\(TwoHosts.sourceAddress):7070", "--region", small, "--region", huge, "--key-file", scratch.keyFile],
                                      log: scratch.file("source.log"))
         defer { source.signal(SIGTERM); source.wait(timeoutMilliseconds: 10_000) }
         try waitFor(source, toPrint: "serving 2 region")
         #expect(source.output.contains("2048 KiB pages"), "\(source.output)")
         let socket = scratch.file("uffd.sock")
         let dest = try hosts.spawn(in: hosts.dest, Binaries.pagerd,
-                                   ["dest", "--connect", "\(TwoHosts.sourceAddress):7070", "--uffd-socket", socket, "--once", "--region", "vm.ram"],
+                                   ["dest", "--connect", "\(TwoHosts.sourceAddress):7070", "--uffd-socket", socket, "--once", "--region", "vm.ram", "--key-file", scratch.keyFile],
                                    log: scratch.file("dest.log"))
         try waitFor(dest, toPrint: "waiting for userfaultfd handoffs")
         let workload = try hosts.spawn(in: hosts.dest, Binaries.workload,
@@ -163,7 +163,7 @@ struct MigrationTests {
         let scratch = Scratch()
         let ram = scratch.file("shared.ram")
         try sh(Binaries.workload, "fill", "--file", ram, "--size-mib", "512", "--seed", "5")
-        let source = try hosts.spawn(in: hosts.source, Binaries.pagerd, ["source", "--listen", "\(TwoHosts.sourceAddress):7070", "--region", ram],
+        let source = try hosts.spawn(in: hosts.source, Binaries.pagerd, ["source", "--listen", "\(TwoHosts.sourceAddress):7070", "--region", ram, "--key-file", scratch.keyFile],
                                      log: scratch.file("source.log"))
         defer { source.signal(SIGTERM); source.wait(timeoutMilliseconds: 10_000) }
         try waitFor(source, toPrint: "serving 1 region")
@@ -171,7 +171,7 @@ struct MigrationTests {
         for (i, access) in ["random", "strided"].enumerated() {
             let socket = scratch.file("uffd\(i).sock")
             let dest = try hosts.spawn(in: hosts.dest, Binaries.pagerd,
-                                       ["dest", "--connect", "\(TwoHosts.sourceAddress):7070", "--uffd-socket", socket, "--once"],
+                                       ["dest", "--connect", "\(TwoHosts.sourceAddress):7070", "--uffd-socket", socket, "--once", "--key-file", scratch.keyFile],
                                        log: scratch.file("dest\(i).log"))
             try waitFor(dest, toPrint: "waiting for userfaultfd handoffs")
             let workload = try hosts.spawn(in: hosts.dest, Binaries.workload,

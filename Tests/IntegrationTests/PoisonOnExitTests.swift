@@ -25,7 +25,7 @@ struct PoisonOnExitTests {
                  during: ((ChildProcess) throws -> Void)? = nil) throws -> Outcome {
         let scratch = Scratch()
         let socket = scratch.file("uffd.sock")
-        let dest = try ChildProcess(Binaries.pagerd, ["dest", "--connect", "\(source)", "--uffd-socket", socket, "--once"] + destExtra,
+        let dest = try ChildProcess(Binaries.pagerd, ["dest", "--connect", "\(source)", "--uffd-socket", socket, "--once", "--key-file", scratch.keyFile] + destExtra,
                                     outputPath: scratch.file("dest.log"))
         try waitFor(dest, toPrint: "waiting for userfaultfd handoffs")
         let workload = try ChildProcess(Binaries.workload, ["run", "--socket", socket, "--size-mib", "64", "--access", "sequential"] + workloadExtra,

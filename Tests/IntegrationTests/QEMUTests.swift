@@ -121,7 +121,7 @@ struct QEMUTests {
         let ram = scratch.file("vm.ram"), qmp = scratch.file("qmp"), socket = scratch.file("uffd.sock")
         // Nothing listens on the source port: qemu-dest keeps retrying until the signal.
         let qdest = try ChildProcess(Binaries.pagerd, ["qemu-dest", "--qmp", qmp, "--ram", ram, "--connect", "127.0.0.1:9",
-                                                       "--uffd-socket", socket, "--incoming", "tcp:127.0.0.1:0"],
+                                                       "--uffd-socket", socket, "--incoming", "tcp:127.0.0.1:0", "--key-file", scratch.keyFile],
                                      outputPath: scratch.file("qemu-dest.log"))
         defer { qdest.signal(SIGKILL) }
         try waitFor(qdest, toPrint: "waiting for QEMU's handoff")
@@ -150,7 +150,7 @@ struct QEMUTests {
         let q = try ChildProcess("/usr/bin/qemu-system-x86_64", guest.commonArgs(console: console, qmp: qmp), outputPath: scratch.file("qemu.log"))
         defer { q.signal(SIGKILL) }
         var (status, output) = try runProgram(Binaries.pagerd, ["qemu-source", "--qmp", qmp, "--ram", ram, "--listen", "127.0.0.1:0",
-                                                                  "--migrate-to", "tcp:127.0.0.1:1"])
+                                                                  "--migrate-to", "tcp:127.0.0.1:1", "--key-file", scratch.keyFile])
         #expect(status == 1 && output.contains("has no mapping of \(ram)"), "\(output)")
         q.signal(SIGKILL)
         q.wait(timeoutMilliseconds: 10_000)
@@ -161,11 +161,11 @@ struct QEMUTests {
         defer { q2.signal(SIGKILL) }
         // (exec:/bin/false fails at once; a refused TCP connection would be retried for 30 s.)
         (status, output) = try runProgram(Binaries.pagerd, ["qemu-source", "--qmp", qmp, "--ram", ram, "--listen", "127.0.0.1:0",
-                                                              "--migrate-to", "exec:/bin/false"])
+                                                              "--migrate-to", "exec:/bin/false", "--key-file", scratch.keyFile])
         #expect(status == 1 && output.contains("never served"), "\(output)")
         // Pre-copy asked for, but this QEMU runs without the preload library's tracking socket.
         (status, output) = try runProgram(Binaries.pagerd, ["qemu-source", "--qmp", qmp, "--ram", ram, "--listen", "127.0.0.1:0",
-                                                              "--migrate-to", "exec:/bin/false", "--track-socket", scratch.file("track.sock")])
+                                                              "--migrate-to", "exec:/bin/false", "--track-socket", scratch.file("track.sock"), "--key-file", scratch.keyFile])
         #expect(status == 1 && output.contains("nothing offers write tracking") && output.contains("PAGER_TRACK_SOCKET"), "\(output)")
     }
 }

@@ -1,5 +1,7 @@
+import PagerHarness
 import PagerKernel
 import PagerTransport
+import PagerTrust
 import PagerWire
 import PagerWorkloads
 
@@ -9,6 +11,11 @@ import PagerWorkloads
 /// ERROR; after the handshake of the second connection (the push channel, which HELLO marks
 /// as a resume), it sends `push`. Then it says nothing and keeps every connection open, so
 /// what the destination does is its own decision, not a reaction to a close.
+///
+/// It holds the test key (``TestKeys``): a HELLO that offers authentication is authenticated
+/// as `pagerd source` would, and AUTH_CONFIRM follows the REGIONs, so the script plays a
+/// source that has the key and still misbehaves (a compromised or buggy peer, which is
+/// what the destination's checks are for).
 final class ScriptedSource: @unchecked Sendable {
     /// What goes on the wire after the handshake: a message, or bytes as they are.
     enum Step: Sendable {
@@ -50,10 +57,16 @@ final class ScriptedSource: @unchecked Sendable {
                 case .refuse(let e):
                     try? channel.send(.error(e))
                 case .script(let s):
-                    try? channel.send(.welcome(Welcome(features: hello.features.intersection(s.features),
-                                                       regionCount: s.regionCount ?? UInt32(s.regions.count), session: 0x5eed)))
+                    guard var authenticator = ScriptedSource.authenticate(channel, hello) else { continue }
+                    func send(_ m: Message) {
+                        authenticator?.sent(m)
+                        try? channel.send(m)
+                    }
+                    send(.welcome(Welcome(features: hello.features.intersection(s.features.union(.authentication)),
+                                          regionCount: s.regionCount ?? UInt32(s.regions.count), session: 0x5eed)))
                     if !s.afterWelcome.isEmpty { try? ScriptedSource.write(s.afterWelcome, to: socket) }
-                    for r in s.regions { try? channel.send(.region(r)) }
+                    for r in s.regions { send(.region(r)) }
+                    if let authenticator { try? channel.send(authenticator.confirmation().0) }
                     guard hello.resumeSession != 0 else { continue }
                     for step in s.push {
                         switch step {
@@ -67,6 +80,20 @@ final class ScriptedSource: @unchecked Sendable {
     }
 
     var endpoint: Endpoint { listener.endpoint }
+
+    /// With a HELLO that offers authentication: AUTH_CHALLENGE, then AUTH_RESPONSE verified
+    /// with the test key (session token zeros: WELCOME's token here). `.some(nil)` without;
+    /// nil if the destination's response did not verify.
+    private static func authenticate(_ channel: FrameChannel, _ hello: Hello) -> ServerAuthenticator?? {
+        guard hello.features.contains(.authentication) else { return .some(nil) }
+        guard var authenticator = try? ServerAuthenticator(ring: TestKeys.ring, hello: hello) else { return nil }
+        try? channel.send(authenticator.challenge())
+        guard case .message(.authResponse(let nonce, let share, let mac))? = try? channel.receive(),
+              (try? authenticator.verify(clientNonce: nonce, share: share, mac: mac, resumeToken: Array(repeating: 0, count: 16),
+                                         resuming: hello.resumeSession != 0)) != nil
+        else { return nil }
+        return .some(authenticator)
+    }
 
     deinit {
         listener.shutdown()

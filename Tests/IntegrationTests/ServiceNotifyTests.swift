@@ -43,7 +43,7 @@ struct ServiceNotifyTests {
         let source = try ScriptedSource(.refuse(ProtocolError(code: .unsupportedVersion, message: "scripted refusal")))
         let socket = scratch.file("uffd.sock")
         let dest = try ChildProcess("/usr/bin/env", ["NOTIFY_SOCKET=\(notify.path)", Binaries.pagerd, "dest", "--connect", "\(source.endpoint)",
-                                                     "--uffd-socket", socket], outputPath: scratch.file("dest.log"))
+                                                     "--uffd-socket", socket, "--key-file", scratch.keyFile], outputPath: scratch.file("dest.log"))
         let ready = try notify.awaitMessage(containing: "READY=1")
         #expect(ready?.contains("STATUS=waiting for userfaultfd handoffs") == true, "\(ready ?? "")")
         let workload = try ChildProcess(Binaries.workload, ["run", "--socket", socket, "--size-mib", "16", "--access", "sequential"],
@@ -64,7 +64,7 @@ struct ServiceNotifyTests {
         let ram = scratch.file("small.ram")
         try sh(Binaries.workload, "fill", "--file", ram, "--size-mib", "4", "--seed", "3")
         let source = try ChildProcess("/usr/bin/env", ["NOTIFY_SOCKET=\(notify.path)", Binaries.pagerd, "source", "--listen", "127.0.0.1:0",
-                                                       "--region", ram], outputPath: scratch.file("source.log"))
+                                                       "--region", ram, "--key-file", scratch.keyFile], outputPath: scratch.file("source.log"))
         let ready = try notify.awaitMessage(containing: "READY=1")
         #expect(ready?.contains("STATUS=serving 1 region(s) on 127.0.0.1:") == true, "\(ready ?? "")")
         source.signal(SIGTERM)
@@ -83,7 +83,7 @@ struct ServiceNotifyTests {
             try writeWholeFile(log, "")
             let identity = matching ? try #require(fileIdentity(log)) : "1:1"
             let source = try ChildProcess("/usr/bin/env", ["JOURNAL_STREAM=\(identity)", Binaries.pagerd, "source", "--listen", "127.0.0.1:0",
-                                                           "--region", ram], outputPath: log)
+                                                           "--region", ram, "--key-file", scratch.keyFile], outputPath: log)
             try waitFor(source, toPrint: "serving 1 region")
             source.signal(SIGTERM)
             #expect(source.wait(timeoutMilliseconds: 10_000) == 0)

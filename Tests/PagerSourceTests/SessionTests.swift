@@ -2,6 +2,7 @@ import Glibc
 import Logging
 import PagerKernel
 import PagerTransport
+import PagerTrust
 import PagerWire
 import Synchronization
 import Testing
@@ -106,7 +107,7 @@ struct HoldReleaseTests {
         var logger = Logger(label: "test")
         logger.logLevel = .critical
         let region = ServedRegion(id: 1, name: "r", base: UnsafeRawPointer(memory), length: pages * basePageSize)
-        let server = try SourceServer(listen: Endpoint(host: "127.0.0.1", port: 0), regions: [region], logger: logger)
+        let server = try SourceServer(listen: Endpoint(host: "127.0.0.1", port: 0), regions: [region], authentication: .insecureNone, logger: logger)
         server.hold()
         let serverThread = try KernelThread(name: "test-server") { server.run() }
         defer { server.stop(); serverThread.join() }

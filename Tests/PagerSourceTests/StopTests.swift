@@ -1,8 +1,10 @@
 import Logging
 import PagerDestination
+import PagerHarness
 import PagerKernel
 import PagerSource
 import PagerTransport
+import PagerTrust
 import PagerWire
 import Testing
 
@@ -17,9 +19,9 @@ struct StopTests {
             let served = try MemoryMapping.anonymous(length: pages * basePageSize)
             for p in 0..<pages { served.page(p).storeBytes(of: UInt64(p) + 1, as: UInt64.self) }
             let region = ServedRegion(id: 1, name: "r", base: served.base, length: pages * basePageSize)
-            let server = try SourceServer(listen: Endpoint(host: "127.0.0.1", port: 0), regions: [region], logger: logger)
+            let server = try SourceServer(listen: Endpoint(host: "127.0.0.1", port: 0), regions: [region], authentication: TestKeys.authentication, logger: logger)
             let serverThread = try KernelThread(name: "test-server") { server.run() }
-            let client = try DestinationClient(source: server.listener.endpoint, clientName: "test")
+            let client = try DestinationClient(source: server.listener.endpoint, clientName: "test", authentication: TestKeys.authentication)
             // A connection still in its handshake when the server stops belongs to no session.
             let silent = try TCPSocket.connect(server.listener.endpoint)
             guard case .pageData = try client.push.receive() else {

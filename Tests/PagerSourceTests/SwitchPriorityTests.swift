@@ -2,8 +2,10 @@ import Glibc
 import Logging
 import PagerCore
 import PagerDestination
+import PagerHarness
 import PagerKernel
 import PagerSource
+import PagerTrust
 import PagerWire
 import Synchronization
 import Testing
@@ -64,12 +66,12 @@ struct SwitchPriorityTests {
             for p in [3, 700] { memory.storeBytes(of: 0xFEED, toByteOffset: p * basePageSize + 8, as: UInt64.self) }
         }
         let region = ServedRegion(id: 1, name: "live-ram", base: served.base, length: pages * basePageSize, live: live)
-        let server = try SourceServer(listen: Endpoint(host: "127.0.0.1", port: 0), regions: [region], logger: logger)
+        let server = try SourceServer(listen: Endpoint(host: "127.0.0.1", port: 0), regions: [region], authentication: TestKeys.authentication, logger: logger)
         server.backgroundPush = true
         let serverThread = try KernelThread(name: "test-server") { server.run() }
         defer { server.stop(); serverThread.join() }
 
-        let client = try DestinationClient(source: server.listener.endpoint, clientName: "test", features: [.resume, .invalidation])
+        let client = try DestinationClient(source: server.listener.endpoint, clientName: "test", features: [.resume, .invalidation], authentication: TestKeys.authentication)
         let descriptor = try client.region(selectedBy: nil)
         // Returns once SWITCHED arrived: the switch is over.
         _ = try StagedPages.receive(region: descriptor, push: client.push, logger: logger)

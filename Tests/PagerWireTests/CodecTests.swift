@@ -11,7 +11,7 @@ struct CodecTests {
         let name = String((0..<Int.random(in: 0...20, using: &rng)).map { _ in "abcé/._-".randomElement(using: &rng)! })
         switch Int.random(in: 0..<15, using: &rng) {
         case 0: return .hello(Hello(features: Features(rawValue: rng.next()), maxPayload: UInt32.random(in: 65536...0x210000, using: &rng),
-                                    resumeSession: rng.next(), resumeToken: bytes(16), clientName: name))
+                                    resumeSession: rng.next(), resumeToken: bytes(16), clientName: name, keyIdentity: String(name.prefix(5))))
         case 1: return .welcome(Welcome(features: Features(rawValue: rng.next()), regionCount: UInt32.random(in: 0...9, using: &rng),
                                         session: rng.next(), resumeToken: bytes(16)))
         case 2: return .region(RegionDescriptor(id: UInt32.random(in: 0...UInt32.max, using: &rng), pageShift: [12, 21, 30].randomElement(using: &rng)!,
@@ -30,7 +30,7 @@ struct CodecTests {
         case 8: return .complete(region: Message.allRegions, residentBytes: rng.next())
         case 9: return .ping(token: rng.next(), timestamp: rng.next())
         case 10: return .error(ProtocolError(code: ErrorCode(rawValue: UInt16.random(in: 1...40, using: &rng)), requestID: 5, message: name))
-        case 11: return .authResponse(clientNonce: bytes(32), mac: bytes(32))
+        case 11: return .authResponse(clientNonce: bytes(32), share: bytes(32), mac: bytes(32))
         case 12: return .rdmaKey(region: 1, rkey: 77, address: rng.next(), length: 4096)
         case 13: return .switched(region: UInt32.random(in: 0...UInt32.max, using: &rng), lastSequence: UInt32.random(in: 0...UInt32.max, using: &rng))
         default: return .pushComplete(region: 4, bytes: rng.next())
