@@ -40,7 +40,7 @@ extension SourceServer {
         switch error {
         case SessionError.refuse(let code, let message):
             logger.warning("\(channel.peer): \(code): \(message)")
-            registry.failed()
+            if code == .authenticationFailed { registry.refusedAuthentication() } else { registry.failed() }
             try? channel.send(.error(ProtocolError(code: code, message: message)))
         case ChannelError.closed:
             logger.info("\(channel.peer) disconnected")

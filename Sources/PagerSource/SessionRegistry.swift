@@ -71,6 +71,14 @@ final class SessionRegistry: Sendable {
     /// A connection refused or a session ended by an error.
     func failed() { book.withLock { $0.ended.failedSessions += 1 } }
 
+    /// A connection refused because its peer did not authenticate.
+    func refusedAuthentication() {
+        book.withLock {
+            $0.ended.failedSessions += 1
+            $0.ended.authenticationFailures += 1
+        }
+    }
+
     /// Sessions with a connection being served (the ones ``SourceServer/stop()`` closes).
     var served: [SourceSession] { book.withLock { $0.attached.values.map(\.session) } }
 

@@ -43,6 +43,9 @@ public final class SourceServer: @unchecked Sendable {
         public var bytesSent: UInt64 = 0
         public var zeroBytes: UInt64 = 0
         public var failedSessions = 0
+        /// Connections refused because the peer did not prove it holds a key (counted in
+        /// ``failedSessions`` too).
+        public var authenticationFailures = 0
     }
 
     /// Push frames carry at most this many bytes (at least one page of the region). Queued

@@ -70,6 +70,10 @@ struct AuthenticationTests {
         try channel.send(try client.respond(challengeNonce: nonce, share: share, resumeToken: Self.zeros))
         expectRefusal(channel, "did not verify")
         #expect(try source.stillServes())
+        source.process.signal(SIGTERM)
+        #expect(source.process.wait(timeoutMilliseconds: 10_000) == 0)
+        #expect(source.process.output.contains("1 connection(s) refused for failed authentication"), "\(source.process.output)")
+        #expect(source.process.output.contains("authentication-failed"), "the refusal is logged: \(source.process.output)")
     }
 
     @Test("a PAGE_REQUEST instead of AUTH_RESPONSE is refused and answered with no page")

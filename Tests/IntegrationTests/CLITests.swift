@@ -10,7 +10,7 @@ struct CLITests {
         #expect(output.hasPrefix("pagerd ") && output.contains("wire protocol v1"), "\(output)")
     }
 
-    @Test("help texts wrap as paragraphs: no line broken short in the middle of one", arguments: ["source", "dest", "qemu-source", "qemu-dest", "demo"])
+    @Test("help texts wrap as paragraphs: no line broken short in the middle of one", arguments: ["source", "dest", "qemu-source", "qemu-dest", "demo", "keygen"])
     func helpWraps(_ command: String) throws {
         let (status, output) = try runProgram(Binaries.pagerd, [command, "--help"])
         #expect(status == 0)
