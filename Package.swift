@@ -178,7 +178,7 @@ let package = Package(
         //   swift build -c debug --sanitize fuzzer --sanitize address --product PagerWireFuzz -Xswiftc -DFUZZING
         .executableTarget(
             name: "PagerWireFuzz",
-            dependencies: ["PagerWire", "PagerCore", "PagerKernel"]
+            dependencies: ["PagerWire", "PagerCore", "PagerKernel", "PagerTrust"]
         ),
         // libFuzzer target for the handoff decoders and the hint line splitter (same flags).
         .executableTarget(

@@ -344,7 +344,22 @@ def write_handshakes(name):
                 f.write(f"{key}: {spaced(value)}\n")
 
 
+def write_corpus(blocks):
+    """The fuzzers' seed corpus: every frame of the vector files, one file each, raw."""
+    corpus = os.path.join(HERE, "vectors", "corpus")
+    os.makedirs(corpus, exist_ok=True)
+    for name in os.listdir(corpus):
+        os.remove(os.path.join(corpus, name))
+    for kind, frames in blocks:
+        for i, raw in enumerate(frames):
+            with open(os.path.join(corpus, f"{kind}-{i:02d}"), "wb") as f:
+                f.write(raw)
+
+
 os.makedirs(os.path.join(HERE, "vectors"), exist_ok=True)
 write_handshakes("handshake.txt")
+write_corpus([("valid", [raw for _, raw, _ in valid()]), ("invalid", [raw for _, _, raw in invalid()]),
+              ("handshake", [value for _, values in handshakes() for key, value in values
+                             if key in ("hello", "auth-challenge", "auth-response", "answer", "auth-confirm")])])
 write("valid.hex", [(c, "meaning: " + m, raw) for c, raw, m in valid()])
 write("invalid.hex", [(c, "error: " + e, raw) for c, e, raw in invalid()])

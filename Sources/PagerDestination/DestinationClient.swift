@@ -15,13 +15,16 @@ public final class DestinationClient: @unchecked Sendable {
 
     /// Connects both channels to `source` and completes the handshake of each, with the
     /// primary key of `authentication` (or, with `.insecureNone`, without authentication).
+    ///
+    /// With ``Features/encryption`` in `features` (and keys) every frame after AUTH_RESPONSE is
+    /// sealed on both connections, each under its own keys; the source must accept it.
     public init(source: Endpoint, clientName: String, features: Features = [.resume, .hugePages],
-                authentication: PeerAuthentication) throws {
+                authentication: PeerAuthentication, recordLimits: RecordLimits = .standard) throws {
         let demandSocket = try TCPSocket.connect(source)
         demandSocket.setReceiveTimeout(milliseconds: 10_000)
         demand = FrameChannel(demandSocket)
         let (welcome, regions) = try DestinationClient.join(
-            demand, Hello(features: features, clientName: clientName), resumeToken: nil, authentication)
+            demand, Hello(features: features, clientName: clientName), resumeToken: nil, authentication, recordLimits)
         self.regions = regions
         session = welcome.session
         self.features = welcome.features
@@ -33,7 +36,7 @@ public final class DestinationClient: @unchecked Sendable {
         push = FrameChannel(pushSocket)
         let (again, _) = try DestinationClient.join(
             push, Hello(features: features, resumeSession: welcome.session, clientName: clientName),
-            resumeToken: welcome.resumeToken, authentication)
+            resumeToken: welcome.resumeToken, authentication, recordLimits)
         guard again.session == welcome.session else {
             throw ChannelError.unexpected(peer: push.peer, "push channel joined session \(hex(again.session)), not \(hex(welcome.session))")
         }
@@ -45,9 +48,10 @@ public final class DestinationClient: @unchecked Sendable {
     /// WELCOME and the REGIONs, and AUTH_CONFIRM verified before any of them is used.
     /// `resumeToken` is the session's token for the push connection (nil for the demand one).
     private static func join(_ channel: FrameChannel, _ hello: Hello, resumeToken: [UInt8]?,
-                             _ authentication: PeerAuthentication) throws -> (Welcome, [RegionDescriptor]) {
+                             _ authentication: PeerAuthentication, _ limits: RecordLimits) throws -> (Welcome, [RegionDescriptor]) {
         let token = resumeToken ?? [UInt8](repeating: 0, count: 16)
         guard case .keys(let ring) = authentication else {
+            precondition(!hello.features.contains(.encryption), "encryption needs keys")
             var plain = hello
             plain.resumeToken = token
             try channel.send(.hello(plain))
@@ -66,7 +70,16 @@ public final class DestinationClient: @unchecked Sendable {
         do {
             try channel.send(authenticator!.respond(challengeNonce: nonce, share: share, resumeToken: token))
         } catch let e as AuthenticationError { throw refuse(channel, e) }
+        let encrypted = hello.features.contains(.encryption)
+        if encrypted, let keys = authenticator!.keys {
+            // The source seals from WELCOME on; a refusal may come first, in the clear.
+            channel.protectSends(key: keys.clientWriteKey, limits: limits)
+            channel.protectReceives(key: keys.serverWriteKey, limits: limits, clearErrorFirst: true)
+        }
         let answer = try readWelcome(channel, first: try channel.receive(), recording: &authenticator)
+        if encrypted && !answer.0.features.contains(.encryption) {
+            throw ChannelError.unexpected(peer: channel.peer, "the source sealed WELCOME but did not accept encryption in it")
+        }
         guard case .message(.authConfirm(let mac)) = try channel.receive() else {
             throw ChannelError.unexpected(peer: channel.peer, "expected AUTH_CONFIRM after the REGION frames")
         }

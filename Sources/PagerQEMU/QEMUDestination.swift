@@ -20,6 +20,8 @@ public struct QEMUDestination {
     public var logger: Logger
     /// How the source is authenticated (see ``DestinationClient``).
     public var authentication: PeerAuthentication
+    /// Ask for encryption and accept only a source that encrypts.
+    public var encrypt = false
     /// Receive the source's pre-copy rounds (`pagerd qemu-source --track-socket`) into this
     /// daemon's memory before the switch; they are installed locally after it.
     public var precopy = false
@@ -144,7 +146,8 @@ public struct QEMUDestination {
             if cancelled.load(ordering: .acquiring) { throw QEMUError("stopped by a signal before the source answered") }
             do {
                 return try DestinationClient(source: source, clientName: "pagerd-qemu-dest",
-                                             features: precopy ? [.resume, .hugePages, .invalidation] : [.resume, .hugePages],
+                                             features: Features([.resume, .hugePages]).union(precopy ? .invalidation : [])
+                                                 .union(encrypt ? .encryption : []),
                                              authentication: authentication)
             } catch {
                 if monotonicNanoseconds() > deadline { throw QEMUError("the source pagerd at \(source) does not answer: \(error)") }

@@ -44,6 +44,8 @@ public struct QEMUSource {
     public var precopy: Precopy?
     /// Whom the guest RAM is served to (see ``SourceServer/authentication``).
     public var authentication: PeerAuthentication
+    /// Refuse destinations that do not ask for encryption (see ``SourceServer/requireEncryption``).
+    public var requireEncryption = false
 
     /// Pre-copy rounds of guest RAM before the switch.
     public struct Precopy: Sendable {
@@ -90,6 +92,7 @@ public struct QEMUSource {
         if let precopy { return try runPrecopy(qmp, precopy, serverReady: serverReady) }
         let region = try ServedRegion(id: 1, path: ram)
         let server = try SourceServer(listen: listen, regions: [region], authentication: authentication, logger: logger)
+        server.requireEncryption = requireEncryption
         server.hold() // not one page before the VM stops
         let serving = try KernelThread(name: "src-accept") { server.run() }
         defer {
@@ -170,6 +173,7 @@ public struct QEMUSource {
         }
         let region = ServedRegion(id: 1, name: ram, pid: qmp.pid, address: m.base, length: Int(m.size), pageSize: m.pageSize, live: live)
         let server = try SourceServer(listen: listen, regions: [region], authentication: authentication, logger: logger)
+        server.requireEncryption = requireEncryption
         // The guest's vCPUs keep running during the rounds: compete with them fairly, as
         // QEMU's own migration thread does, or the rounds starve.
         server.backgroundPush = false

@@ -17,6 +17,8 @@ extension SourceServer {
     /// was accepted: the authenticator, whose AUTH_CONFIRM follows WELCOME and the REGIONs.
     struct Greeting {
         var authenticator: ServerAuthenticator?
+        /// This side's write key when the session is encrypted: WELCOME is the first frame sealed.
+        var sendKey: [UInt8]?
     }
 
     /// Reads HELLO and checks it: versions, features, the peer's key (AUTH_CHALLENGE and
@@ -39,8 +41,21 @@ extension SourceServer {
         var features = hello.features.intersection([.checksums, .resume, .hugePages, .invalidation])
         var greeting = Greeting()
         if case .keys(let ring) = authentication {
-            greeting.authenticator = try authenticate(channel, hello: hello, ring: ring)
+            if requireEncryption && !hello.features.contains(.encryption) {
+                throw SessionError.refuse(.authenticationFailed,
+                    "this source requires encryption (pagerd source --require-encryption): give the destination --encrypt")
+            }
+            let authenticator = try authenticate(channel, hello: hello, ring: ring)
+            greeting.authenticator = authenticator
             features.insert(.authentication)
+            if hello.features.contains(.encryption) {
+                // Sealed from here on: the client's next frame, and ours from WELCOME on (a
+                // refusal before WELCOME goes out in the clear, as the client expects).
+                let keys = authenticator.keys!
+                channel.protectReceives(key: keys.clientWriteKey, limits: recordLimits)
+                greeting.sendKey = keys.serverWriteKey
+                features.insert(.encryption)
+            }
         }
         channel.socket.setReceiveTimeout(milliseconds: 0)
         guard hello.resumeSession == 0 else {
@@ -102,6 +117,7 @@ extension SourceServer {
     /// (with keys) AUTH_CONFIRM, whose MAC covers all of them.
     func welcome(_ channel: FrameChannel, session: SourceSession, _ greeting: Greeting) throws(ChannelError) {
         var authenticator = greeting.authenticator
+        if let key = greeting.sendKey { channel.protectSends(key: key, limits: recordLimits) }
         func send(_ message: Message) throws(ChannelError) {
             authenticator?.sent(message)
             try channel.send(message)

@@ -70,6 +70,12 @@ public final class SourceServer: @unchecked Sendable {
     /// other busy thread on this host for a time slice. Default: ``DemandPriority/auto``.
     public var urgentDemand = DemandPriority.auto.isRealtime
 
+    /// Refuse destinations that do not offer encryption (with keys only).
+    public var requireEncryption = false
+
+    /// When encrypted connections update their keys (tests lower it to see updates happen).
+    public var recordLimits = RecordLimits.standard
+
     /// A connection that has not completed its HELLO within this time is closed.
     public var handshakeTimeoutMilliseconds = 10_000
 

@@ -23,6 +23,9 @@ public enum ChannelError: Error, CustomStringConvertible, Sendable {
     /// The handshake's authentication failed on this side (the peer's failures arrive as
     /// ``peerError(peer:_:)`` with code `authentication-failed`).
     case authentication(peer: String, AuthenticationError)
+    /// A sealed frame (feature `encryption`) failed to open: nothing of it was used, and the
+    /// session ends.
+    case sealedRecordRejected(peer: String, type: MessageType?, reason: String)
 
     public var description: String {
         switch self {
@@ -37,6 +40,8 @@ public enum ChannelError: Error, CustomStringConvertible, Sendable {
         case .peerError(let p, let e): "\(p) reported \(e.code): \(e.message)"
         case .unexpected(let p, let s): "unexpected from \(p): \(s)"
         case .authentication(let p, let e): "authentication with \(p) failed: \(e)"
+        case .sealedRecordRejected(let p, let type, let reason):
+            "sealed \(type.map { "\($0)" } ?? "frame") from \(p) refused: \(reason)"
         }
     }
 }

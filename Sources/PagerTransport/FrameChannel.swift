@@ -1,3 +1,4 @@
+import PagerCrypto
 import PagerKernel
 import PagerWire
 
@@ -8,6 +9,12 @@ import PagerWire
 /// writes each frame with one `sendmsg` (scatter-gather, no copy of page bytes), under a
 /// lock held until the frame is written whole, so frames from several threads never
 /// interleave on the wire.
+///
+/// With record protection (``protectSends(key:limits:)``, ``protectReceives(key:limits:clearErrorFirst:)``,
+/// feature `encryption`) every frame is sealed on its way out, under the same lock (so the
+/// record counter follows the wire order), from the page memory straight into one send
+/// buffer; a received sealed payload is read where its plaintext will be used (page data onto
+/// the 2 MiB-aligned page buffer), opened in place, and only then given to the parser.
 public final class FrameChannel: FrameConnection, @unchecked Sendable {
     public let socket: TCPSocket
     /// Largest payload the peer accepts from us / we accept from it.
@@ -22,11 +29,21 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
     private let sendLock = ForegroundMutex(())
     /// Caps the bytes offered to one `sendmsg`: tests force short writes with it.
     var maxBytesPerSendCall = Int.max
+    /// Seals every frame sent once set (used under `sendLock`).
+    private var sealing: RecordSealer?
 
     // Receive side: touched only by the one receiving thread.
     private var parser = FrameParser()
+    /// Opens every frame received once set.
+    private var opening: RecordOpener?
+    /// The page buffer, preceded by room for a sealed PAGE_DATA's fields (so that its data,
+    /// opened in place, lands on the aligned buffer) and followed by room for its tag.
+    private let pageArea: UnsafeMutableRawPointer
     private let pageBuffer: UnsafeMutableRawPointer
     private static let pageBufferSize = Int(WireLimits.absoluteMaxPayload)
+    /// PAGE_DATA's fields before its data: 32 bytes and a checksum per 4 KiB page, at most
+    /// 32 + 4 · 528 bytes for the largest payload.
+    private static let sealedPrefixRoom = 4096
     /// Bytes received ahead of the part being parsed: one `recv` usually brings a whole
     /// small frame (a 4 KiB reply is 4168 bytes), instead of one `recv` per part.
     private let rx: UnsafeMutableRawPointer
@@ -39,14 +56,17 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
 
     public init(_ socket: TCPSocket) {
         self.socket = socket
-        // 2 MiB alignment so a received huge page can be installed straight from the buffer.
-        pageBuffer = .allocate(byteCount: FrameChannel.pageBufferSize, alignment: hugePageSize)
+        // 2 MiB alignment so a received huge page can be installed straight from the buffer;
+        // the 2 MiB before it are address space only (the last page holds a sealed frame's
+        // fields), never touched otherwise.
+        pageArea = .allocate(byteCount: hugePageSize + FrameChannel.pageBufferSize + AESGCMSealer.tagByteCount, alignment: hugePageSize)
+        pageBuffer = pageArea + hugePageSize
         rx = .allocate(byteCount: FrameChannel.rxSize, alignment: 64)
         scratch = .allocate(byteCount: scratchSize, alignment: 64)
     }
 
     deinit {
-        pageBuffer.deallocate()
+        pageArea.deallocate()
         rx.deallocate()
         scratch.deallocate()
     }
@@ -55,6 +75,33 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
 
     /// Shuts the socket down in both directions (`shutdown(SHUT_RDWR)`).
     public func shutdown() { socket.shutdown() }
+
+    // MARK: Record protection
+
+    /// Seals every frame sent from now on under `key` (this side's write key).
+    public func protectSends(key: [UInt8], limits: RecordLimits = .standard) {
+        do {
+            let sealer = try RecordSealer(key: key, limits: limits)
+            sendLock.withLock { _ in sealing = sealer }
+        } catch {
+            preconditionFailure("cannot set up AES-256-GCM: \(error)")
+        }
+    }
+
+    /// Opens every frame received from now on under `key` (the peer's write key); with
+    /// `clearErrorFirst` the next frame may instead be a clear ERROR (the peer's refusal
+    /// before it could seal). Called by the receiving thread.
+    public func protectReceives(key: [UInt8], limits: RecordLimits = .standard, clearErrorFirst: Bool = false) {
+        do { opening = try RecordOpener(key: key, limits: limits, clearErrorFirst: clearErrorFirst) } catch {
+            preconditionFailure("cannot set up AES-256-GCM: \(error)")
+        }
+    }
+
+    /// Whether frames are sealed in each direction, and the keys used so far (1 until the
+    /// first key update).
+    public var protection: (sends: Int?, receives: Int?) {
+        (sendLock.withLock { _ in sealing?.generation }, opening?.generation)
+    }
 
     // MARK: Sending
 
@@ -82,10 +129,16 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
         }
     }
 
-    /// Writes one whole frame under the send lock.
+    /// Writes one whole frame under the send lock (sealed into one buffer first when
+    /// sends are protected). `parts[0]` begins with the frame's 8-byte header.
     private func writeFrame(_ parts: [UnsafeRawBufferPointer]) throws {
         let cap = maxBytesPerSendCall
-        try sendLock.withLock { _ in try socket.writeAll(parts, maxBytesPerCall: cap) }
+        try sendLock.withLock { _ in
+            guard let sealing else { return try socket.writeAll(parts, maxBytesPerCall: cap) }
+            let sealed: UnsafeRawBufferPointer
+            do { sealed = try sealing.seal(parts) } catch { preconditionFailure("AES-256-GCM seal failed: \(error)") }
+            try socket.writeAll([sealed], maxBytesPerCall: cap)
+        }
     }
 
     /// Runs a send (`withUnsafeBytes` rethrows untyped errors), as a ``ChannelError``.
@@ -99,6 +152,7 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
     public func receive() throws(ChannelError) -> Incoming {
         parser.maxPayload = receiveLimit
         do {
+            if let opening, let event = try receiveSealed(opening) { return try deliver(event) }
             while true {
                 let event: FrameParser.Event?
                 switch parser.need {
@@ -126,6 +180,78 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
             throw e
         } catch {
             throw .unexpected(peer: peer, "\(error)")
+        }
+    }
+
+    /// One sealed frame: its clear header checked (type, flags, length within the limit and
+    /// the tag) before its payload is read, the payload read where its plaintext is used and
+    /// opened in place, then parsed. Nil when the frame is the clear ERROR a peer may send
+    /// first: its header has gone to the parser, and the plain path reads the rest.
+    private func receiveSealed(_ opening: RecordOpener) throws -> FrameParser.Event? {
+        let tag = AESGCMSealer.tagByteCount
+        return try withUnsafeTemporaryAllocation(byteCount: 2 * FrameHeader.size, alignment: 8) { headers in
+            let sealedHeader = UnsafeMutableRawBufferPointer(rebasing: headers[..<FrameHeader.size])
+            let plainHeader = UnsafeMutableRawBufferPointer(rebasing: headers[FrameHeader.size...])
+            try fill(sealedHeader.baseAddress!, FrameHeader.size)
+            let type = UInt16(bigEndian: sealedHeader.loadUnaligned(fromByteOffset: 0, as: UInt16.self))
+            let flags = UInt16(bigEndian: sealedHeader.loadUnaligned(fromByteOffset: 2, as: UInt16.self))
+            let length = Int(UInt32(bigEndian: sealedHeader.loadUnaligned(fromByteOffset: 4, as: UInt32.self)))
+            if opening.clearErrorAllowed {
+                opening.clearErrorAllowed = false
+                if type == MessageType.error.rawValue {
+                    _ = try parser.parse(UnsafeRawBufferPointer(sealedHeader))
+                    return nil
+                }
+            }
+            guard length >= tag else { throw ChannelError.sealedRecordRejected(peer: peer, type: MessageType(rawValue: type), reason: "\(length) bytes, shorter than its 16-byte tag") }
+            let plaintext = length - tag
+            plainHeader.copyMemory(from: UnsafeRawBufferPointer(sealedHeader))
+            plainHeader.storeBytes(of: UInt32(plaintext).bigEndian, toByteOffset: 4, as: UInt32.self)
+            // Type, flags and the payload limit, from the header alone: an oversized frame is
+            // refused before a byte of it is read.
+            let header = try FrameHeader.decode(UnsafeRawBufferPointer(plainHeader), maxPayload: receiveLimit)
+            let target = sealedTarget(header, flags: flags, plaintext: plaintext)
+            try fill(target, length)
+            guard opening.open(header: UnsafeRawBufferPointer(sealedHeader), sealed: UnsafeMutableRawBufferPointer(start: target, count: length)) else {
+                throw ChannelError.sealedRecordRejected(peer: peer, type: header.type,
+                                                        reason: "its tag does not verify as record \(opening.nextRecord - 1) of key \(opening.generation): changed, dropped, repeated, reordered or moved on the way")
+            }
+            return try parseOpened(UnsafeRawBufferPointer(plainHeader), payload: UnsafeRawBufferPointer(start: target, count: plaintext))
+        }
+    }
+
+    /// Where a sealed payload is read and opened: PAGE_DATA so that its data ends up at the
+    /// aligned page buffer (its fields just before it), anything else in `scratch`.
+    private func sealedTarget(_ header: FrameHeader, flags: UInt16, plaintext: Int) -> UnsafeMutableRawPointer {
+        let fixed = PageDataHeader.size
+        guard header.type == .pageData, plaintext >= fixed else {
+            if plaintext + AESGCMSealer.tagByteCount > scratchSize { growScratch(plaintext + AESGCMSealer.tagByteCount) }
+            return scratch
+        }
+        // With checksums each 4 KiB of data has 4 bytes of checksum: 4100 bytes a page.
+        let withSums = PageDataHeader.Flags(rawValue: flags).contains(.checksums)
+        let prefix = withSums && (plaintext - fixed) % 4100 == 0 ? fixed + 4 * ((plaintext - fixed) / 4100) : fixed
+        return pageBuffer - min(prefix, FrameChannel.sealedPrefixRoom)
+    }
+
+    /// Feeds an opened frame to the parser: the plain header, then the payload's parts where
+    /// they lie; page data is where the parser wants it already (moved there otherwise).
+    private func parseOpened(_ header: UnsafeRawBufferPointer, payload: UnsafeRawBufferPointer) throws -> FrameParser.Event {
+        if let event = try parser.parse(header) { return event }
+        var offset = 0
+        while true {
+            let event: FrameParser.Event?
+            switch parser.need {
+            case .bytes(let n):
+                event = try parser.parse(UnsafeRawBufferPointer(rebasing: payload[offset..<offset + n]))
+                offset += n
+            case .pageBytes(let n):
+                let data = payload.baseAddress! + offset
+                if data != UnsafeRawPointer(pageBuffer) { pageBuffer.copyMemory(from: data, byteCount: n) }
+                offset += n
+                event = parser.pageBytesReceived()
+            }
+            if let event { return event }
         }
     }
 

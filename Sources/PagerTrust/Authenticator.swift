@@ -62,7 +62,7 @@ public struct ClientAuthenticator: Sendable {
     private let nonce: [UInt8]
     private let keyPair: X25519KeyPair
     private var transcript = Transcript()
-    private var keys: HandshakeKeys?
+    private var derivedKeys: HandshakeKeys?
 
     /// `nonce` and `privateKey` are fresh random values unless given (known-answer tests).
     public init(key: PresharedKey, nonce: [UInt8]? = nil, privateKey: [UInt8]? = nil) throws(CryptoError) {
@@ -92,9 +92,13 @@ public struct ClientAuthenticator: Sendable {
         let keys = HandshakeKeys(presharedKey: key.secret, sharedSecret: shared, resumeToken: resumeToken, transcriptHash: h1)
         let response = Message.authResponse(clientNonce: nonce, share: keyPair.publicKey, mac: keys.clientMAC(transcriptHash: h1))
         transcript.add(response)
-        self.keys = keys
+        derivedKeys = keys
         return response
     }
+
+    /// The connection's keys, once ``respond(challengeNonce:share:resumeToken:)`` made them
+    /// (used to open the source's sealed frames before AUTH_CONFIRM; trusted once it verifies).
+    public var keys: HandshakeKeys? { derivedKeys }
 
     /// A frame the source sent after AUTH_RESPONSE and before AUTH_CONFIRM (WELCOME, REGION).
     public mutating func received(_ message: Message) {
@@ -103,7 +107,7 @@ public struct ClientAuthenticator: Sendable {
 
     /// Checks AUTH_CONFIRM's MAC; the connection's keys once it verifies.
     public func confirm(mac: [UInt8]) throws(AuthenticationError) -> HandshakeKeys {
-        guard let keys else { throw .confirmationMismatch }
+        guard let keys = derivedKeys else { throw .confirmationMismatch }
         guard constantTimeEqual(keys.serverMAC(transcriptHash: transcript.h2), mac) else { throw .confirmationMismatch }
         return keys
     }
@@ -116,7 +120,7 @@ public struct ServerAuthenticator: Sendable {
     private let nonce: [UInt8]
     private let keyPair: X25519KeyPair
     private var transcript = Transcript()
-    private var keys: HandshakeKeys?
+    private var verifiedKeys: HandshakeKeys?
 
     /// Refuses a HELLO that offers no authentication or names a key the ring does not hold.
     /// `nonce` and `privateKey` are fresh random values unless given (known-answer tests).
@@ -153,8 +157,11 @@ public struct ServerAuthenticator: Sendable {
             throw .responseMismatch(identity: key.identity, resuming: resuming)
         }
         transcript.add(.authResponse(clientNonce: clientNonce, share: share, mac: mac))
-        self.keys = keys
+        verifiedKeys = keys
     }
+
+    /// The connection's keys, once AUTH_RESPONSE verified.
+    public var keys: HandshakeKeys? { verifiedKeys }
 
     /// A frame sent after AUTH_RESPONSE verified and before AUTH_CONFIRM (WELCOME, REGION).
     public mutating func sent(_ message: Message) {
@@ -163,7 +170,7 @@ public struct ServerAuthenticator: Sendable {
 
     /// AUTH_CONFIRM over everything sent and received; the connection's keys.
     public func confirmation() -> (Message, HandshakeKeys) {
-        guard let keys else { preconditionFailure("AUTH_CONFIRM before AUTH_RESPONSE verified") }
+        guard let keys = verifiedKeys else { preconditionFailure("AUTH_CONFIRM before AUTH_RESPONSE verified") }
         return (.authConfirm(mac: keys.serverMAC(transcriptHash: transcript.h2)), keys)
     }
 }

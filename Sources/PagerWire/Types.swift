@@ -88,7 +88,7 @@ public struct Features: OptionSet, Sendable, Hashable, CustomStringConvertible {
     public static let checksums = Features(rawValue: 1 << 0)
     /// PAGE_DATA may use the compressed encoding (reserved: not offered by this version).
     public static let compression = Features(rawValue: 1 << 1)
-    /// The server requires AUTH_CHALLENGE / AUTH_RESPONSE with a pre-shared key.
+    /// Mutual authentication with a pre-shared key (AUTH_CHALLENGE, AUTH_RESPONSE, AUTH_CONFIRM).
     public static let authentication = Features(rawValue: 1 << 2)
     /// The session can be resumed after a dropped connection (HELLO resume fields).
     public static let resume = Features(rawValue: 1 << 3)
@@ -98,6 +98,8 @@ public struct Features: OptionSet, Sendable, Hashable, CustomStringConvertible {
     public static let invalidation = Features(rawValue: 1 << 5)
     /// Regions with 2 MiB pages.
     public static let hugePages = Features(rawValue: 1 << 6)
+    /// Every frame after AUTH_RESPONSE sealed with AES-256-GCM (needs ``authentication``).
+    public static let encryption = Features(rawValue: 1 << 7)
 
     public var description: String { hex64(rawValue) }
 }

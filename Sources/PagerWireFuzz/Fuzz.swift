@@ -8,6 +8,7 @@
 // plain `swift build` links and a crash input can be replayed under a debugger.
 
 import PagerCore
+import PagerTrust
 import PagerWire
 
 /// Feeds `bytes` to the frame decoder in two ways (all at once, and split at a point the
@@ -19,11 +20,20 @@ func exercise(_ bytes: UnsafeRawBufferPointer) {
     whole.append(bytes)
     var first: [Message] = []
     var firstError: WireError?
+    var frameStart = 0
     do {
-        while let m = try whole.next() { first.append(m) }
+        while let m = try whole.next() {
+            // Lossless: the authentication transcript hashes a received frame as it
+            // re-encodes, so that must be the bytes that came in.
+            let end = bytes.count - whole.bufferedBytes
+            precondition(m.encoded().elementsEqual(bytes[frameStart..<end]), "\(m) does not re-encode to the bytes it came from")
+            frameStart = end
+            first.append(m)
+        }
     } catch {
         firstError = error
     }
+    authenticate(first)
 
     let split = bytes.isEmpty ? 0 : Int(bytes[0]) % (bytes.count + 1)
     var pieces = FrameDecoder(maxPayload: 1 << 20)
@@ -109,6 +119,39 @@ func streamLikeTheChannel(_ bytes: UnsafeRawBufferPointer) -> (messages: [Messag
     }
 }
 
+
+/// The server's and the client's authenticators fed what the input decoded to: a HELLO
+/// with any identity and features, then any AUTH_RESPONSE (nonce, share, MAC) or any
+/// AUTH_CHALLENGE. They must refuse or accept, never trap; and a response the input made up
+/// never verifies.
+func authenticate(_ messages: [Message]) {
+    guard case .hello(let hello)? = messages.first else { return }
+    var server = try? ServerAuthenticator(ring: fuzzRing, hello: hello)
+    _ = server?.challenge()
+    var client = try? ClientAuthenticator(key: fuzzRing.primary)
+    _ = client?.hello(hello)
+    for m in messages.dropFirst() {
+        switch m {
+        case .authResponse(let nonce, let share, let mac):
+            let verified = (try? server?.verify(clientNonce: nonce, share: share, mac: mac, resumeToken: Array(repeating: 0, count: 16),
+                                                 resuming: hello.resumeSession != 0)) != nil
+            precondition(server == nil || !verified, "a made-up AUTH_RESPONSE verified")
+        case .authChallenge(let nonce, let share):
+            _ = try? client?.respond(challengeNonce: nonce, share: share, resumeToken: Array(repeating: 0, count: 16))
+        case .authConfirm(let mac):
+            precondition((try? client?.confirm(mac: mac)) == nil, "a made-up AUTH_CONFIRM verified")
+        default:
+            client?.received(m)
+        }
+    }
+}
+
+/// The key the fuzzed handshakes run against (fresh nonces every run: no input can know them).
+let fuzzRing: KeyRing = {
+    guard let key = try? PresharedKey(identity: "pager-1", secret: Array(repeating: 0x5A, count: 32)),
+          let ring = try? KeyRing(keys: [key]) else { preconditionFailure("the fuzz key ring is invalid") }
+    return ring
+}()
 
 #if FUZZING
 @_cdecl("LLVMFuzzerTestOneInput")

@@ -62,6 +62,7 @@ struct SourceCommand: ParsableCommand {
         if let live { served.append(live.region) }
         let server = try SourceServer(listen: Endpoint(listen)!, regions: served, authentication: authentication, logger: logger)
         server.handshakeTimeoutMilliseconds = handshakeTimeoutMs
+        server.requireEncryption = keys.encrypt
         server.backgroundPush = !normalPriorityPush
         server.urgentDemand = demandPriority.isRealtime
         try TerminationSignals.start(also: [TerminationSignals.userSignal1]) { signal in
@@ -176,6 +177,7 @@ struct DestCommand: ParsableCommand {
         var f: Features = [.resume, .hugePages]
         if checksums { f.insert(.checksums) }
         if precopy { f.insert(.invalidation) }
+        if keys.encrypt { f.insert(.encryption) }
         return f
     }
 

@@ -66,11 +66,20 @@ struct AuthenticationOptions: ParsableArguments {
         """, valueName: "path"))
     var keyFile: String?
 
+    @Flag(help: ArgumentHelp("""
+        Encrypt every frame after the handshake (AES-256-GCM, keys per connection and \
+        direction). A destination with --encrypt asks for it and accepts only a source that \
+        encrypts; a source with --encrypt refuses destinations that do not ask (a source with \
+        a key encrypts whenever a destination asks, without the flag). Needs --key-file.
+        """))
+    var encrypt = false
+
     @Flag(help: "Run without authentication: a source then serves its memory to anyone who can connect, a destination installs pages from anyone who answers. For isolated test networks only.")
     var insecureNoAuth = false
 
     func validate() throws {
         if keyFile != nil && insecureNoAuth { throw ValidationError("give --key-file or --insecure-no-auth, not both") }
+        if encrypt && keyFile == nil { throw ValidationError("--encrypt needs --key-file: the keys that encrypt come from the handshake's authentication") }
         if keyFile == nil && !insecureNoAuth {
             throw ValidationError("no key: give --key-file PATH (make one with `pagerd keygen PATH` and copy it to both hosts), or --insecure-no-auth to run without authentication")
         }

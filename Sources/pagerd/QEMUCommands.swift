@@ -59,8 +59,10 @@ struct QEMUSourceCommand: ParsableCommand {
                     }
                 }
             }
-            let r = try QEMUSource(qmpPath: qmp, ram: ram, listen: Endpoint(listen)!, migrateTo: migrateTo,
-                                 authentication: authentication, logger: logger, precopy: precopy)
+            var qemuSource = QEMUSource(qmpPath: qmp, ram: ram, listen: Endpoint(listen)!, migrateTo: migrateTo,
+                                        authentication: authentication, logger: logger, precopy: precopy)
+            qemuSource.requireEncryption = keys.encrypt
+            let r = try qemuSource
                 .run { server in
                     servers.withLock { $0 = server }
                     let serving = "serving \(ram) on \(listen)\(precopy == nil ? " (held until the VM stops)" : " (pre-copy rounds while the guest runs)")"
@@ -138,6 +140,7 @@ struct QEMUDestCommand: ParsableCommand {
             var destination = QEMUDestination(qmpPath: qmp, ram: ram, source: Endpoint(connect)!, uffdSocket: uffdSocket, incoming: incoming,
                                               authentication: authentication, logger: logger, precopy: precopy)
             destination.demandPriority = demandPriority
+            destination.encrypt = keys.encrypt
             let r = try destination.run(listening: {
                 print("pagerd qemu-dest: waiting for QEMU's handoff on \(uffdSocket)")
                 fflushStandardOutput()
