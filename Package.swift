@@ -205,7 +205,7 @@ let package = Package(
                            .product(name: "Logging", package: "swift-log")]
         ),
         // FrameChannel over loopback TCP: fragmented reads, closes and truncations, concurrent senders.
-        .testTarget(name: "PagerTransportTests", dependencies: ["PagerTransport", "PagerKernel", "PagerWire"]),
+        .testTarget(name: "PagerTransportTests", dependencies: ["PagerTransport", "PagerKernel", "PagerWire", "PagerCrypto"]),
         // Separate processes (release builds of pagerd and pager-workload) in network namespaces.
         .testTarget(
             name: "IntegrationTests",
