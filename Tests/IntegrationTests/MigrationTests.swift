@@ -11,6 +11,7 @@ struct Migration {
     var seed: UInt64 = 11
     var extra: [String] = []
     var destExtra: [String] = []
+    var sourceExtra: [String] = []
 
     struct Outcome {
         var workloadStatus: Int32?
@@ -26,7 +27,7 @@ struct Migration {
         try sh(Binaries.workload, "fill", "--file", ram, "--size-mib", "\(sizeMiB)", "--seed", "\(seed)")
         if let shape { try hosts.shapeSource(rate: shape) }
         let source = try hosts.spawn(in: hosts.source, Binaries.pagerd,
-                                     ["source", "--listen", "\(TwoHosts.sourceAddress):7070", "--region", ram, "--key-file", scratch.keyFile],
+                                     ["source", "--listen", "\(TwoHosts.sourceAddress):7070", "--region", ram, "--key-file", scratch.keyFile] + sourceExtra,
                                      log: scratch.file("source.log"))
         try waitFor(source, toPrint: "serving 1 region")
         let socket = scratch.file("uffd-\(backing)-\(access).sock")
@@ -71,6 +72,21 @@ struct MigrationTests {
         #expect(outcome.destStatus == 0, "\(outcome.dest)")
         #expect(outcome.dest.contains("(1024 MiB) local after"), "\(outcome.dest)")
         #expect(!outcome.source.contains("ended by errors") || outcome.source.contains("0 session(s) ended by errors"), "\(outcome.source)")
+    }
+
+    @Test("an encrypted migration (--encrypt on both daemons): every page right, both sides say the session is encrypted")
+    func encrypted() throws {
+        let hosts = try TwoHosts()
+        let scratch = Scratch()
+        var m = Migration(sizeMiB: 1024, backing: "anon", access: "random")
+        m.destExtra = ["--encrypt"]
+        m.sourceExtra = ["--encrypt"]
+        let outcome = try m.run(hosts: hosts, scratch: scratch)
+        #expect(outcome.workloadStatus == 0, "workload: \(outcome.workload)\ndest: \(outcome.dest)")
+        #expect(outcome.workload.contains("workload: ok pages=262144") && outcome.workload.contains("mismatches=0"), "\(outcome.workload)")
+        #expect(outcome.destStatus == 0, "\(outcome.dest)")
+        #expect(outcome.dest.contains("authenticated, encrypted"), "\(outcome.dest)")
+        #expect(outcome.source.contains("demand channel open, encrypted"), "\(outcome.source)")
     }
 
     @Test("pages the workload drops (MADV_DONTNEED) before or after touching them read as zeros, never as the source's data")
