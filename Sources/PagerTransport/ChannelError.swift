@@ -19,6 +19,9 @@ public enum ChannelError: Error, CustomStringConvertible, Sendable {
     case peerError(peer: String, ProtocolError)
     /// The peer sent a valid frame that makes no sense here.
     case unexpected(peer: String, String)
+    /// No whole frame (`waitedFor` names the one expected, e.g. "HELLO") had arrived from the
+    /// peer when `deadline` passed: it sent nothing, or too slowly.
+    case deadline(peer: String, waitedFor: String, Deadline)
 
     public var description: String {
         switch self {
@@ -32,6 +35,7 @@ public enum ChannelError: Error, CustomStringConvertible, Sendable {
         case .checksumMismatch(let p, let r, let o): "page at region \(r) offset \(hex(o)) from \(p) failed its CRC-32C check"
         case .peerError(let p, let e): "\(p) reported \(e.code): \(e.message)"
         case .unexpected(let p, let s): "unexpected from \(p): \(s)"
+        case .deadline(let p, let what, let d): "\(p) sent no complete \(what) within \(d.allowedDescription)"
         }
     }
 }

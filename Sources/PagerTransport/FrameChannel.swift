@@ -25,7 +25,10 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
 
     // Receive side: touched only by the one receiving thread.
     private var parser = FrameParser()
-    private let pageBuffer: UnsafeMutableRawPointer
+    /// Where PAGE_DATA's bytes land: 2 MiB-aligned, so that a received huge page can be
+    /// installed straight from it. Allocated at the first PAGE_DATA, not in `init`: a
+    /// connection that never gets past its handshake (one of a flood) costs no 2 MiB here.
+    private(set) var pageBuffer: UnsafeMutableRawPointer?
     private static let pageBufferSize = Int(WireLimits.absoluteMaxPayload)
     /// Bytes received ahead of the part being parsed: one `recv` usually brings a whole
     /// small frame (a 4 KiB reply is 4168 bytes), instead of one `recv` per part.
@@ -36,17 +39,19 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
     /// the receive limit: a large INVALIDATE, a split header).
     private var scratch: UnsafeMutableRawPointer
     private var scratchSize = 4096
+    /// The deadline of the ``receive(deadline:waitingFor:)`` in progress and the frame it
+    /// waits for. Nil in ``receive()``: its reads block as long as it takes, with no `poll`
+    /// before them, so the page path makes no more system calls than it did.
+    private var deadline: (until: Deadline, what: String)?
 
     public init(_ socket: TCPSocket) {
         self.socket = socket
-        // 2 MiB alignment so a received huge page can be installed straight from the buffer.
-        pageBuffer = .allocate(byteCount: FrameChannel.pageBufferSize, alignment: hugePageSize)
         rx = .allocate(byteCount: FrameChannel.rxSize, alignment: 64)
         scratch = .allocate(byteCount: scratchSize, alignment: 64)
     }
 
     deinit {
-        pageBuffer.deallocate()
+        pageBuffer?.deallocate()
         rx.deallocate()
         scratch.deallocate()
     }
@@ -97,6 +102,22 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
 
     /// Blocks until one whole frame has arrived and returns it.
     public func receive() throws(ChannelError) -> Incoming {
+        try receiveFrame()
+    }
+
+    /// Receives one frame, `what` by name (for the error), or throws
+    /// ``ChannelError/deadline(peer:waitedFor:_:)`` once `deadline` passes before the whole of
+    /// it has arrived. The deadline bounds the frame, not each read: every read waits for the
+    /// socket to be readable (`poll`) only as long as is left, so a peer that trickles a byte
+    /// at a time runs out of time as surely as one that sends nothing.
+    public func receive(deadline: Deadline, waitingFor what: String) throws(ChannelError) -> Incoming {
+        self.deadline = (deadline, what)
+        defer { self.deadline = nil }
+        return try receiveFrame()
+    }
+
+    /// The frame parser's loop that both receives share.
+    private func receiveFrame() throws(ChannelError) -> Incoming {
         parser.maxPayload = receiveLimit
         do {
             while true {
@@ -113,7 +134,7 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
                     try fill(scratch, n)
                     event = try parser.parse(UnsafeRawBufferPointer(start: scratch, count: n))
                 case .pageBytes(let n):
-                    try fill(pageBuffer, n)
+                    try fill(pageBuffer ?? allocatePageBuffer(), n)
                     event = parser.pageBytesReceived()
                 }
                 if let event { return try deliver(event) }
@@ -150,6 +171,7 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
     /// Receives exactly `n` bytes into `p`: what is buffered first; a short rest (a header,
     /// a small frame) through `rx` with one `recv` of whatever has arrived; a long rest (page
     /// data) straight into `p`. An end of stream is a close between frames, else a truncation.
+    /// Under a deadline, each `recv` waits first for the socket to be readable in time.
     private func fill(_ p: UnsafeMutableRawPointer, _ n: Int) throws(ChannelError) {
         var done = min(n, rxEnd - rxStart)
         if done > 0 {
@@ -159,7 +181,15 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
         if rxStart == rxEnd { rxStart = 0; rxEnd = 0 }
         while done < n {
             let rest = n - done
+            if let deadline { try waitReadable(deadline.until, for: deadline.what) }
             if rest >= FrameChannel.rxSize / 2 {
+                if deadline != nil {
+                    // MSG_WAITALL would block past the deadline: take what has arrived.
+                    let got = try kernel { () throws(KernelError) in try socket.readSome(into: p + done, count: rest) }
+                    if got == 0 { throw endOfStream(after: done) }
+                    done += got
+                    continue
+                }
                 let got = try kernel { () throws(KernelError) in try socket.readFully(into: p + done, count: rest) }
                 if got < rest { throw endOfStream(after: done + got) }
                 return
@@ -172,6 +202,20 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
             (rxStart, rxEnd) = take == got ? (0, 0) : (take, got)
             done += take
         }
+    }
+
+    /// Returns once the socket is readable, or throws the deadline error once `until` passed.
+    private func waitReadable(_ until: Deadline, for what: String) throws(ChannelError) {
+        let readable = try kernel { () throws(KernelError) in try socket.waitReadable(until: until) }
+        if !readable { throw .deadline(peer: peer, waitedFor: what, until) }
+    }
+
+    /// The 2 MiB-aligned page buffer, allocated at the first PAGE_DATA.
+    private func allocatePageBuffer() -> UnsafeMutableRawPointer {
+        // 2 MiB alignment so a received huge page can be installed straight from the buffer.
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: FrameChannel.pageBufferSize, alignment: hugePageSize)
+        pageBuffer = buffer
+        return buffer
     }
 
     private func endOfStream(after partBytes: Int) -> ChannelError {
