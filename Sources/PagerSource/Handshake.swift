@@ -15,10 +15,11 @@ extension SourceServer {
     /// session a push connection resumes. A new session is registered here, before WELCOME
     /// tells the destination its id (its push connection may follow at once). Throws
     /// ``SessionError/refuse(_:_:)`` with the code and message the peer is sent.
-    func handshake(_ channel: FrameChannel) throws -> Joined {
-        // A peer that connects and says nothing must not hold a thread forever.
-        channel.socket.setReceiveTimeout(milliseconds: handshakeTimeoutMilliseconds)
-        guard case .message(.hello(let hello)) = try channel.receive() else {
+    ///
+    /// Every frame of the handshake is received by `deadline` (one for the whole of it, from
+    /// the accept): a peer that says nothing, or trickles, must not hold a thread for long.
+    func handshake(_ channel: FrameChannel, deadline: Deadline) throws -> Joined {
+        guard case .message(.hello(let hello)) = try channel.receive(deadline: deadline, waitingFor: "HELLO") else {
             throw SessionError.refuse(.unexpectedMessage, "the first frame must be HELLO")
         }
         guard hello.minVersion <= ProtocolVersion.v1, hello.maxVersion >= ProtocolVersion.v1 else {
@@ -26,7 +27,6 @@ extension SourceServer {
                 "server speaks versions \(ProtocolVersion.supported.lowerBound)-\(ProtocolVersion.supported.upperBound), client offered \(hello.minVersion)-\(hello.maxVersion)")
         }
         channel.sendLimit = hello.maxPayload
-        channel.socket.setReceiveTimeout(milliseconds: 0)
         let features = hello.features.intersection([.checksums, .resume, .hugePages, .invalidation])
         guard hello.resumeSession == 0 else {
             guard let session = registry.resume(hello.resumeSession, token: hello.resumeToken) else {

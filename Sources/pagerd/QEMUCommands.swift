@@ -41,6 +41,7 @@ struct QEMUSourceCommand: ParsableCommand {
 
     func run() throws {
         let logger = makeLogger("pagerd.qemu-source", logLevel)
+        raiseOpenFiles(logger)
         do {
             let precopy = trackSocket.map { QEMUSource.Precopy(trackSocket: $0, policy: convergence.policy) }
             let servers = Mutex<SourceServer?>(nil)

@@ -15,7 +15,7 @@ final class SourceUnderTest {
         try sh(Binaries.workload, "fill", "--file", ram, "--size-mib", "4", "--seed", "3")
         let port = 17_000 + UInt16(getpid() % 10_000)
         endpoint = Endpoint(host: "127.0.0.1", port: port)
-        process = try ChildProcess(Binaries.pagerd, ["source", "--listen", "\(endpoint)", "--region", ram, "--handshake-timeout-ms", "500"],
+        process = try ChildProcess(Binaries.pagerd, ["source", "--listen", "\(endpoint)", "--region", ram, "--handshake-timeout-s", "0.5"],
                                    outputPath: scratch.file("source.log"))
         try waitFor(process, toPrint: "serving 1 region")
     }

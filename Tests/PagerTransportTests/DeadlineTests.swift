@@ -7,28 +7,32 @@ import Testing
 /// Writes `bytes` from `pair`'s raw side one byte every `everyMilliseconds`, on its own thread,
 /// until they are all written, the write fails (the channel side closed) or ``stop()``.
 final class Trickler: Sendable {
-    private let stopping = Atomic<Bool>(false)
-    private let written = Atomic<Int>(0)
+    private final class Progress: Sendable {
+        let stopping = Atomic<Bool>(false)
+        let written = Atomic<Int>(0)
+    }
+
+    private let progress = Progress()
     private let thread: KernelThread
 
     init(_ bytes: [UInt8], to pair: Pair, everyMilliseconds: Int) throws {
-        let stopping = stopping, written = written
+        let progress = progress
         thread = try KernelThread(name: "test-trickle") {
             for byte in bytes {
                 // Pacing the peer is this test's subject, not a wait for an event.
                 sleepMilliseconds(everyMilliseconds)
-                if stopping.load(ordering: .relaxed) { return }
+                if progress.stopping.load(ordering: .relaxed) { return }
                 guard (try? pair.write([byte], pieces: [1])) != nil else { return }
-                written.add(1, ordering: .relaxed)
+                progress.written.add(1, ordering: .relaxed)
             }
         }
     }
 
     /// Bytes written so far.
-    var count: Int { written.load(ordering: .relaxed) }
+    var count: Int { progress.written.load(ordering: .relaxed) }
 
     func stop() {
-        stopping.store(true, ordering: .relaxed)
+        progress.stopping.store(true, ordering: .relaxed)
         thread.join()
     }
 }
