@@ -63,7 +63,7 @@ extension SourceServer {
             // Counted and, for a flood, logged in summary by the accept loop.
             logger.debug("\(channel.peer): handshake evicted to make room for a newer one")
         case .timedOut:
-            logger.warning("\(channel.peer): handshake ended: \(failed.error)")
+            logger.warning("handshake ended: \(failed.error)") // the error names the peer
             try? channel.send(.error(ProtocolError(code: .timeout, message: "\(failed.error)")))
         case .abandoned:
             logger.info("\(channel.peer) disconnected during its handshake: \(failed.error)")
