@@ -7,7 +7,6 @@ extension SourceServer {
     /// (demand or push), then how it ended, logged and counted.
     func serve(_ channel: FrameChannel, _ admitted: Admitted) {
         var joined: SourceSession?
-        channel.socket.setBufferSizes(4 << 20)
         do {
             switch try admittedHandshake(channel, admitted) {
             case .demand(let session, let client):
@@ -46,6 +45,9 @@ extension SourceServer {
             throw HandshakeFailure(end: admission.failed(admitted.ticket, error), error: error)
         }
         channel.receiveLimit = receiveLimit
+        // Deep kernel buffers for the session only: a flood's connections keep the defaults,
+        // so what they send unread costs the kernel little.
+        channel.socket.setBufferSizes(4 << 20)
         if !admission.completed(admitted.ticket) {
             // Evicted just as it completed (the session is registered already): its socket is
             // shut down, so WELCOME fails and the session ends as a failed one, as if the peer
