@@ -24,10 +24,23 @@ public final class TCPSocket: @unchecked Sendable {
 
     deinit { try? descriptor.close() }
 
-    /// Connects to `host:port` (IPv4 literal) with `TCP_NODELAY`.
-    public static func connect(_ endpoint: Endpoint) throws(KernelError) -> TCPSocket {
+    /// Connects to `host:port` (IPv4 literal) with `TCP_NODELAY`, from the local address
+    /// `source` if given (`bind` with port 0 first: a benchmark's flood comes from other
+    /// loopback hosts than the destination it measures).
+    public static func connect(_ endpoint: Endpoint, from source: String? = nil) throws(KernelError) -> TCPSocket {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         if fd < 0 { throw KernelError("socket", Errno(rawValue: Glibc.errno), detail: "\(endpoint)") }
+        if let source {
+            var local = Endpoint(host: source, port: 0).sockaddr
+            let r = withUnsafePointer(to: &local) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            if r < 0 {
+                let e = Glibc.errno
+                close(fd)
+                throw KernelError("bind", Errno(rawValue: e), detail: source)
+            }
+        }
         var addr = endpoint.sockaddr
         let r = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
@@ -189,6 +202,12 @@ public final class TCPSocket: @unchecked Sendable {
     /// Waits until the socket is readable or `timeoutMilliseconds` passes (`poll`).
     public func waitReadable(timeoutMilliseconds: Int32) throws(KernelError) -> Bool {
         try pollReadable([descriptor], timeoutMilliseconds: timeoutMilliseconds, detail: peer)[0]
+    }
+
+    /// Which of `sockets` are readable (or hung up), waiting at most `timeoutMilliseconds` for
+    /// one to be (`poll`).
+    public static func readable(_ sockets: [TCPSocket], timeoutMilliseconds: Int32) throws(KernelError) -> [Bool] {
+        try pollReadable(sockets.map(\.descriptor), timeoutMilliseconds: timeoutMilliseconds, detail: "\(sockets.count) sockets")
     }
 
     /// Waits until the socket is readable (data, an end of stream or an error to collect) or
