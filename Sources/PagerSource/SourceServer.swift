@@ -91,7 +91,8 @@ public final class SourceServer: @unchecked Sendable {
     public var handshakeTimeoutNanoseconds: UInt64 = 10_000_000_000
 
     /// At most this many connections in their handshake at once; a newcomer evicts the oldest.
-    /// Each holds a thread until it completes, is evicted or times out: this bounds them.
+    /// Each holds a thread until it completes, is evicted or times out: this bounds them (and
+    /// as many again evicted ones while their threads end, see ``AdmissionTable``).
     public var maxHandshakes = 64
 
     /// At most this many of them from one host: one flooding host evicts its own handshakes

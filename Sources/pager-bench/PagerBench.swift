@@ -126,8 +126,8 @@ struct Postcopy: ParsableCommand {
 /// Admission control: a real destination's handshake on a flooded `pagerd source` (loopback).
 struct Flood: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Median handshake time of a real destination with and without a held flood of idle connections, as a ratio.",
-        discussion: "Loopback only (the flood comes from 127.0.0.2 onwards); no root needed. The flood re-opens every connection the source evicts, for the whole measurement."
+        abstract: "Median handshake time of a real destination with and without a flood of idle connections, as ratios.",
+        discussion: "Loopback only (the flood comes from 127.0.0.2 onwards); no root needed. Two floods: one held open, one that re-opens every connection the source evicts."
     )
     @Option(help: "Idle connections the flood holds open.") var connections = 300
     @Option(help: "Loopback hosts the flood comes from (over 8 per host, the per-host cap evicts; over 64 in all, the global cap).") var hosts = 40
@@ -142,11 +142,11 @@ struct Flood: ParsableCommand {
             try DestinationClient(source: endpoint, clientName: "pager-bench flood").close()
         }
         print("""
-        flood: a destination's handshake (demand and push connections) on loopback, median of \(samples)
-          no flood                                  \(formatMicros(r.quietMedian))
-          \(connections) idle connections from \(hosts) hosts     \(formatMicros(r.floodedMedian))  (\(r.retries) retried after an eviction; the flood re-opened \(r.reopened))
-          ratio flooded / quiet                     \(String(format: 2, r.ratio))
-          source: \(r.sourceHandshakes)
+        flood: a destination's handshake (demand and push connections) on loopback, median of \(samples); \(connections) idle connections from \(hosts) hosts
+          no flood                            \(formatMicros(r.quietMedian))
+          flood held open                     \(formatMicros(r.heldMedian))  ratio \(String(format: 2, r.heldRatio))
+          flood re-opening what is evicted    \(formatMicros(r.reopeningMedian))  ratio \(String(format: 2, r.reopeningRatio))  (re-opened \(r.reopened))
+          \(r.retries) handshake(s) retried after an eviction; source: \(r.sourceHandshakes)
         """)
     }
 }

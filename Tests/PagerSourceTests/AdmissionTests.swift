@@ -33,14 +33,31 @@ struct AdmissionTests {
         #expect(AdmissionTests.flood(&table, [("a", "10.0.0.1"), ("b", "10.0.0.2"), ("c", "10.0.0.3")], tickets: &tickets).isEmpty)
         #expect(!table.hasRoom(for: "10.0.0.4"))
         #expect(table.evict(toAdmit: "10.0.0.4") == ["a"])
-        // Evicted but its thread still running: still no room, and not evicted twice.
-        #expect(!table.hasRoom(for: "10.0.0.4"))
+        // Evicted, its thread still ending: not evicted twice, and it leaves as evicted.
         #expect(table.count == 3 && table.count(in: .handshaking) == 2)
         #expect(table.evict(toAdmit: "10.0.0.4").isEmpty)
         #expect(table.remove(tickets["a"]!) == .evicted)
         #expect(table.hasRoom(for: "10.0.0.4"))
         tickets["d"] = table.admit("d", from: "10.0.0.4")
         #expect(AdmissionTests.flood(&table, [("e", "10.0.0.5"), ("f", "10.0.0.5")], tickets: &tickets) == ["b", "c"])
+    }
+
+    @Test("evicted threads still ending: a newcomer gets in at once, until as many as the cap are ending")
+    func endingAllowance() {
+        var table = Table(capacity: 2, perAddress: 8)
+        var admitted: [Table.Ticket] = []
+        var evicted: [String] = []
+        // Nobody's thread ends: each newcomer evicts the oldest handshake and is admitted.
+        for name in ["a", "b", "c", "d"] {
+            evicted += table.evict(toAdmit: "h")
+            #expect(table.hasRoom(for: "h"), "\(name)")
+            admitted.append(table.admit(name, from: "h"))
+        }
+        #expect(evicted == ["a", "b"] && table.count == 4 && table.count(in: .handshaking) == 2)
+        #expect(table.evict(toAdmit: "h") == ["c"])
+        #expect(!table.hasRoom(for: "h"), "2 handshaking-or-room and 2 ending: no more threads")
+        #expect(table.remove(admitted[0]) == .evicted)
+        #expect(table.hasRoom(for: "h"), "one ended")
     }
 
     @Test("the per-host cap: a host at its cap evicts its own oldest, not an older handshake of another host")
