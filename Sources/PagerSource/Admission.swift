@@ -216,8 +216,11 @@ final class Admission: Sendable {
     /// Wakes the accept loop waiting for room, to see that the server stops.
     func wakeAll() { book.wakeAll() }
 
-    /// Connections in the table: the threads in handshake.
-    var inHandshake: Int { book.withLock { $0.table.count } }
+    /// Connections whose thread runs their handshake (not the evicted ones still ending).
+    var inHandshake: Int { book.withLock { $0.table.count(in: .handshaking) } }
+
+    /// Threads in the table: those in handshake and the evicted ones still ending.
+    var threads: Int { book.withLock { $0.table.count } }
 
     /// Handshakes that did not complete so far.
     var counts: HandshakeCounts { book.withLock { $0.counts } }

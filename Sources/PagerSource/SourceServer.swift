@@ -117,7 +117,8 @@ public final class SourceServer: @unchecked Sendable {
         return totals
     }
 
-    /// Connections in their handshake now (each with its thread).
+    /// Connections in their handshake now (each with its thread; evicted ones still ending
+    /// are not counted, and are at most as many again).
     public var handshakesInProgress: Int { admission.inHandshake }
 
     /// Connections with a thread of this server now: in handshake or served.
