@@ -11,6 +11,12 @@ public final class TCPSocket: @unchecked Sendable {
     /// The peer's address as `a.b.c.d:port`, for messages.
     public let peer: String
 
+    /// The peer's host alone (`a.b.c.d`): what admission control counts connections by.
+    public var peerHost: Substring {
+        guard let colon = peer.lastIndex(of: ":") else { return Substring(peer) }
+        return peer[..<colon]
+    }
+
     init(descriptor: FileDescriptor, peer: String) {
         self.descriptor = descriptor
         self.peer = peer
@@ -18,10 +24,23 @@ public final class TCPSocket: @unchecked Sendable {
 
     deinit { try? descriptor.close() }
 
-    /// Connects to `host:port` (IPv4 literal) with `TCP_NODELAY`.
-    public static func connect(_ endpoint: Endpoint) throws(KernelError) -> TCPSocket {
+    /// Connects to `host:port` (IPv4 literal) with `TCP_NODELAY`, from the local address
+    /// `source` if given (`bind` with port 0 first: a benchmark's flood comes from other
+    /// loopback hosts than the destination it measures).
+    public static func connect(_ endpoint: Endpoint, from source: String? = nil) throws(KernelError) -> TCPSocket {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         if fd < 0 { throw KernelError("socket", Errno(rawValue: Glibc.errno), detail: "\(endpoint)") }
+        if let source {
+            var local = Endpoint(host: source, port: 0).sockaddr
+            let r = withUnsafePointer(to: &local) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            if r < 0 {
+                let e = Glibc.errno
+                close(fd)
+                throw KernelError("bind", Errno(rawValue: e), detail: source)
+            }
+        }
         var addr = endpoint.sockaddr
         let r = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
@@ -185,6 +204,27 @@ public final class TCPSocket: @unchecked Sendable {
         try pollReadable([descriptor], timeoutMilliseconds: timeoutMilliseconds, detail: peer)[0]
     }
 
+    /// Which of `sockets` are readable (or hung up), waiting at most `timeoutMilliseconds` for
+    /// one to be (`poll`).
+    public static func readable(_ sockets: [TCPSocket], timeoutMilliseconds: Int32) throws(KernelError) -> [Bool] {
+        try pollReadable(sockets.map(\.descriptor), timeoutMilliseconds: timeoutMilliseconds, detail: "\(sockets.count) sockets")
+    }
+
+    /// Waits until the socket is readable (data, an end of stream or an error to collect) or
+    /// `deadline` passes (`poll`): false once it has passed, even if bytes arrive at that
+    /// very moment, so a deadline bounds a whole exchange however the peer paces it.
+    ///
+    /// `poll` counts milliseconds: the wait is rounded up and repeated if it woke a little
+    /// early, so it never gives up before the deadline. The corresponding C function is `poll`.
+    public func waitReadable(until deadline: Deadline) throws(KernelError) -> Bool {
+        while true {
+            let left = deadline.remainingNanoseconds
+            if left == 0 { return false }
+            let milliseconds = Int32(clamping: (left + 999_999) / 1_000_000)
+            if try pollReadable([descriptor], timeoutMilliseconds: milliseconds, detail: peer)[0] { return true }
+        }
+    }
+
     /// Shuts down both directions (`shutdown(SHUT_RDWR)`), waking a thread blocked in a read.
     public func shutdown() {
         _ = Glibc.shutdown(descriptor.rawValue, Int32(SHUT_RDWR))
@@ -198,7 +238,12 @@ public final class TCPListener: @unchecked Sendable {
     public let endpoint: Endpoint
 
     /// Binds and listens on `endpoint` (`SO_REUSEADDR`). Port 0 picks a free port.
-    public init(_ endpoint: Endpoint, backlog: Int32 = 64) throws(KernelError) {
+    ///
+    /// The backlog is deep (1024; the kernel caps it at `net.core.somaxconn`, 4096 by default
+    /// since Linux 5.4): under a connection flood the accept loop evicts idle handshakes
+    /// quickly, but a destination's SYN that finds the queue full waits a whole
+    /// retransmission timeout (1 s, then 3 s) before it tries again.
+    public init(_ endpoint: Endpoint, backlog: Int32 = 1024) throws(KernelError) {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         if fd < 0 { throw KernelError("socket", Errno(rawValue: Glibc.errno), detail: "\(endpoint)") }
         var one: Int32 = 1

@@ -5,11 +5,10 @@ import PagerWire
 extension SourceServer {
     /// One connection, on its own thread: the handshake, then the service of its channel
     /// (demand or push), then how it ended, logged and counted.
-    func serve(_ channel: FrameChannel) {
+    func serve(_ channel: FrameChannel, _ admitted: Admitted) {
         var joined: SourceSession?
-        channel.socket.setBufferSizes(4 << 20)
         do {
-            switch try handshake(channel) {
+            switch try admittedHandshake(channel, admitted) {
             case .demand(let session, let client, let greeting):
                 joined = session
                 defer {
@@ -27,10 +26,52 @@ extension SourceServer {
                 logger.info("session \(hex(session.id)): push channel open from \(channel.peer)")
                 try servePush(channel, session: session)
             }
+        } catch let failed as HandshakeFailure {
+            report(failed, on: channel)
         } catch {
             report(error, on: channel, session: joined)
         }
         channel.socket.shutdown()
+    }
+
+    /// The handshake of an admitted connection: frames no larger than a peer that has not
+    /// authenticated may send, one deadline for the whole of it, and the connection's place in
+    /// the handshake table until it is over. Throws ``HandshakeFailure`` if it failed.
+    private func admittedHandshake(_ channel: FrameChannel, _ admitted: Admitted) throws -> Joined {
+        let receiveLimit = channel.receiveLimit
+        channel.receiveLimit = WireLimits.preAuthenticationMaxPayload
+        let joined: Joined
+        do { joined = try handshake(channel, deadline: admitted.deadline) } catch {
+            throw HandshakeFailure(end: admission.failed(admitted.ticket, error), error: error)
+        }
+        channel.receiveLimit = receiveLimit
+        // Deep kernel buffers for the session only: a flood's connections keep the defaults,
+        // so what they send unread costs the kernel little.
+        channel.socket.setBufferSizes(4 << 20)
+        if !admission.completed(admitted.ticket) {
+            // Evicted just as it completed (the session is registered already): its socket is
+            // shut down, so WELCOME fails and the session ends as a failed one, as if the peer
+            // had vanished. Rare: the evicted are the oldest, and a destination's handshake is
+            // one round trip.
+            logger.info("\(channel.peer): evicted as its handshake completed")
+        }
+        return joined
+    }
+
+    /// Logs how a handshake that failed ended, and tells the peer why when that helps it.
+    private func report(_ failed: HandshakeFailure, on channel: FrameChannel) {
+        switch failed.end {
+        case .evicted:
+            // Counted and, for a flood, logged in summary by the accept loop.
+            logger.debug("\(channel.peer): handshake evicted to make room for a newer one")
+        case .timedOut:
+            logger.warning("handshake ended: \(failed.error)") // the error names the peer
+            try? channel.send(.error(ProtocolError(code: .timeout, message: "\(failed.error)")))
+        case .abandoned:
+            logger.info("\(channel.peer) disconnected during its handshake: \(failed.error)")
+        case .refused, .completed:
+            report(failed.error, on: channel, session: nil)
+        }
     }
 
     /// Logs and counts how a connection ended, and tells the peer why when that helps it.
@@ -53,4 +94,10 @@ extension SourceServer {
             registry.failed()
         }
     }
+}
+
+/// A handshake that failed, with how it ended (for the log and the counters).
+struct HandshakeFailure: Error {
+    let end: HandshakeEnd
+    let error: any Error
 }

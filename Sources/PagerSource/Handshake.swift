@@ -27,10 +27,11 @@ extension SourceServer {
     /// new session is registered here, before WELCOME tells the destination its id (its push
     /// connection may follow at once). Throws ``SessionError/refuse(_:_:)`` with the code and
     /// message the peer is sent.
-    func handshake(_ channel: FrameChannel) throws -> Joined {
-        // A peer that connects and says nothing must not hold a thread forever.
-        channel.socket.setReceiveTimeout(milliseconds: handshakeTimeoutMilliseconds)
-        guard case .message(.hello(let hello)) = try channel.receive() else {
+    ///
+    /// Every frame of the handshake is received by `deadline` (one for the whole of it, from
+    /// the accept): a peer that says nothing, or trickles, must not hold a thread for long.
+    func handshake(_ channel: FrameChannel, deadline: Deadline) throws -> Joined {
+        guard case .message(.hello(let hello)) = try channel.receive(deadline: deadline, waitingFor: "HELLO") else {
             throw SessionError.refuse(.unexpectedMessage, "the first frame must be HELLO")
         }
         guard hello.minVersion <= ProtocolVersion.v1, hello.maxVersion >= ProtocolVersion.v1 else {
@@ -43,9 +44,9 @@ extension SourceServer {
         if case .keys(let ring) = authentication {
             if requireEncryption && !hello.features.contains(.encryption) {
                 throw SessionError.refuse(.authenticationFailed,
-                    "this source requires encryption (pagerd source --require-encryption): give the destination --encrypt")
+                    "this source requires encryption (pagerd source --encrypt): give the destination --encrypt")
             }
-            let authenticator = try authenticate(channel, hello: hello, ring: ring)
+            let authenticator = try authenticate(channel, hello: hello, ring: ring, deadline: deadline)
             greeting.authenticator = authenticator
             features.insert(.authentication)
             if hello.features.contains(.encryption) {
@@ -57,7 +58,6 @@ extension SourceServer {
                 features.insert(.encryption)
             }
         }
-        channel.socket.setReceiveTimeout(milliseconds: 0)
         guard hello.resumeSession == 0 else {
             return .push(try resume(hello, authenticated: greeting.authenticator != nil), greeting)
         }
@@ -83,13 +83,13 @@ extension SourceServer {
     /// session token is part of the key schedule: a HELLO resuming a session that does not
     /// exist is verified against a random token, so it fails like a wrong key and an
     /// unauthenticated peer learns nothing about which sessions exist.
-    private func authenticate(_ channel: FrameChannel, hello: Hello, ring: KeyRing) throws -> ServerAuthenticator {
+    private func authenticate(_ channel: FrameChannel, hello: Hello, ring: KeyRing, deadline: Deadline) throws -> ServerAuthenticator {
         var authenticator: ServerAuthenticator
         do { authenticator = try ServerAuthenticator(ring: ring, hello: hello) } catch {
             throw SessionError.refuse(.authenticationFailed, error.description)
         }
         try channel.send(authenticator.challenge())
-        guard case .message(.authResponse(let nonce, let share, let mac)) = try channel.receive() else {
+        guard case .message(.authResponse(let nonce, let share, let mac)) = try channel.receive(deadline: deadline, waitingFor: "AUTH_RESPONSE") else {
             throw SessionError.refuse(.unexpectedMessage, "expected AUTH_RESPONSE after AUTH_CHALLENGE")
         }
         let resuming = hello.resumeSession != 0

@@ -26,6 +26,9 @@ public enum ChannelError: Error, CustomStringConvertible, Sendable {
     /// A sealed frame (feature `encryption`) failed to open: nothing of it was used, and the
     /// session ends.
     case sealedRecordRejected(peer: String, type: MessageType?, reason: String)
+    /// No whole frame (`waitedFor` names the one expected, e.g. "HELLO") had arrived from the
+    /// peer when `deadline` passed: it sent nothing, or too slowly.
+    case deadline(peer: String, waitedFor: String, Deadline)
 
     public var description: String {
         switch self {
@@ -42,6 +45,7 @@ public enum ChannelError: Error, CustomStringConvertible, Sendable {
         case .authentication(let p, let e): "authentication with \(p) failed: \(e)"
         case .sealedRecordRejected(let p, let type, let reason):
             "sealed \(type.map { "\($0)" } ?? "frame") from \(p) refused: \(reason)"
+        case .deadline(let p, let what, let d): "\(p) sent no complete \(what) within \(d.allowedDescription)"
         }
     }
 }

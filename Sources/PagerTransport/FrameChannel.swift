@@ -36,10 +36,13 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
     private var parser = FrameParser()
     /// Opens every frame received once set.
     private var opening: RecordOpener?
-    /// The page buffer, preceded by room for a sealed PAGE_DATA's fields (so that its data,
-    /// opened in place, lands on the aligned buffer) and followed by room for its tag.
-    private let pageArea: UnsafeMutableRawPointer
-    private let pageBuffer: UnsafeMutableRawPointer
+    /// Where PAGE_DATA's bytes land: 2 MiB-aligned, so that a received huge page can be
+    /// installed straight from it. Allocated at the first PAGE_DATA, not in `init`: a
+    /// connection that never gets past its handshake (one of a flood) costs nothing here.
+    /// It lies inside `pageArea`, preceded by room for a sealed PAGE_DATA's fields (so that
+    /// its data, opened in place, lands on the aligned buffer) and followed by its tag's.
+    private(set) var pageBuffer: UnsafeMutableRawPointer?
+    private var pageArea: UnsafeMutableRawPointer?
     private static let pageBufferSize = Int(WireLimits.absoluteMaxPayload)
     /// PAGE_DATA's fields before its data: 32 bytes and a checksum per 4 KiB page, at most
     /// 32 + 4 · 528 bytes for the largest payload.
@@ -53,20 +56,19 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
     /// the receive limit: a large INVALIDATE, a split header).
     private var scratch: UnsafeMutableRawPointer
     private var scratchSize = 4096
+    /// The deadline of the ``receive(deadline:waitingFor:)`` in progress and the frame it
+    /// waits for. Nil in ``receive()``: its reads block as long as it takes, with no `poll`
+    /// before them, so the page path makes no more system calls than it did.
+    private var deadline: (until: Deadline, what: String)?
 
     public init(_ socket: TCPSocket) {
         self.socket = socket
-        // 2 MiB alignment so a received huge page can be installed straight from the buffer;
-        // the 2 MiB before it are address space only (the last page holds a sealed frame's
-        // fields), never touched otherwise.
-        pageArea = .allocate(byteCount: hugePageSize + FrameChannel.pageBufferSize + AESGCMSealer.tagByteCount, alignment: hugePageSize)
-        pageBuffer = pageArea + hugePageSize
         rx = .allocate(byteCount: FrameChannel.rxSize, alignment: 64)
         scratch = .allocate(byteCount: scratchSize, alignment: 64)
     }
 
     deinit {
-        pageArea.deallocate()
+        pageArea?.deallocate()
         rx.deallocate()
         scratch.deallocate()
     }
@@ -150,6 +152,22 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
 
     /// Blocks until one whole frame has arrived and returns it.
     public func receive() throws(ChannelError) -> Incoming {
+        try receiveFrame()
+    }
+
+    /// Receives one frame, `what` by name (for the error), or throws
+    /// ``ChannelError/deadline(peer:waitedFor:_:)`` once `deadline` passes before the whole of
+    /// it has arrived. The deadline bounds the frame, not each read: every read waits for the
+    /// socket to be readable (`poll`) only as long as is left, so a peer that trickles a byte
+    /// at a time runs out of time as surely as one that sends nothing.
+    public func receive(deadline: Deadline, waitingFor what: String) throws(ChannelError) -> Incoming {
+        self.deadline = (deadline, what)
+        defer { self.deadline = nil }
+        return try receiveFrame()
+    }
+
+    /// The frame parser's loop that both receives share.
+    private func receiveFrame() throws(ChannelError) -> Incoming {
         parser.maxPayload = receiveLimit
         do {
             if let opening, let event = try receiveSealed(opening) { return try deliver(event) }
@@ -167,7 +185,7 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
                     try fill(scratch, n)
                     event = try parser.parse(UnsafeRawBufferPointer(start: scratch, count: n))
                 case .pageBytes(let n):
-                    try fill(pageBuffer, n)
+                    try fill(pageBuffer ?? allocatePageBuffer(), n)
                     event = parser.pageBytesReceived()
                 }
                 if let event { return try deliver(event) }
@@ -231,7 +249,7 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
         // With checksums each 4 KiB of data has 4 bytes of checksum: 4100 bytes a page.
         let withSums = PageDataHeader.Flags(rawValue: flags).contains(.checksums)
         let prefix = withSums && (plaintext - fixed) % 4100 == 0 ? fixed + 4 * ((plaintext - fixed) / 4100) : fixed
-        return pageBuffer - min(prefix, FrameChannel.sealedPrefixRoom)
+        return (pageBuffer ?? allocatePageBuffer()) - min(prefix, FrameChannel.sealedPrefixRoom)
     }
 
     /// Feeds an opened frame to the parser: the plain header, then the payload's parts where
@@ -247,7 +265,8 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
                 offset += n
             case .pageBytes(let n):
                 let data = payload.baseAddress! + offset
-                if data != UnsafeRawPointer(pageBuffer) { pageBuffer.copyMemory(from: data, byteCount: n) }
+                let buffer = pageBuffer ?? allocatePageBuffer()
+                if data != UnsafeRawPointer(buffer) { buffer.copyMemory(from: data, byteCount: n) }
                 offset += n
                 event = parser.pageBytesReceived()
             }
@@ -276,6 +295,7 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
     /// Receives exactly `n` bytes into `p`: what is buffered first; a short rest (a header,
     /// a small frame) through `rx` with one `recv` of whatever has arrived; a long rest (page
     /// data) straight into `p`. An end of stream is a close between frames, else a truncation.
+    /// Under a deadline, each `recv` waits first for the socket to be readable in time.
     private func fill(_ p: UnsafeMutableRawPointer, _ n: Int) throws(ChannelError) {
         var done = min(n, rxEnd - rxStart)
         if done > 0 {
@@ -285,7 +305,15 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
         if rxStart == rxEnd { rxStart = 0; rxEnd = 0 }
         while done < n {
             let rest = n - done
+            if let deadline { try waitReadable(deadline.until, for: deadline.what) }
             if rest >= FrameChannel.rxSize / 2 {
+                if deadline != nil {
+                    // MSG_WAITALL would block past the deadline: take what has arrived.
+                    let got = try kernel { () throws(KernelError) in try socket.readSome(into: p + done, count: rest) }
+                    if got == 0 { throw endOfStream(after: done) }
+                    done += got
+                    continue
+                }
                 let got = try kernel { () throws(KernelError) in try socket.readFully(into: p + done, count: rest) }
                 if got < rest { throw endOfStream(after: done + got) }
                 return
@@ -298,6 +326,23 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
             (rxStart, rxEnd) = take == got ? (0, 0) : (take, got)
             done += take
         }
+    }
+
+    /// Returns once the socket is readable, or throws the deadline error once `until` passed.
+    private func waitReadable(_ until: Deadline, for what: String) throws(ChannelError) {
+        let readable = try kernel { () throws(KernelError) in try socket.waitReadable(until: until) }
+        if !readable { throw .deadline(peer: peer, waitedFor: what, until) }
+    }
+
+    /// The 2 MiB-aligned page buffer, allocated at the first PAGE_DATA. The 2 MiB before it
+    /// are address space only (the last page holds a sealed frame's fields), never touched
+    /// otherwise.
+    private func allocatePageBuffer() -> UnsafeMutableRawPointer {
+        let area = UnsafeMutableRawPointer.allocate(byteCount: hugePageSize + FrameChannel.pageBufferSize + AESGCMSealer.tagByteCount,
+                                                    alignment: hugePageSize)
+        pageArea = area
+        pageBuffer = area + hugePageSize
+        return area + hugePageSize
     }
 
     private func endOfStream(after partBytes: Int) -> ChannelError {

@@ -14,6 +14,10 @@ public enum WireLimits {
     public static let absoluteMaxPayload: UInt32 = (2 << 20) + (64 << 10)
     /// A peer may announce a lower maximum in HELLO/WELCOME, but not below this.
     public static let minimumMaxPayload: UInt32 = 64 << 10
+    /// What a source accepts before the peer has authenticated (HELLO, AUTH_RESPONSE): a
+    /// HELLO is under 200 bytes and an AUTH_RESPONSE 96, so a peer nobody vouched for yet
+    /// cannot make a connection buffer more than this.
+    public static let preAuthenticationMaxPayload: UInt32 = 1024
     public static let regionNameBytes = 255
     public static let clientNameBytes = 64
     /// HELLO's `key_identity`: the longest identity a key file may hold (KeyRing's limit).

@@ -14,7 +14,7 @@ struct PagerBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pager-bench",
         abstract: "Measures the pager against baselines taken in the same run, and prints ratios.",
-        subcommands: [Run.self, List.self, Postcopy.self, Dirty.self, QEMUCompare.self, AB.self, FaultLocal.self, RawServer.self, RawClient.self, QMPCommand.self],
+        subcommands: [Run.self, List.self, Postcopy.self, Dirty.self, Flood.self, QEMUCompare.self, AB.self, FaultLocal.self, RawServer.self, RawClient.self, QMPCommand.self],
         defaultSubcommand: Run.self
     )
 }
@@ -76,6 +76,7 @@ struct List: ParsableCommand {
         for s in Scenario.allCases { print(s.rawValue + String(repeating: " ", count: max(1, 12 - s.rawValue.count)) + s.summary) }
         print("postcopy    (separate command) the post-copy targets of the TCP issue: idle and loaded fault ratios, full transfer vs local install")
         print("dirty       (separate command) dirty-page scan cost, first-write cost, pause at the switch with and without pre-copy")
+        print("flood       (separate command) a destination's handshake time with and without a held connection flood (admission control)")
     }
 }
 
@@ -119,6 +120,35 @@ struct Postcopy: ParsableCommand {
           p99 while pushing / idle p50                   \(ratio(Double(r.pushingFault.p99) / Double(r.idleFault.p50)))  (<= 3)
           full transfer / local batched install          \(ratio(r.fullTransferSeconds / r.localInstallSeconds))  (<= 1.5)
           full transfer / raw TCP stream                 \(ratio(r.fullTransferSeconds / r.rawStreamSeconds))
+        """)
+    }
+}
+
+/// Admission control: a real destination's handshake on a flooded `pagerd source` (loopback).
+struct Flood: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Median handshake time of a real destination with and without a flood of idle connections, as ratios.",
+        discussion: "Loopback only (the flood comes from 127.0.0.2 onwards); no root needed. Two floods: one held open, one that re-opens every connection the source evicts."
+    )
+    @Option(help: "Idle connections the flood holds open.") var connections = 300
+    @Option(help: "Loopback hosts the flood comes from (over 8 per host, the per-host cap evicts; over 64 in all, the global cap).") var hosts = 40
+    @Option(help: "Handshakes timed with and without the flood.") var samples = 50
+
+    func run() throws {
+        var bench = FloodBenchmark(binaries: executableDirectory())
+        bench.connections = connections
+        bench.hosts = hosts
+        bench.samples = samples
+        let r = try bench.run { endpoint in
+            // The source runs with the test key (TestKeys): authenticated handshakes, as deployed.
+            try DestinationClient(source: endpoint, clientName: "pager-bench flood", authentication: TestKeys.authentication).close()
+        }
+        print("""
+        flood: a destination's handshake (demand and push connections) on loopback, median of \(samples); \(connections) idle connections from \(hosts) hosts
+          no flood                            \(formatMicros(r.quietMedian))
+          flood held open                     \(formatMicros(r.heldMedian))  ratio \(String(format: 2, r.heldRatio))
+          flood re-opening what is evicted    \(formatMicros(r.reopeningMedian))  ratio \(String(format: 2, r.reopeningRatio))  (re-opened \(r.reopened))
+          \(r.retries) handshake(s) retried after an eviction; source: \(r.sourceHandshakes)
         """)
     }
 }

@@ -40,18 +40,22 @@ struct SourceCommand: ParsableCommand {
     @Flag(help: "Live memory without pre-copy: pause the workload at once and migrate it by post-copy only.") var noPrecopy = false
     @Flag(help: "Run the push at normal priority instead of on idle CPU only (for a live workload that keeps every CPU busy).") var normalPriorityPush = false
     @Option(help: "Demand threads: auto (real-time when this process may use one CPU only), realtime (SCHED_FIFO 1), normal.") var demandPriority = DemandPriority.auto
-    @Option(help: "Close connections that send no HELLO within this many milliseconds.") var handshakeTimeoutMs = 10_000
+    @Option(help: "Close connections whose whole handshake has not arrived within this many seconds of their accept.") var handshakeTimeoutS = 10.0
+    @Option(help: "At most this many connections in their handshake at once (8 per host); a new one evicts the oldest.") var maxHandshakes = 64
     @OptionGroup var keys: AuthenticationOptions
     @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
 
     func validate() throws {
         guard Endpoint(listen) != nil else { throw ValidationError("--listen must be ADDR:PORT (IPv4), got \(listen)") }
         guard !regions.isEmpty || liveSocket != nil else { throw ValidationError("give at least one --region FILE or a --live-socket") }
+        guard handshakeTimeoutS > 0, handshakeTimeoutS <= 3600 else { throw ValidationError("--handshake-timeout-s must be more than 0 and at most 3600, got \(handshakeTimeoutS)") }
+        guard maxHandshakes > 0 else { throw ValidationError("--max-handshakes must be at least 1, got \(maxHandshakes)") }
     }
 
     func run() throws {
         let logger = makeLogger("pagerd.source", logLevel)
         let authentication = try keys.resolve(insecureMeans: InsecureConsequence.source)
+        raiseOpenFiles(logger)
         var served: [ServedRegion] = []
         for (i, path) in regions.enumerated() { served.append(try ServedRegion(id: UInt32(i + 1), path: path)) }
         var policy = convergence.policy
@@ -61,7 +65,8 @@ struct SourceCommand: ParsableCommand {
         }
         if let live { served.append(live.region) }
         let server = try SourceServer(listen: Endpoint(listen)!, regions: served, authentication: authentication, logger: logger)
-        server.handshakeTimeoutMilliseconds = handshakeTimeoutMs
+        server.handshakeTimeoutNanoseconds = UInt64(handshakeTimeoutS * 1e9)
+        server.maxHandshakes = maxHandshakes
         server.requireEncryption = keys.encrypt
         server.backgroundPush = !normalPriorityPush
         server.urgentDemand = demandPriority.isRealtime
@@ -80,7 +85,7 @@ struct SourceCommand: ParsableCommand {
         if let outcome = live?.region.live?.outcome { printPrecopy(outcome, daemon: "pagerd source", paused: "workload") }
         let c = server.counts
         serviceNotifier.status("stopped: \(c.sessions) session(s), \(c.bytesSent >> 20) MiB sent as bytes, \(c.failedSessions) ended by errors")
-        print("pagerd source: \(c.sessions) session(s), \(c.demandRequests) demand and \(c.prefetchRequests) prefetch requests, \(c.bytesSent >> 20) MiB sent as bytes, \(c.zeroBytes >> 20) MiB as zero ranges, \(c.failedSessions) session(s) ended by errors, \(c.authenticationFailures) connection(s) refused for failed authentication")
+        print("pagerd source: \(c.sessions) session(s), \(c.demandRequests) demand and \(c.prefetchRequests) prefetch requests, \(c.bytesSent >> 20) MiB sent as bytes, \(c.zeroBytes >> 20) MiB as zero ranges, \(c.failedSessions) session(s) ended by errors, \(c.authenticationFailures) connection(s) refused for failed authentication; \(c.handshakeSummary)")
     }
 }
 
@@ -276,6 +281,17 @@ struct ConvergenceOptions: ParsableArguments {
         policy.stallRounds = stallRounds
         policy.deadlineNanoseconds = precopyDeadlineS.map { UInt64($0 * 1e9) }
         return policy
+    }
+}
+
+/// Raises the open-file limit as far as it goes (one descriptor per connection: see
+/// ``raiseOpenFileLimit()``); a source that cannot still serves, with the limit it has.
+func raiseOpenFiles(_ logger: Logger) {
+    do {
+        let limit = try raiseOpenFileLimit()
+        logger.debug("open files: at most \(limit.soft)")
+    } catch {
+        logger.warning("cannot raise the open-file limit: \(error)")
     }
 }
 

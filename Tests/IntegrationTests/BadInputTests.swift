@@ -17,7 +17,7 @@ final class SourceUnderTest {
         let ram = scratch.file("small.ram")
         try sh(Binaries.workload, "fill", "--file", ram, "--size-mib", "4", "--seed", "3")
         // Port 0: several sources of several suites run at once; the log names the port.
-        process = try ChildProcess(Binaries.pagerd, ["source", "--listen", "127.0.0.1:0", "--region", ram, "--handshake-timeout-ms", "500"]
+        process = try ChildProcess(Binaries.pagerd, ["source", "--listen", "127.0.0.1:0", "--region", ram, "--handshake-timeout-s", "0.5"]
                                        + (arguments ?? ["--key-file", scratch.keyFile]),
                                    outputPath: scratch.file("source.log"))
         try waitFor(process, toPrint: "serving 1 region")
