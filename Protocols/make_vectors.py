@@ -305,6 +305,7 @@ def handshake(psk, identity, hello_frame, resume_token, server_nonce, server_pri
     response = response_head + client_mac
     h2 = hashlib.sha256(hello_frame + challenge + response + b"".join(answer_frames)).digest()
     confirm = frame("AUTH_CONFIRM", 0, hmac.new(keys["server mac"], h2, hashlib.sha256).digest())
+    sealed = seal_records(keys, answer_frames[0])
     return [("psk-identity", identity.encode()), ("psk", psk), ("resume-token", resume_token),
             ("server-nonce", server_nonce), ("server-private", server_private),
             ("client-nonce", client_nonce), ("client-private", client_private),
@@ -313,7 +314,24 @@ def handshake(psk, identity, hello_frame, resume_token, server_nonce, server_pri
            [("auth-confirm", confirm), ("shared-secret", shared), ("h1", h1), ("h2", h2), ("secret", secret),
             ("client-mac-key", keys["client mac"]), ("server-mac-key", keys["server mac"]),
             ("client-write-key", keys["client write"]), ("server-write-key", keys["server write"]),
-            ("key-update-client-write", hkdf_expand(keys["client write"], b"pager-v1 key update", 32))]
+            ("key-update-client-write", hkdf_expand(keys["client write"], b"pager-v1 key update", 32))] + sealed
+
+
+def seal(key, counter, frame_bytes):
+    """Section 5.1: the clear header with length + 16 as the associated data, nonce 0^4 || counter."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    header = frame_bytes[:4] + struct.pack(">I", len(frame_bytes) - 8 + 16)
+    return header + AESGCM(key).encrypt(bytes(4) + struct.pack(">Q", counter), frame_bytes[8:], header)
+
+
+def seal_records(keys, welcome_frame):
+    """With `encryption`: the server's record 0 (its WELCOME) and the client's records 0 and 1
+    (a PAGE_REQUEST and a PING), each under its direction's write key."""
+    request = frame("PAGE_REQUEST", 1, struct.pack(">IIQQ", 1, 1, 0x200000, 0x1000))
+    ping = frame("PING", 0, struct.pack(">QQ", 7, 8))
+    return [("plain-server-0", welcome_frame), ("sealed-server-0", seal(keys["server write"], 0, welcome_frame)),
+            ("plain-client-0", request), ("sealed-client-0", seal(keys["client write"], 0, request)),
+            ("plain-client-1", ping), ("sealed-client-1", seal(keys["client write"], 1, ping))]
 
 
 def handshakes():
