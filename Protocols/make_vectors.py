@@ -6,7 +6,9 @@ the Swift tests decode these frames, compare with the `meaning` lines, and re-en
 so the two implementations check each other.  handshake.txt is a whole authenticated
 handshake (section 5) for a given key, nonces and X25519 private keys: every frame, both
 transcript hashes, the derived keys and both MACs, computed here with X25519 written from
-RFC 7748 and HKDF from RFC 5869 (Python's hashlib and hmac only for SHA-256 and HMAC).
+RFC 7748 and HKDF from RFC 5869 (Python's hashlib and hmac only for SHA-256 and HMAC), and
+the sealed records of section 5.1 with AES-GCM from the `cryptography` package (Debian
+`python3-cryptography`), the one primitive not written here.
 Run: python3 Protocols/make_vectors.py
 """
 import hashlib
