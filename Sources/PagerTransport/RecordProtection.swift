@@ -44,10 +44,11 @@ struct RecordCounter {
     mutating func next(plaintextBytes: Int) -> (counter: UInt64, rekeyed: Bool) {
         var rekeyed = false
         if counter >= limits.records || bytes + UInt64(plaintextBytes) > limits.bytes {
-            let old = key
+            // `old` holds the only reference to the used key's storage once `key` is replaced,
+            // so the wipe clears those bytes (a copy of it would be wiped after copy-on-write).
+            var old = key
             key = HandshakeKeys.updated(old)
-            var wiped = old
-            wipe(&wiped)
+            wipe(&old)
             counter = 0
             bytes = 0
             generation += 1
