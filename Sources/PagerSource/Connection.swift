@@ -16,7 +16,7 @@ extension SourceServer {
                     active.subtract(1, ordering: .relaxed) // added by the handshake
                 }
                 try welcome(channel, session: session, greeting)
-                logger.info("session \(hex(session.id)) from \(channel.peer) (\(client)): demand channel open, \(session.features.contains(.encryption) ? "encrypted" : session.features.contains(.authentication) ? "authenticated, not encrypted" : "NOT authenticated")")
+                logger.info("session \(hex(session.id)) from \(channel.peer) (\(client)): demand channel open, \(session.features.protectionDescription)")
                 try serveDemand(channel, session: session)
                 logger.info("session \(hex(session.id)) ended cleanly")
             case .push(let session, let greeting):

@@ -106,6 +106,12 @@ public struct Features: OptionSet, Sendable, Hashable, CustomStringConvertible {
     public static let encryption = Features(rawValue: 1 << 7)
 
     public var description: String { hex64(rawValue) }
+
+    /// How a session with these accepted features travels, for logs: "authenticated,
+    /// encrypted", "authenticated, not encrypted" or "NOT authenticated".
+    public var protectionDescription: String {
+        contains(.encryption) ? "authenticated, encrypted" : contains(.authentication) ? "authenticated, not encrypted" : "NOT authenticated"
+    }
 }
 
 /// A range of bytes in a region: `[offset, offset + length)`.

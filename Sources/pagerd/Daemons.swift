@@ -177,11 +177,6 @@ struct DestCommand: ParsableCommand {
         if failures.load(ordering: .relaxed) > 0 { throw ExitCode(1) }
     }
 
-    /// How a session's frames travel, for the log.
-    static func protection(_ features: Features) -> String {
-        features.contains(.encryption) ? "authenticated, encrypted" : features.contains(.authentication) ? "authenticated, not encrypted" : "NOT authenticated"
-    }
-
     /// Offered in HELLO: INVALIDATE only makes sense to a destination that stages pre-copy.
     var features: Features {
         var f: Features = [.resume, .hugePages]
@@ -229,7 +224,7 @@ struct DestCommand: ParsableCommand {
                                                            authentication: authentication)
             defer { client.close() }
             let region = try chosen ?? client.region(selectedBy: self.region)
-            logger.info("session \(hex(client.session)) with \(connect) (\(DestCommand.protection(client.features))): region \(region.id) \"\(region.name)\" (\(region.length >> 20) MiB)")
+            logger.info("session \(hex(client.session)) with \(connect) (\(client.features.protectionDescription)): region \(region.id) \"\(region.name)\" (\(region.length >> 20) MiB)")
             var configuration = FaultResolver.Configuration()
             configuration.prefetch = !noPrefetch
             configuration.backgroundPush = !normalPriorityPush

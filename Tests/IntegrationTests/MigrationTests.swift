@@ -86,7 +86,7 @@ struct MigrationTests {
         #expect(outcome.workload.contains("workload: ok pages=262144") && outcome.workload.contains("mismatches=0"), "\(outcome.workload)")
         #expect(outcome.destStatus == 0, "\(outcome.dest)")
         #expect(outcome.dest.contains("authenticated, encrypted"), "\(outcome.dest)")
-        #expect(outcome.source.contains("demand channel open, encrypted"), "\(outcome.source)")
+        #expect(outcome.source.contains("demand channel open, authenticated, encrypted"), "\(outcome.source)")
     }
 
     @Test("pages the workload drops (MADV_DONTNEED) before or after touching them read as zeros, never as the source's data")
