@@ -142,7 +142,7 @@ let package = Package(
         // pager-bench's measurements (library, so tests can run them too).
         .target(
             name: "PagerBenchKit",
-            dependencies: ["PagerKernel", "PagerReport", "PagerWorkloads", "PagerHarness"]
+            dependencies: ["PagerKernel", "PagerReport", "PagerWorkloads", "PagerHarness", "PagerCrypto"]
         ),
 
         // MARK: Executables

@@ -37,9 +37,10 @@ extension BenchReport {
         }
         if !figures.isEmpty {
             lines.append("figures, with the same-run baseline each is compared with")
+            let width = figures.map(\.label.count).max()! + 2
             for f in figures {
-                var line = "  " + Self.pad(f.label, 44) + Self.pad(Self.number(f.value, 2) + " " + f.unit, 16)
-                if let b = f.baseline, let r = f.ratio { line += "ratio \(Self.number(r, 2)) to \(b)" }
+                var line = "  " + Self.pad(f.label, width) + Self.pad(Self.number(f.value, 2) + " " + f.unit, 16)
+                if let b = f.baseline { line += f.ratio.map { "ratio \(Self.number($0, 2)) to \(b)" } ?? "(\(b))" }
                 lines.append(line)
             }
             lines.append("")

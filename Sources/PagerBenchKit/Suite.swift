@@ -9,6 +9,7 @@ public enum Scenario: String, CaseIterable, Sendable {
     case latency4k = "latency-4k"
     case latency2m = "latency-2m"
     case throughput
+    case protection
     case peers
 
     public var summary: String {
@@ -17,6 +18,7 @@ public enum Scenario: String, CaseIterable, Sendable {
         case .latency4k: "demand-fault latency of 4 KiB pages, idle link and while the background push runs (random access)"
         case .latency2m: "demand-fault latency of 2 MiB hugetlbfs pages, idle link and while the push runs (reserves huge pages for the run)"
         case .throughput: "time until the whole region is local, for access patterns none, sequential, random, strided and working-set"
+        case .protection: "what authentication and encryption cost: 4 KiB fault p50 and full transfer, plain vs authenticated vs encrypted in interleaved rounds, next to libcrypto's AES-256-GCM rate"
         case .peers: "other pagers on the same machine: CRIU lazy-pages (probed) and QEMU's native postcopy against the pager on the same TCG guest"
         }
     }
@@ -58,6 +60,8 @@ public final class BenchSuite {
     /// Faults sampled per 2 MiB latency figure.
     public var hugeSamples = 200
     public var loopback = false
+    /// Interleaved rounds of plain, authenticated and encrypted migrations in `protection`.
+    public var protectionRounds = 3
     /// A `tc tbf` rate for the source's link (e.g. "10gbit"), namespaces only.
     public var link: String?
     public var progress: (Int, Int, String) -> Void = { _, _, _ in }
@@ -75,6 +79,7 @@ public final class BenchSuite {
         case .baselines: 4
         case .latency4k, .latency2m: 2
         case .throughput: Self.patterns.count
+        case .protection: 1 + protectionRounds * Protection.allCases.count
         case .peers: 1
         }
     }
@@ -85,6 +90,7 @@ public final class BenchSuite {
         if link != nil && loopback { throw HarnessError("--link shapes the veth between the namespaces; it cannot shape loopback") }
         // The baselines run whenever a scenario needs them for its ratios.
         let needBaselines = scenarios.contains(.baselines) || scenarios.contains(.latency4k) || scenarios.contains(.throughput)
+            || scenarios.contains(.protection)
         let total = scenarios.filter { $0 != .baselines }.reduce(0) { $0 + steps($1) } + (needBaselines ? steps(.baselines) : 0)
         let run = try SuiteRun(self, steps: total)
         try sh(workload, "fill", "--file", run.ram, "--size-mib", "\(sizeMiB)", "--seed", "9")
@@ -96,6 +102,7 @@ public final class BenchSuite {
             _ = consume reservation
         }
         if scenarios.contains(.throughput) { try run.throughput() }
+        if scenarios.contains(.protection) { try run.protectionScenario(rounds: protectionRounds) }
         if scenarios.contains(.peers) { try run.peers() }
         return run.report
     }

@@ -71,13 +71,14 @@ final class SuiteRun {
     }
 
     /// One migration of the filled file; returns the workload's key=values and its latency CDF.
-    func migrate(_ name: String, destFlags: [String], workloadArgs: [String]) throws -> ([String: Double], LatencySummary) {
-        let source = try spawn(source: true, pagerd, ["source", "--listen", "\(address):\(port)", "--region", ram, "--key-file", scratch.keyFile],
+    func migrate(_ name: String, destFlags: [String], workloadArgs: [String], protection: Protection = .authenticated) throws -> ([String: Double], LatencySummary) {
+        let keys = protection.arguments(keyFile: scratch.keyFile)
+        let source = try spawn(source: true, pagerd, ["source", "--listen", "\(address):\(port)", "--region", ram] + keys.source,
                                log: scratch.file("source-\(name).log"))
         defer { source.signal(.terminate); source.wait(timeoutMilliseconds: 10_000) }
         try waitFor(source, toPrint: "serving 1 region")
         let socket = scratch.file("\(name).sock")
-        let dest = try spawn(source: false, pagerd, ["dest", "--connect", "\(address):\(port)", "--uffd-socket", socket, "--once", "--key-file", scratch.keyFile] + destFlags,
+        let dest = try spawn(source: false, pagerd, ["dest", "--connect", "\(address):\(port)", "--uffd-socket", socket, "--once"] + keys.dest + destFlags,
                              log: scratch.file("dest-\(name).log"))
         defer { dest.signal(.kill) }
         try waitFor(dest, toPrint: "waiting for userfaultfd handoffs")
@@ -89,6 +90,10 @@ final class SuiteRun {
         dest.wait(timeoutMilliseconds: 30_000)
         guard status == 0, w.output.contains("workload: ok") else {
             throw HarnessError("\(name): workload failed (\(String(describing: status))): \(w.output)\n\(dest.output)")
+        }
+        // The figure is only what it says when the session really ran with that protection.
+        guard dest.output.contains("(\(protection.logged))") else {
+            throw HarnessError("\(name): the destination did not report a session \(protection.logged): \(dest.output)")
         }
         let kv = keyValues(w.output)
         var summary = LatencySummary(keyValues: kv, prefix: "wait-")
