@@ -21,6 +21,8 @@ public struct QEMUMigrationRun {
     public var passesAfter = 2
     /// More arguments for `pagerd qemu-source` (e.g. the pre-copy convergence rules).
     public var sourceArguments: [String] = []
+    /// More arguments for `pagerd qemu-dest` (pager methods).
+    public var destArguments: [String] = []
     /// Where the two RAM files go (e.g. a hugetlbfs mount); nil: the run's scratch directory.
     public var ramDirectory: String?
 
@@ -130,7 +132,7 @@ public struct QEMUMigrationRun {
         let uffdSocket = scratch.file("uffd.sock")
         let qdest = try hosts.spawn(in: hosts.dest, pagerd,
                                     ["qemu-dest", "--qmp", dstQMP, "--ram", dstRAM, "--connect", "\(TwoHosts.sourceAddress):7070",
-                                     "--uffd-socket", uffdSocket, "--incoming", "tcp:0.0.0.0:4444", "--key-file", scratch.keyFile] + (trackSocket == nil ? [] : ["--precopy"]),
+                                     "--uffd-socket", uffdSocket, "--incoming", "tcp:0.0.0.0:4444", "--key-file", scratch.keyFile] + (trackSocket == nil ? [] : ["--precopy"]) + destArguments,
                                     log: scratch.file("qemu-dest.log"))
         defer { qdest.signal(.kill) }
         try waitFor(qdest, toPrint: "waiting for QEMU's handoff")

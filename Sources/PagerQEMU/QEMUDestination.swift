@@ -88,6 +88,7 @@ public struct QEMUDestination {
         try qmp.execute("migrate-incoming", "{\"uri\":\"\(incoming)\"}")
         logger.info("incoming migration on \(incoming)")
         let client = try connectToSource(unless: cancelled)
+        logger.info("session \(hex(client.session)) with the source \(source) (\(client.features.protectionDescription))")
         current.withLock { $0 = client }
         if cancelled.load(ordering: .acquiring) { throw QEMUError("stopped by a signal") }
         var clientOpen = true

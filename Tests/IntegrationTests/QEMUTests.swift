@@ -23,13 +23,17 @@ enum TestGuest {
        .enabled(if: Binaries.present, Comment(rawValue: Binaries.missing)),
        .enabled(if: TestGuest.present, Comment(rawValue: TestGuest.missing)))
 struct QEMUTests {
-    @Test("a running guest moves between two namespaces with pagerd qemu-source/qemu-dest and keeps verifying its memory after all RAM is local")
+    @Test("a running guest moves between two namespaces with pagerd qemu-source/qemu-dest over an encrypted session and keeps verifying its memory after all RAM is local")
     func migrateGuest() throws {
         let hosts = try TwoHosts()
         let scratch = Scratch()
         var run = QEMUMigrationRun(binaries: Binaries.directory, guest: TestGuest.directory!)
         run.passesAfter = 2
+        run.sourceArguments = ["--encrypt"]
+        run.destArguments = ["--encrypt"]
         let o = try run.run(hosts: hosts, scratch: scratch)
+        #expect(o.dest.contains("(authenticated, encrypted)"), "\(o.dest)")
+        #expect(o.source.contains("authenticated, encrypted"), "\(o.source)")
         #expect(!o.mismatch, "\(o.destConsole.suffix(3000))")
         #expect(QEMUMigrationRun.passes(o.destConsole) >= 2, "\(o.destConsole.suffix(3000))")
         #expect(o.source.contains("device state migrated"), "\(o.source)")
@@ -47,6 +51,7 @@ struct QEMUTests {
         // more round runs (at most 3).
         run.sourceArguments = ["--downtime-ms", "1", "--max-rounds", "3"]
         let o = try run.run(hosts: hosts, scratch: scratch)
+        #expect(o.dest.contains("(authenticated, not encrypted)"), "\(o.dest)")
         #expect(!o.mismatch, "\(o.destConsole.suffix(3000))")
         #expect(QEMUMigrationRun.passes(o.destConsole) >= 2, "\(o.destConsole.suffix(3000))")
         // Round 0 sent every page of the guest's RAM while it ran; the guest kept writing, so
