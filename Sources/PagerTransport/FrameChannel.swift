@@ -155,6 +155,17 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
         try receiveFrame()
     }
 
+    /// The next frame if it is an ERROR (whether or not its request id names a request), nil
+    /// when it is anything else: what a client that expects a refusal reads.
+    public func nextError() throws(ChannelError) -> ProtocolError? {
+        do {
+            if case .message(.error(let e)) = try receive() { return e }
+            return nil
+        } catch .peerError(_, let e) {
+            return e
+        }
+    }
+
     /// Receives one frame, `what` by name (for the error), or throws
     /// ``ChannelError/deadline(peer:waitedFor:_:)`` once `deadline` passes before the whole of
     /// it has arrived. The deadline bounds the frame, not each read: every read waits for the

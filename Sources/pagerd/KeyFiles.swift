@@ -86,18 +86,19 @@ struct AuthenticationOptions: ParsableArguments {
     }
 
     /// The daemon's authentication: the loaded ring, or none with a warning on standard error
-    /// (`role` says what the insecure mode exposes: "serves memory to anyone who can connect").
-    func resolve(insecureMeans consequence: String) throws -> PeerAuthentication {
+    /// saying what the insecure mode exposes. Nil for a source: its server logs the warning
+    /// itself, with the address anyone can read the memory from.
+    func resolve(insecureMeans consequence: String?) throws -> PeerAuthentication {
         guard let keyFile else {
-            writeStandardError("pagerd: WARNING: --insecure-no-auth: this daemon \(consequence)\n")
+            if let consequence { writeStandardError("pagerd: WARNING: --insecure-no-auth: this daemon \(consequence)\n") }
             return .insecureNone
         }
         return .keys(try requireKeyRing(path: keyFile))
     }
 }
 
-/// What `--insecure-no-auth` exposes, in the warning each daemon prints.
+/// What `--insecure-no-auth` exposes, in the warning a destination daemon prints (a source's
+/// server logs its own).
 enum InsecureConsequence {
-    static let source = "serves its memory to anyone who can connect, unauthenticated"
     static let destination = "installs pages from any peer that answers, unauthenticated"
 }

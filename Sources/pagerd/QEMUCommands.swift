@@ -43,7 +43,7 @@ struct QEMUSourceCommand: ParsableCommand {
 
     func run() throws {
         let logger = makeLogger("pagerd.qemu-source", logLevel)
-        let authentication = try keys.resolve(insecureMeans: InsecureConsequence.source)
+        let authentication = try keys.resolve(insecureMeans: nil)
         raiseOpenFiles(logger)
         do {
             let precopy = trackSocket.map { QEMUSource.Precopy(trackSocket: $0, policy: convergence.policy) }

@@ -62,16 +62,6 @@ final class SourceUnderTest {
     }
 }
 
-/// The next ERROR on `channel`, as the server sent it.
-func nextError(_ channel: FrameChannel) throws -> ProtocolError? {
-    do {
-        if case .message(.error(let e)) = try channel.receive() { return e }
-        return nil
-    } catch ChannelError.peerError(_, let e) {
-        return e
-    }
-}
-
 @Suite("The source under bad input", .serialized, .enabled(if: Binaries.present, Comment(rawValue: Binaries.missing)))
 struct BadInputTests {
     @Test("a wrong protocol version is refused with unsupported-version, naming both ranges")
@@ -79,7 +69,7 @@ struct BadInputTests {
         let source = try SourceUnderTest()
         let channel = FrameChannel(try TCPSocket.connect(source.endpoint))
         try channel.send(.hello(Hello(minVersion: 2, maxVersion: 3, features: [], clientName: "future")))
-        let e = try #require(try nextError(channel))
+        let e = try #require(try channel.nextError())
         #expect(e.code == .unsupportedVersion)
         #expect(e.message.contains("1-1") && e.message.contains("2-3"), "\(e.message)")
         #expect(try source.stillServes())
@@ -91,7 +81,7 @@ struct BadInputTests {
         let socket = try TCPSocket.connect(source.endpoint)
         let junk = Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
         try junk.withUnsafeBytes { try socket.writeAll([$0]) }
-        let e = try #require(try nextError(FrameChannel(socket)))
+        let e = try #require(try FrameChannel(socket).nextError())
         #expect(e.code == .malformedFrame)
         #expect(e.message.contains("unknown message type"), "\(e.message)")
         #expect(try source.stillServes())
@@ -102,13 +92,13 @@ struct BadInputTests {
         let source = try SourceUnderTest()
         let channel = try source.session()
         try channel.send(.pageRequest(PageRequest(requestID: 7, region: 9, offset: 0, length: 4096, flags: .urgent)))
-        var e = try #require(try nextError(channel))
+        var e = try #require(try channel.nextError())
         #expect(e.code == .unknownRegion && e.requestID == 7, "\(e)")
         try channel.send(.pageRequest(PageRequest(requestID: 8, region: 1, offset: 4 << 20, length: 4096, flags: .urgent)))
-        e = try #require(try nextError(channel))
+        e = try #require(try channel.nextError())
         #expect(e.code == .outOfRange && e.requestID == 8, "\(e)")
         try channel.send(.pageRequest(PageRequest(requestID: 9, region: 1, offset: (4 << 20) - 4096, length: 8192, flags: .urgent)))
-        e = try #require(try nextError(channel))
+        e = try #require(try channel.nextError())
         #expect(e.code == .outOfRange && e.requestID == 9, "\(e)")
         // The same session still answers a good request.
         try channel.send(.pageRequest(PageRequest(requestID: 10, region: 1, offset: 0, length: 4096, flags: .urgent)))
@@ -122,7 +112,7 @@ struct BadInputTests {
         let socket = try TCPSocket.connect(source.endpoint)
         let header: [UInt8] = [0x00, 0x01, 0x00, 0x00, 0x40, 0x00, 0x00, 0x00]
         try header.withUnsafeBytes { try socket.writeAll([$0]) }
-        let e = try #require(try nextError(FrameChannel(socket)))
+        let e = try #require(try FrameChannel(socket).nextError())
         #expect(e.code == .malformedFrame && e.message.contains("limit"), "\(e.message)")
         #expect(try source.stillServes())
     }

@@ -53,7 +53,9 @@ struct DaemonKeyTests {
         }
     }
 
-    @Test("--insecure-no-auth is loud", arguments: ["source", "dest"])
+    /// Destinations warn at start; a source warns once it listens, naming the address
+    /// (AuthenticationTests' `mismatchedModes` runs one).
+    @Test("--insecure-no-auth is loud", arguments: ["dest", "qemu-dest"])
     func insecureWarns(_ daemon: String) throws {
         let (_, output) = try runProgram(Binaries.pagerd, Self.arguments(daemon) + ["--insecure-no-auth"])
         #expect(output.contains("WARNING: --insecure-no-auth"), "\(output)")

@@ -118,10 +118,10 @@ struct FloodTests {
         let big = try TCPSocket.connect(source.endpoint)
         let header: [UInt8] = [0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x07, 0xD0] // HELLO, 2000 bytes
         try header.withUnsafeBytes { try big.writeAll([$0]) }
-        let refusal = try #require(try nextError(FrameChannel(big)))
+        let refusal = try #require(try FrameChannel(big).nextError())
         #expect(refusal.code == .malformedFrame && refusal.message.contains("limit is 1024"), "\(refusal.message)")
 
-        let timeout = try #require(try nextError(silent))
+        let timeout = try #require(try silent.nextError())
         #expect(timeout.code == .timeout)
         #expect(timeout.message.hasSuffix("sent no complete HELLO within 300 ms"), "\(timeout.message)")
         #expect(source.waitForHandshakes { $0.counts == HandshakeCounts(evicted: 0, timedOut: 1, refused: 1, abandoned: 1) && $0.threads == 0 })
@@ -148,19 +148,10 @@ struct FloodTests {
         let took = monotonicNanoseconds() - started
         #expect(took < 500_000_000 + 5_000_000_000, "\(took / 1_000_000) ms")
         for peer in peers {
-            let e = try #require(try nextError(FrameChannel(peer)))
+            let e = try #require(try FrameChannel(peer).nextError())
             #expect(e.code == .timeout)
         }
         try source.finish(source.fetchPage(1))
     }
 }
 
-/// The next ERROR on `channel`, as the server sent it.
-func nextError(_ channel: FrameChannel) throws -> ProtocolError? {
-    do {
-        if case .message(.error(let e)) = try channel.receive() { return e }
-        return nil
-    } catch ChannelError.peerError(_, let e) {
-        return e
-    }
-}
