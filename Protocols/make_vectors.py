@@ -20,7 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MAGIC = 0x50475231
 T = dict(HELLO=0x0001, WELCOME=0x0002, AUTH_CHALLENGE=0x0003, AUTH_RESPONSE=0x0004, AUTH_CONFIRM=0x0005,
          REGION=0x0010, PAGE_REQUEST=0x0020, PAGE_DATA=0x0021, INVALIDATE=0x0030, INVALIDATE_ACK=0x0031, SWITCHED=0x0032,
-         PUSH_COMPLETE=0x0040, COMPLETE=0x0041, COMPLETE_ACK=0x0042, PING=0x0050, PONG=0x0051,
+         PUSH_COMPLETE=0x0040, COMPLETE=0x0041, COMPLETE_ACK=0x0042, RECEIVED=0x0043, PING=0x0050, PONG=0x0051,
          RDMA_KEY=0x0060, GOODBYE=0x007E, ERROR=0x007F)
 CODES = {1: "malformed-frame", 2: "unsupported-version", 3: "unknown-region", 4: "out-of-range", 5: "misaligned",
          6: "too-large", 7: "authentication-failed", 8: "io-error", 9: "unexpected-message", 10: "shutting-down",
@@ -57,10 +57,13 @@ def flagnames(flags, names):
     return "|".join(out) if out else "-"
 
 
-def hello(minv, maxv, features, maxp, session, token, client, identity=""):
-    p = struct.pack(">IHHQII Q", MAGIC, minv, maxv, features, maxp, 0, session) + token + string(client) + string(identity)
+def hello(minv, maxv, features, maxp, session, token, client, identity="", channel=None):
+    """channel: 0 demand, 1 push; by default a new session's demand, a resume's push."""
+    if channel is None:
+        channel = 1 if session else 0
+    p = struct.pack(">IHHQIB3xQ", MAGIC, minv, maxv, features, maxp, channel, session) + token + string(client) + string(identity)
     m = f'HELLO min-version={minv} max-version={maxv} features={hx(features)} max-payload={hx(maxp)} ' \
-        f'resume-session={hx(session)} resume-token={token.hex()} client="{client}" key-identity="{identity}"'
+        f'channel={["demand", "push"][channel]} resume-session={hx(session)} resume-token={token.hex()} client="{client}" key-identity="{identity}"'
     return frame("HELLO", 0, p), m
 
 
@@ -110,6 +113,8 @@ def valid():
               *hello(1, 1, 0x61, 0x210000, 0, bytes(16), "pagerd-dest@host-b")))
     v.append(("a resume of session 0x1122334455667788, versions 1 to 3",
               *hello(1, 3, 0x08, 0x10000, 0x1122334455667788, bytes(range(16)), "")))
+    v.append(("a resumed demand connection of session 0x1122334455667788 (authenticated: zeros for the token)",
+              *hello(1, 1, 0x0c, 0x210000, 0x1122334455667788, bytes(16), "pagerd-dest@host-b", "pager-1", channel=0)))
     v.append(("the server accepts version 1 with checksums and announces two regions",
               *welcome(1, 0x01, 0x210000, 2, 0x0123456789ABCDEF, bytes([0xA5] * 16))))
     v.append(("an authenticated new session with the key named pager-1, max_payload above the maximum (kept as sent)",
@@ -143,6 +148,13 @@ def valid():
               "INVALIDATE_ACK sequence=3 region=1"))
     v.append(("pre-copy of region 1 switched to post-copy after INVALIDATE 3", frame("SWITCHED", 0, struct.pack(">II", 1, 3)),
               "SWITCHED region=1 last-sequence=3"))
+    held = struct.pack(">II", 1, 2) + struct.pack(">QQQQ", 0, 0x200000, 0x400000, 0x1000)
+    v.append(("after a resume, the destination holds two runs of region 1", frame("RECEIVED", 0, held),
+              "RECEIVED flags=- region=1 ranges=[0x0+0x200000,0x400000+0x1000]"))
+    v.append(("the first of several RECEIVED frames for region 2", frame("RECEIVED", 1, struct.pack(">IIQQ", 2, 1, 0x1000, 0x3000)),
+              "RECEIVED flags=more region=2 ranges=[0x1000+0x3000]"))
+    v.append(("after a resume, the destination holds nothing of region 3", frame("RECEIVED", 0, struct.pack(">II", 3, 0)),
+              "RECEIVED flags=- region=3 ranges=[]"))
     v.append(("every page of region 1 was sent", frame("PUSH_COMPLETE", 0, struct.pack(">IIQ", 1, 0, 1 << 30)),
               "PUSH_COMPLETE region=1 bytes=0x40000000"))
     v.append(("the destination holds every page of every region",
@@ -216,6 +228,22 @@ def invalid():
               frame("REGION", 0, struct.pack(">IBBHQ", 1, 12, 0x80, 0, 0x1000) + string("r"))))
     v.append(("INVALIDATE whose count disagrees with its payload", "field-out-of-range",
               frame("INVALIDATE", 0, struct.pack(">IIII", 1, 1, 1000000, 0) + struct.pack(">QQ", 0, 0x1000))))
+    v.append(("HELLO whose channel is neither demand nor push", "field-out-of-range",
+              frame("HELLO", 0, struct.pack(">IHHQIB3xQ", MAGIC, 1, 1, 8, 0x210000, 2, 5) + bytes(16) + string("x") + string(""))))
+    v.append(("HELLO of a new session on the push channel", "field-out-of-range",
+              frame("HELLO", 0, struct.pack(">IHHQIB3xQ", MAGIC, 1, 1, 8, 0x210000, 1, 0) + bytes(16) + string("x") + string(""))))
+    v.append(("HELLO with its reserved bytes after channel set", "reserved-not-zero",
+              frame("HELLO", 0, struct.pack(">IHHQIBBBBQ", MAGIC, 1, 1, 8, 0x210000, 0, 0, 1, 0, 0) + bytes(16) + string("x") + string(""))))
+    v.append(("RECEIVED whose count disagrees with its payload", "field-out-of-range",
+              frame("RECEIVED", 0, struct.pack(">II", 1, 2) + struct.pack(">QQ", 0, 0x1000))))
+    v.append(("RECEIVED with ranges out of order", "field-out-of-range",
+              frame("RECEIVED", 0, struct.pack(">II", 1, 2) + struct.pack(">QQQQ", 0x4000, 0x1000, 0, 0x1000))))
+    v.append(("RECEIVED with touching ranges (one map, one spelling)", "field-out-of-range",
+              frame("RECEIVED", 0, struct.pack(">II", 1, 2) + struct.pack(">QQQQ", 0, 0x1000, 0x1000, 0x1000))))
+    v.append(("RECEIVED with a misaligned range", "misaligned",
+              frame("RECEIVED", 0, struct.pack(">II", 1, 1) + struct.pack(">QQ", 0x800, 0x1000))))
+    v.append(("RECEIVED with an undefined flag", "unknown-flags",
+              frame("RECEIVED", 2, struct.pack(">II", 1, 0))))
     v.append(("INVALIDATE with no ranges", "field-out-of-range", frame("INVALIDATE", 0, struct.pack(">IIII", 1, 1, 0, 0))))
     v.append(("ERROR whose message length passes the payload", "truncated-payload",
               frame("ERROR", 0, struct.pack(">HHIH", 1, 0, 0, 500) + b"short")))

@@ -35,7 +35,7 @@ public final class DestinationClient: @unchecked Sendable {
         pushSocket.setBufferSizes(512 << 10)
         push = FrameChannel(pushSocket)
         let (again, _) = try DestinationClient.join(
-            push, Hello(features: features, resumeSession: welcome.session, clientName: clientName),
+            push, Hello(features: features, channel: .push, resumeSession: welcome.session, clientName: clientName),
             resumeToken: welcome.resumeToken, authentication, recordLimits)
         guard again.session == welcome.session else {
             throw ChannelError.unexpected(peer: push.peer, "push channel joined session \(hex(again.session)), not \(hex(welcome.session))")

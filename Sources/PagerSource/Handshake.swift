@@ -59,6 +59,9 @@ extension SourceServer {
             }
         }
         guard hello.resumeSession == 0 else {
+            guard hello.channel == .push else {
+                throw SessionError.refuse(.unexpectedMessage, "resuming a session's demand channel is not served by this source")
+            }
             return .push(try resume(hello, authenticated: greeting.authenticator != nil), greeting)
         }
         if let live = regions.first(where: { $0.live != nil }) {

@@ -43,7 +43,8 @@ extension Message {
             w.u16(h.maxVersion)
             w.u64(h.features.rawValue)
             w.u32(h.maxPayload)
-            w.u32(0)
+            w.u8(h.channel.rawValue)
+            w.zeros(3)
             w.u64(h.resumeSession)
             w.raw(fixed(h.resumeToken, 16))
             writeString(&w, h.clientName, cap: WireLimits.clientNameBytes)
@@ -99,6 +100,13 @@ extension Message {
         case .invalidateAck(let sequence, let region):
             w.u32(sequence)
             w.u32(region)
+        case .received(let m):
+            w.u32(m.region)
+            w.u32(UInt32(m.ranges.count))
+            for r in m.ranges {
+                w.u64(r.offset)
+                w.u64(r.length)
+            }
         case .switched(let region, let lastSequence):
             w.u32(region)
             w.u32(lastSequence)
@@ -137,6 +145,7 @@ extension Message {
         switch self {
         case .pageRequest(let p): p.flags.rawValue
         case .pageData(let d): d.header.flags.rawValue
+        case .received(let m): m.more ? Received.moreFlag : 0
         default: 0
         }
     }
@@ -157,13 +166,20 @@ extension Message {
             }
             let features = Features(rawValue: try r.u64("features"))
             let maxPayload = try checkMaxPayload(.hello, try r.u32("max_payload"))
-            try r.reserved(4, "reserved")
+            let rawChannel = try r.u8("channel")
+            guard let channel = Hello.Channel(rawValue: rawChannel) else {
+                throw .fieldOutOfRange(.hello, field: "channel", value: UInt64(rawChannel), limit: "0 (demand) or 1 (push)")
+            }
+            try r.reserved(3, "reserved")
             let session = try r.u64("resume_session")
+            if session == 0 && channel != .demand {
+                throw .fieldOutOfRange(.hello, field: "channel", value: UInt64(rawChannel), limit: "0 (demand) for a new session")
+            }
             let token = try r.bytes(16, "resume_token")
             let name = try r.string("client_name", limit: WireLimits.clientNameBytes)
             let identity = try r.string("key_identity", limit: WireLimits.keyIdentityBytes)
             message = .hello(Hello(minVersion: minVersion, maxVersion: maxVersion, features: features, maxPayload: maxPayload,
-                                   resumeSession: session, resumeToken: token, clientName: name, keyIdentity: identity))
+                                   channel: channel, resumeSession: session, resumeToken: token, clientName: name, keyIdentity: identity))
         case .welcome:
             let version = try r.u16("version")
             if version == 0 { throw .fieldOutOfRange(.welcome, field: "version", value: 0, limit: "at least 1") }
@@ -245,6 +261,28 @@ extension Message {
             message = .invalidate(Invalidate(sequence: sequence, region: region, ranges: ranges))
         case .invalidateAck:
             message = .invalidateAck(sequence: try r.u32("sequence"), region: try r.u32("region_id"))
+        case .received:
+            let region = try r.u32("region_id")
+            let count = try r.u32("range_count")
+            if UInt64(count) * 16 != UInt64(r.remaining) {
+                throw .fieldOutOfRange(.received, field: "range_count", value: UInt64(count), limit: "\(r.remaining / 16) (the ranges in the payload)")
+            }
+            var ranges: [PageRange] = []
+            ranges.reserveCapacity(Int(count))
+            var end: UInt64 = 0
+            for _ in 0..<count {
+                let offset = try r.u64("ranges.offset")
+                let length = try r.u64("ranges.length")
+                try checkRange(.received, offset: offset, length: length, field: "ranges[\(ranges.count)]")
+                // Ascending and apart: one map has one way to be written, and a peer's overlap
+                // or disorder is refused rather than interpreted.
+                if !ranges.isEmpty && offset <= end {
+                    throw .fieldOutOfRange(.received, field: "ranges[\(ranges.count)].offset", value: offset, limit: "above \(hex64(end)), the end of the range before (ascending, apart)")
+                }
+                end = offset + length
+                ranges.append(PageRange(offset: offset, length: length))
+            }
+            message = .received(Received(region: region, ranges: ranges, more: header.flags & Received.moreFlag != 0))
         case .switched:
             message = .switched(region: try r.u32("region_id"), lastSequence: try r.u32("last_sequence"))
         case .pushComplete:

@@ -14,6 +14,7 @@ extension Message: CustomStringConvertible {
             add("max-version", "\(h.maxVersion)")
             add("features", hex64(h.features.rawValue))
             add("max-payload", hex64(UInt64(h.maxPayload)))
+            add("channel", "\(h.channel)")
             add("resume-session", hex64(h.resumeSession))
             add("resume-token", hexBytes(h.resumeToken))
             add("client", quoted(h.clientName))
@@ -67,6 +68,10 @@ extension Message: CustomStringConvertible {
         case .invalidateAck(let sequence, let region):
             add("sequence", "\(sequence)")
             add("region", "\(region)")
+        case .received(let m):
+            add("flags", m.more ? "more" : "-")
+            add("region", "\(m.region)")
+            add("ranges", "[" + m.ranges.map { "\(hex64($0.offset))+\(hex64($0.length))" }.joined(separator: ",") + "]")
         case .switched(let region, let lastSequence):
             add("region", "\(region)")
             add("last-sequence", "\(lastSequence)")

@@ -10,6 +10,9 @@ public struct Hello: Equatable, Sendable {
     /// HELLO has the bytes the peer sent (the authentication transcript hashes it); use
     /// ``acceptedPayload`` for the limit.
     public var maxPayload: UInt32
+    /// Which of the session's connections this is (§6): a new session's is its demand
+    /// channel; a resuming HELLO names the one it joins or replaces.
+    public var channel: Channel
     /// 0 for a new session; otherwise the session to resume (needs ``Features/resume``).
     public var resumeSession: UInt64
     /// 16 bytes: the token WELCOME gave for `resumeSession`; zeros for a new session, and
@@ -22,12 +25,13 @@ public struct Hello: Equatable, Sendable {
     public var keyIdentity: String
 
     public init(minVersion: UInt16 = ProtocolVersion.v1, maxVersion: UInt16 = ProtocolVersion.v1, features: Features,
-                maxPayload: UInt32 = WireLimits.absoluteMaxPayload, resumeSession: UInt64 = 0,
+                maxPayload: UInt32 = WireLimits.absoluteMaxPayload, channel: Channel = .demand, resumeSession: UInt64 = 0,
                 resumeToken: [UInt8] = Array(repeating: 0, count: 16), clientName: String, keyIdentity: String = "") {
         self.minVersion = minVersion
         self.maxVersion = maxVersion
         self.features = features
         self.maxPayload = maxPayload
+        self.channel = channel
         self.resumeSession = resumeSession
         self.resumeToken = resumeToken
         self.clientName = clientName
@@ -36,6 +40,17 @@ public struct Hello: Equatable, Sendable {
 
     /// The largest payload the client accepts: values above the absolute maximum mean it.
     public var acceptedPayload: UInt32 { min(maxPayload, WireLimits.absoluteMaxPayload) }
+
+    /// HELLO's `channel` byte: what the connection carries.
+    public enum Channel: UInt8, Sendable, CustomStringConvertible {
+        /// Demand requests and their replies: a new session's first connection, or (resuming)
+        /// the replacement of a lost one.
+        case demand = 0
+        /// The background push and prefetch: joins a session, or replaces its lost push.
+        case push = 1
+
+        public var description: String { self == .demand ? "demand" : "push" }
+    }
 }
 
 /// WELCOME (server to client): the server's answer to HELLO; `regionCount` REGION frames follow.
@@ -244,6 +259,27 @@ public struct Invalidate: Equatable, Sendable {
     }
 }
 
+/// RECEIVED (client to server, feature `resume`): after a resumed connection, the pages of a
+/// region the client holds, so that the push sends again exactly what is missing (§6).
+public struct Received: Equatable, Sendable {
+    public var region: UInt32
+    /// Held byte ranges, ascending and apart (not touching).
+    public var ranges: [PageRange]
+    /// More RECEIVED frames for this region follow (header flag bit 0); the map is whole
+    /// with the frame that does not set it.
+    public var more: Bool
+    public init(region: UInt32, ranges: [PageRange], more: Bool = false) {
+        self.region = region
+        self.ranges = ranges
+        self.more = more
+    }
+
+    /// The header flag that says more frames follow.
+    public static let moreFlag: UInt16 = 1
+    /// Ranges one frame can carry within `maxPayload` bytes.
+    public static func rangesPerFrame(maxPayload: UInt32) -> Int { (Int(maxPayload) - 8) / 16 }
+}
+
 /// ERROR (either direction): the sender ends the session, or fails one request, for this reason.
 public struct ProtocolError: Error, Equatable, Sendable {
     public var code: ErrorCode
@@ -274,6 +310,7 @@ public enum Message: Equatable, Sendable {
     case pageData(PageData)
     case invalidate(Invalidate)
     case invalidateAck(sequence: UInt32, region: UInt32)
+    case received(Received)
     /// The source's writer is paused and every INVALIDATE up to `lastSequence` is sent: data
     /// for `region` is final from here on (pre-copy has switched to post-copy).
     case switched(region: UInt32, lastSequence: UInt32)
@@ -304,6 +341,7 @@ public enum Message: Equatable, Sendable {
         case .pageData: .pageData
         case .invalidate: .invalidate
         case .invalidateAck: .invalidateAck
+        case .received: .received
         case .switched: .switched
         case .pushComplete: .pushComplete
         case .complete: .complete

@@ -43,6 +43,7 @@ public enum MessageType: UInt16, Sendable, CaseIterable, CustomStringConvertible
     case pushComplete = 0x0040
     case complete = 0x0041
     case completeAck = 0x0042
+    case received = 0x0043
     case ping = 0x0050
     case pong = 0x0051
     case rdmaKey = 0x0060
@@ -65,6 +66,7 @@ public enum MessageType: UInt16, Sendable, CaseIterable, CustomStringConvertible
         case .pushComplete: "PUSH_COMPLETE"
         case .complete: "COMPLETE"
         case .completeAck: "COMPLETE_ACK"
+        case .received: "RECEIVED"
         case .ping: "PING"
         case .pong: "PONG"
         case .rdmaKey: "RDMA_KEY"
@@ -78,6 +80,7 @@ public enum MessageType: UInt16, Sendable, CaseIterable, CustomStringConvertible
         switch self {
         case .pageRequest: PageRequest.Flags.all.rawValue
         case .pageData: PageData.Flags.all.rawValue
+        case .received: Received.moreFlag
         default: 0
         }
     }

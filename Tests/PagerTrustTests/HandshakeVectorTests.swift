@@ -78,7 +78,7 @@ func loadHandshakeVectors() throws -> [HandshakeVector] {
         guard case .hello(let sent) = try v.message("hello") else { throw VectorProblem(text: "hello is not HELLO") }
         var client = try ClientAuthenticator(key: key, nonce: v["client-nonce"], privateKey: v["client-private"])
         let hello = client.hello(Hello(features: sent.features.subtracting(.authentication), maxPayload: sent.maxPayload,
-                                       resumeSession: sent.resumeSession, resumeToken: Array(repeating: 0xEE, count: 16),
+                                       channel: sent.channel, resumeSession: sent.resumeSession, resumeToken: Array(repeating: 0xEE, count: 16),
                                        clientName: sent.clientName))
         #expect(Message.hello(hello).encoded() == v["hello"])
         var server = try ServerAuthenticator(ring: KeyRing(keys: [key]), hello: hello, nonce: v["server-nonce"], privateKey: v["server-private"])
