@@ -15,11 +15,12 @@ fi
 
 # liburing-dev: io_uring transport. libssl-dev: libcrypto (authentication and encryption). libibverbs-dev/librdmacm-dev: lets the RDMA trait build be
 # checked (the default build does not need them). pkg-config: finds liburing. iproute2: network
-# namespaces and tc for the two-host tests and benchmarks. iperf3: pager-bench's second
+# namespaces and tc for the two-host tests and benchmarks; nftables: the resume tests blackhole a
+# connection with it. iperf3: pager-bench's second
 # raw-throughput baseline (pager-bench says so and goes on without it).
 # qemu-system-x86, busybox-static, cpio: the QEMU test guest (Deploy/qemu/make-guest.sh
 # fetches Debian's kernel itself).
-packages=(liburing-dev libssl-dev pkg-config libibverbs-dev librdmacm-dev iproute2 iperf3 qemu-system-x86 busybox-static cpio)
+packages=(liburing-dev libssl-dev pkg-config libibverbs-dev librdmacm-dev iproute2 nftables iperf3 qemu-system-x86 busybox-static cpio)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

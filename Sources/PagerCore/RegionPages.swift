@@ -111,6 +111,32 @@ public struct RegionPages: Sendable {
         inFlight.remove(clamp(range))
     }
 
+    /// The connections to the source were replaced (a resume): every page in flight on them
+    /// is missing again, except those in `keeping` (in flight from local memory, pre-copy's
+    /// staged pages), and is asked for anew. Returns how many went back.
+    public mutating func requeueInFlight(keeping: PageBitmap?) -> Int {
+        let before = inFlight.population
+        if let keeping {
+            for run in inFlight.runs(in: 0..<pageCount) {
+                _ = inFlight.remove(run)
+                for kept in keeping.runs(in: run) { _ = inFlight.insert(kept) }
+            }
+        } else {
+            inFlight = PageBitmap(count: pageCount)
+        }
+        return before - inFlight.population
+    }
+
+    /// Maximal runs of pages the source need not send again: resident, discarded (the
+    /// workload dropped them), or in flight from local memory (`staged`). RECEIVED tells a
+    /// resumed source these.
+    public func heldRuns(staged: PageBitmap?) -> [Range<Int>] {
+        var held = resident
+        for run in discarded.runs(in: 0..<pageCount) { _ = held.insert(run) }
+        for run in staged?.runs(in: 0..<pageCount) ?? [] { _ = held.insert(run) }
+        return held.runs(in: 0..<pageCount)
+    }
+
     /// Maximal runs of pages that still need data from the source (missing or in flight).
     public func outstandingRuns() -> [Range<Int>] {
         runs(in: 0..<pageCount, from: firstWanted) { !resident.contains($0) && !discarded.contains($0) }

@@ -40,6 +40,15 @@ public struct SentPages: Sendable {
         for r in runs { sent[region]?.remove(r) }
     }
 
+    /// A resumed destination holds exactly `held` of `region` (its RECEIVED map): those pages
+    /// count as sent, every other as not sent, so the push sends them (again). Pages ever
+    /// sent stay so (a live region's stale pages are still known).
+    public mutating func reset(_ region: UInt32, held: [Range<Int>]) {
+        var map = empty(region)
+        for run in held { map.insert(run) }
+        sent[region] = map
+    }
+
     /// Whether `page` of `region` was sent with its latest content.
     public func isSent(_ region: UInt32, _ page: Int) -> Bool {
         sent[region]?.contains(page) ?? false

@@ -40,6 +40,10 @@ public struct WaitingFaults: Sendable {
 
     public func askedUrgently(_ page: Int) -> Bool { urgent.contains(page) }
     public mutating func markUrgent(_ run: Range<Int>) { urgent.insert(run) }
+    /// The connections were replaced (a resume): no request is outstanding on the new ones.
+    public mutating func forgetUrgent() { urgent = PageBitmap(count: urgent.count) }
+    /// Pages faults wait on, for requests sent again after a resume.
+    public var waitedPages: [Int] { since.keys.sorted() }
 
     /// What the review of the waiting faults decided.
     public struct Review: Equatable, Sendable {

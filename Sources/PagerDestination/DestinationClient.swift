@@ -5,13 +5,15 @@ import PagerTrust
 import PagerWire
 
 /// A destination's connection to a source: the demand channel and the push channel of one
-/// session, after the handshake.
+/// session, after the handshake, and what it takes to resume the session (``resumer``).
 public final class DestinationClient: @unchecked Sendable {
     public let demand: FrameChannel
     public let push: FrameChannel
     public let regions: [RegionDescriptor]
     public let session: UInt64
     public let features: Features
+    /// Connects again and resumes this session after a lost connection (§6).
+    public let resumer: Resumer
 
     /// Connects both channels to `source` and completes the handshake of each, with the
     /// primary key of `authentication` (or, with `.insecureNone`, without authentication).
@@ -20,28 +22,71 @@ public final class DestinationClient: @unchecked Sendable {
     /// sealed on both connections, each under its own keys; the source must accept it.
     public init(source: Endpoint, clientName: String, features: Features = [.resume, .hugePages],
                 authentication: PeerAuthentication, recordLimits: RecordLimits = .standard) throws {
-        let demandSocket = try TCPSocket.connect(source)
-        demandSocket.setReceiveTimeout(milliseconds: 10_000)
-        demand = FrameChannel(demandSocket)
-        let (welcome, regions) = try DestinationClient.join(
-            demand, Hello(features: features, clientName: clientName), resumeToken: nil, authentication, recordLimits)
+        let first = Resumer(source: source, clientName: clientName, offered: features, authentication: authentication,
+                            recordLimits: recordLimits, session: 0, token: nil, regions: [])
+        let (demand, welcome, regions) = try first.connect(.demand, session: 0, timeoutMilliseconds: 10_000)
+        self.demand = demand
         self.regions = regions
         session = welcome.session
         self.features = welcome.features
-        let pushSocket = try TCPSocket.connect(source)
-        pushSocket.setReceiveTimeout(milliseconds: 10_000)
-        // A small receive window on the push keeps the bulk in flight short, so a prefetch
-        // answer on it is not stuck behind MiBs of pushed pages (see SourceServer.pushSendBuffer).
-        pushSocket.setBufferSizes(512 << 10)
-        push = FrameChannel(pushSocket)
-        let (again, _) = try DestinationClient.join(
-            push, Hello(features: features, channel: .push, resumeSession: welcome.session, clientName: clientName),
-            resumeToken: welcome.resumeToken, authentication, recordLimits)
-        guard again.session == welcome.session else {
-            throw ChannelError.unexpected(peer: push.peer, "push channel joined session \(hex(again.session)), not \(hex(welcome.session))")
+        resumer = Resumer(source: source, clientName: clientName, offered: features, authentication: authentication,
+                          recordLimits: recordLimits, session: welcome.session, token: welcome.resumeToken, regions: regions)
+        push = try resumer.join(.push, timeoutMilliseconds: 10_000)
+    }
+
+    /// What resuming a session takes: where the source is, the HELLO offered, the keys, and
+    /// the session's id, token and REGIONs (a resumed session must announce the same ones).
+    public struct Resumer: SessionResumer {
+        let source: Endpoint
+        let clientName: String
+        let offered: Features
+        let authentication: PeerAuthentication
+        let recordLimits: RecordLimits
+        let session: UInt64
+        let token: [UInt8]?
+        let regions: [RegionDescriptor]
+
+        /// Both connections again (the push one only if `push`), each within
+        /// `timeoutMilliseconds` for its connect and its handshake.
+        public func resume(push: Bool, timeoutMilliseconds: Int) throws -> (demand: any FrameConnection, push: (any FrameConnection)?) {
+            let demand = try join(.demand, timeoutMilliseconds: timeoutMilliseconds)
+            do {
+                return (demand, push ? try join(.push, timeoutMilliseconds: timeoutMilliseconds) : nil)
+            } catch {
+                demand.shutdown()
+                throw error
+            }
         }
-        demandSocket.setReceiveTimeout(milliseconds: 0)
-        pushSocket.setReceiveTimeout(milliseconds: 0)
+
+        /// A connection that joins (or resumes) the session as `channel`.
+        func join(_ channel: Hello.Channel, timeoutMilliseconds: Int) throws -> FrameChannel {
+            let (connection, welcome, announced) = try connect(channel, session: session, timeoutMilliseconds: timeoutMilliseconds)
+            guard welcome.session == session else {
+                connection.shutdown()
+                throw ChannelError.unexpected(peer: connection.peer, "\(channel) channel joined session \(hex(welcome.session)), not \(hex(session))")
+            }
+            guard announced == regions else {
+                connection.shutdown()
+                throw ChannelError.unexpected(peer: connection.peer, "the resumed session announces other regions than before: \(announced.map { "\($0.id)=\($0.name) (\($0.length) bytes)" }) instead of \(regions.map { "\($0.id)=\($0.name) (\($0.length) bytes)" })")
+            }
+            return connection
+        }
+
+        /// Connects and completes one handshake: a new session when `session` is 0.
+        func connect(_ channel: Hello.Channel, session: UInt64, timeoutMilliseconds: Int) throws -> (FrameChannel, Welcome, [RegionDescriptor]) {
+            let socket = try TCPSocket.connect(source, timeoutMilliseconds: timeoutMilliseconds)
+            socket.setReceiveTimeout(milliseconds: timeoutMilliseconds)
+            socket.setUserTimeout(milliseconds: 5_000)
+            // A small receive window on the push keeps the bulk in flight short, so a prefetch
+            // answer on it is not stuck behind MiBs of pushed pages (see SourceServer.pushSendBuffer).
+            if channel == .push { socket.setBufferSizes(512 << 10) }
+            let connection = FrameChannel(socket)
+            let hello = Hello(features: offered, channel: channel, resumeSession: session, clientName: clientName)
+            let (welcome, regions) = try DestinationClient.join(connection, hello, resumeToken: session == 0 ? nil : token,
+                                                                authentication, recordLimits)
+            socket.setReceiveTimeout(milliseconds: 0)
+            return (connection, welcome, regions)
+        }
     }
 
     /// One connection's handshake: HELLO, then with keys AUTH_CHALLENGE, AUTH_RESPONSE,

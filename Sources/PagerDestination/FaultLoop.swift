@@ -13,6 +13,8 @@ extension FaultResolver {
         var urgent: [PageRequest] = []
         var ahead: [PageRequest] = []
         var ping = false
+        /// The source stayed silent past the stall timeout: the connections are lost.
+        var silence: ResolveError?
     }
 
     /// The fault loop: waits for userfaultfd events (and the workload's hints), decides under
@@ -36,7 +38,7 @@ extension FaultResolver {
                 }
             } catch { throw .kernel(error) }
             var out = Outgoing()
-            let pass: (done: Bool, failure: ResolveError?, wakes: [AddressRange], hinted: [PrefetchHint]) = lock.withLock { state in
+            let pass: (done: Bool, failure: ResolveError?, wakes: [AddressRange], hinted: [PrefetchHint], link: Link) = lock.withLock { state in
                 if ready {
                     do { try uffd.readEvents(into: &events) } catch let e as KernelError { state.fail(.kernel(e)) } catch {}
                     for event in events { handle(event, &state, &out) }
@@ -45,18 +47,22 @@ extension FaultResolver {
                 if let hints { requestHinted(hints.takeUnrequested(), &state, &out) }
                 sweep(&state, &out)
                 watchSilence(&state, &out)
-                return (state.pages.isComplete, state.failure, state.takeWakes(), hints?.takeCompleted(state.pages) ?? [])
+                return (state.pages.isComplete, state.failure, state.takeWakes(), hints?.takeCompleted(state.pages) ?? [], state.link)
             }
             hints?.answer(pass.hinted)
             wakeAll(pass.wakes)
             if let failure = pass.failure { throw failure }
-            do {
-                if out.ping { try demand.send(.ping(token: 1, timestamp: monotonicNanoseconds())) }
-                for r in out.urgent { try demand.send(.pageRequest(r)) }
-                for r in out.ahead { try (push ?? demand).send(.pageRequest(r)) }
-            } catch {
-                lock.withLock { $0.fail(.channel(error)) }
-                continue
+            if let silence = out.silence { lost(pass.link.generation, silence, resumable: true) }
+            // While the connections are down nothing is sent: what this pass requested stays in
+            // flight, and the resume asks for it again.
+            if pass.link.downSince == nil && out.silence == nil {
+                do {
+                    if out.ping { try pass.link.demand.send(.ping(token: 1, timestamp: monotonicNanoseconds())) }
+                    for r in out.urgent { try pass.link.demand.send(.pageRequest(r)) }
+                    for r in out.ahead { try (pass.link.push ?? pass.link.demand).send(.pageRequest(r)) }
+                } catch {
+                    lost(pass.link.generation, .channel(error), resumable: error.isConnectionLoss)
+                }
             }
             if pass.done { return .allLocal }
         }
@@ -174,20 +180,23 @@ extension FaultResolver {
         }
     }
 
-    /// A silent source: ping after a second, give up after the stall timeout.
+    /// A silent source: ping every 250 ms of silence, and after the stall timeout the
+    /// connections are lost (a blackhole, a stopped source): resumed, or the migration fails.
+    /// While they are down, the reconnect thread watches the time instead.
     private func watchSilence(_ state: inout State, _ out: inout Outgoing) {
         // Saturating: a receiver may store a time taken after ours.
         let heard = lastHeard.load(ordering: .relaxed), now = monotonicNanoseconds()
         let silent = now > heard ? now - heard : 0
-        guard !state.pages.isComplete && state.failure == nil else {
+        guard !state.pages.isComplete && state.failure == nil && state.link.downSince == nil else {
             state.pingsSent = 0
             return
         }
         let timeout = configuration.stallTimeoutMilliseconds
+        let interval: UInt64 = 250_000_000
         if silent > UInt64(timeout) * 1_000_000 {
-            state.fail(.sourceSilent(milliseconds: silent / 1_000_000, timeoutMilliseconds: timeout))
-        } else if silent > 1_000_000_000 && state.pingsSent < silent / 1_000_000_000 {
-            state.pingsSent = silent / 1_000_000_000
+            out.silence = .sourceSilent(milliseconds: silent / 1_000_000, timeoutMilliseconds: timeout)
+        } else if silent > interval && state.pingsSent < silent / interval {
+            state.pingsSent = silent / interval
             out.ping = true
         }
     }

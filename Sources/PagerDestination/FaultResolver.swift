@@ -35,10 +35,15 @@ public final class FaultResolver: @unchecked Sendable {
         public var staged: StagedPages?
         /// Ids of every region the source serves; those other than ours are declined at once.
         public var otherRegions: [UInt32] = []
-        /// A source silent this long while pages are outstanding is lost (its pages are
-        /// poisoned). After a second of silence the destination pings it; a live source
-        /// answers at once.
+        /// A source silent this long while pages are outstanding is lost: the connections are
+        /// resumed (with a ``resumer``) or its pages are poisoned. After 250 ms of silence the
+        /// destination pings it; a live source answers at once.
         public var stallTimeoutMilliseconds = 10_000
+        /// Reconnects and resumes the session when its connections are lost (see
+        /// ``SessionResumer``); nil: a lost connection fails the migration at once.
+        public var resumer: (any SessionResumer)?
+        /// How long faults wait for a resume before the missing pages are poisoned.
+        public var reconnectTimeoutMilliseconds = 60_000
         /// The workload's handoff connection: when it closes, the workload is gone and the
         /// migration ends without error (the memory it would have received no longer exists).
         /// It may also carry prefetch hints (see ``PrefetchHint``).
@@ -64,6 +69,8 @@ public final class FaultResolver: @unchecked Sendable {
         var pages: RegionPages
         var planner: PrefetchPlanner
         var faults: WaitingFaults
+        /// The connections in use (replaced by a resume).
+        var link: Link
         var report = ResolveReport()
         var phase = Phase.fetching(pushComplete: false)
         /// Units (pages of the mapping size) wholly staged by pre-copy and not yet installed.
@@ -104,7 +111,8 @@ public final class FaultResolver: @unchecked Sendable {
     /// What the fault loop waits for besides events: the end of the receivers and the source's
     /// COMPLETE_ACK (a condition, so the waiter wakes at once).
     struct Endings {
-        var receiversDone = 0
+        /// Receiver threads (of every generation of connections) still running.
+        var receiversRunning = 0
         var completeAcknowledged = false
         /// The demand receiver stopped: no COMPLETE_ACK can come any more.
         var demandClosed = false
@@ -112,8 +120,6 @@ public final class FaultResolver: @unchecked Sendable {
 
     let uffd: Userfaultfd
     let region: RegionDescriptor
-    let demand: any FrameConnection
-    let push: (any FrameConnection)?
     let configuration: Configuration
     let logger: Logger
     /// The mapping's page size: the unit of every install.
@@ -122,6 +128,8 @@ public final class FaultResolver: @unchecked Sendable {
     /// threads (see ForegroundMutex): a fault never waits behind a starved lock holder.
     let lock: ForegroundMutex<State>
     let endings = WaitableState(Endings())
+    /// Every thread started (receivers of each generation, reconnects): joined at the end.
+    let spawned = WaitableState<[KernelThread]>([])
     /// Address translation; changed (remap) under `lock`, by the fault loop only.
     var mappings: MappingTable
     /// Region pages tracked: one past the last page a mapping covers (fixed; remaps move
@@ -145,8 +153,6 @@ public final class FaultResolver: @unchecked Sendable {
         let unit = mappings[0].pageSize
         self.uffd = uffd
         self.region = region
-        self.demand = demand
-        self.push = push
         self.configuration = configuration
         self.logger = logger
         self.unit = unit
@@ -160,7 +166,8 @@ public final class FaultResolver: @unchecked Sendable {
         for gap in table.uncovered { pages.discard(gap) } // never wanted
         // Windows in bytes, as CRIU's lazy-pages: 64 KiB after a fault, growing to 4 MiB.
         let planner = PrefetchPlanner(minWindow: max(1, (64 << 10) / unit), maxWindow: max(1, (4 << 20) / unit))
-        var state = State(pages: pages, planner: planner, faults: WaitingFaults(pageCount: pages.pageCount))
+        var state = State(pages: pages, planner: planner, faults: WaitingFaults(pageCount: pages.pageCount),
+                          link: Link(demand: demand, push: push))
         state.report.pages = mappings.reduce(0) { $0 + Int($1.size) / unit }
         state.report.pageSize = unit
         lock = ForegroundMutex(state)
@@ -184,21 +191,21 @@ public final class FaultResolver: @unchecked Sendable {
 
     private func resolve() throws(ResolveError) -> ResolveReport {
         let started = monotonicNanoseconds()
+        let first = lock.withLock { $0.link }
         // Regions of the source this destination does not map: nothing is needed from them.
         for other in configuration.otherRegions where other != region.id {
-            do { try demand.send(.complete(region: other, residentBytes: 0)) } catch { throw .channel(error) }
+            do { try first.demand.send(.complete(region: other, residentBytes: 0)) } catch { throw .channel(error) }
         }
-        let receivers = try startReceivers()
+        try startStaged()
+        startReceivers(first.demand, first.push, generation: first.generation)
         var finishedCleanly = false
         defer {
             if finishedCleanly {
                 // After GOODBYE the source closes both connections; wait for that (bounded) so
                 // neither side resets a connection with data still unread.
-                _ = endings.wait(until: { $0.receiversDone == receivers.count }, deadline: monotonicNanoseconds() + 2_000_000_000)
+                _ = endings.wait(until: { $0.receiversRunning == 0 }, deadline: monotonicNanoseconds() + 2_000_000_000)
             }
-            demand.shutdown()
-            push?.shutdown()
-            for r in receivers { r.join() }
+            stopThreads()
         }
         let ending = try faultLoop()
         if ending == .workloadGone {
@@ -210,8 +217,9 @@ public final class FaultResolver: @unchecked Sendable {
             $0.phase = .closing
             $0.report.pagesNeverFetched = (ending == .workloadGone ? $0.pages.outstandingCount : 0) + $0.report.pagesUnmappedUnfetched
         }
-        try? push?.send(.goodbye)
-        try? demand.send(.goodbye)
+        let last = lock.withLock { $0.link }
+        try? last.push?.send(.goodbye)
+        try? last.demand.send(.goodbye)
         finishedCleanly = true
         var report = lock.withLock { $0.report }
         report.bytesReceived = bytesReceived.load(ordering: .relaxed)
@@ -219,36 +227,59 @@ public final class FaultResolver: @unchecked Sendable {
         return report
     }
 
-    /// Starts the staged installer (pre-copy) and one receiver per channel.
-    private func startReceivers() throws(ResolveError) -> [KernelThread] {
-        var receivers: [KernelThread] = []
+    /// Starts the staged installer (pre-copy), if any.
+    private func startStaged() throws(ResolveError) {
+        guard let staged = configuration.staged else { return }
+        let units = stageUnits(staged)
+        endings.change { $0.receiversRunning += 1 }
         do {
-            if let staged = configuration.staged {
-                let units = stageUnits(staged)
-                receivers.append(try KernelThread(name: "dst-staged") { [self] in
-                    if configuration.backgroundPush { try? makeCurrentThreadBackground() }
-                    installStaged(staged, units)
-                    endings.change { $0.receiversDone += 1 }
-                })
+            let thread = try KernelThread(name: "dst-staged") { [self] in
+                if configuration.backgroundPush { try? makeCurrentThreadBackground() }
+                installStaged(staged, units)
+                endings.change { $0.receiversRunning -= 1 }
             }
-            for channel in [demand, push].compactMap({ $0 }) {
-                let background = channel === push
-                receivers.append(try KernelThread(name: background ? "dst-push-rx" : "dst-demand-rx") { [self] in
-                    // The push receiver yields to demand work (see makeCurrentThreadBackground);
-                    // it installs in the foreground (see receive).
-                    if background && configuration.backgroundPush { try? makeCurrentThreadBackground() }
-                    if !background && configuration.urgentDemand { makeCurrentThreadUrgent() }
-                    receive(channel)
-                    endings.change { $0.receiversDone += 1 }
-                })
-            }
+            spawned.change { $0.append(thread) }
         } catch {
-            demand.shutdown()
-            push?.shutdown()
-            for r in receivers { r.join() }
+            endings.change { $0.receiversRunning -= 1 }
             throw .kernel(error)
         }
-        return receivers
+    }
+
+    /// Starts one receiver per connection of `generation`. A thread that cannot be started
+    /// loses the connections (a resume may try again).
+    func startReceivers(_ demand: any FrameConnection, _ push: (any FrameConnection)?, generation: UInt64) {
+        for (channel, role) in [(demand, LinkRole.demand)] + (push.map { [($0, LinkRole.push)] } ?? []) {
+            endings.change { $0.receiversRunning += 1 }
+            do {
+                let thread = try KernelThread(name: role == .push ? "dst-push-rx" : "dst-demand-rx") { [self] in
+                    // The push receiver yields to demand work (see makeCurrentThreadBackground);
+                    // it installs in the foreground (see receive).
+                    if role == .push && configuration.backgroundPush { try? makeCurrentThreadBackground() }
+                    if role == .demand && configuration.urgentDemand { makeCurrentThreadUrgent() }
+                    receive(channel, role: role, generation: generation)
+                    endings.change { $0.receiversRunning -= 1 }
+                }
+                spawned.change { $0.append(thread) }
+            } catch {
+                endings.change { $0.receiversRunning -= 1 }
+                lock.withLock { $0.fail(.kernel(error)) }
+            }
+        }
+    }
+
+    /// Shuts the current connections down and joins every thread started, reconnects included
+    /// (each sees the migration is over and returns).
+    private func stopThreads() {
+        let last = lock.withLock { $0.link }
+        last.demand.shutdown()
+        last.push?.shutdown()
+        while let thread = spawned.change({ $0.isEmpty ? nil : $0.removeFirst() }) {
+            // A resume that completes meanwhile adopts no connection: the phase is over.
+            thread.join()
+            let now = lock.withLock { $0.link }
+            now.demand.shutdown()
+            now.push?.shutdown()
+        }
     }
 
     /// Staged units are "in flight" from local memory: never requested from the source.
@@ -274,7 +305,8 @@ public final class FaultResolver: @unchecked Sendable {
             // woken thread simply faults again, now on plain memory).
             do { try uffd.wake(range) } catch { logger.error("cannot wake \(range): \(error)") }
         }
-        try? demand.send(.complete(region: region.id, residentBytes: UInt64(lock.withLock { $0.report.pages }) * UInt64(unit)))
+        let link = lock.withLock { $0.link }
+        try? link.demand.send(.complete(region: region.id, residentBytes: UInt64(lock.withLock { $0.report.pages }) * UInt64(unit)))
         // The demand receiver takes the COMPLETE_ACK.
         if !endings.wait(until: { $0.completeAcknowledged || $0.demandClosed }, deadline: monotonicNanoseconds() + 5_000_000_000) {
             logger.warning("the source did not acknowledge COMPLETE within 5 s")

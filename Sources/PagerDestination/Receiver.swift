@@ -7,49 +7,57 @@ extension FaultResolver {
     /// One channel's receive loop. On the (background) push channel only the receive itself
     /// runs at background priority: everything that takes the lock faults need runs in the
     /// foreground (see ``withForegroundPriority(_:)``).
-    func receive(_ channel: any FrameConnection) {
-        defer { if channel === demand { endings.change { $0.demandClosed = true } } }
+    ///
+    /// A failure of connection `generation` is reported to ``lost(_:_:resumable:)``, which
+    /// resumes the session or fails the migration; once a resume replaced the connection,
+    /// nothing it still delivers fails anything (data for a page not yet local is still the
+    /// source's data and is installed; an error is stale).
+    func receive(_ channel: any FrameConnection, role: LinkRole, generation: UInt64) {
+        defer { if role == .demand { endings.change { $0.demandClosed = true } } }
         let assembly = UnitAssembly(unit: unit)
         while true {
             let incoming: Incoming
             do {
                 incoming = try channel.receive()
             } catch {
-                lock.withLock { state in
-                    guard case .fetching = state.phase, !state.pages.isComplete else { return }
-                    if case .peerError(_, let e) = error, e.code == .shuttingDown { state.fail(.sourceShuttingDown) }
-                    else { state.fail(.channel(error)) }
+                if case .peerError(_, let e) = error, e.code == .shuttingDown {
+                    lost(generation, .sourceShuttingDown, resumable: false)
+                } else {
+                    lost(generation, .channel(error), resumable: error.isConnectionLoss)
                 }
                 return
             }
-            guard handle(incoming, from: channel, assembly) else { return }
+            guard handle(incoming, role: role, generation: generation, assembly) else { return }
         }
     }
 
     /// Handles one received frame; false when the channel must stop (the reason is recorded).
-    private func handle(_ incoming: Incoming, from channel: any FrameConnection, _ assembly: UnitAssembly) -> Bool {
+    private func handle(_ incoming: Incoming, role: LinkRole, generation: UInt64, _ assembly: UnitAssembly) -> Bool {
         let now = monotonicNanoseconds()
         lastHeard.store(now, ordering: .relaxed)
-        if channel === push { lastPushFrame.store(now, ordering: .relaxed) }
+        if role == .push { lastPushFrame.store(now, ordering: .relaxed) }
+        func misbehaved(_ error: ResolveError) -> Bool {
+            lost(generation, error, resumable: false)
+            return false
+        }
         switch incoming {
         case .pageData(let header, _) where header.region != region.id:
             // Another region of the source's: this destination does not map it (it said so
             // with COMPLETE, but data may already have been on the way). A region the source
             // never announced is a lie, not a race.
             guard configuration.otherRegions.contains(header.region) else {
-                lock.withLock { $0.fail(.sourceMisbehaved("PAGE_DATA for region \(header.region), which the source did not announce")) }
-                return false
+                return misbehaved(.sourceMisbehaved("PAGE_DATA for region \(header.region), which the source did not announce"))
             }
             lock.withLock { $0.report.otherRegionBytes += header.length }
         case .pageData(let header, let data):
             guard fits(header.offset, header.length, within: region.length) else {
-                lock.withLock { $0.fail(.sourceMisbehaved("PAGE_DATA for region \(header.region) at \(hex(header.offset))+\(hex(header.length)) is not in region \(region.id) (\(hex(region.length)) bytes)")) }
-                return false
+                return misbehaved(.sourceMisbehaved("PAGE_DATA for region \(header.region) at \(hex(header.offset))+\(hex(header.length)) is not in region \(region.id) (\(hex(region.length)) bytes)"))
             }
             bytesReceived.add(UInt64(data.count), ordering: .relaxed)
             deliver(header, data, assembly: assembly)
         case .message(.pushComplete(let r, _)) where r == region.id:
-            lock.withLock { if case .fetching = $0.phase { $0.phase = .fetching(pushComplete: true) } }
+            // Not from replaced connections: a resumed push sends the region again.
+            lock.withLock { if case .fetching = $0.phase, $0.link.generation == generation { $0.phase = .fetching(pushComplete: true) } }
         case .message(.pushComplete):
             break // a region this destination declined
         case .message(.completeAck(let r)) where r == region.id:
@@ -57,17 +65,23 @@ extension FaultResolver {
         case .message(.completeAck):
             break // for a region this destination declined
         case .message(.error(let e)):
-            lock.withLock { $0.fail(.sourceRefused("request \(e.requestID): \(e.code): \(e.message)")) }
-            return false
+            return misbehaved(.sourceRefused("request \(e.requestID): \(e.code): \(e.message)"))
         case .message(.pong):
             break
         case .message(.ping(let token, let timestamp)):
-            try? channel.send(.pong(token: token, timestamp: timestamp)) // either side may ping
+            try? channel(role, generation)?.send(.pong(token: token, timestamp: timestamp)) // either side may ping
         case .message(let other):
-            lock.withLock { $0.fail(.sourceMisbehaved("unexpected \(other.type) from the source")) }
-            return false
+            return misbehaved(.sourceMisbehaved("unexpected \(other.type) from the source"))
         }
         return true
+    }
+
+    /// The `role` connection of `generation`, if it is still the current one.
+    private func channel(_ role: LinkRole, _ generation: UInt64) -> (any FrameConnection)? {
+        lock.withLock { state in
+            guard state.link.generation == generation else { return nil }
+            return role == .demand ? state.link.demand : state.link.push
+        }
     }
 
     /// Installs a PAGE_DATA frame: whole units directly, pieces of a unit (a huge page that the

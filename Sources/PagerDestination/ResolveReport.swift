@@ -16,6 +16,19 @@ public enum ResolveError: Error, CustomStringConvertible, Sendable {
     case workloadGone
     case invalidSetup(String)
     case kernel(KernelError)
+    /// The connections were lost and the source refused the resume (the session is gone).
+    case resumeRefused(String)
+    /// The connections were lost and no resume succeeded within the reconnect window.
+    case reconnectTimedOut(seconds: Int, attempts: Int, last: String)
+
+    /// What happened, without what it led to: for the log of an outage that may be repaired.
+    var cause: String {
+        switch self {
+        case .channel(let e): "\(e)"
+        case .sourceSilent(let ms, let timeout): "no frame from the source for \(ms) ms (stall timeout \(timeout) ms)"
+        default: description
+        }
+    }
 
     public var description: String {
         let poisoned = "pages not yet fetched were poisoned (the workload gets SIGBUS, never zeros)"
@@ -28,6 +41,9 @@ public enum ResolveError: Error, CustomStringConvertible, Sendable {
         case .workloadGone: "the workload's memory went away (process exited)"
         case .invalidSetup(let s): s
         case .kernel(let e): "\(e)"
+        case .resumeRefused(let s): "source lost: the connections broke and the source refused to resume the session (\(s)); \(poisoned)"
+        case .reconnectTimedOut(let seconds, let attempts, let last):
+            "source lost: the connections broke and \(attempts) attempt(s) to resume within \(seconds) s failed (the last: \(last)); \(poisoned)"
         }
     }
 }
@@ -56,5 +72,7 @@ public struct ResolveReport: Sendable {
     /// Of those, pages the workload unmapped (`UFFD_EVENT_UNMAP`) before they were fetched:
     /// it no longer has them, so the migration completes without them.
     public var pagesUnmappedUnfetched = 0
+    /// Each time the connections to the source were lost, and how the resume went.
+    public var outages: [Outage] = []
     public var seconds: Double = 0
 }

@@ -15,16 +15,22 @@ public struct HarnessError: Error, CustomStringConvertible {
     public init(_ d: String) { description = d }
 }
 
-/// Waits until `process` prints `text` (polling its log every 5 ms), or fails after `seconds`.
-public func waitFor(_ process: ChildProcess, toPrint text: String, seconds: Double = 10) throws {
+/// Waits until `process` prints `text` (polling its log every 5 ms) for the `occurrence`th
+/// time, or fails after `seconds`.
+public func waitFor(_ process: ChildProcess, toPrint text: String, seconds: Double = 10, occurrence: Int = 1) throws {
     let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
     while monotonicNanoseconds() < deadline {
-        if process.output.contains(text) { return }
+        if occurrences(of: text, in: process.output) >= occurrence { return }
         if let status = process.wait(timeoutMilliseconds: 5) {
             throw HarnessError("process exited \(status) before printing \"\(text)\": \(process.output)")
         }
     }
     throw HarnessError("no \"\(text)\" after \(seconds) s: \(process.output)")
+}
+
+/// How many times `text` occurs in `output` (not overlapping).
+public func occurrences(of text: String, in output: String) -> Int {
+    output.ranges(of: text).count
 }
 
 /// Parses `key=value` pairs (numbers) out of a program's output.

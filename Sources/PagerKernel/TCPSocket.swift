@@ -27,9 +27,14 @@ public final class TCPSocket: @unchecked Sendable {
     /// Connects to `host:port` (IPv4 literal) with `TCP_NODELAY`, from the local address
     /// `source` if given (`bind` with port 0 first: a benchmark's flood comes from other
     /// loopback hosts than the destination it measures).
-    public static func connect(_ endpoint: Endpoint, from source: String? = nil) throws(KernelError) -> TCPSocket {
+    ///
+    /// `timeoutMilliseconds` (0: the kernel's, about two minutes of SYN retries) bounds the
+    /// connect itself: a reconnect into a blackhole must fail in a bounded time and try again.
+    public static func connect(_ endpoint: Endpoint, from source: String? = nil, timeoutMilliseconds: Int = 0) throws(KernelError) -> TCPSocket {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         if fd < 0 { throw KernelError("socket", Errno(rawValue: Glibc.errno), detail: "\(endpoint)") }
+        // Linux bounds a blocking connect by SO_SNDTIMEO (it then fails with EINPROGRESS).
+        if timeoutMilliseconds > 0 { setTimeout(fd, SO_SNDTIMEO, milliseconds: timeoutMilliseconds) }
         if let source {
             var local = Endpoint(host: source, port: 0).sockaddr
             let r = withUnsafePointer(to: &local) {
@@ -50,9 +55,22 @@ public final class TCPSocket: @unchecked Sendable {
             close(fd)
             throw KernelError("connect", Errno(rawValue: e), detail: "\(endpoint)")
         }
+        if timeoutMilliseconds > 0 { setTimeout(fd, SO_SNDTIMEO, milliseconds: 0) }
         let s = TCPSocket(descriptor: FileDescriptor(rawValue: fd), peer: "\(endpoint)")
         s.setNoDelay()
         return s
+    }
+
+    private static func setTimeout(_ fd: Int32, _ option: Int32, milliseconds: Int) {
+        var tv = timeval(tv_sec: milliseconds / 1000, tv_usec: (milliseconds % 1000) * 1000)
+        _ = setsockopt(fd, SOL_SOCKET, option, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    /// Data sent but not acknowledged for this long fails the connection (`TCP_USER_TIMEOUT`):
+    /// a blackholed peer is noticed in that time, not after TCP's 15 minutes of retransmits.
+    public func setUserTimeout(milliseconds: Int) {
+        var v = UInt32(clamping: milliseconds)
+        _ = setsockopt(descriptor.rawValue, Int32(IPPROTO_TCP), 18 /* TCP_USER_TIMEOUT */, &v, socklen_t(MemoryLayout<UInt32>.size))
     }
 
     fileprivate func setNoDelay() {
@@ -88,8 +106,7 @@ public final class TCPSocket: @unchecked Sendable {
 
     /// Sets a receive timeout (`SO_RCVTIMEO`): a blocked read fails with EAGAIN after it.
     public func setReceiveTimeout(milliseconds: Int) {
-        var tv = timeval(tv_sec: milliseconds / 1000, tv_usec: (milliseconds % 1000) * 1000)
-        _ = setsockopt(descriptor.rawValue, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        TCPSocket.setTimeout(descriptor.rawValue, SO_RCVTIMEO, milliseconds: milliseconds)
     }
 
     /// Reads exactly `count` bytes into `buffer`. Returns false if the peer closed the

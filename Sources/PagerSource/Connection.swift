@@ -4,34 +4,81 @@ import PagerWire
 
 extension SourceServer {
     /// One connection, on its own thread: the handshake, then the service of its channel
-    /// (demand or push), then how it ended, logged and counted.
+    /// (demand or push) as the session's current connection of that role, then how it ended,
+    /// logged and counted, and the session's end if it was its last connection.
     func serve(_ channel: FrameChannel, _ admitted: Admitted) {
-        var joined: SourceSession?
+        var joined: (session: SourceSession, role: ChannelRole, new: Bool)?
+        var generation: UInt64?
+        var failure: (any Error)?
         do {
+            let greeting: Greeting
             switch try admittedHandshake(channel, admitted) {
-            case .demand(let session, let client, let greeting):
-                joined = session
-                defer {
-                    registry.leave(session, demand: true)
-                    active.subtract(1, ordering: .relaxed) // added by the handshake
-                }
+            case .demand(let session, let client, let g, let resumed):
+                joined = (session, .demand, !resumed)
+                greeting = g
                 try welcome(channel, session: session, greeting)
-                logger.info("session \(hex(session.id)) from \(channel.peer) (\(client)): demand channel open, \(session.features.protectionDescription)")
-                try serveDemand(channel, session: session)
-                logger.info("session \(hex(session.id)) ended cleanly")
-            case .push(let session, let greeting):
-                joined = session
-                defer { registry.leave(session, demand: false) }
+                logger.info("session \(hex(session.id)) from \(channel.peer) (\(client)): demand channel \(resumed ? "resumed" : "open"), \(session.features.protectionDescription)")
+            case .push(let session, let g):
+                joined = (session, .push, false)
+                greeting = g
                 try welcome(channel, session: session, greeting)
                 logger.info("session \(hex(session.id)): push channel open from \(channel.peer)")
-                try servePush(channel, session: session)
+            }
+            let (session, role, _) = joined!
+            channel.socket.setUserTimeout(milliseconds: userTimeoutMilliseconds)
+            generation = session.attach(role, channel)
+            switch role {
+            case .demand:
+                try serveDemand(channel, session: session, generation: generation!)
+                logger.info("session \(hex(session.id)) ended cleanly")
+            case .push:
+                try servePush(channel, session: session, generation: generation!)
             }
         } catch let failed as HandshakeFailure {
             report(failed, on: channel)
         } catch {
-            report(error, on: channel, session: joined)
+            failure = error
+            report(error, on: channel, session: joined?.session)
         }
         channel.socket.shutdown()
+        guard let (session, role, new) = joined else { return }
+        if let generation {
+            leave(session, role, generation, failure)
+        } else if new {
+            // A new session whose WELCOME failed: it never had a connection to resume.
+            session.close(.failed)
+            end(session)
+        }
+    }
+
+    /// Connection `generation` of `session` ended (with `failure`, or cleanly). A lost one
+    /// leaves a resumable session open; the last connection to leave waits the linger time
+    /// for a resume, and ends the session if none comes.
+    private func leave(_ session: SourceSession, _ role: ChannelRole, _ generation: UInt64, _ failure: (any Error)?) {
+        if let failure, !session.isClosed, !Self.isResumable(failure, session) { session.close(.failed) }
+        guard session.detach(role, generation) else { return }
+        if !session.isClosed {
+            let seconds = sessionLingerNanoseconds / 1_000_000_000
+            logger.warning("session \(hex(session.id)): no connection left; kept \(seconds) s for the destination to resume it")
+            if session.linger(until: monotonicNanoseconds() + sessionLingerNanoseconds) { return }
+            if !session.isClosed {
+                session.close(.lingerExpired)
+                registry.lingerExpired()
+                logger.warning("session \(hex(session.id)): not resumed within \(seconds) s: ended, its state freed")
+            }
+        }
+        end(session)
+    }
+
+    /// The session is over: its counts join the totals, once.
+    private func end(_ session: SourceSession) {
+        if registry.end(session) { active.subtract(1, ordering: .relaxed) } // added by the handshake
+    }
+
+    /// Whether `error` lost a connection of `session` in a way a resume repairs.
+    static func isResumable(_ error: any Error, _ session: SourceSession) -> Bool {
+        guard session.resumable, let e = error as? ChannelError else { return false }
+        return e.isConnectionLoss
     }
 
     /// The handshake of an admitted connection: frames no larger than a peer that has not
@@ -78,6 +125,10 @@ extension SourceServer {
     private func report(_ error: any Error, on channel: FrameChannel, session: SourceSession?) {
         // The destination said GOODBYE: whatever breaks while the connections close is expected.
         if session?.saidGoodbye == true, !(error is SessionError) { return }
+        if let session, !session.isClosed, Self.isResumable(error, session) {
+            logger.warning("session \(hex(session.id)): a connection from \(channel.peer) was lost (\(error)); the session waits for a resume")
+            return
+        }
         switch error {
         case SessionError.refuse(let code, let message):
             logger.warning("\(channel.peer): \(code): \(message)")

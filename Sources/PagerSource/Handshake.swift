@@ -7,9 +7,10 @@ import PagerWire
 extension SourceServer {
     /// What a connection is once its handshake is accepted.
     enum Joined {
-        /// A new session: this is its demand connection. `client` is the HELLO's client name.
-        case demand(SourceSession, client: String, Greeting)
-        /// The push connection of a session being served.
+        /// A session's demand connection: a new session's (`resumed` false), or one that
+        /// replaces a lost one. `client` is the HELLO's client name.
+        case demand(SourceSession, client: String, Greeting, resumed: Bool)
+        /// The push connection of an open session (its first, or one that replaces a lost one).
         case push(SourceSession, Greeting)
     }
 
@@ -59,10 +60,11 @@ extension SourceServer {
             }
         }
         guard hello.resumeSession == 0 else {
-            guard hello.channel == .push else {
-                throw SessionError.refuse(.unexpectedMessage, "resuming a session's demand channel is not served by this source")
+            let session = try resume(hello, authenticated: greeting.authenticator != nil)
+            switch hello.channel {
+            case .push: return .push(session, greeting)
+            case .demand: return .demand(session, client: hello.clientName, greeting, resumed: true)
             }
-            return .push(try resume(hello, authenticated: greeting.authenticator != nil), greeting)
         }
         if let live = regions.first(where: { $0.live != nil }) {
             guard features.contains(.invalidation) else {
@@ -75,11 +77,11 @@ extension SourceServer {
         }
         let session = SourceSession(features: features, peer: channel.peer, regions: regions, gate: gate)
         // Active before it is counted: whoever sees the session count grow (QEMUSource waits
-        // for sessions > 0 and active == 0) must not see it as already ended. The demand
-        // connection's service subtracts it again.
+        // for sessions > 0 and active == 0) must not see it as already ended. The connection
+        // that ends the session subtracts it again (see SourceServer.leave).
         active.add(1, ordering: .relaxed)
         registry.open(session)
-        return .demand(session, client: hello.clientName, greeting)
+        return .demand(session, client: hello.clientName, greeting, resumed: false)
     }
 
     /// AUTH_CHALLENGE, then AUTH_RESPONSE verified with the key HELLO names. A resume's
@@ -105,7 +107,7 @@ extension SourceServer {
         return authenticator
     }
 
-    /// The session a push connection joins: proven by the MAC (whose key mixed in the
+    /// The session a connection joins or resumes: proven by the MAC (whose key mixed in the
     /// session's token) or, without keys, by the token in HELLO, compared in constant time.
     private func resume(_ hello: Hello, authenticated: Bool) throws -> SourceSession {
         let session = authenticated ? registry.resumeAuthenticated(hello.resumeSession)

@@ -6,9 +6,10 @@ import Synchronization
 extension SourceServer {
     /// The push connection: serve queued prefetch requests first, then the next pages not yet
     /// sent, in order from the cursor. A live region's pages go in pre-copy rounds first (see
-    /// ``PrecopyRounds``); its PUSH_COMPLETE comes only after the switch.
-    func servePush(_ channel: FrameChannel, session: SourceSession) throws {
-        let reader = try startPushReader(channel, session: session)
+    /// ``PrecopyRounds``); its PUSH_COMPLETE comes only after the switch. Returns when the
+    /// session closes; throws when this connection is lost or replaced by a resume.
+    func servePush(_ channel: FrameChannel, session: SourceSession, generation: UInt64) throws {
+        let reader = try startPushReader(channel, session: session, generation: generation)
         // Bulk data yields the CPU to demand traffic at once (2 vCPUs here: otherwise a demand
         // request can wait a whole time slice behind the push). The reader stays a normal
         // thread (prefetch requests are wanted soon); this thread's locks are all foreground
@@ -17,17 +18,20 @@ extension SourceServer {
         channel.socket.setSendBufferSize(pushSendBuffer)
         channel.socket.setUnsentLimit(pushUnsentLimit)
         defer {
-            session.close(.pushEnded)
+            channel.shutdown() // wakes the reader
             reader.join()
         }
         var rounds = try PrecopyRounds(regions: regions, session: session, channel: channel, logger: logger)
-        try push(PageSender(channel: channel, session: session), session: session, rounds: &rounds)
+        try push(PageSender(channel: channel, session: session), session: session, generation: generation, rounds: &rounds)
+        if !session.isClosed { throw ChannelError.closed(peer: channel.peer) } // lost or replaced
     }
 
-    /// Reads the push connection on its own thread: prefetch hints, INVALIDATE_ACK, PONG,
-    /// PING, GOODBYE. Anything else, or a failure, closes the session.
-    private func startPushReader(_ channel: FrameChannel, session: SourceSession) throws(KernelError) -> KernelThread {
+    /// Reads the push connection on its own thread: prefetch hints, RECEIVED, INVALIDATE_ACK,
+    /// PONG, PING, GOODBYE. A lost connection stops this connection's push (the session waits
+    /// for a resume); anything unexpected closes the session.
+    private func startPushReader(_ channel: FrameChannel, session: SourceSession, generation: UInt64) throws(KernelError) -> KernelThread {
         try KernelThread(name: "src-push-rd") { [self] in
+            var received = ReceivedMaps()
             while true {
                 do {
                     guard case .message(let m) = try channel.receive() else { break }
@@ -35,6 +39,8 @@ extension SourceServer {
                     case .pageRequest(let r):
                         session.counters.prefetchRequests.add(1, ordering: .relaxed)
                         session.enqueue(r)
+                    case .received(let r):
+                        try take(r, into: &received, session: session)
                     case .invalidateAck(let sequence, _):
                         session.acknowledge(sequence)
                     case .pong(let token, _):
@@ -49,19 +55,53 @@ extension SourceServer {
                         session.close(.unexpectedOnPush(m.type))
                         return
                     }
+                } catch SessionError.refuse(let code, let message) {
+                    logger.warning("session \(hex(session.id)): \(code): \(message)")
+                    try? channel.send(.error(ProtocolError(code: code, message: message)))
+                    session.close(.failed)
+                    return
                 } catch {
-                    session.close(.pushReceiveFailed)
+                    if Self.isResumable(error, session) { session.pushLost(generation) } else { session.close(.pushReceiveFailed) }
                     return
                 }
             }
         }
     }
 
-    /// The push loop, until the session closes.
-    private func push(_ sender: PageSender, session: SourceSession, rounds: inout PrecopyRounds) throws {
+    /// One RECEIVED frame: checked against the region it names, gathered until the frame
+    /// without `more`, then the push restarts from the map (§4.13a).
+    private func take(_ r: Received, into maps: inout ReceivedMaps, session: SourceSession) throws {
+        guard let region = regions.first(where: { $0.id == r.region }) else {
+            throw SessionError.refuse(.unknownRegion, "RECEIVED for region \(r.region), which is not served")
+        }
+        let size = UInt64(region.pageSize)
+        for range in r.ranges {
+            guard range.end <= region.length else {
+                throw SessionError.refuse(.outOfRange, "RECEIVED range \(hex(range.offset))+\(hex(range.length)) is past the end of region \(region.id) (\(hex(region.length)) bytes)")
+            }
+            guard range.offset % size == 0, range.length % size == 0 else {
+                throw SessionError.refuse(.misaligned, "RECEIVED range \(hex(range.offset))+\(hex(range.length)) is not aligned to region \(region.id)'s \(size)-byte pages")
+            }
+            maps.runs[region.id, default: []].append(Int(range.offset / size)..<Int(range.end / size))
+        }
+        guard !r.more else { return }
+        let held = maps.runs.removeValue(forKey: region.id) ?? []
+        session.applyReceived(region, held: held)
+        logger.info("session \(hex(session.id)): the destination holds \(held.reduce(0) { $0 + $1.count }) of region \(region.id)'s \(region.pageCount) pages; the push resends the rest")
+    }
+
+    /// The push loop, until the session closes or connection `generation` is no longer its
+    /// push. A RECEIVED map restarts it from the first region.
+    private func push(_ sender: PageSender, session: SourceSession, generation: UInt64, rounds: inout PrecopyRounds) throws {
         var regionIndex = 0
         var cursor = 0 // in pages of the current region
-        while !session.isClosed {
+        var restarts = session.restarts
+        while session.isCurrent(.push, generation) {
+            if session.restarts != restarts {
+                restarts = session.restarts
+                regionIndex = 0
+                cursor = 0
+            }
             if let request = session.dequeue() {
                 try answer(request, with: sender, session: session, flags: [])
                 if let i = regions.firstIndex(where: { $0.id == request.region }) {
@@ -71,7 +111,8 @@ extension SourceServer {
                 continue
             }
             guard regionIndex < regions.count else {
-                session.waitForWork() // everything pushed: only prefetch requests remain possible
+                // Everything pushed: only prefetch requests (or a resume's map) remain possible.
+                session.waitForWork(push: generation, restarts: restarts)
                 continue
             }
             let region = regions[regionIndex]
@@ -97,4 +138,9 @@ extension SourceServer {
             cursor = run.upperBound
         }
     }
+}
+
+/// RECEIVED ranges gathered per region until the frame without `more` (§4.13a), in pages.
+struct ReceivedMaps {
+    var runs: [UInt32: [Range<Int>]] = [:]
 }

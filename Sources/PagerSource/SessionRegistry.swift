@@ -1,75 +1,74 @@
 import PagerCrypto
 import PagerKernel
 
-/// The sessions of a server: those a push connection may still resume, those with a
-/// connection still being served, and the totals of those fully ended. Taken when a
-/// connection joins or leaves and when totals are read, never per request.
+/// The sessions of a server: those open (a connection may join or resume them, whether or
+/// not one is attached now) and the totals of those ended. Taken when a connection joins, when
+/// a session ends and when totals are read, never per request.
 final class SessionRegistry: Sendable {
     private struct Book {
-        /// Sessions whose demand connection is being served: a push connection may join them.
-        var resumable: [UInt64: SourceSession] = [:]
-        /// Sessions with at least one connection being served, and how many.
-        var attached: [UInt64: (session: SourceSession, connections: Int)] = [:]
-        /// Sessions started, failures, and the counts of sessions no longer attached.
+        /// Sessions not yet ended: served, or lingering without a connection for a resume.
+        var open: [UInt64: SourceSession] = [:]
+        /// Sessions started, failures, and the counts of sessions ended.
         var ended = SourceServer.Counters()
     }
 
     /// A condition too: ``waitUntilAllEnded(deadlineForFirst:)`` wakes when a session opens or
-    /// its last connection ends.
+    /// ends.
     private let book = WaitableState(Book())
 
-    /// A new session (its demand connection): resumable and attached from now on.
+    /// A new session (its demand connection): open from now on.
     func open(_ session: SourceSession) {
         book.change {
-            $0.resumable[session.id] = session
-            $0.attached[session.id] = (session, 1)
+            $0.open[session.id] = session
             $0.ended.sessions += 1
         }
     }
 
-    /// The session a push connection resumes, attached to it; nil if there is none with that
-    /// token (compared in constant time: the token is the only proof without keys).
+    /// The session a connection joins or resumes; nil if there is none with that token
+    /// (compared in constant time: the token is the only proof without keys).
     func resume(_ id: UInt64, token: [UInt8]) -> SourceSession? {
         book.withLock { b -> SourceSession? in
-            guard let session = b.resumable[id], constantTimeEqual(session.token, token) else { return nil }
-            b.attached[id, default: (session, 0)].connections += 1
+            guard let session = b.open[id], !session.isClosed, constantTimeEqual(session.token, token) else { return nil }
             return session
         }
     }
 
-    /// The token of a session a push connection may resume, for the key schedule of its
+    /// The token of a session a connection may join or resume, for the key schedule of its
     /// authentication; nil if there is none.
     func token(of id: UInt64) -> [UInt8]? {
-        book.withLock { $0.resumable[id]?.token }
+        book.withLock { $0.open[id]?.token }
     }
 
-    /// The session a push connection resumes after its authentication verified (with the
-    /// session's token in the key schedule), attached to it; nil if it ended meanwhile.
+    /// The session a connection resumes after its authentication verified (with the
+    /// session's token in the key schedule); nil if it ended meanwhile.
     func resumeAuthenticated(_ id: UInt64) -> SourceSession? {
         book.withLock { b -> SourceSession? in
-            guard let session = b.resumable[id] else { return nil }
-            b.attached[id, default: (session, 0)].connections += 1
+            guard let session = b.open[id], !session.isClosed else { return nil }
             return session
         }
     }
 
-    /// A connection of `session` ended (`demand`: its demand connection, after which no push
-    /// can join it). The session's counts join the totals once its last connection ended.
-    func leave(_ session: SourceSession, demand: Bool) {
-        book.change { b in
-            if demand { b.resumable[session.id] = nil }
-            guard let entry = b.attached[session.id] else { return }
-            if entry.connections > 1 {
-                b.attached[session.id]!.connections -= 1
-                return
-            }
-            b.attached[session.id] = nil
+    /// `session` ended (closed, and no connection attached): its counts join the totals, and
+    /// no connection can resume it. True the first time, false after.
+    func end(_ session: SourceSession) -> Bool {
+        book.change { b -> Bool in
+            guard b.open.removeValue(forKey: session.id) != nil else { return false }
             session.counters.add(to: &b.ended)
+            b.ended.resumes += session.resumes
+            return true
         }
     }
 
     /// A connection refused or a session ended by an error.
     func failed() { book.withLock { $0.ended.failedSessions += 1 } }
+
+    /// A session closed because no connection resumed it within the linger time.
+    func lingerExpired() {
+        book.withLock {
+            $0.ended.failedSessions += 1
+            $0.ended.lingerExpired += 1
+        }
+    }
 
     /// A connection refused because its peer did not authenticate.
     func refusedAuthentication() {
@@ -79,23 +78,26 @@ final class SessionRegistry: Sendable {
         }
     }
 
-    /// Sessions with a connection being served (the ones ``SourceServer/stop()`` closes).
-    var served: [SourceSession] { book.withLock { $0.attached.values.map(\.session) } }
+    /// Sessions not ended (the ones ``SourceServer/stop()`` closes).
+    var served: [SourceSession] { book.withLock { Array($0.open.values) } }
 
-    /// Totals over all sessions: ended ones plus those still being served.
+    /// Totals over all sessions: ended ones plus those still open.
     var totals: SourceServer.Counters {
         book.withLock { b in
             var totals = b.ended
-            for entry in b.attached.values { entry.session.counters.add(to: &totals) }
+            for session in b.open.values {
+                session.counters.add(to: &totals)
+                totals.resumes += session.resumes
+            }
             return totals
         }
     }
 
-    /// Blocks until at least one session was opened and none is attached any more (true), or
+    /// Blocks until at least one session was opened and none is open any more (true), or
     /// until `deadline` (monotonic ns) passes with no session opened yet (false).
     func waitUntilAllEnded(deadlineForFirst deadline: UInt64) -> Bool {
         if !book.wait(until: { $0.ended.sessions > 0 }, deadline: deadline) { return false }
-        _ = book.wait(until: { $0.attached.isEmpty })
+        _ = book.wait(until: { $0.open.isEmpty })
         return true
     }
 }

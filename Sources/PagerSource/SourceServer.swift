@@ -62,6 +62,10 @@ public final class SourceServer: @unchecked Sendable {
         public var handshakesRefused = 0
         /// Handshakes whose peer closed or reset the connection before completing them.
         public var handshakesAbandoned = 0
+        /// Connections that resumed a session after one of its connections was lost.
+        public var resumes = 0
+        /// Sessions closed because no connection came back within the linger time.
+        public var lingerExpired = 0
 
         /// The handshake counters as the daemons print them.
         public var handshakeSummary: String {
@@ -100,6 +104,14 @@ public final class SourceServer: @unchecked Sendable {
     /// closed (an ERROR `timeout` says why). One deadline for all of it, not per read: a peer
     /// that trickles its HELLO a byte at a time is cut off as surely as one that says nothing.
     public var handshakeTimeoutNanoseconds: UInt64 = 10_000_000_000
+
+    /// A session whose connections were lost without GOODBYE is kept this long for the
+    /// destination to resume it (§6), then freed.
+    public var sessionLingerNanoseconds: UInt64 = 60_000_000_000
+
+    /// Session sockets fail once data sent has gone unacknowledged this long
+    /// (`TCP_USER_TIMEOUT`): a blackholed destination is noticed, and its session lingers.
+    public var userTimeoutMilliseconds = 5_000
 
     /// At most this many connections in their handshake at once; a newcomer evicts the oldest.
     /// Each holds a thread until it completes, is evicted or times out: this bounds them (and

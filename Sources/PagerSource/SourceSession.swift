@@ -22,6 +22,23 @@ enum CloseReason: Equatable, Sendable {
     case unexpectedOnPush(MessageType)
     /// ``SourceServer/stop()``.
     case serverStopped
+    /// Its connections were lost and none came back within the linger time.
+    case lingerExpired
+    /// A connection ended by an error that a resume does not repair (a malformed frame, a
+    /// refused request, a session that cannot resume).
+    case failed
+}
+
+/// Which of a session's connections: the demand one (requests and their answers) or the push.
+enum ChannelRole: String, Sendable {
+    case demand, push
+}
+
+/// A connection attached to a session, with the number that tells it from the one that
+/// replaces it after a resume.
+struct Attachment: Sendable {
+    let connection: any FrameConnection
+    let generation: UInt64
 }
 
 /// Per-destination state shared by its demand and push connections.
@@ -44,11 +61,24 @@ final class SourceSession: @unchecked Sendable {
         var sequence: UInt32 = 0
         var acknowledged: UInt32 = 0
         var ponged: UInt64 = 0
-        var demand: (any FrameConnection)?
+        var demand: Attachment?
+        var push: Attachment?
+        /// Numbers the attachments: a replaced connection's thread sees it is not current.
+        var generations: UInt64 = 0
+        /// A push connection whose reader lost it: its push loop stops.
+        var lostPush: UInt64 = 0
+        /// Times a connection attached to a session that had one of that role before (resumes).
+        var reattached = 0
+        /// RECEIVED maps applied (see ``applyReceived(_:held:)``).
+        var restarts = 0
+        var hadPush = false
         var isOpen: Bool { lifecycle == .open }
+
+        func attachment(_ role: ChannelRole) -> Attachment? { role == .demand ? demand : push }
     }
 
     init(features: Features, peer: String, regions: [ServedRegion], gate: ReleaseGate) {
+        resumable = features.contains(.resume) && !regions.contains { $0.live != nil }
         var rng = SystemRandomNumberGenerator()
         var id: UInt64 = 0
         while id == 0 { id = rng.next() }
@@ -61,7 +91,61 @@ final class SourceSession: @unchecked Sendable {
         state = WaitableState(State(pages: SentPages(pageCounts: pageCounts)))
     }
 
-    func attachDemand(_ channel: any FrameConnection) { state.withLock { $0.demand = channel } }
+    /// Whether a connection lost without GOODBYE leaves the session waiting for a resume (the
+    /// destination offered `resume`; a live region's pre-copy state is not kept across one).
+    let resumable: Bool
+
+    // MARK: Connections (see SessionRegistry for the session's lifetime)
+
+    /// Attaches `connection` as the session's `role` connection, replacing (and shutting
+    /// down) one still attached: a peer that reconnects has left that one half-open. Returns
+    /// its generation, by which it later leaves.
+    func attach(_ role: ChannelRole, _ connection: any FrameConnection) -> UInt64 {
+        let (replaced, generation) = state.change { s -> (Attachment?, UInt64) in
+            s.generations += 1
+            let new = Attachment(connection: connection, generation: s.generations)
+            let old = s.attachment(role)
+            // The demand connection comes first; a later one, or a second push, is a resume.
+            if role == .demand ? s.generations > 1 : s.hadPush { s.reattached += 1 }
+            if role == .demand { s.demand = new } else {
+                s.push = new
+                s.hadPush = true
+                s.queue.removeAll() // the destination asks again on the new connection
+            }
+            return (old, new.generation)
+        }
+        replaced?.connection.shutdown()
+        return generation
+    }
+
+    /// Whether `generation` is still the session's `role` connection and the session is open.
+    func isCurrent(_ role: ChannelRole, _ generation: UInt64) -> Bool {
+        state.withLock { $0.isOpen && $0.attachment(role)?.generation == generation && !(role == .push && $0.lostPush == generation) }
+    }
+
+    /// The push reader lost its connection: the push loop of `generation` stops.
+    func pushLost(_ generation: UInt64) { state.change { $0.lostPush = max($0.lostPush, generation) } }
+
+    /// The connection of `generation` ended: it leaves the session (unless replaced already).
+    /// Returns true when no connection is attached any more.
+    func detach(_ role: ChannelRole, _ generation: UInt64) -> Bool {
+        state.change { s -> Bool in
+            if s.attachment(role)?.generation == generation {
+                if role == .demand { s.demand = nil } else { s.push = nil }
+            }
+            return s.demand == nil && s.push == nil
+        }
+    }
+
+    /// Waits, with no connection attached, until one attaches (true), or the session closes
+    /// or `deadline` (monotonic ns) passes (false).
+    func linger(until deadline: UInt64) -> Bool {
+        state.wait(until: { $0.demand != nil || $0.push != nil || !$0.isOpen }, deadline: deadline)
+        return state.withLock { ($0.demand != nil || $0.push != nil) && $0.isOpen }
+    }
+
+    /// Resumes so far (connections that replaced an earlier one of the session's).
+    var resumes: Int { state.withLock { $0.reattached } }
 
     // MARK: Lifecycle
 
@@ -72,16 +156,18 @@ final class SourceSession: @unchecked Sendable {
     /// The destination ended the session cleanly (GOODBYE), whatever closed it before.
     func goodbye() { end(.saidGoodbye) }
 
-    /// Closes the session (if still open): its waiters wake, its demand connection is shut down.
+    /// Closes the session (if still open): its waiters wake, its connections are shut down.
     func close(_ reason: CloseReason) { end(.closed(reason)) }
 
+    /// Ends the session: its waiters wake, and its connections are shut down (a push blocked
+    /// in a send to a vanished destination, a reader blocked in a receive, end at once).
     private func end(_ to: SessionLifecycle) {
-        let demand = state.change { s -> (any FrameConnection)? in
+        let connections = state.change { s -> [any FrameConnection] in
             if s.isOpen || to == .saidGoodbye { s.lifecycle = to }
-            return s.demand
+            return [s.demand?.connection, s.push?.connection].compactMap { $0 }
         }
         gate.wakeAll()
-        demand?.shutdown()
+        for c in connections { c.shutdown() }
     }
 
     // MARK: Prefetch queue
@@ -90,8 +176,28 @@ final class SourceSession: @unchecked Sendable {
 
     func dequeue() -> PageRequest? { state.withLock { $0.queue.isEmpty ? nil : $0.queue.removeFirst() } }
 
-    /// Blocks until a request is queued or the session closes.
-    func waitForWork() { _ = state.wait(until: { !$0.queue.isEmpty || !$0.isOpen }) }
+    /// Blocks until a request is queued, the session closes, or push connection `generation`
+    /// is replaced or lost, or a RECEIVED map restarts the push.
+    func waitForWork(push generation: UInt64, restarts: Int) {
+        _ = state.wait(until: { s in
+            !s.queue.isEmpty || !s.isOpen || s.push?.generation != generation || s.lostPush == generation || s.restarts != restarts
+        })
+    }
+
+    // MARK: Resume
+
+    /// A RECEIVED map (the union of its frames) is complete for `region`: the push resends
+    /// what is outside it, from its start.
+    func applyReceived(_ region: ServedRegion, held: [Range<Int>]) {
+        state.change {
+            $0.pages.reset(region.id, held: held)
+            $0.restarts += 1
+        }
+    }
+
+    /// How many RECEIVED maps restarted the push so far: the push loop restarts its cursor
+    /// when this changes.
+    var restarts: Int { state.withLock { $0.restarts } }
 
     // MARK: Sent pages (see SentPages)
 

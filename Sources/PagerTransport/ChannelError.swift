@@ -50,6 +50,18 @@ public enum ChannelError: Error, CustomStringConvertible, Sendable {
     }
 }
 
+extension ChannelError {
+    /// The connection itself failed (closed, reset, cut mid-frame, timed out): the network
+    /// or the peer's process, not what it said. A session survives these by resuming (§6);
+    /// anything else (a malformed or refused frame, a failed authentication) ends it.
+    public var isConnectionLoss: Bool {
+        switch self {
+        case .closed, .truncated, .kernel, .deadline: true
+        default: false
+        }
+    }
+}
+
 /// What ``FrameConnection/receive()`` returns.
 public enum Incoming {
     /// Any message except PAGE_DATA.

@@ -42,6 +42,7 @@ struct SourceCommand: ParsableCommand {
     @Option(help: "Demand threads: auto (real-time when this process may use one CPU only), realtime (SCHED_FIFO 1), normal.") var demandPriority = DemandPriority.auto
     @Option(help: "Close connections whose whole handshake has not arrived within this many seconds of their accept.") var handshakeTimeoutS = 10.0
     @Option(help: "At most this many connections in their handshake at once (8 per host); a new one evicts the oldest.") var maxHandshakes = 64
+    @Option(help: "Keep a session whose connections were lost this many seconds for its destination to resume it.") var sessionLingerS = 60.0
     @OptionGroup var keys: AuthenticationOptions
     @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
 
@@ -50,6 +51,7 @@ struct SourceCommand: ParsableCommand {
         guard !regions.isEmpty || liveSocket != nil else { throw ValidationError("give at least one --region FILE or a --live-socket") }
         guard handshakeTimeoutS > 0, handshakeTimeoutS <= 3600 else { throw ValidationError("--handshake-timeout-s must be more than 0 and at most 3600, got \(handshakeTimeoutS)") }
         guard maxHandshakes > 0 else { throw ValidationError("--max-handshakes must be at least 1, got \(maxHandshakes)") }
+        guard sessionLingerS >= 0, sessionLingerS <= 86_400 else { throw ValidationError("--session-linger-s must be 0 to 86400, got \(sessionLingerS)") }
     }
 
     func run() throws {
@@ -67,6 +69,7 @@ struct SourceCommand: ParsableCommand {
         let server = try SourceServer(listen: Endpoint(listen)!, regions: served, authentication: authentication, logger: logger)
         server.handshakeTimeoutNanoseconds = UInt64(handshakeTimeoutS * 1e9)
         server.maxHandshakes = maxHandshakes
+        server.sessionLingerNanoseconds = UInt64(sessionLingerS * 1e9)
         server.requireEncryption = keys.encrypt
         server.backgroundPush = !normalPriorityPush
         server.urgentDemand = demandPriority.isRealtime
@@ -85,7 +88,7 @@ struct SourceCommand: ParsableCommand {
         if let outcome = live?.region.live?.outcome { printPrecopy(outcome, daemon: "pagerd source", paused: "workload") }
         let c = server.counts
         serviceNotifier.status("stopped: \(c.sessions) session(s), \(c.bytesSent >> 20) MiB sent as bytes, \(c.failedSessions) ended by errors")
-        print("pagerd source: \(c.sessions) session(s), \(c.demandRequests) demand and \(c.prefetchRequests) prefetch requests, \(c.bytesSent >> 20) MiB sent as bytes, \(c.zeroBytes >> 20) MiB as zero ranges, \(c.failedSessions) session(s) ended by errors, \(c.authenticationFailures) connection(s) refused for failed authentication; \(c.handshakeSummary)")
+        print("pagerd source: \(c.sessions) session(s), \(c.demandRequests) demand and \(c.prefetchRequests) prefetch requests, \(c.bytesSent >> 20) MiB sent as bytes, \(c.zeroBytes >> 20) MiB as zero ranges, \(c.failedSessions) session(s) ended by errors, \(c.authenticationFailures) connection(s) refused for failed authentication, \(c.resumes) connection(s) resumed, \(c.lingerExpired) session(s) not resumed in time; \(c.handshakeSummary)")
     }
 }
 
@@ -115,7 +118,8 @@ struct DestCommand: ParsableCommand {
     @Flag(help: "No prefetch around faults: fetch exactly the faulting page.") var noPrefetch = false
     @Flag(help: "Run the background push at normal priority instead of on idle CPU only (for workloads that keep every CPU busy).") var normalPriorityPush = false
     @Option(help: "Fault threads: auto (real-time when this process may use one CPU only), realtime (SCHED_FIFO 1), normal.") var demandPriority = DemandPriority.auto
-    @Option(help: "Declare the source lost after this many milliseconds without a frame while pages are outstanding.") var stallTimeoutMs = 10_000
+    @Option(help: "Declare the connections lost after this many milliseconds without a frame from the source while pages are outstanding (pings go every 250 ms of silence), then resume.") var stallTimeoutMs = 1_500
+    @Option(help: "After a lost connection, faults wait this many seconds for the session to resume; then missing pages are poisoned (0: poison at once).") var reconnectTimeoutS = 60.0
     @Flag(help: "Ask the source for a CRC-32C of every 4 KiB page and check each before installing it.") var checksums = false
     @Flag(help: "Receive the source's pre-copy rounds before the handoff (one migration; implies --once).") var precopy = false
     @OptionGroup var keys: AuthenticationOptions
@@ -123,6 +127,8 @@ struct DestCommand: ParsableCommand {
 
     func validate() throws {
         guard Endpoint(connect) != nil else { throw ValidationError("--connect must be ADDR:PORT (IPv4), got \(connect)") }
+        guard stallTimeoutMs >= 100 else { throw ValidationError("--stall-timeout-ms must be at least 100, got \(stallTimeoutMs)") }
+        guard reconnectTimeoutS >= 0, reconnectTimeoutS <= 86_400 else { throw ValidationError("--reconnect-timeout-s must be 0 to 86400, got \(reconnectTimeoutS)") }
     }
 
     func run() throws {
@@ -230,6 +236,11 @@ struct DestCommand: ParsableCommand {
             configuration.backgroundPush = !normalPriorityPush
             configuration.urgentDemand = demandPriority.isRealtime
             configuration.stallTimeoutMilliseconds = stallTimeoutMs
+            // Pre-copy's staged rounds and INVALIDATE order are not kept across a resume.
+            if staged == nil && reconnectTimeoutS > 0 {
+                configuration.resumer = client.resumer
+                configuration.reconnectTimeoutMilliseconds = Int(reconnectTimeoutS * 1000)
+            }
             configuration.otherRegions = client.regions.map(\.id)
             configuration.workloadConnection = handoff.connection
             configuration.staged = staged
@@ -250,6 +261,7 @@ struct DestCommand: ParsableCommand {
               requests          \(r.demandRequests) demand, \(r.prefetchRequests) prefetch, \(r.hintedPages) pages hinted, \(r.sweepRequests) final sweep
               pages installed   \(r.installedPages) with data, \(r.zeroPages) zero, \(r.duplicatePages) duplicates dropped, \(r.discardedPages) discarded by the workload
               bytes received    \(r.bytesReceived >> 20) MiB
+              outages           \(outageSummary(r.outages))
             """)
             return true
         } catch {
@@ -340,3 +352,12 @@ extension DemandPriority: ExpressibleByArgument {}
 
 /// systemd's notification socket (`Type=notify`), read once from `$NOTIFY_SOCKET`.
 let serviceNotifier = ServiceNotifier()
+
+/// The outages of a migration as the summary prints them.
+func outageSummary(_ outages: [Outage]) -> String {
+    guard !outages.isEmpty else { return "none" }
+    let resumed = outages.compactMap(\.resumedAfterNanoseconds)
+    let longest = resumed.max().map { "longest \($0 / 1_000_000) ms" } ?? ""
+    let again = outages.reduce(0) { $0 + $1.pagesAskedAgain }
+    return "\(outages.count) (connections lost, \(resumed.count) resumed, \(longest)), \(again) pages asked for again; first: \(outages[0].cause)"
+}

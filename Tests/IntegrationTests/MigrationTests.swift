@@ -21,8 +21,9 @@ struct Migration {
         var source: String
     }
 
+    /// `disrupt` runs once the destination has its session (fault injection on the network).
     func run(hosts: TwoHosts, scratch: Scratch, shape: String? = nil, killSourceAfter: String? = nil,
-             signal: Int32 = SIGKILL) throws -> Outcome {
+             signal: Int32 = SIGKILL, disrupt: ((ChildProcess) throws -> Void)? = nil) throws -> Outcome {
         let ram = scratch.file("vm-\(backing)-\(access).ram")
         try sh(Binaries.workload, "fill", "--file", ram, "--size-mib", "\(sizeMiB)", "--seed", "\(seed)")
         if let shape { try hosts.shapeSource(rate: shape) }
@@ -42,6 +43,10 @@ struct Migration {
         if let marker = killSourceAfter {
             try waitFor(dest, toPrint: marker)
             source.signal(signal)
+        }
+        if let disrupt {
+            try waitFor(dest, toPrint: "session ")
+            try disrupt(dest)
         }
         let w = workload.wait(timeoutMilliseconds: 180_000)
         let d = dest.wait(timeoutMilliseconds: 30_000)
@@ -210,11 +215,13 @@ struct MigrationTests {
         let hosts = try TwoHosts()
         let scratch = Scratch()
         var m = Migration(sizeMiB: 1024, backing: "anon", access: "sequential")
-        m.destExtra = ["--stall-timeout-ms", "2000"]
+        m.destExtra = ["--stall-timeout-ms", "2000", "--reconnect-timeout-s", "3"]
         let outcome = try m.run(hosts: hosts, scratch: scratch, shape: "200mbit", killSourceAfter: "session ", signal: SIGSTOP)
         #expect(outcome.workloadStatus == 128 + SIGBUS, "workload: \(outcome.workload)")
         #expect(outcome.destStatus == 1)
         #expect(outcome.dest.contains("stall timeout 2000 ms"), "\(outcome.dest)")
+        // A stopped source's kernel still accepts connections: each resume's handshake times out.
+        #expect(outcome.dest.contains("attempt(s) to resume within 3 s failed"), "\(outcome.dest)")
         #expect(outcome.dest.contains("poisoned"))
     }
 
@@ -223,12 +230,18 @@ struct MigrationTests {
         let hosts = try TwoHosts()
         let scratch = Scratch()
         // 200 Mbit/s: 1 GiB takes over 40 s, so the kill lands mid-migration.
-        let outcome = try Migration(sizeMiB: 1024, backing: "anon", access: "sequential")
-            .run(hosts: hosts, scratch: scratch, shape: "200mbit", killSourceAfter: "session ")
+        var m = Migration(sizeMiB: 1024, backing: "anon", access: "sequential")
+        m.destExtra = ["--reconnect-timeout-s", "3"]
+        let started = monotonicNanoseconds()
+        let outcome = try m.run(hosts: hosts, scratch: scratch, shape: "200mbit", killSourceAfter: "session ")
         #expect(outcome.workloadStatus == 128 + SIGBUS, "workload: \(outcome.workload)")
         #expect(!outcome.workload.contains("workload: ok"))
         #expect(outcome.destStatus == 1)
-        #expect(outcome.dest.contains("migration FAILED: source lost"), "\(outcome.dest)")
+        // Faults waited out the reconnect window (connection refused each time), then SIGBUS.
+        #expect(outcome.dest.contains("faults wait while it reconnects, for up to 3 s"), "\(outcome.dest)")
+        #expect(outcome.dest.contains("migration FAILED: source lost: the connections broke and"), "\(outcome.dest)")
+        #expect(outcome.dest.contains("attempt(s) to resume within 3 s failed (the last: connect"), "\(outcome.dest)")
         #expect(outcome.dest.contains("poisoned"))
+        #expect(monotonicNanoseconds() - started >= 3_000_000_000, "the window was waited out")
     }
 }

@@ -7,7 +7,8 @@ import Testing
 @Suite("Resolver phase")
 struct PhaseTests {
     static func state() -> FaultResolver.State {
-        FaultResolver.State(pages: RegionPages(pageCount: 8), planner: PrefetchPlanner(), faults: WaitingFaults(pageCount: 8))
+        FaultResolver.State(pages: RegionPages(pageCount: 8), planner: PrefetchPlanner(), faults: WaitingFaults(pageCount: 8),
+                            link: FaultResolver.Link(demand: ScriptedConnection([]), push: nil))
     }
 
     @Test("the first failure wins; later ones do not replace it")

@@ -45,18 +45,70 @@ struct SessionTests {
         #expect(!makeSession().waitFor({ $0.ponged > 0 }, timeoutMilliseconds: 1), "times out")
     }
 
-    @Test("waitForWork returns when a request is queued or the session closes")
+    @Test("waitForWork returns when a request is queued, the session closes, its push connection is replaced or lost, or a RECEIVED map restarts the push")
     func waitForWork() throws {
         let session = makeSession()
+        let generation = session.attach(.push, IdleConnection())
         let request = PageRequest(requestID: 1, region: 1, offset: 0, length: UInt64(basePageSize), flags: [])
         let producer = try KernelThread(name: "test-enq") { session.enqueue(request) }
-        session.waitForWork()
+        session.waitForWork(push: generation, restarts: session.restarts)
         producer.join()
         #expect(session.dequeue() == request && session.dequeue() == nil)
+        let served = Self.region(memory)
+        let restarter = try KernelThread(name: "test-rcvd") { session.applyReceived(served, held: [0..<4]) }
+        session.waitForWork(push: generation, restarts: 0)
+        restarter.join()
+        #expect(session.restarts == 1)
+        #expect(session.claimUnsent(Self.region(memory), from: 0, maxPages: 100) == 4..<16, "the push resends what the map does not hold")
+        let loser = try KernelThread(name: "test-lost") { session.pushLost(generation) }
+        session.waitForWork(push: generation, restarts: 1)
+        loser.join()
+        #expect(!session.isCurrent(.push, generation) && !session.isClosed)
+        let replacement = IdleConnection()
+        let next = session.attach(.push, replacement)
+        #expect(session.isCurrent(.push, next))
         let closer = try KernelThread(name: "test-close") { session.close(.pushEnded) }
-        session.waitForWork()
+        session.waitForWork(push: next, restarts: 1)
         closer.join()
-        #expect(session.isClosed)
+        #expect(session.isClosed && !session.isCurrent(.push, next))
+    }
+
+    @Test("attach replaces a connection of the same role (shut down: its peer is gone) and counts the resume; the last detach leaves the session to linger until one attaches or it closes")
+    func attachDetachLinger() throws {
+        let session = makeSession()
+        let demand = IdleConnection(), push = IdleConnection()
+        let d1 = session.attach(.demand, demand)
+        let p1 = session.attach(.push, push)
+        #expect(session.resumes == 0, "the first demand and the first push are no resume")
+        #expect(!session.detach(.push, p1), "the demand connection is still attached")
+        let d2 = session.attach(.demand, IdleConnection())
+        #expect(demand.wasShutDown, "the half-open connection it replaces is shut down")
+        #expect(session.resumes == 1)
+        #expect(!session.detach(.demand, d1), "a replaced connection's detach changes nothing")
+        #expect(session.detach(.demand, d2), "the last connection left")
+        #expect(!session.linger(until: monotonicNanoseconds() + 20_000_000), "nobody came within 20 ms")
+        let resumer = try KernelThread(name: "test-resume") {
+            sleepMilliseconds(20)
+            _ = session.attach(.push, IdleConnection())
+        }
+        #expect(session.linger(until: monotonicNanoseconds() + 60_000_000_000), "a resume ends the linger")
+        resumer.join()
+        #expect(session.resumes == 2, "a second push is a resume")
+        let closer = try KernelThread(name: "test-close") { session.close(.serverStopped) }
+        _ = session.detach(.push, 4)
+        #expect(!session.linger(until: monotonicNanoseconds() + 60_000_000_000), "a close ends it too")
+        closer.join()
+    }
+
+    @Test("a session of a live region is not resumable: pre-copy's order is not kept across connections")
+    func liveNotResumable() {
+        #expect(makeSession().resumable)
+        let plain = SourceSession(features: [], peer: "t", regions: [Self.region(memory)], gate: ReleaseGate())
+        #expect(!plain.resumable, "a destination that did not offer resume")
+    }
+
+    private static func region(_ memory: UnsafeMutableRawPointer) -> ServedRegion {
+        ServedRegion(id: 1, name: "r", base: UnsafeRawPointer(memory), length: 16 * basePageSize)
     }
 
     @Test("a held gate: a sender waits until release, or gives up when its session closes")
@@ -73,27 +125,43 @@ struct SessionTests {
         releaser.join()
     }
 
-    @Test("totals: a session's counts stay in them after its connections end; a push cannot join after its demand ended")
+    @Test("totals: a session's counts stay in them after it ends; it can be resumed until then, never after")
     func registryTotals() {
         let registry = SessionRegistry()
         let session = makeSession()
         registry.open(session)
         #expect(registry.resume(session.id, token: session.token) === session)
         #expect(registry.resume(session.id, token: [0]) == nil)
+        #expect(registry.token(of: session.id) == session.token)
         session.counters.demandRequests.add(3, ordering: .relaxed)
         session.counters.bytesSent.add(4096, ordering: .relaxed)
         #expect(registry.totals.demandRequests == 3 && registry.totals.sessions == 1)
-        registry.leave(session, demand: true)
-        #expect(registry.resume(session.id, token: session.token) == nil)
-        // The push is still attached and still counts.
         session.counters.prefetchRequests.add(2, ordering: .relaxed)
         #expect(registry.served.count == 1 && registry.totals.prefetchRequests == 2)
-        registry.leave(session, demand: false)
-        registry.failed()
+        session.close(.lingerExpired)
+        #expect(registry.resume(session.id, token: session.token) == nil, "a closed session is not resumed")
+        #expect(registry.resumeAuthenticated(session.id) == nil)
+        #expect(registry.end(session) && !registry.end(session), "ended once")
+        registry.lingerExpired()
         let totals = registry.totals
-        #expect(registry.served.isEmpty)
-        #expect(totals.sessions == 1 && totals.demandRequests == 3 && totals.prefetchRequests == 2 && totals.bytesSent == 4096 && totals.failedSessions == 1)
+        #expect(registry.served.isEmpty && registry.token(of: session.id) == nil)
+        #expect(totals.sessions == 1 && totals.demandRequests == 3 && totals.prefetchRequests == 2 && totals.bytesSent == 4096)
+        #expect(totals.failedSessions == 1 && totals.lingerExpired == 1)
     }
+}
+
+/// A connection that carries nothing and records whether it was shut down.
+final class IdleConnection: FrameConnection, @unchecked Sendable {
+    let peer = "idle"
+    var sendLimit: UInt32 = WireLimits.absoluteMaxPayload
+    var receiveLimit: UInt32 = WireLimits.absoluteMaxPayload
+    var verifyChecksums = false
+    private let down = Mutex(false)
+    var wasShutDown: Bool { down.withLock { $0 } }
+    func send(_ message: Message) throws(ChannelError) {}
+    func sendPageData(_ header: PageDataHeader, checksums: [UInt32]?, data: UnsafeRawBufferPointer?) throws(ChannelError) {}
+    func receive() throws(ChannelError) -> Incoming { throw .closed(peer: peer) }
+    func shutdown() { down.withLock { $0 = true } }
 }
 
 @Suite("The hold/release gate on a real server", .serialized)

@@ -1,0 +1,174 @@
+import PagerCore
+import PagerKernel
+import PagerTransport
+import PagerWire
+
+/// Makes new connections to the source for a session whose connections were lost: the
+/// handshake of §6 with the session's id and token (and its keys), checked to announce the
+/// same session and REGIONs. ``DestinationClient/Resumer`` is the TCP one.
+public protocol SessionResumer: Sendable {
+    /// Both connections again (the push one only if `push`), each connected and through its
+    /// handshake within `timeoutMilliseconds`. Throws what the attempt failed with.
+    func resume(push: Bool, timeoutMilliseconds: Int) throws -> (demand: any FrameConnection, push: (any FrameConnection)?)
+}
+
+/// Which of the two connections to the source.
+enum LinkRole { case demand, push }
+
+extension FaultResolver {
+    /// The connections to the source the resolver uses now. Replaced as a whole by a resume,
+    /// under the state lock; `generation` tells a receiver or a send on replaced connections
+    /// that what it saw is no longer news.
+    struct Link {
+        var demand: any FrameConnection
+        var push: (any FrameConnection)?
+        var generation: UInt64 = 1
+        /// When the connections were found lost; nil while they work.
+        var downSince: UInt64?
+    }
+
+    /// Connection `generation` failed with `error`. With a resumer and a failure a resume
+    /// repairs (`resumable`), the link goes down and a thread reconnects while faults wait;
+    /// otherwise the migration fails. Nothing happens for replaced connections, once every
+    /// page is local, or after the migration ended.
+    func lost(_ generation: UInt64, _ error: ResolveError, resumable: Bool) {
+        let now = monotonicNanoseconds()
+        let down = lock.withLock { state -> Link? in
+            guard case .fetching = state.phase, !state.pages.isComplete,
+                  state.link.generation == generation, state.link.downSince == nil else { return nil }
+            guard resumable, configuration.resumer != nil else {
+                state.fail(error)
+                return nil
+            }
+            state.link.downSince = now
+            state.report.outages.append(Outage(cause: error.cause, detectedAt: now))
+            return state.link
+        }
+        guard let down else { return }
+        down.demand.shutdown()
+        down.push?.shutdown()
+        logger.warning("connection to the source lost (\(error.cause)): faults wait while it reconnects, for up to \(configuration.reconnectTimeoutMilliseconds / 1000) s")
+        do {
+            let thread = try KernelThread(name: "dst-reconnect") { [self] in reconnect(after: now, hadPush: down.push != nil) }
+            spawned.withLock { $0.append(thread) }
+        } catch {
+            lock.withLock { $0.fail(.kernel(error)) }
+        }
+    }
+
+    /// Tries to resume, with backoff (50 ms doubling to 1 s), until it succeeds, the source
+    /// refuses (the session is gone: no later attempt can succeed), the window ends, or the
+    /// migration ends. A failure here fails the migration: its missing pages are poisoned.
+    private func reconnect(after since: UInt64, hadPush: Bool) {
+        let window = UInt64(configuration.reconnectTimeoutMilliseconds) * 1_000_000
+        var delay = 50
+        var attempts = 0
+        while true {
+            let ongoing = lock.withLock { state -> Bool in
+                if case .fetching = state.phase { return !state.pages.isComplete }
+                return false
+            }
+            guard ongoing else { return }
+            attempts += 1
+            do {
+                let timeout = max(250, min(2_000, configuration.stallTimeoutMilliseconds))
+                let (demand, push) = try configuration.resumer!.resume(push: hadPush, timeoutMilliseconds: timeout)
+                do {
+                    try adopt(demand, push, downSince: since, attempts: attempts)
+                    return
+                } catch {
+                    demand.shutdown()
+                    push?.shutdown()
+                    throw error
+                }
+            } catch {
+                if let refusal = Self.refusal(error) {
+                    lock.withLock { $0.fail(.resumeRefused(refusal)) }
+                    return
+                }
+                let elapsed = monotonicNanoseconds() - since
+                if attempts == 1 || attempts % 10 == 0 { logger.info("resume attempt \(attempts) failed: \(error)") }
+                if elapsed + UInt64(delay) * 1_000_000 >= window {
+                    lock.withLock { $0.fail(.reconnectTimedOut(seconds: configuration.reconnectTimeoutMilliseconds / 1000, attempts: attempts, last: "\(error)")) }
+                    return
+                }
+                sleepMilliseconds(delay)
+                delay = min(delay * 2, 1_000)
+            }
+        }
+    }
+
+    /// Why a resume attempt's failure is final (the source answered, and said no), or nil when
+    /// another attempt may succeed (the network or the source's process is not back yet).
+    static func refusal(_ error: any Error) -> String? {
+        switch error {
+        case let e as ChannelError where e.isConnectionLoss: nil
+        case is KernelError: nil // connect refused, unreachable, timed out
+        default: "\(error)"
+        }
+    }
+
+    /// New connections resumed the session: tells the source what is held (RECEIVED on the
+    /// push connection, before anything else on it), then, atomically under the lock, makes
+    /// them current, puts every page in flight on the old ones back to missing (waiting faults
+    /// ask again at once, see ``WaitingFaults/review``) and starts their receivers. Huge
+    /// pages half assembled by the old receivers are dropped with them.
+    private func adopt(_ demand: any FrameConnection, _ push: (any FrameConnection)?, downSince: UInt64, attempts: Int) throws {
+        if let push {
+            let held = lock.withLock { $0.pages.heldRuns(staged: $0.stagedUnits) }
+            try sendReceived(held, on: push)
+        }
+        let now = monotonicNanoseconds()
+        let adopted = lock.withLock { state -> (UInt64, Int)? in
+            guard case .fetching = state.phase else { return nil }
+            state.link = Link(demand: demand, push: push, generation: state.link.generation + 1)
+            let requeued = state.pages.requeueInFlight(keeping: state.stagedUnits)
+            state.faults.forgetUrgent()
+            state.phase = .fetching(pushComplete: false)
+            state.pingsSent = 0
+            if !state.report.outages.isEmpty {
+                let i = state.report.outages.count - 1
+                state.report.outages[i].resumedAfterNanoseconds = now - downSince
+                state.report.outages[i].attempts = attempts
+                state.report.outages[i].pagesAskedAgain = requeued
+            }
+            return (state.link.generation, requeued)
+        }
+        guard let (generation, requeued) = adopted else {
+            demand.shutdown()
+            push?.shutdown()
+            return
+        }
+        lastHeard.store(now, ordering: .relaxed)
+        lastPushFrame.store(now, ordering: .relaxed)
+        logger.warning("session resumed after \((now - downSince) / 1_000_000) ms (\(attempts) attempt(s)); \(requeued) pages in flight are asked for again")
+        startReceivers(demand, push, generation: generation)
+    }
+
+    /// RECEIVED frames for the region: `held` (runs of units) as byte ranges, as many per
+    /// frame as the source accepts, `more` on all but the last.
+    private func sendReceived(_ held: [Range<Int>], on push: any FrameConnection) throws {
+        let u = UInt64(unit)
+        let ranges = held.map { PageRange(offset: UInt64($0.lowerBound) * u, length: UInt64($0.count) * u) }
+        let perFrame = max(1, Received.rangesPerFrame(maxPayload: push.sendLimit))
+        var start = 0
+        repeat {
+            let end = min(ranges.count, start + perFrame)
+            try push.send(.received(Received(region: region.id, ranges: Array(ranges[start..<end]), more: end < ranges.count)))
+            start = end
+        } while start < ranges.count
+    }
+}
+
+/// One loss of the connections to the source, for the report.
+public struct Outage: Sendable {
+    /// What was noticed: a reset, a close, a silence.
+    public var cause: String
+    /// Monotonic ns when it was noticed.
+    public var detectedAt: UInt64
+    /// Until the session was resumed; nil if it never was (the migration then failed).
+    public var resumedAfterNanoseconds: UInt64?
+    public var attempts = 0
+    /// Pages in flight on the lost connections, asked for again.
+    public var pagesAskedAgain = 0
+}

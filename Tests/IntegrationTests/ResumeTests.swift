@@ -1,0 +1,88 @@
+import Glibc
+import PagerKernel
+import Testing
+
+/// Fault injection on the network between the two namespaces while a workload migrates:
+/// connections reset, a blackhole, a link that goes down. Each time the session resumes and
+/// the workload verifies every page (written ones included) at the end; nothing is poisoned.
+@Suite("Surviving the network: sessions resume", .serialized,
+       .enabled(if: isRoot, "needs root for network namespaces and userfaultfd"),
+       .enabled(if: Binaries.present, Comment(rawValue: Binaries.missing)))
+struct ResumeTests {
+    /// 256 MiB at 200 Mbit/s: over 10 s of migration, so every disruption lands inside it.
+    func migration() -> Migration {
+        var m = Migration(sizeMiB: 256, backing: "anon", access: "random")
+        m.destExtra = ["--reconnect-timeout-s", "30"]
+        m.sourceExtra = ["--session-linger-s", "30"]
+        return m
+    }
+
+    /// Every page right, the destination done without error, and `outages` resumes.
+    func expectResumed(_ outcome: Migration.Outcome, outages: Int) {
+        #expect(outcome.workloadStatus == 0, "workload: \(outcome.workload)\ndest: \(outcome.dest)")
+        #expect(outcome.workload.contains("workload: ok pages=65536") && outcome.workload.contains("mismatches=0"), "\(outcome.workload)")
+        #expect(outcome.destStatus == 0, "\(outcome.dest)")
+        #expect(outcome.dest.contains("(256 MiB) local after"), "\(outcome.dest)")
+        #expect(!outcome.dest.contains("poisoned"), "\(outcome.dest)")
+        #expect(occurrences(of: "session resumed after", in: outcome.dest) == outages, "\(outcome.dest)")
+        #expect(outcome.dest.contains("outages           \(outages) (connections lost, \(outages) resumed"), "\(outcome.dest)")
+        // Each outage resumes both connections (the demand and the push one).
+        #expect(outcome.source.contains("\(2 * outages) connection(s) resumed, 0 session(s) not resumed in time"), "\(outcome.source)")
+        #expect(outcome.source.contains("0 session(s) ended by errors"), "\(outcome.source)")
+        // Each resumed push took the destination's RECEIVED map and pushed only the rest.
+        #expect(occurrences(of: "; the push resends the rest", in: outcome.source) == outages, "\(outcome.source)")
+    }
+
+    @Test("both connections reset (ss -K) twice mid-migration: the session resumes each time, every page is right")
+    func resetTwice() throws {
+        let hosts = try TwoHosts()
+        let scratch = Scratch()
+        let outcome = try migration().run(hosts: hosts, scratch: scratch, shape: "200mbit") { dest in
+            for round in 1...2 {
+                sleepMilliseconds(1_500)
+                _ = try hosts.run(in: hosts.source, "/usr/bin/ss", ["-K", "dst", TwoHosts.destAddress])
+                try waitFor(dest, toPrint: "session resumed after", seconds: 20, occurrence: round)
+            }
+        }
+        expectResumed(outcome, outages: 2)
+        #expect(outcome.dest.contains("Connection reset by peer") || outcome.dest.contains("closed the connection"), "\(outcome.dest)")
+    }
+
+    @Test("a blackhole (nftables drops every packet) for 4 s: silence noticed after the 1.5 s stall timeout, the session resumes once it lifts")
+    func blackhole() throws {
+        let hosts = try TwoHosts()
+        let scratch = Scratch()
+        let outcome = try migration().run(hosts: hosts, scratch: scratch, shape: "200mbit") { dest in
+            sleepMilliseconds(1_500)
+            let nft = "/usr/sbin/nft"
+            _ = try hosts.run(in: hosts.source, nft, ["add", "table", "inet", "pagertest"])
+            for hook in ["input", "output"] {
+                _ = try hosts.run(in: hosts.source, nft, ["add", "chain", "inet", "pagertest", hook,
+                                                          "{ type filter hook \(hook) priority 0; policy drop; }"])
+            }
+            let dropped = monotonicNanoseconds()
+            try waitFor(dest, toPrint: "connection to the source lost", seconds: 10)
+            let noticed = monotonicNanoseconds() - dropped
+            #expect(noticed < 3_000_000_000, "noticed after \(noticed / 1_000_000) ms")
+            sleepMilliseconds(4_000 - Int(noticed / 1_000_000))
+            _ = try hosts.run(in: hosts.source, "/usr/sbin/nft", ["delete", "table", "inet", "pagertest"])
+            try waitFor(dest, toPrint: "session resumed after", seconds: 20)
+        }
+        expectResumed(outcome, outages: 1)
+        #expect(outcome.dest.contains("no frame from the source for"), "\(outcome.dest)")
+    }
+
+    @Test("the link goes down for 3 s (ip link set down): the session resumes when it is back")
+    func linkDown() throws {
+        let hosts = try TwoHosts()
+        let scratch = Scratch()
+        let outcome = try migration().run(hosts: hosts, scratch: scratch, shape: "200mbit") { dest in
+            sleepMilliseconds(1_500)
+            _ = try hosts.run(in: hosts.source, "/usr/sbin/ip", ["link", "set", hosts.sourceDevice, "down"])
+            sleepMilliseconds(3_000)
+            _ = try hosts.run(in: hosts.source, "/usr/sbin/ip", ["link", "set", hosts.sourceDevice, "up"])
+            try waitFor(dest, toPrint: "session resumed after", seconds: 20)
+        }
+        expectResumed(outcome, outages: 1)
+    }
+}
