@@ -19,6 +19,10 @@ struct ResumeTests {
 
     /// Every page right, the destination done without error, and `outages` resumes.
     func expectResumed(_ outcome: Migration.Outcome, outages: Int) {
+        // The measured pauses, for the log (the README quotes a run's).
+        for line in outcome.dest.split(separator: "\n") where line.contains("session resumed after") || line.contains("outages  ") {
+            print("resume: \(line)")
+        }
         #expect(outcome.workloadStatus == 0, "workload: \(outcome.workload)\ndest: \(outcome.dest)")
         #expect(outcome.workload.contains("workload: ok pages=65536") && outcome.workload.contains("mismatches=0"), "\(outcome.workload)")
         #expect(outcome.destStatus == 0, "\(outcome.dest)")

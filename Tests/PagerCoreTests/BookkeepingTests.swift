@@ -96,6 +96,23 @@ struct RegionPagesTests {
         }
     }
 
+    @Test("a resume: pages in flight go back to missing except staged ones; held runs are resident, discarded and staged pages")
+    func resumeBookkeeping() {
+        var pages = RegionPages(pageCount: 32)
+        _ = pages.request(0..<12)
+        _ = pages.accept(0..<4) // resident 0..<4, in flight 4..<12
+        pages.discard(20..<22)
+        var staged = PageBitmap(count: 32)
+        staged.insert(8..<10)
+        #expect(pages.heldRuns(staged: staged) == [0..<4, 8..<10, 20..<22])
+        #expect(pages.requeueInFlight(keeping: staged) == 6, "4..<8 and 10..<12 are asked again")
+        #expect((4..<8).allSatisfy { pages.state(of: $0) == .missing } && (10..<12).allSatisfy { pages.state(of: $0) == .missing })
+        #expect(pages.state(of: 8) == .inFlight && pages.state(of: 9) == .inFlight, "staged pages stay in flight from local memory")
+        #expect(pages.request(0..<12) == [4..<8, 10..<12])
+        #expect(pages.requeueInFlight(keeping: nil) == 8 && pages.inFlightCount == 0)
+        #expect(pages.heldRuns(staged: nil) == [0..<4, 20..<22])
+    }
+
     @Test("a page written by the workload after install is never reinstalled by a late push")
     func lateDataIsDropped() {
         var pages = RegionPages(pageCount: 8)

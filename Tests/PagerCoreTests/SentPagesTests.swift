@@ -14,6 +14,19 @@ struct SentPagesTests {
         #expect(PageBitmap(count: 5).clearRuns(in: 1..<4) == [1..<4])
     }
 
+    @Test("a RECEIVED map resets the region: held pages count as sent, every other is claimed again; other regions keep theirs")
+    func resetFromReceived() {
+        var pages = SentPages(pageCounts: [1: 16, 2: 4])
+        pages.markAllSent(1)
+        pages.markAllSent(2)
+        pages.reset(1, held: [0..<3, 8..<16])
+        #expect(pages.claimUnsent(1, from: 0, maxPages: 16) == 3..<8, "sent before the cut but not received: sent again")
+        #expect(pages.claimUnsent(1, from: 0, maxPages: 16) == nil)
+        #expect(pages.claimUnsent(2, from: 0, maxPages: 4) == nil, "region 2 untouched")
+        pages.reset(2, held: [])
+        #expect(pages.claimUnsent(2, from: 0, maxPages: 4) == 0..<4, "an empty map: all of it again")
+    }
+
     @Test("claimUnsent walks from the cursor in runs of at most maxPages, wraps once, then is nil")
     func claimWrapsOnce() {
         var pages = SentPages(pageCounts: [1: 10])
