@@ -16,6 +16,8 @@ public enum ResolveError: Error, CustomStringConvertible, Sendable {
     case workloadGone
     case invalidSetup(String)
     case kernel(KernelError)
+    /// ``FaultResolver/abort(_:)`` ended it.
+    case aborted(String)
     /// The connections were lost and the source refused the resume (the session is gone).
     case resumeRefused(String)
     /// The connections were lost and no resume succeeded within the reconnect window.
@@ -41,6 +43,7 @@ public enum ResolveError: Error, CustomStringConvertible, Sendable {
         case .workloadGone: "the workload's memory went away (process exited)"
         case .invalidSetup(let s): s
         case .kernel(let e): "\(e)"
+        case .aborted(let s): "\(s); \(poisoned)"
         case .resumeRefused(let s): "source lost: the connections broke and the source refused to resume the session (\(s)); \(poisoned)"
         case .reconnectTimedOut(let seconds, let attempts, let last):
             "source lost: the connections broke and \(attempts) attempt(s) to resume within \(seconds) s failed (the last: \(last)); \(poisoned)"

@@ -56,6 +56,17 @@ extension FaultResolver {
         }
     }
 
+    /// Ends the migration from outside (a signal, the guest gone): it fails with `reason`,
+    /// resumes nothing, and ``run()`` poisons what is missing and throws.
+    public func abort(_ reason: String) {
+        let link = lock.withLock { state -> Link in
+            state.fail(.aborted(reason))
+            return state.link
+        }
+        link.demand.shutdown()
+        link.push?.shutdown()
+    }
+
     /// Tries to resume, with backoff (50 ms doubling to 1 s), until it succeeds, the source
     /// refuses (the session is gone: no later attempt can succeed), the window ends, or the
     /// migration ends. A failure here fails the migration: its missing pages are poisoned.

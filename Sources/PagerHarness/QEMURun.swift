@@ -23,6 +23,10 @@ public struct QEMUMigrationRun {
     public var sourceArguments: [String] = []
     /// More arguments for `pagerd qemu-dest` (pager methods).
     public var destArguments: [String] = []
+    /// Rate limit on the source's side of the link (`tc tbf`), so that post-copy lasts.
+    public var shape: String?
+    /// Runs once `pagerd qemu-dest` says the guest runs here (post-copy): fault injection.
+    public var disrupt: ((ChildProcess) throws -> Void)?
     /// Where the two RAM files go (e.g. a hugetlbfs mount); nil: the run's scratch directory.
     public var ramDirectory: String?
 
@@ -78,6 +82,7 @@ public struct QEMUMigrationRun {
     }
 
     public func run(hosts: TwoHosts, scratch: Scratch) throws -> Outcome {
+        if let shape { try hosts.shapeSource(rate: shape) }
         let srcConsole = scratch.file("src.console"), dstConsole = scratch.file("dst.console")
         let srcQMP = scratch.file("src.qmp"), dstQMP = scratch.file("dst.qmp")
         let srcRAM = ramDirectory.map { $0 + "/src.ram" } ?? scratch.file("src.ram")
@@ -147,6 +152,10 @@ public struct QEMUMigrationRun {
                                        "--migrate-to", "tcp:\(TwoHosts.destAddress):4444", "--key-file", scratch.keyFile] + (trackSocket.map { ["--track-socket", $0] } ?? []) + sourceArguments,
                                       log: scratch.file("qemu-source.log"))
         defer { qsource.signal(.kill) }
+        if let disrupt {
+            try waitFor(qdest, toPrint: "guest running here", seconds: 120)
+            try disrupt(qdest)
+        }
         let s = qsource.wait(timeoutMilliseconds: 180_000)
         let d = qdest.wait(timeoutMilliseconds: 180_000)
         guard s == 0, d == 0 else {

@@ -77,8 +77,11 @@ public struct QEMUDestination {
         }
         let cancelled = Atomic<Bool>(false)
         let current = Mutex<DestinationClient?>(nil)
+        let resolving = Mutex<FaultResolver?>(nil)
         onCancel {
             cancelled.store(true, ordering: .releasing)
+            // Not a lost connection to resume: the migration ends, poisoning what is missing.
+            resolving.withLock { $0 }?.abort("stopped by a signal")
             current.withLock { $0 }?.close()
         }
         let qmp = try QMP(path: qmpPath)
@@ -107,25 +110,30 @@ public struct QEMUDestination {
                 throw QEMUError("pre-copy failed: \(error)")
             }
         }
+        var settings = configuration(staged: staged, connection: handoff.connection, guard: missing)
+        // Pre-copy's staged rounds and INVALIDATE order are not kept across a resume.
+        if staged == nil { settings.resumer = client.resumer }
         let resolver = try FaultResolver(uffd: handoff.uffd, region: region, mappings: handoff.mappings,
-                                         demand: client.demand, push: client.push,
-                                         configuration: configuration(staged: staged, connection: handoff.connection, guard: missing), logger: logger)
+                                         demand: client.demand, push: client.push, configuration: settings, logger: logger)
+        resolving.withLock { $0 = resolver }
+        if cancelled.load(ordering: .acquiring) { resolver.abort("stopped by a signal") }
         let outcome = Mutex<Result<ResolveReport, ResolveError>?>(nil)
-        let resolving = try KernelThread(name: "dst-resolver") {
+        let resolverThread = try KernelThread(name: "dst-resolver") {
             let r: Result<ResolveReport, ResolveError>
             do throws(ResolveError) { r = .success(try resolver.run()) } catch { r = .failure(error) }
             outcome.withLock { $0 = r }
         }
         defer {
-            // On an error below: closing the connections makes the resolver poison what is
-            // missing (the guest gets SIGBUS there, never zeros) and return.
+            // On an error below: the resolver ends, poisoning what is missing (the guest gets
+            // SIGBUS there, never zeros), and returns.
+            resolver.abort("the QEMU destination stopped")
             client.close()
             clientOpen = false
-            resolving.join()
+            resolverThread.join()
         }
         let runningAt = try waitUntilGuestRuns(qmp, unless: { outcome.withLock { $0 } })
         logger.info("guest running here after \(Double(runningAt - started) / 1e6) ms; its RAM arrives on demand and in the background")
-        resolving.join()
+        resolverThread.join()
         guard let result = outcome.withLock({ $0 }) else { throw QEMUError("the resolver ended without a result") }
         switch result {
         case .failure(let e): throw QEMUError("paging guest RAM failed: \(e)")

@@ -75,6 +75,7 @@ struct QEMUSourceCommand: ParsableCommand {
             print("""
             pagerd qemu-source: device state migrated in \(String(format: 1, r.deviceStateSeconds * 1000)) ms (VM stopped after \(String(format: 1, r.untilStopSeconds * 1000)) ms)
               served            \(r.counts.demandRequests) demand and \(r.counts.prefetchRequests) prefetch requests, \(r.counts.bytesSent >> 20) MiB as bytes, \(r.counts.zeroBytes >> 20) MiB as zero ranges
+              connections       \(r.counts.resumes) connection(s) resumed, \(r.counts.lingerExpired) session(s) not resumed in time
               migrate-issued-ns=\(r.migrateIssuedAt)\(r.precopyStartedAt.map { "\n  precopy-started-ns=\($0)" } ?? "")
             """)
         } catch {

@@ -41,6 +41,29 @@ struct QEMUTests {
         #expect(o.totalSeconds > 0)
     }
 
+    @Test("the pager's connections reset twice (ss -K) while the guest runs on post-copy: the session resumes, the guest keeps verifying its memory")
+    func guestSurvivesResets() throws {
+        let hosts = try TwoHosts()
+        let scratch = Scratch()
+        var run = QEMUMigrationRun(binaries: Binaries.directory, guest: TestGuest.directory!)
+        run.passesAfter = 2
+        run.shape = "400mbit" // 384 MiB: about 8 s of post-copy
+        run.disrupt = { qdest in
+            for round in 1...2 {
+                sleepMilliseconds(1_000)
+                _ = try hosts.run(in: hosts.source, "/usr/bin/ss", ["-K", "dst", TwoHosts.destAddress, "sport", "=", ":7070"])
+                try waitFor(qdest, toPrint: "session resumed after", seconds: 30, occurrence: round)
+            }
+        }
+        let o = try run.run(hosts: hosts, scratch: scratch)
+        for line in o.dest.split(separator: "\n") where line.contains("session resumed after") { print("qemu resume: \(line)") }
+        #expect(occurrences(of: "session resumed after", in: o.dest) == 2, "\(o.dest)")
+        #expect(!o.mismatch, "\(o.destConsole.suffix(3000))")
+        #expect(QEMUMigrationRun.passes(o.destConsole) >= 2, "\(o.destConsole.suffix(3000))")
+        #expect(o.dest.contains("all RAM local") && !o.dest.contains("poisoned"), "\(o.dest)")
+        #expect(o.source.contains("4 connection(s) resumed"), "\(o.source)")
+    }
+
     @Test("with pre-copy (the source QEMU's writes tracked by the preload library) the guest moves in rounds while it runs, then by post-copy, and keeps verifying its memory")
     func migrateGuestWithPrecopy() throws {
         let hosts = try TwoHosts()
