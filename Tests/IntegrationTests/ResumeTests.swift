@@ -76,6 +76,50 @@ struct ResumeTests {
         #expect(outcome.dest.contains("no frame from the source for"), "\(outcome.dest)")
     }
 
+    @Test("20 outages of 0.5 s, 2 s apart: blackholes shorter than the stall timeout are ridden out; sockets the source closed during one leave half-open connections, found by the next frame out and resumed")
+    func twentyOutages() throws {
+        let hosts = try TwoHosts()
+        let scratch = Scratch()
+        var m = migration()
+        m.sizeMiB = 1024 // about 57 s at 150 Mbit/s: longer than the 40 s of outages
+        let nft = "/usr/sbin/nft"
+        func blackhole(_ on: Bool) throws {
+            if !on {
+                _ = try hosts.run(in: hosts.source, nft, ["delete", "table", "inet", "pagertest"])
+                return
+            }
+            _ = try hosts.run(in: hosts.source, nft, ["add", "table", "inet", "pagertest"])
+            for hook in ["input", "output"] {
+                _ = try hosts.run(in: hosts.source, nft, ["add", "chain", "inet", "pagertest", hook,
+                                                          "{ type filter hook \(hook) priority 0; policy drop; }"])
+            }
+        }
+        let outcome = try m.run(hosts: hosts, scratch: scratch, shape: "150mbit") { dest in
+            for i in 0..<20 {
+                sleepMilliseconds(1_500)
+                try blackhole(true)
+                // The source's resets are dropped too: the destination holds half-open
+                // connections until its next frame out meets a reset.
+                if i % 2 == 1 { _ = try hosts.run(in: hosts.source, "/usr/bin/ss", ["-K", "dst", TwoHosts.destAddress]) }
+                sleepMilliseconds(500)
+                try blackhole(false)
+                #expect(dest.wait(timeoutMilliseconds: 0) == nil, "outage \(i + 1): the migration is still running")
+            }
+        }
+        #expect(outcome.workloadStatus == 0, "workload: \(outcome.workload)\ndest: \(outcome.dest)")
+        #expect(outcome.workload.contains("workload: ok pages=262144") && outcome.workload.contains("mismatches=0"), "\(outcome.workload)")
+        #expect(outcome.destStatus == 0 && !outcome.dest.contains("poisoned"), "\(outcome.dest)")
+        let resumed = occurrences(of: "session resumed after", in: outcome.dest)
+        for line in outcome.dest.split(separator: "\n") where line.contains("session resumed after") || line.contains("outages  ") {
+            print("resume: \(line)")
+        }
+        // Every reset is an outage that resumes; a 0.5 s blackhole alone is within TCP's
+        // retransmissions and the stall timeout (it may still count if a timeout coincides).
+        #expect(resumed >= 10, "\(outcome.dest)")
+        #expect(outcome.dest.contains("outages           \(resumed) (connections lost, \(resumed) resumed"), "\(outcome.dest)")
+        #expect(outcome.source.contains("0 session(s) not resumed in time"), "\(outcome.source)")
+    }
+
     @Test("the link goes down for 3 s (ip link set down): the session resumes when it is back")
     func linkDown() throws {
         let hosts = try TwoHosts()
