@@ -17,12 +17,30 @@ struct ResumeTests {
         return m
     }
 
-    /// Every page right, the destination done without error, and `outages` resumes.
-    func expectResumed(_ outcome: Migration.Outcome, outages: Int) {
-        // The measured pauses, for the log (the README quotes a run's).
-        for line in outcome.dest.split(separator: "\n") where line.contains("session resumed after") || line.contains("outages  ") {
+    /// The measured pauses, for the log (the README quotes a run's).
+    func printPauses(_ dest: String) {
+        for line in dest.split(separator: "\n") where line.contains("session resumed after") || line.contains("outages  ") {
             print("resume: \(line)")
         }
+    }
+
+    /// Drops every packet in and out of the source's namespace (nftables), or stops dropping.
+    func blackhole(_ hosts: TwoHosts, _ on: Bool) throws {
+        let nft = "/usr/sbin/nft"
+        guard on else {
+            _ = try hosts.run(in: hosts.source, nft, ["delete", "table", "inet", "pagertest"])
+            return
+        }
+        _ = try hosts.run(in: hosts.source, nft, ["add", "table", "inet", "pagertest"])
+        for hook in ["input", "output"] {
+            _ = try hosts.run(in: hosts.source, nft, ["add", "chain", "inet", "pagertest", hook,
+                                                      "{ type filter hook \(hook) priority 0; policy drop; }"])
+        }
+    }
+
+    /// Every page right, the destination done without error, and `outages` resumes.
+    func expectResumed(_ outcome: Migration.Outcome, outages: Int) {
+        printPauses(outcome.dest)
         #expect(outcome.workloadStatus == 0, "workload: \(outcome.workload)\ndest: \(outcome.dest)")
         #expect(outcome.workload.contains("workload: ok pages=65536") && outcome.workload.contains("mismatches=0"), "\(outcome.workload)")
         #expect(outcome.destStatus == 0, "\(outcome.dest)")
@@ -53,23 +71,18 @@ struct ResumeTests {
     }
 
     @Test("a blackhole (nftables drops every packet) for 4 s: silence noticed after the 1.5 s stall timeout, the session resumes once it lifts")
-    func blackhole() throws {
+    func longBlackhole() throws {
         let hosts = try TwoHosts()
         let scratch = Scratch()
         let outcome = try migration().run(hosts: hosts, scratch: scratch, shape: "200mbit") { dest in
             sleepMilliseconds(1_500)
-            let nft = "/usr/sbin/nft"
-            _ = try hosts.run(in: hosts.source, nft, ["add", "table", "inet", "pagertest"])
-            for hook in ["input", "output"] {
-                _ = try hosts.run(in: hosts.source, nft, ["add", "chain", "inet", "pagertest", hook,
-                                                          "{ type filter hook \(hook) priority 0; policy drop; }"])
-            }
+            try blackhole(hosts, true)
             let dropped = monotonicNanoseconds()
             try waitFor(dest, toPrint: "connection to the source lost", seconds: 10)
             let noticed = monotonicNanoseconds() - dropped
             #expect(noticed < 3_000_000_000, "noticed after \(noticed / 1_000_000) ms")
             sleepMilliseconds(4_000 - Int(noticed / 1_000_000))
-            _ = try hosts.run(in: hosts.source, "/usr/sbin/nft", ["delete", "table", "inet", "pagertest"])
+            try blackhole(hosts, false)
             try waitFor(dest, toPrint: "session resumed after", seconds: 20)
         }
         expectResumed(outcome, outages: 1)
@@ -82,27 +95,15 @@ struct ResumeTests {
         let scratch = Scratch()
         var m = migration()
         m.sizeMiB = 1024 // about 57 s at 150 Mbit/s: longer than the 40 s of outages
-        let nft = "/usr/sbin/nft"
-        func blackhole(_ on: Bool) throws {
-            if !on {
-                _ = try hosts.run(in: hosts.source, nft, ["delete", "table", "inet", "pagertest"])
-                return
-            }
-            _ = try hosts.run(in: hosts.source, nft, ["add", "table", "inet", "pagertest"])
-            for hook in ["input", "output"] {
-                _ = try hosts.run(in: hosts.source, nft, ["add", "chain", "inet", "pagertest", hook,
-                                                          "{ type filter hook \(hook) priority 0; policy drop; }"])
-            }
-        }
         let outcome = try m.run(hosts: hosts, scratch: scratch, shape: "150mbit") { dest in
             for i in 0..<20 {
                 sleepMilliseconds(1_500)
-                try blackhole(true)
+                try blackhole(hosts, true)
                 // The source's resets are dropped too: the destination holds half-open
                 // connections until its next frame out meets a reset.
                 if i % 2 == 1 { _ = try hosts.run(in: hosts.source, "/usr/bin/ss", ["-K", "dst", TwoHosts.destAddress]) }
                 sleepMilliseconds(500)
-                try blackhole(false)
+                try blackhole(hosts, false)
                 #expect(dest.wait(timeoutMilliseconds: 0) == nil, "outage \(i + 1): the migration is still running")
             }
         }
@@ -110,9 +111,7 @@ struct ResumeTests {
         #expect(outcome.workload.contains("workload: ok pages=262144") && outcome.workload.contains("mismatches=0"), "\(outcome.workload)")
         #expect(outcome.destStatus == 0 && !outcome.dest.contains("poisoned"), "\(outcome.dest)")
         let resumed = occurrences(of: "session resumed after", in: outcome.dest)
-        for line in outcome.dest.split(separator: "\n") where line.contains("session resumed after") || line.contains("outages  ") {
-            print("resume: \(line)")
-        }
+        printPauses(outcome.dest)
         // Every reset is an outage that resumes; a 0.5 s blackhole alone is within TCP's
         // retransmissions and the stall timeout (it may still count if a timeout coincides).
         #expect(resumed >= 10, "\(outcome.dest)")
