@@ -111,7 +111,10 @@ public final class SourceServer: @unchecked Sendable {
 
     /// Session sockets fail once data sent has gone unacknowledged this long
     /// (`TCP_USER_TIMEOUT`): a blackholed destination is noticed, and its session lingers.
-    public var userTimeoutMilliseconds = 5_000
+    /// Longer than the destination's 5 s: Linux also counts a zero window against it, and a
+    /// destination whose push receiver runs on idle CPU only may be slow to read; a
+    /// destination that resumes replaces the connection sooner anyway.
+    public var userTimeoutMilliseconds = 20_000
 
     /// At most this many connections in their handshake at once; a newcomer evicts the oldest.
     /// Each holds a thread until it completes, is evicted or times out: this bounds them (and

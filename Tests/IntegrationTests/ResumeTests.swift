@@ -55,11 +55,14 @@ struct ResumeTests {
         #expect(occurrences(of: "; the push resends the rest", in: outcome.source) == outages, "\(outcome.source)")
     }
 
-    @Test("both connections reset (ss -K) twice mid-migration: the session resumes each time, every page is right")
+    @Test("both connections of an encrypted session reset (ss -K) twice mid-migration: each resume authenticates and seals like a new connection, every page is right")
     func resetTwice() throws {
         let hosts = try TwoHosts()
         let scratch = Scratch()
-        let outcome = try migration().run(hosts: hosts, scratch: scratch, shape: "200mbit") { dest in
+        var m = migration()
+        m.destExtra += ["--encrypt"]
+        m.sourceExtra += ["--encrypt"]
+        let outcome = try m.run(hosts: hosts, scratch: scratch, shape: "200mbit") { dest in
             for round in 1...2 {
                 sleepMilliseconds(1_500)
                 _ = try hosts.run(in: hosts.source, "/usr/bin/ss", ["-K", "dst", TwoHosts.destAddress])
@@ -67,6 +70,7 @@ struct ResumeTests {
             }
         }
         expectResumed(outcome, outages: 2)
+        #expect(occurrences(of: "demand channel resumed, authenticated, encrypted", in: outcome.source) == 2, "\(outcome.source)")
         #expect(outcome.dest.contains("Connection reset by peer") || outcome.dest.contains("closed the connection"), "\(outcome.dest)")
     }
 
