@@ -109,6 +109,10 @@ extension FaultResolver {
         }
     }
 
+    /// Whether another attempt to connect may succeed after `error` (the network or the
+    /// source's process is not there yet), as opposed to a source that answered and refused.
+    public static func mayRetry(_ error: any Error) -> Bool { refusal(error) == nil }
+
     /// Why a resume attempt's failure is final (the source answered, and said no), or nil when
     /// another attempt may succeed (the network or the source's process is not back yet).
     static func refusal(_ error: any Error) -> String? {

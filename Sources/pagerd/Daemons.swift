@@ -192,6 +192,30 @@ struct DestCommand: ParsableCommand {
         return f
     }
 
+    /// The session for a handoff: faults already wait, so a source that cannot be reached
+    /// yet (not started, restarting, the network down) is retried like a lost connection, with
+    /// backoff, within --reconnect-timeout-s. A source that answers and refuses is not.
+    func firstConnection(_ authentication: PeerAuthentication, logger: Logger) throws -> DestinationClient {
+        let deadline = monotonicNanoseconds() + UInt64(reconnectTimeoutS * 1e9)
+        var delay = 50
+        var attempts = 0
+        while true {
+            attempts += 1
+            do {
+                return try DestinationClient(source: Endpoint(connect)!, clientName: "pagerd-dest", features: features,
+                                             authentication: authentication)
+            } catch {
+                guard FaultResolver.mayRetry(error) else { throw error }
+                if attempts == 1 { logger.warning("cannot reach the source \(connect) (\(error)): retrying for up to \(Int(reconnectTimeoutS)) s while faults wait") }
+                guard monotonicNanoseconds() + UInt64(delay) * 1_000_000 < deadline else {
+                    throw HandoffError(message: "the source \(connect) could not be reached in \(attempts) attempt(s) within \(Int(reconnectTimeoutS)) s (the last: \(error))")
+                }
+                sleepMilliseconds(delay)
+                delay = min(delay * 2, 1_000)
+            }
+        }
+    }
+
     /// Pre-copy, then one handoff; returns false (after logging why) if it failed.
     func migratePrecopy(_ listener: HandoffListener, _ authentication: PeerAuthentication, logger: Logger) -> Bool {
         do {
@@ -226,8 +250,7 @@ struct DestCommand: ParsableCommand {
         let missing = handoff.guardMissingPages()
         serviceNotifier.status("migrating \(total >> 20) MiB from \(connect)")
         do {
-            let client = try existing ?? DestinationClient(source: Endpoint(connect)!, clientName: "pagerd-dest", features: features,
-                                                           authentication: authentication)
+            let client = try existing ?? firstConnection(authentication, logger: logger)
             defer { client.close() }
             let region = try chosen ?? client.region(selectedBy: self.region)
             logger.info("session \(hex(client.session)) with \(connect) (\(client.features.protectionDescription)): region \(region.id) \"\(region.name)\" (\(region.length >> 20) MiB)")

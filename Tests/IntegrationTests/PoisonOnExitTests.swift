@@ -52,9 +52,13 @@ struct PoisonOnExitTests {
     func unreachable() throws {
         // A port that was just free: nothing listens there.
         let port = try TCPListener(Endpoint(host: "127.0.0.1", port: 0)).endpoint.port
-        let o = try handOff(to: Endpoint(host: "127.0.0.1", port: port))
+        let started = monotonicNanoseconds()
+        let o = try handOff(to: Endpoint(host: "127.0.0.1", port: port), destExtra: ["--reconnect-timeout-s", "2"])
         expectPoisoned(o, "unreachable")
-        #expect(o.dest.contains("Connection refused"), "\(o.dest)")
+        // Retried while the faults waited, for the window, then poisoned.
+        #expect(o.dest.contains("retrying for up to 2 s while faults wait"), "\(o.dest)")
+        #expect(o.dest.contains("could not be reached in") && o.dest.contains("within 2 s (the last: connect failed") && o.dest.contains("Connection refused"), "\(o.dest)")
+        #expect(monotonicNanoseconds() - started >= 1_000_000_000, "retried most of the window (it stops when the next wait would pass it)")
     }
 
     @Test("a handoff the daemon refuses (malformed JSON, the userfaultfd attached): what it covers is poisoned")
