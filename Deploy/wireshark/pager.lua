@@ -652,15 +652,9 @@ local function dissect_sealed(tvb, tree, name, length)
     return string.format("sealed record %s, %d bytes", name, length)
 end
 
-local function dissect_frame(tvb, pinfo, tree, offset, c)
+local function dissect_frame_fields(tvb, sub, s, c)
     local ftype, flags, length = tvb(0, 2):uint(), tvb(2, 2):uint(), tvb(4, 4):uint()
     local name = TYPES[ftype] or string.format("0x%04x", ftype)
-    local s = classify(pinfo, offset, ftype, c)
-    local sub = tree:add(pager, tvb(), s.sealed and ("Pager sealed record, " .. name) or ("Pager " .. name))
-    sub:add(F["conn.direction"], s.from_client and "destination to source" or "source to destination"):set_generated()
-    sub:add(F["conn.channel"], c.channel or "unknown"):set_generated()
-    sub:add(F["conn.encryption"], encryption_text(c, s)):set_generated()
-    sub:add(F["conn.frame"], s.index):set_generated()
     sub:add(F["type"], tvb(0, 2))
     local fitem = sub:add(F["flags"], tvb(2, 2))
     sub:add(F["length"], tvb(4, 4))
@@ -691,6 +685,21 @@ local function dissect_frame(tvb, pinfo, tree, offset, c)
     local item = result.range and sub:add(result.range, "Malformed here") or sub
     item:add_proto_expert_info(ef_malformed, result.text)
     return name .. " [malformed: " .. result.kind .. "]", false
+end
+
+-- The frame's tree, then what is known of its connection (after the payload: a HELLO is
+-- itself what says whether encryption is offered).
+local function dissect_frame(tvb, pinfo, tree, offset, c)
+    local ftype = tvb(0, 2):uint()
+    local name = TYPES[ftype] or string.format("0x%04x", ftype)
+    local s = classify(pinfo, offset, ftype, c)
+    local sub = tree:add(pager, tvb(), s.sealed and ("Pager sealed record, " .. name) or ("Pager " .. name))
+    local info, valid = dissect_frame_fields(tvb, sub, s, c)
+    sub:add(F["conn.direction"], s.from_client and "destination to source" or "source to destination"):set_generated()
+    sub:add(F["conn.channel"], c.channel or "unknown"):set_generated()
+    sub:add(F["conn.encryption"], encryption_text(c, s)):set_generated()
+    sub:add(F["conn.frame"], s.index):set_generated()
+    return info, valid
 end
 
 ---------------------------------------------------------------------------------------------
