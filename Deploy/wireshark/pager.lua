@@ -570,7 +570,8 @@ end
 
 ---------------------------------------------------------------------------------------------
 -- Per-connection state. Wireshark may dissect a frame many times and in any order, so what
--- depends on earlier frames is decided on the first pass and kept per (frame, offset).
+-- depends on earlier frames is decided the first time a frame is seen (in capture order)
+-- and kept per (frame, offset).
 --
 -- Sealing (§5.1): WELCOME is itself sealed, so the accepted features are never visible. The
 -- spec makes them predictable: a server that authenticates a HELLO offering `encryption`
@@ -578,9 +579,8 @@ end
 -- every server frame is too, except a refusal: an ERROR in the clear as the server's first
 -- frame after AUTH_RESPONSE.
 
-local conns = {}   -- tcp.stream -> { client = "addr:port", frames, channel, offers_encryption, client_sealed, server }
+local conns = {}   -- "addr:port addr:port" -> { client = "addr:port", frames, channel, offers_encryption, client_sealed, server }
 local seen = {}    -- "frame:offset" -> { sealed, index, from_client }
-local tcp_stream = Field.new("tcp.stream")
 
 function pager.init()
     conns = {}
@@ -590,7 +590,10 @@ end
 local function endpoint(addr, port) return tostring(addr) .. ":" .. tostring(port) end
 
 local function conn_of(pinfo)
-    local key = tcp_stream() and tcp_stream().value or endpoint(pinfo.src, pinfo.src_port) .. endpoint(pinfo.dst, pinfo.dst_port)
+    -- By address and port pair, the same both ways (tcp.stream is not always extracted: tshark -2
+    -- leaves it out of its second pass).
+    local a, b = endpoint(pinfo.src, pinfo.src_port), endpoint(pinfo.dst, pinfo.dst_port)
+    local key = a < b and (a .. " " .. b) or (b .. " " .. a)
     local c = conns[key]
     if c == nil then
         c = { frames = 0, server = "clear" }
@@ -617,14 +620,18 @@ local function classify(pinfo, offset, ftype, c)
         sealed = c.server == "sealed"
     end
     c.frames = c.frames + 1
-    s = { sealed = sealed, index = c.frames, from_client = from_client }
+    s = { sealed = sealed, index = c.frames, from_client = from_client, fresh = true }
     seen[key] = s
     return s
 end
 
--- After the frame is decoded: AUTH_RESPONSE turns sealing on (first pass only).
-local function advance(pinfo, c, ftype, s, valid)
-    if pinfo.visited or s.sealed or not valid then return end
+-- After the frame is decoded: AUTH_RESPONSE turns sealing on, the first time the frame is
+-- seen. Not keyed on pinfo.visited: tshark -2 runs init() between its passes, and the second
+-- pass must rebuild the same state from the frames in order.
+local function advance(c, ftype, s, valid)
+    if not s.fresh then return end
+    s.fresh = false
+    if s.sealed or not valid then return end
     if ftype == 0x0004 and s.from_client and c.offers_encryption then
         c.client_sealed = true
         c.server = "pending"
@@ -742,7 +749,7 @@ function pager.dissector(tvb, pinfo, tree)
             return total
         end
         local info, valid = dissect_frame(tvb(offset, 8 + length):tvb(), pinfo, tree, offset, c)
-        advance(pinfo, c, ftype, seen[pinfo.number .. ":" .. offset], valid)
+        advance(c, ftype, seen[pinfo.number .. ":" .. offset], valid)
         add_info(pinfo, info)
         offset = offset + 8 + length
     end

@@ -94,9 +94,11 @@ struct CaptureTests {
         }
         let path = scratch.file("sealed.pcap")
         try pcap.write(to: path)
-        let rows = try Tshark.fields(path, ["tcp.stream", "pager.type", "pager.sealed.length", "pager.sealed.plaintext_length",
-                                            "pager.conn.encryption", "pager.welcome.session_id", "pager.request.offset", "pager.error.code",
-                                            "_ws.expert.message"])
+        let fields = ["tcp.stream", "pager.type", "pager.sealed.length", "pager.sealed.plaintext_length", "pager.conn.encryption",
+                      "pager.welcome.session_id", "pager.request.offset", "pager.error.code", "_ws.expert.message"]
+        let rows = try Tshark.fields(path, fields)
+        // What depends on earlier frames is the same when frames are dissected twice.
+        #expect(try Tshark.fields(path, fields, twoPass: true) == rows, "tshark -2 differs")
         let column = { (stream: String, f: String) in rows.filter { $0["tcp.stream"] == stream }.map { $0[f]! } }
         #expect(column("0", "pager.type") == ["0x0001", "0x0003", "0x0004", "0x0002", "0x0020", "0x0050"])
         #expect(column("0", "pager.sealed.length") == ["", "", "", "60", "40", "32"])
@@ -122,8 +124,10 @@ struct MigrationCaptureTests {
     static let seed: UInt64 = 11
 
     /// Authenticated, not encrypted (the daemons' default with a key): frames after the
-    /// handshake travel in the clear.
-    static let migration = Migration(sizeMiB: sizeMiB, backing: "anon", access: "random", seed: seed)
+    /// handshake travel in the clear. The workload faults on a tenth of its pages (so there
+    /// are PAGE_REQUESTs) and waits for the push to bring the rest (so the push completes,
+    /// PUSH_COMPLETE, rather than the faults fetching the last pages first).
+    static let migration = Migration(sizeMiB: sizeMiB, backing: "anon", access: "working-set", seed: seed)
 
     static let fields = ["tcp.stream", "pager.type", "pager.length", "pager.hello.channel", "pager.hello.client_name", "pager.hello.features",
                          "pager.welcome.session_id", "pager.region.region_id", "pager.region.length", "pager.region.page_shift",
@@ -135,6 +139,13 @@ struct MigrationCaptureTests {
         #expect(c.outcome.workloadStatus == 0 && c.outcome.workload.contains("mismatches=0"), "workload: \(c.outcome.workload)\ndest: \(c.outcome.dest)")
         #expect(c.outcome.destStatus == 0, "\(c.outcome.dest)")
         #expect(c.tcpdump.contains("\n0 packets dropped by kernel"), "\(c.tcpdump)")
+    }
+
+    /// No frame of the capture is malformed for the dissector (TCP's own notes, such as a
+    /// full receive window, are not the pager's business).
+    func expectNoPagerErrors(_ pcap: String) throws {
+        let bad = try Tshark.fields(pcap, ["_ws.expert.message"], filter: "pager.malformed || pager.checksum_bad")
+        #expect(bad.isEmpty, "\(bad.prefix(5).map { $0["_ws.expert.message"]! })")
     }
 
     /// Every value of `field` over every frame of `rows` (several frames may share a packet).
@@ -155,7 +166,7 @@ struct MigrationCaptureTests {
                              ("AUTH_CONFIRM", 0x05), ("PAGE_REQUEST", 0x20), ("PAGE_DATA", 0x21), ("PUSH_COMPLETE", 0x40), ("GOODBYE", 0x7e)] {
             #expect(types.contains(UInt64(code)), "no \(name) decoded")
         }
-        #expect(values(rows, "_ws.expert.message").isEmpty, "\(values(rows, "_ws.expert.message").prefix(5))")
+        try expectNoPagerErrors(c.pcap)
         #expect(values(rows, "pager.sealed.length").isEmpty)
         // Two connections: the demand one (channel 0) and the push one (channel 1), one client name.
         #expect(values(rows, "pager.hello.channel").sorted() == ["0", "1"])
@@ -192,7 +203,7 @@ struct MigrationCaptureTests {
         expectMigrated(c)
         #expect(c.outcome.dest.contains("authenticated, encrypted"), "\(c.outcome.dest)")
         let rows = try Tshark.fields(c.pcap, MigrationCaptureTests.fields + ["pager.sealed.plaintext_length"])
-        #expect(values(rows, "_ws.expert.message").isEmpty, "\(values(rows, "_ws.expert.message").prefix(5))")
+        try expectNoPagerErrors(c.pcap)
         // In the clear: HELLO, AUTH_CHALLENGE, AUTH_RESPONSE on each connection, HELLO offering encryption.
         #expect(values(rows, "pager.hello.channel").sorted() == ["0", "1"])
         #expect(values(rows, "pager.hello.features").allSatisfy { number($0) & 0x84 == 0x84 })

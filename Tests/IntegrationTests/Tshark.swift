@@ -24,8 +24,10 @@ enum Tshark {
     /// `tshark -r pcap -T fields -e fields…` with the dissector loaded: one row per packet
     /// that matches `filter`, each field's occurrences joined by ",". Throws on a tshark error
     /// (a Lua error in the dissector among them).
-    static func fields(_ pcap: String, _ fields: [String], filter: String = "pager", preferences: [String] = []) throws -> [[String: String]] {
-        var args = ["-X", "lua_script:" + dissector, "-r", pcap, "-Y", filter, "-T", "fields", "-E", "separator=/t", "-E", "occurrence=a", "-E", "aggregator=,"]
+    /// `twoPass`: tshark -2, as Wireshark's GUI does (frames dissected again after the first pass).
+    static func fields(_ pcap: String, _ fields: [String], filter: String = "pager", preferences: [String] = [],
+                       twoPass: Bool = false) throws -> [[String: String]] {
+        var args = (twoPass ? ["-2"] : []) + ["-X", "lua_script:" + dissector, "-r", pcap, "-Y", filter, "-T", "fields", "-E", "separator=/t", "-E", "occurrence=a", "-E", "aggregator=,"]
         for p in preferences { args += ["-o", p] }
         // frame.number first: every row has a tab, which tells rows from tshark's warnings.
         let all = ["frame.number"] + fields
