@@ -650,7 +650,7 @@ end
 local function dissect_sealed(tvb, tree, name, length)
     local item = tree:add(F["sealed.length"], tvb(4, 4))
     if length < TAG_BYTES then
-        item:add_proto_expert_info(ef_malformed, string.format("frame-too-large: sealed %s record is %d bytes, shorter than its %d-byte tag", name, length, TAG_BYTES))
+        item:add_proto_expert_info(ef_malformed, string.format("truncated-payload: sealed %s record is %d bytes, shorter than its %d-byte tag", name, length, TAG_BYTES))
         return string.format("sealed record %s (%d bytes, malformed)", name, length)
     end
     tree:add(F["sealed.plaintext_length"], tvb(4, 4), length - TAG_BYTES):set_generated()
