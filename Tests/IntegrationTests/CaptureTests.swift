@@ -71,6 +71,24 @@ struct CaptureTests {
         }
     }
 
+    @Test("on a port other than 7070 a connection is the pager's when it starts with a HELLO, and only then")
+    func heuristic() throws {
+        let scratch = Scratch()
+        let h = try WireVectorFile("handshake.txt").blocks[0]
+        let ping = try WireVectorFile("valid.hex").blocks.first { $0.values["meaning"]!.hasPrefix("PING") }!.bytes()
+        var pcap = PcapWriter(serverPort: 9_001)
+        pcap.send(port: 42_000, fromClient: true, h.bytes("hello"))
+        pcap.send(port: 42_000, fromClient: false, h.bytes("auth-challenge"))
+        pcap.send(port: 42_000, fromClient: true, h.bytes("auth-response") + ping, segmentBytes: 50)
+        pcap.send(port: 42_001, fromClient: true, ping)
+        let path = scratch.file("heuristic.pcap")
+        try pcap.write(to: path)
+        let rows = try Tshark.fields(path, ["tcp.port", "pager.type", "pager.conn.channel"])
+        #expect(rows.allSatisfy { $0["tcp.port"]!.contains("42000") }, "a stream without HELLO was taken: \(rows)")
+        #expect(rows.map { $0["pager.type"]! } == ["0x0001", "0x0003", "0x0004,0x0050"])
+        #expect(rows.allSatisfy { $0["pager.conn.channel"]!.split(separator: ",").allSatisfy { $0 == "demand" } })
+    }
+
     @Test("after AUTH_RESPONSE on a connection that offered encryption, frames are sealed records; a clear refusal is not")
     func sealedVectors() throws {
         let scratch = Scratch()

@@ -1,15 +1,17 @@
 import Glibc
 
 /// Writes a classic pcap (Ethernet, IPv4, TCP) of made-up TCP streams, so tshark can read wire
-/// vectors as if captured: each stream is client 10.0.0.2:port ↔ server 10.0.0.1:7070 with
+/// vectors as if captured: each stream is client 10.0.0.2:port ↔ server 10.0.0.1:serverPort with
 /// sequence numbers kept per direction (no handshake: tshark's TCP needs none to reassemble).
 struct PcapWriter {
     private(set) var bytes: [UInt8] = []
     private var sequence: [UInt32: UInt32] = [:] // (port << 1 | direction) -> next sequence number
     private var packets: UInt32 = 0
-    static let serverPort: UInt16 = 7070
+    /// 7070 is the dissector's registered port; any other is left to its heuristic.
+    let serverPort: UInt16
 
-    init() {
+    init(serverPort: UInt16 = 7070) {
+        self.serverPort = serverPort
         // Magic, version 2.4, timezone 0, sigfigs 0, snaplen, linktype 1 (Ethernet); little-endian.
         le32(0xa1b2_c3d4); le16(2); le16(4); le32(0); le32(0); le32(262_144); le32(1)
     }
@@ -20,7 +22,7 @@ struct PcapWriter {
         let seq = sequence[key, default: 1]
         sequence[key] = seq &+ UInt32(payload.count)
         let (src, dst): ([UInt8], [UInt8]) = fromClient ? ([10, 0, 0, 2], [10, 0, 0, 1]) : ([10, 0, 0, 1], [10, 0, 0, 2])
-        let (sport, dport) = fromClient ? (port, PcapWriter.serverPort) : (PcapWriter.serverPort, port)
+        let (sport, dport) = fromClient ? (port, serverPort) : (serverPort, port)
         var packet: [UInt8] = Array(repeating: 0, count: 12) + [0x08, 0x00] // Ethernet: zero MACs, IPv4
         packet += [0x45, 0] + be16(UInt16(40 + payload.count)) + [0, 0, 0, 0, 64, 6, 0, 0] + src + dst
         packet += be16(sport) + be16(dport) + be32(seq) + be32(0) + [0x50, 0x18] + be16(65535) + [0, 0, 0, 0]
