@@ -19,8 +19,10 @@ fi
 # connection with it. iperf3: pager-bench's second
 # raw-throughput baseline (pager-bench says so and goes on without it).
 # qemu-system-x86, busybox-static, cpio: the QEMU test guest (Deploy/qemu/make-guest.sh
-# fetches Debian's kernel itself).
-packages=(liburing-dev libssl-dev pkg-config libibverbs-dev librdmacm-dev iproute2 nftables iperf3 qemu-system-x86 busybox-static cpio)
+# fetches Debian's kernel itself). tshark, tcpdump: the capture tests run the Wireshark
+# dissector (Deploy/wireshark/pager.lua) on captured migrations (tshark's postinst question
+# about non-root capture takes its default under DEBIAN_FRONTEND=noninteractive).
+packages=(liburing-dev libssl-dev pkg-config libibverbs-dev librdmacm-dev iproute2 nftables iperf3 qemu-system-x86 busybox-static cpio tshark tcpdump)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
