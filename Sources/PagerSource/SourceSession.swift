@@ -72,6 +72,7 @@ final class SourceSession: @unchecked Sendable {
         /// RECEIVED maps applied (see ``applyReceived(_:held:)``).
         var restarts = 0
         var hadPush = false
+        var hadDemand = false
         var isOpen: Bool { lifecycle == .open }
 
         func attachment(_ role: ChannelRole) -> Attachment? { role == .demand ? demand : push }
@@ -105,9 +106,13 @@ final class SourceSession: @unchecked Sendable {
             s.generations += 1
             let new = Attachment(connection: connection, generation: s.generations)
             let old = s.attachment(role)
-            // The demand connection comes first; a later one, or a second push, is a resume.
-            if role == .demand ? s.generations > 1 : s.hadPush { s.reattached += 1 }
-            if role == .demand { s.demand = new } else {
+            // A second connection of a role is a resume (the first push may attach before the
+            // first demand connection: both complete their handshakes independently).
+            if role == .demand ? s.hadDemand : s.hadPush { s.reattached += 1 }
+            if role == .demand {
+                s.demand = new
+                s.hadDemand = true
+            } else {
                 s.push = new
                 s.hadPush = true
                 s.queue.removeAll() // the destination asks again on the new connection

@@ -28,9 +28,10 @@ struct ResumeLeakTests {
         }
         #expect(source.server.waitUntilConnections(atMost: 2, withinNanoseconds: 30_000_000_000), "only the last two connections have threads")
         #expect(source.server.counts.resumes == 200, "\(source.server.counts)")
-        // The old connections' sockets closed on both sides: a handful of descriptors more
-        // at most (the two current connections replace the client's first two).
-        #expect(openDescriptorCount() <= descriptorsBefore + 2, "descriptors: \(descriptorsBefore) before, \(openDescriptorCount()) after")
+        // The old connections' sockets closed on both sides. A leak would leave at least 2
+        // per resume (200 here); suites running alongside in this process open a few of their
+        // own, hence the slack of 10.
+        #expect(openDescriptorCount() <= descriptorsBefore + 10, "descriptors: \(descriptorsBefore) before, \(openDescriptorCount()) after")
         try demand.send(.goodbye)
         push?.shutdown()
         #expect(throws: ChannelError.self) { _ = try demand.receive() }
