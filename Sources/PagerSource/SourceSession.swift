@@ -14,8 +14,6 @@ enum SessionLifecycle: Equatable, Sendable {
 
 /// Why a session closed without a GOODBYE.
 enum CloseReason: Equatable, Sendable {
-    /// The push connection ended (its loop returned or failed).
-    case pushEnded
     /// Receiving on the push connection failed (the destination went away or sent garbage).
     case pushReceiveFailed
     /// The destination sent a message the push connection does not take.

@@ -21,7 +21,7 @@ struct SessionTests {
     func lifecycle() {
         let a = makeSession()
         #expect(a.lifecycle == .open && !a.isClosed)
-        a.close(.pushEnded)
+        a.close(.failed)
         a.goodbye()
         #expect(a.lifecycle == .saidGoodbye && a.saidGoodbye && a.isClosed)
         a.close(.serverStopped)
@@ -67,7 +67,7 @@ struct SessionTests {
         let replacement = IdleConnection()
         let next = session.attach(.push, replacement)
         #expect(session.isCurrent(.push, next))
-        let closer = try KernelThread(name: "test-close") { session.close(.pushEnded) }
+        let closer = try KernelThread(name: "test-close") { session.close(.failed) }
         session.waitForWork(push: next, restarts: 1)
         closer.join()
         #expect(session.isClosed && !session.isCurrent(.push, next))
