@@ -42,8 +42,10 @@ public struct WaitingFaults: Sendable {
     public mutating func markUrgent(_ run: Range<Int>) { urgent.insert(run) }
     /// The connections were replaced (a resume): no request is outstanding on the new ones.
     public mutating func forgetUrgent() { urgent = PageBitmap(count: urgent.count) }
-    /// Pages faults wait on, for requests sent again after a resume.
-    public var waitedPages: [Int] { since.keys.sorted() }
+    /// How long the oldest wait has lasted at `now` (0 when none waits).
+    public func longestWait(now: UInt64) -> UInt64 {
+        since.values.min().map { now > $0 ? now - $0 : 0 } ?? 0
+    }
 
     /// What the review of the waiting faults decided.
     public struct Review: Equatable, Sendable {

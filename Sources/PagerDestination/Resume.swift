@@ -146,6 +146,7 @@ extension FaultResolver {
                 state.report.outages[i].resumedAfterNanoseconds = now - downSince
                 state.report.outages[i].attempts = attempts
                 state.report.outages[i].pagesAskedAgain = requeued
+                state.report.outages[i].longestFaultWaitNanoseconds = state.faults.longestWait(now: now)
             }
             return (state.link.generation, requeued)
         }
@@ -156,7 +157,8 @@ extension FaultResolver {
         }
         lastHeard.store(now, ordering: .relaxed)
         lastPushFrame.store(now, ordering: .relaxed)
-        logger.warning("session resumed after \((now - downSince) / 1_000_000) ms (\(attempts) attempt(s)); \(requeued) pages in flight are asked for again")
+        let waited = lock.withLock { $0.report.outages.last?.longestFaultWaitNanoseconds ?? 0 }
+        logger.warning("session resumed after \((now - downSince) / 1_000_000) ms (\(attempts) attempt(s)); \(requeued) pages in flight are asked for again; the longest-waiting fault had waited \(waited / 1_000_000) ms")
         startReceivers(demand, push, generation: generation)
     }
 
@@ -186,4 +188,6 @@ public struct Outage: Sendable {
     public var attempts = 0
     /// Pages in flight on the lost connections, asked for again.
     public var pagesAskedAgain = 0
+    /// How long the longest-waiting fault had waited when the session resumed.
+    public var longestFaultWaitNanoseconds: UInt64 = 0
 }

@@ -382,5 +382,6 @@ func outageSummary(_ outages: [Outage]) -> String {
     let resumed = outages.compactMap(\.resumedAfterNanoseconds)
     let longest = resumed.max().map { "longest \($0 / 1_000_000) ms" } ?? ""
     let again = outages.reduce(0) { $0 + $1.pagesAskedAgain }
-    return "\(outages.count) (connections lost, \(resumed.count) resumed, \(longest)), \(again) pages asked for again; first: \(outages[0].cause)"
+    let waited = outages.map(\.longestFaultWaitNanoseconds).max() ?? 0
+    return "\(outages.count) (connections lost, \(resumed.count) resumed, \(longest)), \(again) pages asked for again, a fault waited up to \(waited / 1_000_000) ms; first: \(outages[0].cause)"
 }

@@ -48,6 +48,7 @@ struct ResumeTests {
         #expect(!outcome.dest.contains("poisoned"), "\(outcome.dest)")
         #expect(occurrences(of: "session resumed after", in: outcome.dest) == outages, "\(outcome.dest)")
         #expect(outcome.dest.contains("outages           \(outages) (connections lost, \(outages) resumed"), "\(outcome.dest)")
+        #expect(outcome.dest.contains("pages asked for again, a fault waited up to "), "\(outcome.dest)")
         // Each outage resumes both connections (the demand and the push one).
         #expect(outcome.source.contains("\(2 * outages) connection(s) resumed, 0 session(s) not resumed in time"), "\(outcome.source)")
         #expect(outcome.source.contains("0 session(s) ended by errors"), "\(outcome.source)")

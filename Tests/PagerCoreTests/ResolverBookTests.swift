@@ -69,6 +69,18 @@ struct WaitingFaultsTests {
         #expect(book.isEmpty && book.settle(0..<16, at: 2000).isEmpty)
     }
 
+    @Test("a resume: the longest wait is the oldest fault's; urgent marks are forgotten, so waits ask again")
+    func resume() {
+        var book = WaitingFaults(pageCount: 16)
+        #expect(book.longestWait(now: 50) == 0)
+        book.note(page: 3, at: 100)
+        book.note(page: 9, at: 40)
+        #expect(book.longestWait(now: 1_000) == 960)
+        book.markUrgent(3..<4)
+        book.forgetUrgent()
+        #expect(!book.askedUrgently(3))
+    }
+
     @Test("a prefetch-only wait escalates only after 1 ms with the push silent for 1 ms")
     func escalation() {
         var pages = RegionPages(pageCount: 16)
