@@ -71,8 +71,7 @@ extension FaultResolver {
     /// refuses (the session is gone: no later attempt can succeed), the window ends, or the
     /// migration ends. A failure here fails the migration: its missing pages are poisoned.
     private func reconnect(after since: UInt64, hadPush: Bool) {
-        let window = UInt64(configuration.reconnectTimeoutMilliseconds) * 1_000_000
-        var delay = 50
+        var backoff = Backoff(deadline: since + UInt64(configuration.reconnectTimeoutMilliseconds) * 1_000_000)
         var attempts = 0
         while true {
             let ongoing = lock.withLock { state -> Bool in
@@ -97,14 +96,11 @@ extension FaultResolver {
                     lock.withLock { $0.fail(.resumeRefused(refusal)) }
                     return
                 }
-                let elapsed = monotonicNanoseconds() - since
                 if attempts == 1 || attempts % 10 == 0 { logger.info("resume attempt \(attempts) failed: \(error)") }
-                if elapsed + UInt64(delay) * 1_000_000 >= window {
+                guard backoff.wait() else {
                     lock.withLock { $0.fail(.reconnectTimedOut(seconds: configuration.reconnectTimeoutMilliseconds / 1000, attempts: attempts, last: "\(error)")) }
                     return
                 }
-                sleepMilliseconds(delay)
-                delay = min(delay * 2, 1_000)
             }
         }
     }
@@ -134,10 +130,11 @@ extension FaultResolver {
             try sendReceived(held, on: push)
         }
         let now = monotonicNanoseconds()
-        let adopted = lock.withLock { state -> (UInt64, Int)? in
+        let adopted = lock.withLock { state -> (generation: UInt64, requeued: Int, waited: UInt64)? in
             guard case .fetching = state.phase else { return nil }
             state.link = Link(demand: demand, push: push, generation: state.link.generation + 1)
             let requeued = state.pages.requeueInFlight(keeping: state.stagedUnits)
+            let waited = state.faults.longestWait(now: now)
             state.faults.forgetUrgent()
             state.phase = .fetching(pushComplete: false)
             state.pingsSent = 0
@@ -146,18 +143,17 @@ extension FaultResolver {
                 state.report.outages[i].resumedAfterNanoseconds = now - downSince
                 state.report.outages[i].attempts = attempts
                 state.report.outages[i].pagesAskedAgain = requeued
-                state.report.outages[i].longestFaultWaitNanoseconds = state.faults.longestWait(now: now)
+                state.report.outages[i].longestFaultWaitNanoseconds = waited
             }
-            return (state.link.generation, requeued)
+            return (state.link.generation, requeued, waited)
         }
-        guard let (generation, requeued) = adopted else {
+        guard let (generation, requeued, waited) = adopted else {
             demand.shutdown()
             push?.shutdown()
             return
         }
         lastHeard.store(now, ordering: .relaxed)
         lastPushFrame.store(now, ordering: .relaxed)
-        let waited = lock.withLock { $0.report.outages.last?.longestFaultWaitNanoseconds ?? 0 }
         logger.warning("session resumed after \((now - downSince) / 1_000_000) ms (\(attempts) attempt(s)); \(requeued) pages in flight are asked for again; the longest-waiting fault had waited \(waited / 1_000_000) ms")
         startReceivers(demand, push, generation: generation)
     }
@@ -174,6 +170,24 @@ extension FaultResolver {
             try push.send(.received(Received(region: region.id, ranges: Array(ranges[start..<end]), more: end < ranges.count)))
             start = end
         } while start < ranges.count
+    }
+}
+
+/// The waits between attempts to reach a source: 50 ms, doubling to 1 s, until `deadline`.
+public struct Backoff {
+    let deadline: UInt64
+    private var delayMilliseconds = 50
+
+    /// `deadline`: monotonic ns after which no attempt starts.
+    public init(deadline: UInt64) { self.deadline = deadline }
+
+    /// Sleeps before the next attempt and returns true, or returns false at once when that
+    /// attempt would start past the deadline.
+    public mutating func wait() -> Bool {
+        guard monotonicNanoseconds() + UInt64(delayMilliseconds) * 1_000_000 < deadline else { return false }
+        sleepMilliseconds(delayMilliseconds)
+        delayMilliseconds = min(delayMilliseconds * 2, 1_000)
+        return true
     }
 }
 

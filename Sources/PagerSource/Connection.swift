@@ -29,7 +29,7 @@ extension SourceServer {
             generation = session.attach(role, channel)
             switch role {
             case .demand:
-                try serveDemand(channel, session: session, generation: generation!)
+                try serveDemand(channel, session: session)
                 logger.info("session \(hex(session.id)) ended cleanly")
             case .push:
                 try servePush(channel, session: session, generation: generation!)

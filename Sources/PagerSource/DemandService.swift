@@ -6,8 +6,8 @@ import Synchronization
 extension SourceServer {
     /// The demand loop: every request is answered before the next is read. Ends when the
     /// destination says GOODBYE, or throws when the connection fails (or a resume replaced
-    /// it: `generation` is then no longer the session's, and its socket was shut down).
-    func serveDemand(_ channel: any FrameConnection, session: SourceSession, generation: UInt64) throws {
+    /// it: its socket was then shut down).
+    func serveDemand(_ channel: any FrameConnection, session: SourceSession) throws {
         if urgentDemand { makeCurrentThreadUrgent() }
         let sender = PageSender(channel: channel, session: session)
         while true {

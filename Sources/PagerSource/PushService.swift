@@ -76,11 +76,9 @@ extension SourceServer {
         }
         let size = UInt64(region.pageSize)
         for range in r.ranges {
-            guard range.end <= region.length else {
-                throw SessionError.refuse(.outOfRange, "RECEIVED range \(hex(range.offset))+\(hex(range.length)) is past the end of region \(region.id) (\(hex(region.length)) bytes)")
-            }
-            guard range.offset % size == 0, range.length % size == 0 else {
-                throw SessionError.refuse(.misaligned, "RECEIVED range \(hex(range.offset))+\(hex(range.length)) is not aligned to region \(region.id)'s \(size)-byte pages")
+            // The same bounds and alignment as a request's (out-of-range, misaligned).
+            if let problem = region.check(offset: range.offset, length: range.length) {
+                throw SessionError.refuse(problem.code, "RECEIVED \(problem.message)")
             }
             maps.runs[region.id, default: []].append(Int(range.offset / size)..<Int(range.end / size))
         }

@@ -196,8 +196,7 @@ struct DestCommand: ParsableCommand {
     /// yet (not started, restarting, the network down) is retried like a lost connection, with
     /// backoff, within --reconnect-timeout-s. A source that answers and refuses is not.
     func firstConnection(_ authentication: PeerAuthentication, logger: Logger) throws -> DestinationClient {
-        let deadline = monotonicNanoseconds() + UInt64(reconnectTimeoutS * 1e9)
-        var delay = 50
+        var backoff = Backoff(deadline: monotonicNanoseconds() + UInt64(reconnectTimeoutS * 1e9))
         var attempts = 0
         while true {
             attempts += 1
@@ -207,11 +206,9 @@ struct DestCommand: ParsableCommand {
             } catch {
                 guard FaultResolver.mayRetry(error) else { throw error }
                 if attempts == 1 { logger.warning("cannot reach the source \(connect) (\(error)): retrying for up to \(Int(reconnectTimeoutS)) s while faults wait") }
-                guard monotonicNanoseconds() + UInt64(delay) * 1_000_000 < deadline else {
+                guard backoff.wait() else {
                     throw HandoffError(message: "the source \(connect) could not be reached in \(attempts) attempt(s) within \(Int(reconnectTimeoutS)) s (the last: \(error))")
                 }
-                sleepMilliseconds(delay)
-                delay = min(delay * 2, 1_000)
             }
         }
     }
