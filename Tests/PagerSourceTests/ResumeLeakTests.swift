@@ -56,6 +56,25 @@ struct ResumeLeakTests {
         }
     }
 
+    @Test("RECEIVED naming a region not served, or a range past its end, ends the session with the precise ERROR", arguments: [
+        (Received(region: 9, ranges: [PageRange(offset: 0, length: 4096)]), ErrorCode.unknownRegion, "RECEIVED for region 9, which is not served"),
+        (Received(region: 1, ranges: [PageRange(offset: 0, length: 1 << 30)]), ErrorCode.outOfRange, "RECEIVED range 0x0+0x40000000 passes the end of region 1"),
+    ])
+    func receivedRefused(_ received: Received, code: ErrorCode, words: String) throws {
+        let source = try LoopbackSource()
+        let client = try source.fetchPage(2)
+        defer { client.close() }
+        client.push.socket.setReceiveTimeout(milliseconds: 10_000) // no ERROR: fails, never hangs
+        try client.push.send(.received(received))
+        // Pushed pages may come first; then the ERROR (which the channel throws).
+        do {
+            for _ in 0..<100_000 { _ = try client.push.receive() }
+            Issue.record("no ERROR for \(received)")
+        } catch ChannelError.peerError(_, let e) {
+            #expect(e.code == code && e.message.contains(words), "\(e)")
+        }
+    }
+
     /// Whether `connection` ends (closed or reset) within what the source had sent on it.
     private func ends(_ connection: any FrameConnection) -> Bool {
         for _ in 0..<100_000 {
