@@ -16,13 +16,15 @@ public struct HarnessError: Error, CustomStringConvertible {
 }
 
 /// Waits until `process` prints `text` (polling its log every 5 ms) for the `occurrence`th
-/// time, or fails after `seconds`.
-public func waitFor(_ process: ChildProcess, toPrint text: String, seconds: Double = 10, occurrence: Int = 1) throws {
+/// time, or fails after `seconds`. With `afterExit`, its log is still watched once it has
+/// exited (for what a process it started, such as pagerd's guardian, writes there).
+public func waitFor(_ process: ChildProcess, toPrint text: String, seconds: Double = 10, occurrence: Int = 1, afterExit: Bool = false) throws {
     let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
     while monotonicNanoseconds() < deadline {
         if occurrences(of: text, in: process.output) >= occurrence { return }
         if let status = process.wait(timeoutMilliseconds: 5) {
-            throw HarnessError("process exited \(status) before printing \"\(text)\": \(process.output)")
+            guard afterExit else { throw HarnessError("process exited \(status) before printing \"\(text)\": \(process.output)") }
+            sleepMilliseconds(5)
         }
     }
     throw HarnessError("no \"\(text)\" after \(seconds) s: \(process.output)")

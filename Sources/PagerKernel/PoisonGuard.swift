@@ -10,13 +10,16 @@ import Synchronization
 /// zeros where its data belongs. A guard poisons the missing pages (`UFFDIO_POISON`: later
 /// accesses raise SIGBUS) on every way out: ``poisonMissing()`` explicitly, its deinit if
 /// nobody called ``release()``, and the process-wide fatal-signal handler
-/// (``installFatalSignalHandlers()``) for crashes and signals. Only SIGKILL escapes.
+/// (``installFatalSignalHandlers()``) for crashes and signals. SIGKILL, which runs nothing,
+/// is covered by this process's ``Guardian`` where one was started.
 public final class PoisonGuard: @unchecked Sendable {
     /// Kept so the descriptor stays open (and its number is not reused) while it is guarded.
     private let uffd: Userfaultfd
     private let ranges: [(range: AddressRange, pageSize: Int)]
     private let phase = Mutex(Phase.armed)
     private let slots: [Int32]
+    /// The guardian's cover, while the guard is armed.
+    private let cover: (guardian: Guardian, id: UInt32)?
 
     private enum Phase { case armed, poisoned(pages: Int), released }
 
@@ -29,11 +32,15 @@ public final class PoisonGuard: @unchecked Sendable {
                 pager_poison_guard_add(fd.rawValue, r.range.start, r.range.length, UInt64(r.pageSize))
             }
         }
+        cover = Guardian.current.map { guardian in
+            (guardian, uffd.withUnsafeDescriptor { guardian.cover(uffd: $0, ranges: ranges) })
+        }
     }
 
     deinit {
         if case .armed = phase.withLock({ $0 }) { poisonMissing() }
         for slot in slots where slot >= 0 { pager_poison_guard_remove(slot) }
+        if let cover { cover.guardian.uncover(cover.id) }
     }
 
     /// Whether every range got a slot in the fatal-signal handler's list (256 slots per
@@ -57,6 +64,7 @@ public final class PoisonGuard: @unchecked Sendable {
                     if n > 0 { pages += Int(n) }
                 }
                 phase = .poisoned(pages: pages)
+                if let cover { cover.guardian.uncover(cover.id) }
                 return pages
             }
         }
@@ -67,6 +75,7 @@ public final class PoisonGuard: @unchecked Sendable {
     /// ranges again. The fatal-signal handler still covers the ranges until deinit.
     public func recordPoisoned(pages: Int) {
         phase.withLock { if case .armed = $0 { $0 = .poisoned(pages: pages) } }
+        if let cover { cover.guardian.uncover(cover.id) }
     }
 
     /// Whether ``release()`` was called.
@@ -79,6 +88,7 @@ public final class PoisonGuard: @unchecked Sendable {
     public func release() {
         phase.withLock { if case .armed = $0 { $0 = .released } }
         for slot in slots where slot >= 0 { pager_poison_guard_remove(slot) }
+        if let cover { cover.guardian.uncover(cover.id) }
     }
 
     /// Poisons what is missing in every guard of this process (for an abort by signal).

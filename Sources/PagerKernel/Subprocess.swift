@@ -102,3 +102,33 @@ public final class ChildProcess: @unchecked Sendable {
     /// Everything the process printed so far.
     public var output: String { (try? readWholeFile(outputPath)) ?? "" }
 }
+
+/// What each open descriptor of process `pid` refers to (`readlink` of `/proc/PID/fd/*`,
+/// e.g. `anon_inode:[userfaultfd]`); empty if the process is gone or not ours to inspect.
+public func descriptorTargets(ofProcess pid: Int32) -> [String] {
+    let directory = "/proc/\(pid)/fd"
+    guard let dir = opendir(directory) else { return [] }
+    defer { closedir(dir) }
+    var targets: [String] = []
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        if name == "." || name == ".." { continue }
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let n = readlink("\(directory)/\(name)", &buffer, buffer.count - 1)
+        if n > 0 { targets.append(String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)) }
+    }
+    return targets
+}
+
+/// Waits until process `pid` (not necessarily a child) has exited, at most
+/// `timeoutMilliseconds` (`pidfd_open` + `poll`): true once it is gone.
+public func waitForExit(ofProcess pid: Int32, timeoutMilliseconds: Int32) -> Bool {
+    let pidfd = pager_pidfd_open(pid)
+    if pidfd < 0 { return true } // ESRCH: gone (and reaped) already
+    defer { close(pidfd) }
+    var pfd = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
+    _ = retryingInterrupts { Int(poll(&pfd, 1, timeoutMilliseconds)) }
+    return pfd.revents != 0
+}

@@ -137,6 +137,7 @@ struct DestCommand: ParsableCommand {
         // A crash or a fatal signal while this daemon holds a workload's memory poisons what is
         // missing first (see PoisonGuard): the workload gets SIGBUS, never zeros.
         try PoisonGuard.installFatalSignalHandlers()
+        try startGuardian(logger)
         let listener = try HandoffListener(path: uffdSocket)
         let stopping = Atomic<Bool>(false)
         try TerminationSignals.start { signal in
@@ -226,6 +227,7 @@ struct DestCommand: ParsableCommand {
             }
             let staged = try StagedPages.receive(region: region, push: client.push, logger: logger)
             print("pagerd dest: pre-copy done after \(String(format: 1, Double(staged.nanoseconds) / 1e9)) s: \(staged.stagedBytes >> 20) MiB staged, \(staged.bytesReceived >> 20) MiB received as data, \(staged.invalidatedBytes >> 10) KiB invalidated")
+            fflushStandardOutput()
             logger.info("switched to post-copy: waiting for the userfaultfd handoff on \(uffdSocket)")
             let handoff = try listener.accept()
             defer { try? handoff.connection.close() }
@@ -283,12 +285,16 @@ struct DestCommand: ParsableCommand {
               bytes received    \(r.bytesReceived >> 20) MiB
               outages           \(outageSummary(r.outages))
             """)
+            // stdout is a file or the journal's pipe for a daemon: a summary must not wait in
+            // the buffer for the process to exit.
+            fflushStandardOutput()
             return true
         } catch {
             let poisoned = missing.poisonMissing()
             serviceNotifier.status("last migration FAILED: \(error)")
             logger.error("migration failed: \(error)")
             print("pagerd dest: migration FAILED: \(error); \(poisoned) pages not yet local were poisoned (the workload gets SIGBUS there, never zeros)")
+            fflushStandardOutput()
             return false
         }
     }

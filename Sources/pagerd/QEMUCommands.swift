@@ -125,6 +125,7 @@ struct QEMUDestCommand: ParsableCommand {
         do {
             // A crash or fatal signal after QEMU's handoff poisons the guest RAM not yet local.
             try PoisonGuard.installFatalSignalHandlers()
+            try startGuardian(logger)
             // SIGTERM/SIGINT stop the migration: missing pages are poisoned (the guest gets
             // SIGBUS, loudly) rather than left to become zeros when this process is gone.
             let cancel = Mutex<(@Sendable () -> Void)?>(nil)

@@ -10,6 +10,15 @@ struct CLITests {
         #expect(output.hasPrefix("pagerd ") && output.contains("wire protocol v1"), "\(output)")
     }
 
+    @Test("pagerd guardian is not for people: hidden from the help, and it refuses to start without its daemon's socket")
+    func guardianHidden() throws {
+        let (status, output) = try runProgram(Binaries.pagerd, ["guardian"])
+        #expect(status != 0)
+        #expect(output.contains("started by pagerd dest and qemu-dest"), "\(output)")
+        let help = try runProgram(Binaries.pagerd, ["--help"]).output
+        #expect(!help.contains("guardian"), "\(help)")
+    }
+
     @Test("help texts wrap as paragraphs: no line broken short in the middle of one", arguments: ["source", "dest", "qemu-source", "qemu-dest", "demo", "keygen"])
     func helpWraps(_ command: String) throws {
         let (status, output) = try runProgram(Binaries.pagerd, [command, "--help"])

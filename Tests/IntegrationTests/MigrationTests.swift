@@ -225,6 +225,27 @@ struct MigrationTests {
         #expect(outcome.dest.contains("poisoned"))
     }
 
+    @Test("the destination daemon killed with SIGKILL mid-migration: its guardian poisons what is missing; the workload gets SIGBUS, never zeros")
+    func destinationKilled() throws {
+        let hosts = try TwoHosts()
+        let scratch = Scratch()
+        // 200 Mbit/s: 1 GiB takes over 40 s, so the kill lands mid-migration; nothing of the
+        // daemon runs after a SIGKILL, and the workload closed its copy of the userfaultfd.
+        let m = Migration(sizeMiB: 1024, backing: "anon", access: "sequential")
+        let outcome = try m.run(hosts: hosts, scratch: scratch, shape: "200mbit") { dest in
+            try waitFor(dest, toPrint: "guardian process ")
+            dest.signal(SIGKILL)
+        }
+        #expect(outcome.workloadStatus == 128 + SIGBUS, "workload: \(outcome.workload)")
+        #expect(!outcome.workload.contains("workload: ok") && !outcome.workload.contains("mismatch"), "\(outcome.workload)")
+        #expect(outcome.destStatus == 128 + SIGKILL)
+        let line = outcome.dest.split(separator: "\n").first { $0.contains("pagerd guardian:") }.map(String.init) ?? ""
+        #expect(line.contains("ended holding the memory of 1 workload(s): ") && line.contains(" pages not yet local were poisoned"), "\(outcome.dest)")
+        // Some pages had arrived (they stay readable), most had not.
+        let poisoned = line.split(separator: " ").compactMap { Int($0) }.last ?? 0
+        #expect(poisoned > 0 && poisoned < 262_144, "\(line)")
+    }
+
     @Test("a source killed mid-migration stops the workload with SIGBUS and the daemon with a clear error; no page is zero-filled")
     func sourceKilled() throws {
         let hosts = try TwoHosts()

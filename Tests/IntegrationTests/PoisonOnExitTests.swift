@@ -104,4 +104,87 @@ struct PoisonOnExitTests {
         expectPoisoned(o, "second SIGTERM")
         #expect(o.dest.contains("aborted by signal"), "\(o.dest)")
     }
+
+    /// The pid in the daemon's "guardian process N" line (the last one: after a replacement,
+    /// "started guardian process N").
+    func guardianPid(_ output: String) -> pid_t? {
+        let lines = output.split(separator: "\n").filter { $0.contains("guardian process ") }
+        guard let words = lines.last?.split(separator: " "),
+              let at = words.indices.last(where: { $0 > 0 && $0 + 1 < words.count && words[$0] == "process" && words[$0 - 1] == "guardian" })
+        else { return nil }
+        return pid_t(words[at + 1].prefix { $0.isNumber })
+    }
+
+    @Test("SIGKILL of the daemon (nothing of it runs): its guardian poisons every missing page")
+    func killed() throws {
+        let region = RegionDescriptor(id: 1, pageShift: 12, flags: [], length: 64 << 20, name: "silent")
+        let source = try ScriptedSource(.regions([region]))
+        let o = try handOff(to: source.endpoint) { dest in
+            try waitFor(dest, toPrint: "session ")
+            dest.signal(SIGKILL)
+            try waitFor(dest, toPrint: "pagerd guardian:", afterExit: true)
+        }
+        #expect(o.workloadStatus == 128 + SIGBUS, "workload: \(o.workload)")
+        #expect(!o.workload.contains("workload: ok") && !o.workload.contains("mismatch"), "\(o.workload)")
+        #expect(o.destStatus == 128 + SIGKILL)
+        // Nothing was ever served: all 16384 pages were missing.
+        #expect(o.dest.contains("ended holding the memory of 1 workload(s): 16384 pages not yet local were poisoned"), "\(o.dest)")
+    }
+
+    @Test("the guardian killed first is replaced with every guard, and the replacement poisons after the daemon's SIGKILL")
+    func guardianReplaced() throws {
+        let region = RegionDescriptor(id: 1, pageShift: 12, flags: [], length: 64 << 20, name: "silent")
+        let source = try ScriptedSource(.regions([region]))
+        var first: pid_t?
+        let o = try handOff(to: source.endpoint) { dest in
+            try waitFor(dest, toPrint: "session ")
+            first = guardianPid(dest.output)
+            guard let first else { return }
+            kill(first, SIGKILL)
+            try waitFor(dest, toPrint: "covering 1 workload(s)")
+            dest.signal(SIGKILL)
+            try waitFor(dest, toPrint: "pagerd guardian:", afterExit: true)
+        }
+        #expect(first != nil, "\(o.dest)")
+        #expect(o.dest.contains("guardian process \(first ?? 0) was killed by signal 9: started guardian process "), "\(o.dest)")
+        #expect(o.workloadStatus == 128 + SIGBUS, "workload: \(o.workload)")
+        #expect(o.dest.contains("ended holding the memory of 1 workload(s): 16384 pages not yet local were poisoned"), "\(o.dest)")
+    }
+
+    @Test("a migration that completes releases the guard: the guardian drops its copy of the userfaultfd at once and ends with the daemon, poisoning nothing")
+    func completedReleases() throws {
+        let scratch = Scratch()
+        let ram = scratch.file("vm.ram")
+        try sh(Binaries.workload, "fill", "--file", ram, "--size-mib", "64", "--seed", "5")
+        defer { unlink(ram) }
+        let port = try TCPListener(Endpoint(host: "127.0.0.1", port: 0)).endpoint.port
+        let source = try ChildProcess(Binaries.pagerd, ["source", "--listen", "127.0.0.1:\(port)", "--region", ram, "--key-file", scratch.keyFile],
+                                      outputPath: scratch.file("source.log"))
+        defer { source.signal(SIGTERM); source.wait(timeoutMilliseconds: 10_000) }
+        try waitFor(source, toPrint: "serving 1 region")
+        let socket = scratch.file("uffd.sock")
+        let dest = try ChildProcess(Binaries.pagerd, ["dest", "--connect", "127.0.0.1:\(port)", "--uffd-socket", socket, "--key-file", scratch.keyFile],
+                                    outputPath: scratch.file("dest.log"))
+        try waitFor(dest, toPrint: "waiting for userfaultfd handoffs")
+        let guardian = try #require(guardianPid(dest.output), "\(dest.output)")
+        let workload = try ChildProcess(Binaries.workload, ["run", "--socket", socket, "--size-mib", "64", "--access", "random", "--seed", "5"],
+                                        outputPath: scratch.file("workload.log"))
+        #expect(workload.wait(timeoutMilliseconds: 60_000) == 0, "\(workload.output)")
+        #expect(workload.output.contains("mismatches=0"), "\(workload.output)")
+        try waitFor(dest, toPrint: "pages (64 MiB) local after")
+        // The release is sent before the summary is printed; the guardian closes its copy
+        // when it reads it. Another process closing a descriptor raises no event here: look
+        // every 10 ms, for at most 5 s.
+        let deadline = monotonicNanoseconds() + 5_000_000_000
+        while userfaultfdCount(guardian) > 0 && monotonicNanoseconds() < deadline { sleepMilliseconds(10) }
+        #expect(userfaultfdCount(guardian) == 0, "the guardian still holds a userfaultfd after the migration completed")
+        dest.signal(SIGTERM)
+        #expect(dest.wait(timeoutMilliseconds: 10_000) == 0, "\(dest.output)")
+        #expect(waitForExit(ofProcess: guardian, timeoutMilliseconds: 5_000), "the guardian ends with the daemon")
+        #expect(!dest.output.contains("pagerd guardian:"), "\(dest.output)")
+    }
+
+    func userfaultfdCount(_ pid: pid_t) -> Int {
+        descriptorTargets(ofProcess: pid).filter { $0.contains("userfaultfd") }.count
+    }
 }

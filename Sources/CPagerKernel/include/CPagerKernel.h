@@ -22,6 +22,7 @@
 #include <sys/vfs.h>
 
 #include "poison_guard.h"
+#include "guardian.h"
 
 // MARK: - Constants newer than the 6.1 headers (values from the kernel's uapi, 6.7+)
 
