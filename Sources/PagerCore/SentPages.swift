@@ -42,11 +42,18 @@ public struct SentPages: Sendable {
 
     /// A resumed destination holds exactly `held` of `region` (its RECEIVED map): those pages
     /// count as sent, every other as not sent, so the push sends them (again). Pages ever
-    /// sent stay so (a live region's stale pages are still known).
-    public mutating func reset(_ region: UInt32, held: [Range<Int>]) {
+    /// sent stay so (a live region's stale pages are still known). Returns how many pages
+    /// were sent but are not held: lost with the connections, they are sent again.
+    @discardableResult
+    public mutating func reset(_ region: UInt32, held: [Range<Int>]) -> Int {
         var map = empty(region)
-        for run in held { map.insert(run) }
+        var lost = sent[region] ?? empty(region)
+        for run in held {
+            map.insert(run)
+            lost.remove(run)
+        }
         sent[region] = map
+        return lost.population
     }
 
     /// Whether `page` of `region` was sent with its latest content.

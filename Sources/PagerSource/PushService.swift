@@ -84,8 +84,8 @@ extension SourceServer {
         }
         guard !r.more else { return }
         let held = maps.runs.removeValue(forKey: region.id) ?? []
-        session.applyReceived(region, held: held)
-        logger.info("session \(hex(session.id)): the destination holds \(held.reduce(0) { $0 + $1.count }) of region \(region.id)'s \(region.pageCount) pages; the push resends the rest")
+        let lost = session.applyReceived(region, held: held)
+        logger.info("session \(hex(session.id)): the destination holds \(held.reduce(0) { $0 + $1.count }) of region \(region.id)'s \(region.pageCount) pages; \(lost) pages (\(UInt64(lost) * UInt64(region.pageSize) >> 10) KiB) sent before were lost in flight; the push sends what is missing")
     }
 
     /// The push loop, until the session closes or connection `generation` is no longer its

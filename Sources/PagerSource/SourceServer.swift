@@ -66,6 +66,8 @@ public final class SourceServer: @unchecked Sendable {
         public var resumes = 0
         /// Sessions closed because no connection came back within the linger time.
         public var lingerExpired = 0
+        /// Bytes sent again after resumes: sent before, lost in flight with the connections.
+        public var resentBytes: UInt64 = 0
 
         /// The handshake counters as the daemons print them.
         public var handshakeSummary: String {

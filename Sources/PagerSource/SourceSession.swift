@@ -190,12 +190,15 @@ final class SourceSession: @unchecked Sendable {
     // MARK: Resume
 
     /// A RECEIVED map (the union of its frames) is complete for `region`: the push resends
-    /// what is outside it, from its start.
-    func applyReceived(_ region: ServedRegion, held: [Range<Int>]) {
-        state.change {
-            $0.pages.reset(region.id, held: held)
-            $0.restarts += 1
+    /// what is outside it, from its start. Returns the pages sent before that the destination
+    /// does not hold (lost in flight with the connections): they are sent again.
+    func applyReceived(_ region: ServedRegion, held: [Range<Int>]) -> Int {
+        let lost = state.change { s -> Int in
+            s.restarts += 1
+            return s.pages.reset(region.id, held: held)
         }
+        counters.resentBytes.add(UInt64(lost) * UInt64(region.pageSize), ordering: .relaxed)
+        return lost
     }
 
     /// How many RECEIVED maps restarted the push so far: the push loop restarts its cursor
@@ -256,6 +259,8 @@ final class SessionCounters: Sendable {
     let prefetchRequests = Atomic<Int>(0)
     let bytesSent = Atomic<UInt64>(0)
     let zeroBytes = Atomic<UInt64>(0)
+    /// Bytes sent before a resume that the destination's RECEIVED map says did not arrive.
+    let resentBytes = Atomic<UInt64>(0)
 
     /// Adds these counts to `totals`.
     func add(to totals: inout SourceServer.Counters) {
@@ -263,5 +268,6 @@ final class SessionCounters: Sendable {
         totals.prefetchRequests += prefetchRequests.load(ordering: .relaxed)
         totals.bytesSent += bytesSent.load(ordering: .relaxed)
         totals.zeroBytes += zeroBytes.load(ordering: .relaxed)
+        totals.resentBytes += resentBytes.load(ordering: .relaxed)
     }
 }

@@ -55,7 +55,7 @@ struct SessionTests {
         producer.join()
         #expect(session.dequeue() == request && session.dequeue() == nil)
         let served = Self.region(memory)
-        let restarter = try KernelThread(name: "test-rcvd") { session.applyReceived(served, held: [0..<4]) }
+        let restarter = try KernelThread(name: "test-rcvd") { _ = session.applyReceived(served, held: [0..<4]) }
         session.waitForWork(push: generation, restarts: 0)
         restarter.join()
         #expect(session.restarts == 1)
