@@ -21,16 +21,24 @@ struct Migration {
         var source: String
     }
 
-    /// `disrupt` runs once the destination has its session (fault injection on the network).
+    /// `disrupt` runs once the destination has its session (fault injection on the network),
+    /// `disruptBoth` too, given the source as well (to stop or kill it). With `sourceLate`,
+    /// the source starts only after the destination has taken the handoff and that much time
+    /// has passed (the workload's faults wait meanwhile).
     func run(hosts: TwoHosts, scratch: Scratch, shape: String? = nil, killSourceAfter: String? = nil,
-             signal: Int32 = SIGKILL, disrupt: ((ChildProcess) throws -> Void)? = nil) throws -> Outcome {
+             signal: Int32 = SIGKILL, sourceLateMilliseconds sourceLate: Int? = nil, disrupt: ((ChildProcess) throws -> Void)? = nil,
+             disruptBoth: ((_ dest: ChildProcess, _ source: ChildProcess) throws -> Void)? = nil) throws -> Outcome {
         let ram = scratch.file("vm-\(backing)-\(access).ram")
         try sh(Binaries.workload, "fill", "--file", ram, "--size-mib", "\(sizeMiB)", "--seed", "\(seed)")
         if let shape { try hosts.shapeSource(rate: shape) }
-        let source = try hosts.spawn(in: hosts.source, Binaries.pagerd,
-                                     ["source", "--listen", "\(TwoHosts.sourceAddress):7070", "--region", ram, "--key-file", scratch.keyFile] + sourceExtra,
-                                     log: scratch.file("source.log"))
-        try waitFor(source, toPrint: "serving 1 region")
+        let startSource = {
+            let source = try hosts.spawn(in: hosts.source, Binaries.pagerd,
+                                         ["source", "--listen", "\(TwoHosts.sourceAddress):7070", "--region", ram, "--key-file", scratch.keyFile] + sourceExtra,
+                                         log: scratch.file("source.log"))
+            try waitFor(source, toPrint: "serving 1 region")
+            return source
+        }
+        var early: ChildProcess? = sourceLate == nil ? try startSource() : nil
         let socket = scratch.file("uffd-\(backing)-\(access).sock")
         let dest = try hosts.spawn(in: hosts.dest, Binaries.pagerd,
                                    ["dest", "--connect", "\(TwoHosts.sourceAddress):7070", "--uffd-socket", socket, "--once", "--key-file", scratch.keyFile] + destExtra,
@@ -40,6 +48,12 @@ struct Migration {
                                        ["run", "--socket", socket, "--size-mib", "\(sizeMiB)", "--backing", backing,
                                         "--access", access, "--seed", "\(seed)", "--write-every", "13"] + extra,
                                        log: scratch.file("workload.log"))
+        if let sourceLate {
+            try waitFor(dest, toPrint: "handoff:")
+            sleepMilliseconds(sourceLate)
+            early = try startSource()
+        }
+        let source = early!
         if let marker = killSourceAfter {
             try waitFor(dest, toPrint: marker)
             source.signal(signal)
@@ -47,6 +61,10 @@ struct Migration {
         if let disrupt {
             try waitFor(dest, toPrint: "session ")
             try disrupt(dest)
+        }
+        if let disruptBoth {
+            try waitFor(dest, toPrint: "session ")
+            try disruptBoth(dest, source)
         }
         let w = workload.wait(timeoutMilliseconds: 180_000)
         let d = dest.wait(timeoutMilliseconds: 30_000)

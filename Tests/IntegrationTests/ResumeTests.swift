@@ -147,4 +147,41 @@ struct ResumeTests {
         }
         expectResumed(outcome, outages: 1)
     }
+
+    @Test("the resume handshake itself fails: connections reset while the source is stopped (SIGSTOP), so each attempt's handshake times out; attempts go on and the session resumes once it runs again")
+    func resumeHandshakeFails() throws {
+        let hosts = try TwoHosts()
+        let scratch = Scratch()
+        let outcome = try migration().run(hosts: hosts, scratch: scratch, shape: "200mbit", disruptBoth: { dest, source in
+            sleepMilliseconds(1_500)
+            source.signal(SIGSTOP)
+            // The stopped source's kernel still accepts connections: HELLO goes unanswered.
+            _ = try hosts.run(in: hosts.source, "/usr/bin/ss", ["-K", "dst", TwoHosts.destAddress])
+            try waitFor(dest, toPrint: "resume attempt 1 failed", seconds: 10)
+            sleepMilliseconds(2_000)
+            source.signal(SIGCONT)
+            try waitFor(dest, toPrint: "session resumed after", seconds: 20)
+        })
+        printPauses(outcome.dest)
+        #expect(outcome.workloadStatus == 0, "workload: \(outcome.workload)\ndest: \(outcome.dest)")
+        #expect(outcome.workload.contains("workload: ok pages=65536") && outcome.workload.contains("mismatches=0"), "\(outcome.workload)")
+        #expect(outcome.destStatus == 0 && !outcome.dest.contains("poisoned"), "\(outcome.dest)")
+        let line = outcome.dest.split(separator: "\n").first { $0.contains("session resumed after") } ?? ""
+        let attempts = line.split(separator: "(").dropFirst().first.flatMap { Int($0.prefix { $0.isNumber }) } ?? 0
+        #expect(attempts >= 2, "the first attempts' handshakes timed out: \(line)")
+        #expect(outcome.dest.contains("outages           1 (connections lost, 1 resumed"), "\(outcome.dest)")
+        #expect(outcome.source.contains("0 session(s) ended by errors") && outcome.source.contains("0 session(s) not resumed in time"), "\(outcome.source)")
+    }
+
+    @Test("the handoff comes while the source is not running yet: faults wait, the first connection is retried, and the migration completes once the source starts 2 s later")
+    func sourceStartsLate() throws {
+        let hosts = try TwoHosts()
+        let scratch = Scratch()
+        let outcome = try migration().run(hosts: hosts, scratch: scratch, sourceLateMilliseconds: 2_000)
+        #expect(outcome.workloadStatus == 0, "workload: \(outcome.workload)\ndest: \(outcome.dest)")
+        #expect(outcome.workload.contains("workload: ok pages=65536") && outcome.workload.contains("mismatches=0"), "\(outcome.workload)")
+        #expect(outcome.destStatus == 0 && !outcome.dest.contains("poisoned"), "\(outcome.dest)")
+        #expect(outcome.dest.contains("retrying for up to 30 s while faults wait"), "\(outcome.dest)")
+        #expect(outcome.dest.contains("(256 MiB) local after"), "\(outcome.dest)")
+    }
 }
