@@ -155,6 +155,8 @@ def valid():
               "RECEIVED flags=more region=2 ranges=[0x1000+0x3000]"))
     v.append(("after a resume, the destination holds nothing of region 3", frame("RECEIVED", 0, struct.pack(">II", 3, 0)),
               "RECEIVED flags=- region=3 ranges=[]"))
+    v.append(("a resume during pre-copy: staged pages of live region 1, more to follow", frame("RECEIVED", 3, struct.pack(">IIQQ", 1, 1, 0, 0x10000)),
+              "RECEIVED flags=more|staged region=1 ranges=[0x0+0x10000]"))
     v.append(("every page of region 1 was sent", frame("PUSH_COMPLETE", 0, struct.pack(">IIQ", 1, 0, 1 << 30)),
               "PUSH_COMPLETE region=1 bytes=0x40000000"))
     v.append(("the destination holds every page of every region",
@@ -243,7 +245,7 @@ def invalid():
     v.append(("RECEIVED with a misaligned range", "misaligned",
               frame("RECEIVED", 0, struct.pack(">II", 1, 1) + struct.pack(">QQ", 0x800, 0x1000))))
     v.append(("RECEIVED with an undefined flag", "unknown-flags",
-              frame("RECEIVED", 2, struct.pack(">II", 1, 0))))
+              frame("RECEIVED", 4, struct.pack(">II", 1, 0))))
     v.append(("INVALIDATE with no ranges", "field-out-of-range", frame("INVALIDATE", 0, struct.pack(">IIII", 1, 1, 0, 0))))
     v.append(("ERROR whose message length passes the payload", "truncated-payload",
               frame("ERROR", 0, struct.pack(">HHIH", 1, 0, 0, 500) + b"short")))

@@ -34,7 +34,7 @@ local TYPES = {
     [0x0051] = "PONG", [0x0060] = "RDMA_KEY", [0x007E] = "GOODBYE", [0x007F] = "ERROR",
 }
 -- §4: only these types define flags; every other type has flags = 0.
-local DEFINED_FLAGS = { [0x0020] = 0x3, [0x0021] = 0x7, [0x0043] = 0x1 }
+local DEFINED_FLAGS = { [0x0020] = 0x3, [0x0021] = 0x7, [0x0043] = 0x3 }
 local FEATURES = { "checksums", "compression", "authentication", "resume", "rdma", "invalidation", "huge-pages", "encryption" }
 local BIT_AUTHENTICATION, BIT_ENCRYPTION = 2, 7
 local CHANNELS = { [0] = "demand", [1] = "push" }
@@ -68,6 +68,7 @@ def("flags.prefetch", "bool", "prefetch", 16, nil, 0x2)
 def("flags.push", "bool", "push", 16, nil, 0x2)
 def("flags.checksums", "bool", "checksums", 16, nil, 0x4)
 def("flags.more", "bool", "more", 16, nil, 0x1)
+def("flags.staged", "bool", "staged", 16, nil, 0x2)
 for _, name in ipairs(FEATURES) do def("feature." .. name:gsub("-", "_"), "bool", name) end
 
 def("hello.magic", "uint32", "Magic", H)
@@ -521,7 +522,8 @@ decode[0x0043] = function(r, frame)
     local region = r:u32("received.region_id")
     local count, crange = r:u32("received.range_count")
     local list = ranges(r, count, crange, true)
-    return string.format("RECEIVED%s region=%d ranges=%s", bit32.btest(frame.flags, 1) and " more" or "", region, list)
+    return string.format("RECEIVED%s%s region=%d ranges=%s", bit32.btest(frame.flags, 1) and " more" or "",
+        bit32.btest(frame.flags, 2) and " staged" or "", region, list)
 end
 
 decode[0x0040] = function(r)
@@ -667,7 +669,7 @@ local function dissect_frame_fields(tvb, sub, s, c)
     sub:add(F["length"], tvb(4, 4))
     if ftype == 0x0020 then fitem:add(F["flags.urgent"], tvb(2, 2)); fitem:add(F["flags.prefetch"], tvb(2, 2))
     elseif ftype == 0x0021 then fitem:add(F["flags.urgent"], tvb(2, 2)); fitem:add(F["flags.push"], tvb(2, 2)); fitem:add(F["flags.checksums"], tvb(2, 2))
-    elseif ftype == 0x0043 then fitem:add(F["flags.more"], tvb(2, 2)) end
+    elseif ftype == 0x0043 then fitem:add(F["flags.more"], tvb(2, 2)); fitem:add(F["flags.staged"], tvb(2, 2)) end
 
     local function malformed(kind, text, range)
         (range and sub:add(range, "") or sub):add_proto_expert_info(ef_malformed, kind .. ": " .. text)

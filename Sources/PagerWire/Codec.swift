@@ -145,7 +145,7 @@ extension Message {
         switch self {
         case .pageRequest(let p): p.flags.rawValue
         case .pageData(let d): d.header.flags.rawValue
-        case .received(let m): m.more ? Received.moreFlag : 0
+        case .received(let m): (m.more ? Received.moreFlag : 0) | (m.staged ? Received.stagedFlag : 0)
         default: 0
         }
     }
@@ -282,7 +282,8 @@ extension Message {
                 end = offset + length
                 ranges.append(PageRange(offset: offset, length: length))
             }
-            message = .received(Received(region: region, ranges: ranges, more: header.flags & Received.moreFlag != 0))
+            message = .received(Received(region: region, ranges: ranges, more: header.flags & Received.moreFlag != 0,
+                                         staged: header.flags & Received.stagedFlag != 0))
         case .switched:
             message = .switched(region: try r.u32("region_id"), lastSequence: try r.u32("last_sequence"))
         case .pushComplete:

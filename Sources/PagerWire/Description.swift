@@ -69,7 +69,8 @@ extension Message: CustomStringConvertible {
             add("sequence", "\(sequence)")
             add("region", "\(region)")
         case .received(let m):
-            add("flags", m.more ? "more" : "-")
+            let flags = [m.more ? "more" : nil, m.staged ? "staged" : nil].compactMap { $0 }
+            add("flags", flags.isEmpty ? "-" : flags.joined(separator: "|"))
             add("region", "\(m.region)")
             add("ranges", "[" + m.ranges.map { "\(hex64($0.offset))+\(hex64($0.length))" }.joined(separator: ",") + "]")
         case .switched(let region, let lastSequence):

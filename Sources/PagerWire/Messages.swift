@@ -268,14 +268,20 @@ public struct Received: Equatable, Sendable {
     /// More RECEIVED frames for this region follow (header flag bit 0); the map is whole
     /// with the frame that does not set it.
     public var more: Bool
-    public init(region: UInt32, ranges: [PageRange], more: Bool = false) {
+    /// The pages are staged pre-copy pages of a live region whose SWITCHED the client has not
+    /// received (header flag bit 1): the server must not take them as current (§4.13a).
+    public var staged: Bool
+    public init(region: UInt32, ranges: [PageRange], more: Bool = false, staged: Bool = false) {
         self.region = region
         self.ranges = ranges
         self.more = more
+        self.staged = staged
     }
 
     /// The header flag that says more frames follow.
     public static let moreFlag: UInt16 = 1
+    /// The header flag that says the ranges are staged pre-copy pages.
+    public static let stagedFlag: UInt16 = 2
     /// Ranges one frame can carry within `maxPayload` bytes.
     public static func rangesPerFrame(maxPayload: UInt32) -> Int { (Int(maxPayload) - 8) / 16 }
 }

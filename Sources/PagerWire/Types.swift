@@ -80,7 +80,7 @@ public enum MessageType: UInt16, Sendable, CaseIterable, CustomStringConvertible
         switch self {
         case .pageRequest: PageRequest.Flags.all.rawValue
         case .pageData: PageData.Flags.all.rawValue
-        case .received: Received.moreFlag
+        case .received: Received.moreFlag | Received.stagedFlag
         default: 0
         }
     }

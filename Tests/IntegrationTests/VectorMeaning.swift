@@ -10,7 +10,7 @@ struct VectorMeaning {
 
     static let flagNames: [String: [String: UInt64]] = [
         "PAGE_REQUEST": ["urgent": 1, "prefetch": 2], "PAGE_DATA": ["urgent": 1, "push": 2, "checksums": 4],
-        "RECEIVED": ["more": 1], "REGION": ["live": 1],
+        "RECEIVED": ["more": 1, "staged": 2], "REGION": ["live": 1],
     ]
     static let keys: [String: [String: (String, Kind)]] = [
         "HELLO": ["min-version": ("hello.min_version", .number), "max-version": ("hello.max_version", .number),

@@ -9,7 +9,7 @@ struct CodecTests {
         func aligned(_ max: UInt64) -> UInt64 { (UInt64.random(in: 0...max, using: &rng) / 4096) * 4096 }
         func length() -> UInt64 { 4096 * UInt64.random(in: 1...16, using: &rng) }
         let name = String((0..<Int.random(in: 0...20, using: &rng)).map { _ in "abcé/._-".randomElement(using: &rng)! })
-        switch Int.random(in: 0..<15, using: &rng) {
+        switch Int.random(in: 0..<16, using: &rng) {
         case 0: return .hello(Hello(features: Features(rawValue: rng.next()), maxPayload: UInt32.random(in: 65536...0x210000, using: &rng),
                                     resumeSession: rng.next(), resumeToken: bytes(16), clientName: name, keyIdentity: String(name.prefix(5))))
         case 1: return .welcome(Welcome(features: Features(rawValue: rng.next()), regionCount: UInt32.random(in: 0...9, using: &rng),
@@ -33,6 +33,16 @@ struct CodecTests {
         case 11: return .authResponse(clientNonce: bytes(32), share: bytes(32), mac: bytes(32))
         case 12: return .rdmaKey(region: 1, rkey: 77, address: rng.next(), length: 4096)
         case 13: return .switched(region: UInt32.random(in: 0...UInt32.max, using: &rng), lastSequence: UInt32.random(in: 0...UInt32.max, using: &rng))
+        case 14:
+            // Ascending and apart: each range starts at least a page past the end of the last.
+            var at: UInt64 = 0
+            let ranges = (0..<Int.random(in: 0...20, using: &rng)).map { _ -> PageRange in
+                let r = PageRange(offset: at + aligned(1 << 24), length: length())
+                at = r.offset + r.length + 4096
+                return r
+            }
+            return .received(Received(region: UInt32.random(in: 0...UInt32.max, using: &rng), ranges: ranges,
+                                      more: Bool.random(using: &rng), staged: Bool.random(using: &rng)))
         default: return .pushComplete(region: 4, bytes: rng.next())
         }
     }
