@@ -19,16 +19,19 @@ struct SentPagesTests {
         var pages = SentPages(pageCounts: [1: 16, 2: 4])
         pages.markAllSent(1)
         pages.markAllSent(2)
-        #expect(pages.reset(1, held: [0..<3, 8..<16]) == 5, "5 pages sent were lost in flight")
+        let lostInFlight = pages.reset(1, held: [0..<3, 8..<16])
+        #expect(lostInFlight == 5, "5 pages sent were lost in flight")
         #expect(pages.claimUnsent(1, from: 0, maxPages: 16) == 3..<8, "sent before the cut but not received: sent again")
         #expect(pages.claimUnsent(1, from: 0, maxPages: 16) == nil)
         #expect(pages.claimUnsent(2, from: 0, maxPages: 4) == nil, "region 2 untouched")
-        #expect(pages.reset(2, held: []) == 4)
+        let all = pages.reset(2, held: [])
+        #expect(all == 4)
         #expect(pages.claimUnsent(2, from: 0, maxPages: 4) == 0..<4, "an empty map: all of it again")
         // Held pages never sent (the destination had them before this session) are not lost.
         var fresh = SentPages(pageCounts: [1: 8])
         fresh.markSent(1, 0..<2)
-        #expect(fresh.reset(1, held: [0..<1, 4..<8]) == 1)
+        let one = fresh.reset(1, held: [0..<1, 4..<8])
+        #expect(one == 1)
     }
 
     @Test("claimUnsent walks from the cursor in runs of at most maxPages, wraps once, then is nil")
@@ -114,3 +117,64 @@ struct SentPagesTests {
     }
 }
 
+
+@Suite("Confirmed pages of a live region (a resume during pre-copy)")
+struct ConfirmedPagesTests {
+    @Test("a page is confirmed once a checkpoint after its send is answered, and only while it is not written again")
+    func confirmation() {
+        var pages = SentPages(pageCounts: [1: 16])
+        pages.trackEverSent(1)
+        #expect(pages.claimUnsent(1, from: 0, maxPages: 4) == 0..<4)
+        let first = pages.checkpoint(token: 10), empty = pages.checkpoint(token: 11)
+        #expect(first)
+        #expect(!empty, "nothing sent since: no checkpoint")
+        #expect(pages.claimUnsent(1, from: 4, maxPages: 4) == 4..<8)
+        let second = pages.checkpoint(token: 12)
+        #expect(second)
+        #expect(!(0..<8).contains { pages.isConfirmed(1, $0) }, "no PONG yet")
+        pages.markUnsent(1, [2..<3]) // written after it was sent, before the PONG
+        pages.confirm(upTo: 10)
+        #expect((0..<4).map { pages.isConfirmed(1, $0) } == [true, true, false, true])
+        #expect(!pages.isConfirmed(1, 4), "the second checkpoint is not answered")
+        pages.confirm(upTo: 12)
+        #expect((4..<8).allSatisfy { pages.isConfirmed(1, $0) })
+        pages.markUnsent(1, [5..<6])
+        #expect(!pages.isConfirmed(1, 5), "written again: no longer current at the destination")
+    }
+
+    @Test("a staged RECEIVED trusts only confirmed pages: a held page whose latest copy went unanswered is sent again, and stays stale until then")
+    func stagedReset() {
+        var pages = SentPages(pageCounts: [1: 16])
+        pages.trackEverSent(1)
+        _ = pages.claimUnsent(1, from: 0, maxPages: 8) // round 0: pages 0..<8
+        pages.checkpoint(token: 1)
+        pages.confirm(upTo: 1)
+        pages.markUnsent(1, [3..<4]) // page 3 written
+        _ = pages.claimUnsent(1, from: 0, maxPages: 1) // round 1 sends page 3 again: lost in flight
+        #expect(pages.isSent(1, 3) && !pages.isConfirmed(1, 3))
+        // The destination holds 0..<8 (page 3 as its round-0 copy).
+        let lost = pages.reset(1, held: [0..<8], staged: true)
+        #expect(lost == 1, "page 3 counted as sent, no longer")
+        #expect(!pages.isSent(1, 3))
+        #expect(pages.staleRuns(1) == [3..<4], "held stale: invalidated at the switch unless sent again")
+        #expect(pages.claimUnsent(1, from: 0, maxPages: 16) == 3..<4)
+        // The same map without `staged` (the destination saw SWITCHED) is taken as it is.
+        var after = SentPages(pageCounts: [1: 16])
+        after.trackEverSent(1)
+        _ = after.claimUnsent(1, from: 0, maxPages: 8)
+        let none = after.reset(1, held: [0..<8])
+        #expect(none == 0)
+        #expect((0..<8).allSatisfy { after.isSent(1, $0) })
+    }
+
+    @Test("checkpoints sent on a lost connection confirm nothing after a reset")
+    func checkpointsDropped() {
+        var pages = SentPages(pageCounts: [1: 8])
+        pages.trackEverSent(1)
+        _ = pages.claimUnsent(1, from: 0, maxPages: 4)
+        pages.checkpoint(token: 5)
+        pages.reset(1, held: [], staged: true)
+        pages.confirm(upTo: 5) // a late PONG from the old connection
+        #expect(!(0..<4).contains { pages.isConfirmed(1, $0) })
+    }
+}
