@@ -17,7 +17,9 @@ public final class StagedPages: @unchecked Sendable {
     public private(set) var invalidatedBytes: UInt64 = 0
     public private(set) var invalidations = 0
     /// Nanoseconds from the first frame to SWITCHED.
-    public private(set) var nanoseconds: UInt64 = 0
+    public internal(set) var nanoseconds: UInt64 = 0
+    /// The connections lost during pre-copy, each resumed (or the last one not).
+    public internal(set) var outages: [Outage] = []
 
     init(region: RegionDescriptor) throws(KernelError) {
         self.region = region
@@ -44,10 +46,8 @@ public final class StagedPages: @unchecked Sendable {
         try? memory.advise(.dontNeed, offset: offset, length: length)
     }
 
-    /// Receives the pre-copy rounds of live `region` on `push` until SWITCHED: data is copied
-    /// into staging memory (a later round's copy of a page replaces the earlier one), ZERO
-    /// ranges drop their staging pages, INVALIDATE drops pages and is acknowledged.
-    public static func receive(region: RegionDescriptor, push: any FrameConnection, logger: Logger) throws(ResolveError) -> StagedPages {
+    /// Makes the staging memory for live `region`, checked first.
+    static func make(for region: RegionDescriptor) throws(ResolveError) -> StagedPages {
         guard region.flags.contains(.live) else {
             throw .invalidSetup("region \(region.id) is not live: the source runs no pre-copy for it")
         }
@@ -55,12 +55,19 @@ public final class StagedPages: @unchecked Sendable {
         guard region.length <= StagedPages.maxRegionLength else {
             throw .invalidSetup("live region \(region.id) is \(hex(region.length)) bytes: more than can be staged here (\(hex(StagedPages.maxRegionLength)))")
         }
-        let staged: StagedPages
-        do { staged = try StagedPages(region: region) } catch { throw .kernel(error) }
-        let started = monotonicNanoseconds()
+        do { return try StagedPages(region: region) } catch { throw .kernel(error) }
+    }
+
+    /// Receives the pre-copy rounds on one push connection until SWITCHED: data is copied
+    /// into staging memory (a later round's copy of a page replaces the earlier one), ZERO
+    /// ranges drop their staging pages, INVALIDATE drops pages and is acknowledged. Every
+    /// frame is noted in `heard` (monotonic ns) for the silence watch.
+    func receiveRounds(on push: any FrameConnection, started: UInt64, heard: LastFrame, logger: Logger) throws(ResolveError) {
+        let staged = self
         while true {
             let incoming: Incoming
             do { incoming = try push.receive() } catch { throw .channel(error) }
+            heard.note()
             switch incoming {
             case .pageData(let h, _) where h.region != region.id:
                 break // a region this destination does not map
@@ -93,7 +100,7 @@ public final class StagedPages: @unchecked Sendable {
             case .message(.switched(let r, _)) where r == region.id:
                 staged.nanoseconds = monotonicNanoseconds() - started
                 logger.info("region \(region.id) switched to post-copy: \(staged.stagedBytes >> 20) MiB staged, \(staged.invalidatedBytes >> 10) KiB invalidated in \(staged.invalidations) INVALIDATE(s)")
-                return staged
+                return
             case .message(.ping(let token, let timestamp)):
                 // The source pings before it pauses the writer: answering says every frame before
                 // the PING was taken in.

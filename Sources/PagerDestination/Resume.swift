@@ -163,13 +163,9 @@ extension FaultResolver {
     private func sendReceived(_ held: [Range<Int>], on push: any FrameConnection) throws {
         let u = UInt64(unit)
         let ranges = held.map { PageRange(offset: UInt64($0.lowerBound) * u, length: UInt64($0.count) * u) }
-        let perFrame = max(1, Received.rangesPerFrame(maxPayload: push.sendLimit))
-        var start = 0
-        repeat {
-            let end = min(ranges.count, start + perFrame)
-            try push.send(.received(Received(region: region.id, ranges: Array(ranges[start..<end]), more: end < ranges.count)))
-            start = end
-        } while start < ranges.count
+        for frame in Received.frames(region: region.id, ranges: ranges, staged: false, maxPayload: push.sendLimit) {
+            try push.send(.received(frame))
+        }
     }
 }
 

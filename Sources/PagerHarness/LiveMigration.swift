@@ -13,6 +13,13 @@ public struct LiveMigration {
     public var sourceFlags: [String] = []
     /// Send SIGUSR1 to the source daemon (force the switch) once it logs this round's end.
     public var forceSwitchAfterRound: Int?
+    /// Extra `pagerd dest` arguments.
+    public var destFlags: [String] = []
+    /// A `tc tbf` rate for the source's link, so that rounds take long enough to disrupt.
+    public var shape: String?
+    /// Runs once the destination has its session, while pre-copy goes on (fault injection);
+    /// given the destination and the source daemons.
+    public var disrupt: ((_ dest: ChildProcess, _ source: ChildProcess) throws -> Void)?
 
     public init(binaries: String) {
         pagerd = binaries + "/pagerd"
@@ -64,10 +71,15 @@ public struct LiveMigration {
         try waitFor(writer, toPrint: "live memory handed over", seconds: 60)
         try waitFor(source, toPrint: "serving 1 region")
         let socket = scratch.file("dest.sock")
+        if let shape { try hosts.shapeSource(rate: shape) }
         let dest = try hosts.spawn(in: hosts.dest, pagerd,
-                                   ["dest", "--connect", "\(TwoHosts.sourceAddress):7070", "--uffd-socket", socket, "--precopy", "--key-file", scratch.keyFile],
+                                   ["dest", "--connect", "\(TwoHosts.sourceAddress):7070", "--uffd-socket", socket, "--precopy", "--key-file", scratch.keyFile] + destFlags,
                                    log: scratch.file("dest.log"))
         defer { dest.signal(.kill) }
+        if let disrupt {
+            try waitFor(dest, toPrint: "receiving pre-copy rounds", seconds: 30)
+            try disrupt(dest, source)
+        }
         if let round = forceSwitchAfterRound {
             try waitFor(source, toPrint: "pre-copy round \(round) of region", seconds: 60)
             source.signal(.user1)

@@ -8,6 +8,8 @@ public enum TerminationSignals {
     public static let userSignal1: Int32 = SIGUSR1
     /// SIGSTOP: how a workload process is paused at the switch.
     public static let stop: Int32 = SIGSTOP
+    /// SIGCONT: how a workload paused for a switch that never happened runs again.
+    public static let resume: Int32 = SIGCONT
     public static func start(also extra: [Int32] = [], _ handler: @escaping @Sendable (Int32) -> Void) throws(KernelError) {
         var set = sigset_t()
         sigemptyset(&set)

@@ -102,19 +102,23 @@ public struct QEMUDestination {
             throw QEMUError("\(error) (the source serves \(region.length >> 20) MiB, QEMU here has \(total >> 20) MiB of guest RAM: give both the same size)")
         }
         var staged: StagedPages?
+        var connections = SessionConnections(demand: client.demand, push: client.push)
+        defer { connections.demand.shutdown(); connections.push.shutdown() }
         if precopy {
             logger.info("receiving pre-copy rounds of guest RAM (the guest still runs on the source)")
             // The guest may already run here (the source stops it at the switch) and fault:
             // a failure poisons all of its RAM (see above).
-            do { staged = try StagedPages.receive(region: region, push: client.push, logger: logger) } catch {
+            // A lost connection resumes as in post-copy (the stall timeout as long: see below).
+            let resumption = PrecopyResumption(resumer: client.resumer, stallTimeoutMilliseconds: 120_000, reconnectTimeoutMilliseconds: 60_000)
+            do { staged = try StagedPages.receive(region: region, connections: &connections, resumption: resumption, logger: logger) } catch {
                 throw QEMUError("pre-copy failed: \(error)")
             }
         }
         var settings = configuration(staged: staged, connection: handoff.connection, guard: missing)
-        // Pre-copy's staged rounds and INVALIDATE order are not kept across a resume.
-        if staged == nil { settings.resumer = client.resumer }
+        // After SWITCHED what is staged is current: a resume reports it held like the rest.
+        settings.resumer = client.resumer
         let resolver = try FaultResolver(uffd: handoff.uffd, region: region, mappings: handoff.mappings,
-                                         demand: client.demand, push: client.push, configuration: settings, logger: logger)
+                                         demand: connections.demand, push: connections.push, configuration: settings, logger: logger)
         resolving.withLock { $0 = resolver }
         if cancelled.load(ordering: .acquiring) { resolver.abort("stopped by a signal") }
         let outcome = Mutex<Result<ResolveReport, ResolveError>?>(nil)

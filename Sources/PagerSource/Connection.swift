@@ -72,7 +72,9 @@ extension SourceServer {
 
     /// The session is over: its counts join the totals, once.
     private func end(_ session: SourceSession) {
-        if registry.end(session) { active.subtract(1, ordering: .relaxed) } // added by the handshake
+        guard registry.end(session) else { return }
+        active.subtract(1, ordering: .relaxed) // added by the handshake
+        session.precopy.sessionEnded(session, logger: logger)
     }
 
     /// Whether `error` lost a connection of `session` in a way a resume repairs.

@@ -13,6 +13,9 @@ public final class LiveRegion: @unchecked Sendable {
     /// Stops the writer (a process: SIGSTOP; the library: the caller's callback). It must
     /// return only once no more writes can happen.
     public let pause: @Sendable () throws -> Void
+    /// Lets a paused writer run again (a process: SIGCONT), for a session that ended before
+    /// SWITCHED went out: the workload never moved. Nil where that cannot be done from here.
+    public let resume: (@Sendable () throws -> Void)?
     private let forced = Atomic<Bool>(false)
     private let claimed = Atomic<Bool>(false)
     private let state = Mutex(Outcome())
@@ -30,10 +33,19 @@ public final class LiveRegion: @unchecked Sendable {
         public var switched = false
     }
 
-    public init(tracker: WriteTracker, policy: ConvergencePolicy = ConvergencePolicy(), pause: @escaping @Sendable () throws -> Void) {
+    public init(tracker: WriteTracker, policy: ConvergencePolicy = ConvergencePolicy(), pause: @escaping @Sendable () throws -> Void,
+                resume: (@Sendable () throws -> Void)? = nil) {
         self.tracker = tracker
         self.policy = policy
         self.pause = pause
+        self.resume = resume
+    }
+
+    /// Lets the paused writer run again; false if this region cannot (no ``resume``).
+    func unpause() throws -> Bool {
+        guard let resume else { return false }
+        try resume()
+        return true
     }
 
     /// Switch to post-copy at the end of the current round, whatever the policy says.

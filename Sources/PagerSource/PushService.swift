@@ -9,6 +9,11 @@ extension SourceServer {
     /// ``PrecopyRounds``); its PUSH_COMPLETE comes only after the switch. Returns when the
     /// session closes; throws when this connection is lost or replaced by a resume.
     func servePush(_ channel: FrameChannel, session: SourceSession, generation: UInt64) throws {
+        // A resumed push connection waits for the lost one's thread to be done: the rounds
+        // and the sent pages are the session's, and a map must not be applied while the old
+        // push still claims pages (it would count them sent though they never arrive).
+        guard session.takePushTurn(generation) else { throw ChannelError.closed(peer: channel.peer) }
+        defer { session.releasePushTurn(generation) }
         let reader = try startPushReader(channel, session: session, generation: generation)
         // Bulk data yields the CPU to demand traffic at once (2 vCPUs here: otherwise a demand
         // request can wait a whole time slice behind the push). The reader stays a normal
@@ -21,8 +26,9 @@ extension SourceServer {
             channel.shutdown() // wakes the reader
             reader.join()
         }
-        var rounds = try PrecopyRounds(regions: regions, session: session, channel: channel, logger: logger)
-        try push(PageSender(channel: channel, session: session), session: session, generation: generation, rounds: &rounds)
+        let link = PrecopyRounds.Link(channel: channel, generation: generation, session: session, logger: logger)
+        try session.precopy.begin(link)
+        try push(PageSender(channel: channel, session: session), session: session, link: link)
         if !session.isClosed { throw ChannelError.closed(peer: channel.peer) } // lost or replaced
     }
 
@@ -84,13 +90,14 @@ extension SourceServer {
         }
         guard !r.more else { return }
         let held = maps.runs.removeValue(forKey: region.id) ?? []
-        let lost = session.applyReceived(region, held: held)
+        let lost = session.applyReceived(region, held: held, staged: r.staged)
         logger.info("session \(hex(session.id)): the destination holds \(held.reduce(0) { $0 + $1.count }) of region \(region.id)'s \(region.pageCount) pages; \(lost) pages (\(UInt64(lost) * UInt64(region.pageSize) >> 10) KiB) sent before were lost in flight; the push sends what is missing")
     }
 
-    /// The push loop, until the session closes or connection `generation` is no longer its
-    /// push. A RECEIVED map restarts it from the first region.
-    private func push(_ sender: PageSender, session: SourceSession, generation: UInt64, rounds: inout PrecopyRounds) throws {
+    /// The push loop, until the session closes or the link's connection is no longer its
+    /// push. A RECEIVED map restarts it from the first region (and tells the pre-copy rounds).
+    private func push(_ sender: PageSender, session: SourceSession, link: PrecopyRounds.Link) throws {
+        let rounds = session.precopy, generation = link.generation
         var regionIndex = 0
         var cursor = 0 // in pages of the current region
         var restarts = session.restarts
@@ -99,6 +106,9 @@ extension SourceServer {
                 restarts = session.restarts
                 regionIndex = 0
                 cursor = 0
+                for map in session.takeArrivedMaps() {
+                    if let region = regions.first(where: { $0.id == map.region }) { try rounds.mapArrived(region, staged: map.staged, link) }
+                }
             }
             if let request = session.dequeue() {
                 try answer(request, with: sender, session: session, flags: [])
@@ -114,12 +124,18 @@ extension SourceServer {
                 continue
             }
             let region = regions[regionIndex]
+            if rounds.isWaiting(region) {
+                // Its switch waits for the destination's map: the other regions go on.
+                regionIndex += 1
+                cursor = 0
+                continue
+            }
             if !waitUntilReleased(session) { break }
             let maxPages = max(1, pushChunk / region.pageSize)
             guard let run = session.claimUnsent(region, from: cursor, maxPages: maxPages) else {
                 if rounds.inRound(region) {
                     // A pre-copy round ended: send what was written meanwhile, or switch.
-                    try rounds.endRound(region)
+                    try rounds.endRound(region, link)
                     cursor = 0
                     continue
                 }
@@ -132,7 +148,7 @@ extension SourceServer {
             let size = UInt64(region.pageSize)
             let sent = try sender.send(region, offset: UInt64(run.lowerBound) * size, length: UInt64(run.count) * size, requestID: 0,
                                        flags: .push, chunk: pushChunk)
-            rounds.count(region, pages: run.count, bytes: sent)
+            try rounds.count(region, pages: run.count, bytes: sent, link)
             cursor = run.upperBound
         }
     }

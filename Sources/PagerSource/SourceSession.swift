@@ -71,13 +71,22 @@ final class SourceSession: @unchecked Sendable {
         var restarts = 0
         var hadPush = false
         var hadDemand = false
+        /// The push connection whose turn it is to push (one at a time: a resumed one waits
+        /// for the lost one's thread to be done with the pre-copy rounds and the sent pages).
+        var pushTurn: UInt64?
+        /// RECEIVED maps applied and not yet seen by the push: region, and whether staged.
+        var arrivedMaps: [(region: UInt32, staged: Bool)] = []
         var isOpen: Bool { lifecycle == .open }
 
         func attachment(_ role: ChannelRole) -> Attachment? { role == .demand ? demand : push }
     }
 
+    /// The pre-copy rounds of the live regions, across the session's push connections.
+    let precopy: PrecopyRounds
+
     init(features: Features, peer: String, regions: [ServedRegion], gate: ReleaseGate) {
-        resumable = features.contains(.resume) && !regions.contains { $0.live != nil }
+        resumable = features.contains(.resume)
+        precopy = PrecopyRounds(regions: regions)
         var rng = SystemRandomNumberGenerator()
         var id: UInt64 = 0
         while id == 0 { id = rng.next() }
@@ -91,7 +100,7 @@ final class SourceSession: @unchecked Sendable {
     }
 
     /// Whether a connection lost without GOODBYE leaves the session waiting for a resume (the
-    /// destination offered `resume`; a live region's pre-copy state is not kept across one).
+    /// destination offered `resume`; pre-copy rounds survive it, see ``PrecopyRounds``).
     let resumable: Bool
 
     // MARK: Connections (see SessionRegistry for the session's lifetime)
@@ -190,12 +199,14 @@ final class SourceSession: @unchecked Sendable {
     // MARK: Resume
 
     /// A RECEIVED map (the union of its frames) is complete for `region`: the push resends
-    /// what is outside it, from its start. Returns the pages sent before that the destination
-    /// does not hold (lost in flight with the connections): they are sent again.
-    func applyReceived(_ region: ServedRegion, held: [Range<Int>]) -> Int {
+    /// what is outside it, from its start (`staged`: only what it holds confirmed counts, see
+    /// ``SentPages/reset(_:held:staged:)``). Returns the pages sent before that the
+    /// destination does not hold (lost in flight with the connections): they are sent again.
+    func applyReceived(_ region: ServedRegion, held: [Range<Int>], staged: Bool = false) -> Int {
         let lost = state.change { s -> Int in
             s.restarts += 1
-            return s.pages.reset(region.id, held: held)
+            s.arrivedMaps.append((region.id, staged))
+            return s.pages.reset(region.id, held: held, staged: false && staged && region.live != nil)
         }
         counters.resentBytes.add(UInt64(lost) * UInt64(region.pageSize), ordering: .relaxed)
         return lost
@@ -204,6 +215,30 @@ final class SourceSession: @unchecked Sendable {
     /// How many RECEIVED maps restarted the push so far: the push loop restarts its cursor
     /// when this changes.
     var restarts: Int { state.withLock { $0.restarts } }
+
+    /// The RECEIVED maps applied since the last call (for the pre-copy rounds).
+    func takeArrivedMaps() -> [(region: UInt32, staged: Bool)] {
+        state.withLock { s in
+            defer { s.arrivedMaps = [] }
+            return s.arrivedMaps
+        }
+    }
+
+    /// Waits until no other push connection has the turn, then takes it for `generation`:
+    /// false if the session closed or `generation` was replaced meanwhile.
+    func takePushTurn(_ generation: UInt64) -> Bool {
+        _ = state.wait(until: { s in s.pushTurn == nil || !s.isOpen || s.push?.generation != generation })
+        return state.change { s -> Bool in
+            guard s.pushTurn == nil, s.isOpen, s.push?.generation == generation else { return false }
+            s.pushTurn = generation
+            return true
+        }
+    }
+
+    /// Push connection `generation` is done pushing.
+    func releasePushTurn(_ generation: UInt64) {
+        state.change { if $0.pushTurn == generation { $0.pushTurn = nil } }
+    }
 
     // MARK: Sent pages (see SentPages)
 
@@ -237,18 +272,29 @@ final class SourceSession: @unchecked Sendable {
     /// INVALIDATE_ACK `sequence` arrived.
     func acknowledge(_ sequence: UInt32) { state.change { $0.acknowledged = max($0.acknowledged, sequence) } }
 
-    /// PONG `token` arrived.
-    func ponged(_ token: UInt64) { state.change { $0.ponged = max($0.ponged, token) } }
+    /// PONG `token` arrived: what was sent before its PING is confirmed (live regions).
+    func ponged(_ token: UInt64) {
+        state.change {
+            $0.ponged = max($0.ponged, token)
+            $0.pages.confirm(upTo: token)
+        }
+    }
 
-    /// Waits until `condition` holds (an acknowledgement or answer arrived); false on timeout or close.
-    func waitFor(_ condition: (State) -> Bool, timeoutMilliseconds: Int) -> Bool {
+    /// A checkpoint PING `token` goes out after everything sent so far (SentPages); false
+    /// if nothing was sent since the last one.
+    @discardableResult
+    func checkpoint(token: UInt64) -> Bool { state.withLock { $0.pages.checkpoint(token: token) } }
+
+    /// How a wait for the destination's answer on push connection `generation` ended.
+    enum Answer { case answered, connectionGone, timedOut }
+
+    /// Waits until `condition` holds, push connection `generation` is lost or replaced (or the
+    /// session closes), or `timeoutMilliseconds` pass.
+    func waitForAnswer(push generation: UInt64, timeoutMilliseconds: Int, _ condition: @escaping (State) -> Bool) -> Answer {
         let deadline = monotonicNanoseconds() + UInt64(timeoutMilliseconds) * 1_000_000
-        var done = false
-        _ = state.wait(until: { s in
-            done = condition(s)
-            return done || !s.isOpen
-        }, deadline: deadline)
-        return done
+        let gone: (State) -> Bool = { s in !s.isOpen || s.push?.generation != generation || s.lostPush == generation }
+        _ = state.wait(until: { condition($0) || gone($0) }, deadline: deadline)
+        return state.withLock { s in condition(s) ? .answered : gone(s) ? .connectionGone : .timedOut }
     }
 }
 

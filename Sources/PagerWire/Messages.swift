@@ -284,6 +284,20 @@ public struct Received: Equatable, Sendable {
     public static let stagedFlag: UInt16 = 2
     /// Ranges one frame can carry within `maxPayload` bytes.
     public static func rangesPerFrame(maxPayload: UInt32) -> Int { (Int(maxPayload) - 8) / 16 }
+
+    /// The RECEIVED frames of one region's map: `ranges` as many per frame as `maxPayload`
+    /// allows, `more` on all but the last (at least one frame, for an empty map too).
+    public static func frames(region: UInt32, ranges: [PageRange], staged: Bool, maxPayload: UInt32) -> [Received] {
+        let perFrame = max(1, rangesPerFrame(maxPayload: maxPayload))
+        var frames: [Received] = []
+        var start = 0
+        repeat {
+            let end = min(ranges.count, start + perFrame)
+            frames.append(Received(region: region, ranges: Array(ranges[start..<end]), more: end < ranges.count, staged: staged))
+            start = end
+        } while start < ranges.count
+        return frames
+    }
 }
 
 /// ERROR (either direction): the sender ends the session, or fails one request, for this reason.

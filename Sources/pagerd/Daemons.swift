@@ -225,13 +225,17 @@ struct DestCommand: ParsableCommand {
             for other in client.regions where other.id != region.id {
                 try client.demand.send(.complete(region: other.id, residentBytes: 0))
             }
-            let staged = try StagedPages.receive(region: region, push: client.push, logger: logger)
+            var connections = SessionConnections(demand: client.demand, push: client.push)
+            defer { connections.demand.shutdown(); connections.push.shutdown() }
+            let resumption = reconnectTimeoutS > 0 ? PrecopyResumption(resumer: client.resumer, stallTimeoutMilliseconds: stallTimeoutMs,
+                                                                      reconnectTimeoutMilliseconds: Int(reconnectTimeoutS * 1000)) : nil
+            let staged = try StagedPages.receive(region: region, connections: &connections, resumption: resumption, logger: logger)
             print("pagerd dest: pre-copy done after \(String(format: 1, Double(staged.nanoseconds) / 1e9)) s: \(staged.stagedBytes >> 20) MiB staged, \(staged.bytesReceived >> 20) MiB received as data, \(staged.invalidatedBytes >> 10) KiB invalidated")
             fflushStandardOutput()
             logger.info("switched to post-copy: waiting for the userfaultfd handoff on \(uffdSocket)")
             let handoff = try listener.accept()
             defer { try? handoff.connection.close() }
-            return migrate(handoff, authentication, logger: logger, client: client, region: region, staged: staged)
+            return migrate(handoff, authentication, logger: logger, client: client, connections: connections, region: region, staged: staged)
         } catch {
             logger.error("migration failed: \(error)")
             print("pagerd dest: migration FAILED: \(error)")
@@ -241,7 +245,7 @@ struct DestCommand: ParsableCommand {
 
     /// Runs one migration; returns false (after logging why) if it failed.
     func migrate(_ handoff: Handoff, _ authentication: PeerAuthentication, logger: Logger, client existing: DestinationClient? = nil,
-                 region chosen: RegionDescriptor? = nil, staged: StagedPages? = nil) -> Bool {
+                 connections current: SessionConnections? = nil, region chosen: RegionDescriptor? = nil, staged: StagedPages? = nil) -> Bool {
         let total = handoff.mappings.reduce(UInt64(0)) { $0 + $1.size }
         logger.info("handoff: \(handoff.mappings.count) mapping(s), \(total >> 20) MiB in \(handoff.mappings[0].pageSize >> 10) KiB pages")
         // From here on no other process can bring the workload its pages: every way out of
@@ -258,8 +262,8 @@ struct DestCommand: ParsableCommand {
             configuration.backgroundPush = !normalPriorityPush
             configuration.urgentDemand = demandPriority.isRealtime
             configuration.stallTimeoutMilliseconds = stallTimeoutMs
-            // Pre-copy's staged rounds and INVALIDATE order are not kept across a resume.
-            if staged == nil && reconnectTimeoutS > 0 {
+            // After SWITCHED what is staged is current: a resume reports it held like the rest.
+            if reconnectTimeoutS > 0 {
                 configuration.resumer = client.resumer
                 configuration.reconnectTimeoutMilliseconds = Int(reconnectTimeoutS * 1000)
             }
@@ -267,8 +271,9 @@ struct DestCommand: ParsableCommand {
             configuration.workloadConnection = handoff.connection
             configuration.staged = staged
             configuration.poisonGuard = missing
+            let connections = current ?? SessionConnections(demand: client.demand, push: client.push)
             let resolver = try FaultResolver(uffd: handoff.uffd, region: region, mappings: handoff.mappings,
-                                             demand: client.demand, push: noPush ? nil : client.push, configuration: configuration, logger: logger)
+                                             demand: connections.demand, push: noPush ? nil : connections.push, configuration: configuration, logger: logger)
             let r = try resolver.run()
             missing.release()
             serviceNotifier.status("last migration: \(r.pages) pages local after \(String(format: 1, r.seconds)) s; waiting for handoffs")
@@ -283,7 +288,7 @@ struct DestCommand: ParsableCommand {
               requests          \(r.demandRequests) demand, \(r.prefetchRequests) prefetch, \(r.hintedPages) pages hinted, \(r.sweepRequests) final sweep
               pages installed   \(r.installedPages) with data, \(r.zeroPages) zero, \(r.duplicatePages) duplicates dropped, \(r.discardedPages) discarded by the workload
               bytes received    \(r.bytesReceived >> 20) MiB
-              outages           \(outageSummary(r.outages))
+              outages           \(outageSummary((staged?.outages ?? []) + r.outages))
             """)
             // stdout is a file or the journal's pipe for a daemon: a summary must not wait in
             // the buffer for the process to exit.
@@ -357,11 +362,13 @@ struct LiveWorkload {
             throw HandoffError(message: "a live handoff must describe exactly one mapping at offset 0 (got \(handoff.mappings.count))")
         }
         let tracker = try WriteTracker(handedOver: handoff.uffd, pid: pid, range: m.range)
-        let live = LiveRegion(tracker: tracker, policy: policy) {
+        let live = LiveRegion(tracker: tracker, policy: policy, pause: {
             try sendSignal(TerminationSignals.stop, to: pid)
             // SIGSTOP is asynchronous: wait until every thread of the process has stopped.
             try waitUntilStopped(pid)
-        }
+        }, resume: {
+            try sendSignal(TerminationSignals.resume, to: pid)
+        })
         let region = ServedRegion(id: regionID, name: "pid\(pid)-live", pid: pid, address: m.base, length: Int(m.size), pageSize: m.pageSize, live: live)
         logger.info("live region \(regionID): \(m.size >> 20) MiB of process \(pid) at \(hex(m.base)), \(m.pageSize >> 10) KiB pages, write-tracked")
         return LiveWorkload(region: region, handoff: handoff, pid: pid)

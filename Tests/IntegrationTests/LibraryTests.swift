@@ -111,7 +111,8 @@ struct LibraryTests {
         let client = try DestinationClient(source: server.listener.endpoint, clientName: "test", features: [.resume, .invalidation], authentication: TestKeys.authentication)
         let descriptor = try client.region(selectedBy: nil)
         #expect(descriptor.flags.contains(.live))
-        let staged = try StagedPages.receive(region: descriptor, push: client.push, logger: logger)
+        var connections = SessionConnections(demand: client.demand, push: client.push)
+        let staged = try StagedPages.receive(region: descriptor, connections: &connections, resumption: nil, logger: logger)
         rewriter.join()
         let outcome = live.outcome
         #expect(outcome.switched && outcome.rounds.first?.pagesSent == pages, "\(outcome)")

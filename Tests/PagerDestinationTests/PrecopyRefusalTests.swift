@@ -29,6 +29,12 @@ final class ScriptedConnection: FrameConnection, @unchecked Sendable {
 struct PrecopyRefusalTests {
     static let live = RegionDescriptor(id: 1, pageShift: 12, flags: .live, length: 1 << 20, name: "live")
 
+    /// Pre-copy on `push` alone (no resume: a scripted connection cannot be made again).
+    func receive(_ push: ScriptedConnection) throws -> StagedPages {
+        var connections = SessionConnections(demand: push, push: push)
+        return try StagedPages.receive(region: Self.live, connections: &connections, resumption: nil, logger: .init(label: "test"))
+    }
+
     @Test("an INVALIDATE range beyond the live region ends pre-copy, naming the range")
     func invalidateBeyondRegion() {
         let push = ScriptedConnection([
@@ -36,7 +42,7 @@ struct PrecopyRefusalTests {
             .switched(region: 1, lastSequence: 1),
         ])
         do {
-            _ = try StagedPages.receive(region: Self.live, push: push, logger: .init(label: "test"))
+            _ = try receive(push)
             Issue.record("pre-copy accepted an INVALIDATE beyond its region")
         } catch {
             #expect("\(error)".contains("INVALIDATE 1 of region 1 at 0x10000000000+0x1000 is outside the region (0x100000 bytes)"), "\(error)")
@@ -51,7 +57,7 @@ struct PrecopyRefusalTests {
             .invalidate(Invalidate(sequence: 2, region: 2, ranges: [PageRange(offset: 1 << 40, length: 4096)])),
             .switched(region: 1, lastSequence: 2),
         ])
-        let staged = try StagedPages.receive(region: Self.live, push: push, logger: .init(label: "test"))
+        let staged = try receive(push)
         #expect(staged.invalidatedBytes == 1 << 20)
         #expect(push.sent.withLock { $0 } == [.invalidateAck(sequence: 1, region: 1), .invalidateAck(sequence: 2, region: 2)])
     }

@@ -32,17 +32,23 @@ struct SessionTests {
         #expect(b.lifecycle == .closed(.pushReceiveFailed) && !b.saidGoodbye)
     }
 
-    @Test("waitFor wakes on the acknowledgement another thread records, and returns false once the session closes")
+    @Test("waitForAnswer wakes on the acknowledgement another thread records, on the push connection's replacement and on the session's close, and times out otherwise")
     func waitForWakes() throws {
         let session = makeSession()
+        let generation = session.attach(.push, IdleConnection())
         let acker = try KernelThread(name: "test-ack") { session.acknowledge(5) }
         // No deadline to fall back on within the test's time: 60 s would fail it loudly.
-        #expect(session.waitFor({ $0.acknowledged >= 5 }, timeoutMilliseconds: 60_000))
+        #expect(session.waitForAnswer(push: generation, timeoutMilliseconds: 60_000) { $0.acknowledged >= 5 } == .answered)
         acker.join()
-        let closer = try KernelThread(name: "test-close") { session.close(.serverStopped) }
-        #expect(!session.waitFor({ $0.acknowledged >= 6 }, timeoutMilliseconds: 60_000))
+        let replacer = try KernelThread(name: "test-resume") { _ = session.attach(.push, IdleConnection()) }
+        #expect(session.waitForAnswer(push: generation, timeoutMilliseconds: 60_000) { $0.acknowledged >= 6 } == .connectionGone)
+        replacer.join()
+        let other = makeSession()
+        let current = other.attach(.push, IdleConnection())
+        #expect(other.waitForAnswer(push: current, timeoutMilliseconds: 1) { $0.ponged > 0 } == .timedOut)
+        let closer = try KernelThread(name: "test-close") { other.close(.serverStopped) }
+        #expect(other.waitForAnswer(push: current, timeoutMilliseconds: 60_000) { $0.ponged > 0 } == .connectionGone)
         closer.join()
-        #expect(!makeSession().waitFor({ $0.ponged > 0 }, timeoutMilliseconds: 1), "times out")
     }
 
     @Test("waitForWork returns when a request is queued, the session closes, its push connection is replaced or lost, or a RECEIVED map restarts the push")
@@ -100,8 +106,8 @@ struct SessionTests {
         closer.join()
     }
 
-    @Test("a session of a live region is not resumable: pre-copy's order is not kept across connections")
-    func liveNotResumable() {
+    @Test("a session is resumable exactly when its destination offered resume (live regions too: pre-copy rounds survive their connections)")
+    func resumableWhenOffered() {
         #expect(makeSession().resumable)
         let plain = SourceSession(features: [], peer: "t", regions: [Self.region(memory)], gate: ReleaseGate())
         #expect(!plain.resumable, "a destination that did not offer resume")

@@ -74,7 +74,8 @@ struct SwitchPriorityTests {
         let client = try DestinationClient(source: server.listener.endpoint, clientName: "test", features: [.resume, .invalidation], authentication: TestKeys.authentication)
         let descriptor = try client.region(selectedBy: nil)
         // Returns once SWITCHED arrived: the switch is over.
-        _ = try StagedPages.receive(region: descriptor, push: client.push, logger: logger)
+        var connections = SessionConnections(demand: client.demand, push: client.push)
+        _ = try StagedPages.receive(region: descriptor, connections: &connections, resumption: nil, logger: logger)
         client.close()
 
         let outcome = live.outcome
