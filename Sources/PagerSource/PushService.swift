@@ -102,11 +102,14 @@ extension SourceServer {
         var cursor = 0 // in pages of the current region
         var restarts = session.restarts
         while session.isCurrent(.push, generation) {
-            if session.restarts != restarts {
+            // A map may have been applied before this loop began (the reader runs first): the
+            // maps themselves say so, not only a change of `restarts`.
+            let maps = session.takeArrivedMaps()
+            if session.restarts != restarts || !maps.isEmpty {
                 restarts = session.restarts
                 regionIndex = 0
                 cursor = 0
-                for map in session.takeArrivedMaps() {
+                for map in maps {
                     if let region = regions.first(where: { $0.id == map.region }) { try rounds.mapArrived(region, staged: map.staged, link) }
                 }
             }

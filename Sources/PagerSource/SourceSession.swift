@@ -206,7 +206,7 @@ final class SourceSession: @unchecked Sendable {
         let lost = state.change { s -> Int in
             s.restarts += 1
             s.arrivedMaps.append((region.id, staged))
-            return s.pages.reset(region.id, held: held, staged: false && staged && region.live != nil)
+            return s.pages.reset(region.id, held: held, staged: staged && region.live != nil)
         }
         counters.resentBytes.add(UInt64(lost) * UInt64(region.pageSize), ordering: .relaxed)
         return lost
