@@ -84,4 +84,50 @@ struct PrecopyTests {
         #expect(outcome.rounds.isEmpty && outcome.source.contains("pre-copy disabled"), "\(outcome.source)")
         #expect(outcome.dest.contains("0 MiB staged"), "\(outcome.dest)")
     }
+
+    @Test("both connections reset (ss -K) during the rounds: pre-copy resumes, the rounds go on from the write tracking, and every page is right")
+    func resetDuringRounds() throws {
+        let hosts = try TwoHosts()
+        let scratch = Scratch()
+        let outcome = try migration {
+            $0.sizeMiB = 256
+            $0.shape = "300mbit" // round 0 takes about 7 s
+            $0.sourceFlags = ["--downtime-ms", "2"]
+            $0.disrupt = { dest, _ in
+                sleepMilliseconds(2_000)
+                _ = try hosts.run(in: hosts.source, "/usr/bin/ss", ["-K", "dst", TwoHosts.destAddress])
+                try waitFor(dest, toPrint: "pre-copy resumed after", seconds: 20)
+            }
+        }.run(hosts: hosts, scratch: scratch)
+        #expect(outcome.workloadStatus == 0, "\(outcome.workload)\n\(outcome.dest)\n\(outcome.source)")
+        #expect(outcome.workload.contains("workload: ok") && outcome.workload.contains("mismatches=0"), "\(outcome.workload)")
+        #expect(outcome.source.contains("continues on the resumed push connection"), "\(outcome.source)")
+        #expect(outcome.source.contains("switched to post-copy"), "\(outcome.source)")
+        #expect(outcome.dest.contains("outages           1 (connections lost, 1 resumed"), "\(outcome.dest)")
+        #expect(!outcome.dest.contains("poisoned"), "\(outcome.dest)")
+    }
+
+    @Test("both connections reset as the source begins the switch: the switch completes on the resumed connections (made again if SWITCHED was lost), every page is right")
+    func resetAtSwitch() throws {
+        let hosts = try TwoHosts()
+        let scratch = Scratch()
+        let outcome = try migration {
+            $0.sizeMiB = 256
+            $0.shape = "300mbit"
+            $0.sourceFlags = ["--downtime-ms", "2"]
+            $0.disrupt = { _, source in
+                try waitFor(source, toPrint: "switching region 1 to post-copy", seconds: 90)
+                _ = try hosts.run(in: hosts.source, "/usr/bin/ss", ["-K", "dst", TwoHosts.destAddress])
+            }
+        }.run(hosts: hosts, scratch: scratch)
+        #expect(outcome.workloadStatus == 0, "\(outcome.workload)\n\(outcome.dest)\n\(outcome.source)")
+        #expect(outcome.workload.contains("workload: ok") && outcome.workload.contains("mismatches=0"), "\(outcome.workload)")
+        // Where the reset lands decides which resume it is: in pre-copy (before SWITCHED
+        // arrived) or in post-copy (after it, noticed once the faults begin).
+        #expect(outcome.dest.contains("pre-copy resumed after") || outcome.dest.contains("session resumed after"), "\(outcome.dest)")
+        #expect(!outcome.dest.contains("poisoned"), "\(outcome.dest)")
+        for line in (outcome.dest + outcome.source).split(separator: "\n") where line.contains("resumed after") || line.contains("made again") {
+            print("switch reset: \(line)")
+        }
+    }
 }
