@@ -196,4 +196,38 @@ struct PrecopyResumeTests {
         #expect(failure.withLock { $0 } == nil, "\(failure.withLock { $0 } ?? "")")
         #expect(bad.isEmpty, "\(bad.count) pages differ from the source's final memory (first: \(bad.prefix(8)))")
     }
+
+    @Test("a session lost after the writer was paused but before SWITCHED, and never resumed: once the linger time is over the writer runs again (the workload never moved)")
+    func unresumedSwitchResumesWriter() throws {
+        let pages = 1024
+        let served = try MemoryMapping.anonymous(length: pages * basePageSize)
+        for p in 0..<pages { served.page(p).storeBytes(of: UInt64(p) + 1, as: UInt64.self) }
+        let lines = LogLines()
+        let logger = Logger(label: "test") { _ in LineRecordingHandler(sink: lines) }
+        var policy = ConvergencePolicy()
+        policy.downtimeBudgetNanoseconds = 0
+        policy.maxRounds = 1
+        let servedBase = UInt(bitPattern: served.base)
+        let resumed = WaitableState(false)
+        let live = LiveRegion(tracker: try WriteTracker(ownRange: served.range), policy: policy, pause: {
+            // The last write before the pause: the final scan finds it and INVALIDATEs it.
+            UnsafeMutableRawPointer(bitPattern: servedBase)!.storeBytes(of: 0xFEED, toByteOffset: 3 * basePageSize + 8, as: UInt64.self)
+        }, resume: { resumed.change { $0 = true } })
+        let region = ServedRegion(id: 1, name: "live-ram", base: served.base, length: pages * basePageSize, live: live)
+        let server = try SourceServer(listen: Endpoint(host: "127.0.0.1", port: 0), regions: [region], authentication: TestKeys.authentication, logger: logger)
+        server.sessionLingerNanoseconds = 300_000_000
+        let serverThread = try KernelThread(name: "test-server") { server.run() }
+        defer { server.stop(); serverThread.join() }
+
+        let client = try DestinationClient(source: server.listener.endpoint, clientName: "test", features: [.resume, .invalidation], authentication: TestKeys.authentication)
+        let descriptor = try client.region(selectedBy: nil)
+        let cutPush = CutConnection(client.push) { if case .message(.invalidate) = $0 { return true } else { return false } }
+        var connections = SessionConnections(demand: client.demand, push: cutPush)
+        // No resumption: the destination gives up at the cut.
+        #expect(throws: ResolveError.self) { _ = try StagedPages.receive(region: descriptor, connections: &connections, resumption: nil, logger: logger) }
+        client.close()
+        #expect(resumed.wait(until: { $0 }, deadline: monotonicNanoseconds() + 10_000_000_000), "the writer was let run again")
+        #expect(!live.outcome.switched, "SWITCHED never went out")
+        #expect(lines.contains("ended before SWITCHED for region 1: its writer runs again"), "\(lines.lines.withLock { $0 })")
+    }
 }
