@@ -11,6 +11,7 @@ public enum Scenario: String, CaseIterable, Sendable {
     case throughput
     case protection
     case peers
+    case outages
 
     public var summary: String {
         switch self {
@@ -20,6 +21,7 @@ public enum Scenario: String, CaseIterable, Sendable {
         case .throughput: "time until the whole region is local, for access patterns none, sequential, random, strided and working-set"
         case .protection: "what authentication and encryption cost: 4 KiB fault p50 and full transfer, plain vs authenticated vs encrypted in interleaved rounds, next to libcrypto's AES-256-GCM rate"
         case .peers: "other pagers on the same machine: CRIU lazy-pages (probed) and QEMU's native postcopy against the pager on the same TCG guest"
+        case .outages: "both connections reset (ss -K) five times during a full transfer: each resume's pause next to the raw round trip, fault waits, what was sent again, and the transfer against the same one without resets"
         }
     }
 }
@@ -81,6 +83,7 @@ public final class BenchSuite {
         case .throughput: Self.patterns.count
         case .protection: 1 + protectionRounds * Protection.allCases.count
         case .peers: 1
+        case .outages: 2
         }
     }
 
@@ -90,7 +93,7 @@ public final class BenchSuite {
         if link != nil && loopback { throw HarnessError("--link shapes the veth between the namespaces; it cannot shape loopback") }
         // The baselines run whenever a scenario needs them for its ratios.
         let needBaselines = scenarios.contains(.baselines) || scenarios.contains(.latency4k) || scenarios.contains(.throughput)
-            || scenarios.contains(.protection)
+            || scenarios.contains(.protection) || scenarios.contains(.outages)
         let total = scenarios.filter { $0 != .baselines }.reduce(0) { $0 + steps($1) } + (needBaselines ? steps(.baselines) : 0)
         let run = try SuiteRun(self, steps: total)
         try sh(workload, "fill", "--file", run.ram, "--size-mib", "\(sizeMiB)", "--seed", "9")
@@ -103,6 +106,7 @@ public final class BenchSuite {
         }
         if scenarios.contains(.throughput) { try run.throughput() }
         if scenarios.contains(.protection) { try run.protectionScenario(rounds: protectionRounds) }
+        if scenarios.contains(.outages) { try run.outageScenario() }
         if scenarios.contains(.peers) { try run.peers() }
         return run.report
     }

@@ -71,7 +71,9 @@ final class SuiteRun {
     }
 
     /// One migration of the filled file; returns the workload's key=values and its latency CDF.
-    func migrate(_ name: String, destFlags: [String], workloadArgs: [String], protection: Protection = .authenticated) throws -> ([String: Double], LatencySummary) {
+    /// `during` runs once the workload has started (fault injection), given the destination.
+    func migrate(_ name: String, destFlags: [String], workloadArgs: [String], protection: Protection = .authenticated,
+                 during: ((ChildProcess) throws -> Void)? = nil) throws -> ([String: Double], LatencySummary) {
         let keys = protection.arguments(keyFile: scratch.keyFile)
         let source = try spawn(source: true, pagerd, ["source", "--listen", "\(address):\(port)", "--region", ram] + keys.source,
                                log: scratch.file("source-\(name).log"))
@@ -86,6 +88,7 @@ final class SuiteRun {
         let w = try spawn(source: false, workload, ["run", "--socket", socket, "--size-mib", "\(sizeMiB)", "--seed", "9", "--write-every", "0",
                                                     "--cdf-file", cdf] + workloadArgs,
                           log: scratch.file("workload-\(name).log"))
+        try during?(dest)
         let status = w.wait(timeoutMilliseconds: 300_000)
         dest.wait(timeoutMilliseconds: 30_000)
         guard status == 0, w.output.contains("workload: ok") else {

@@ -85,7 +85,7 @@ extension StagedPages {
                 let took = monotonicNanoseconds() - detected
                 outages[outages.count - 1].resumedAfterNanoseconds = took
                 outages[outages.count - 1].attempts = attempts
-                logger.warning("pre-copy resumed after \(took / 1_000_000) ms (\(attempts) attempt(s)); \(stagedBytes >> 20) MiB staged are kept (the source sends again what it cannot know arrived)")
+                logger.warning("pre-copy resumed after \(milliseconds(took)) ms (\(attempts) attempt(s)); \(stagedBytes >> 20) MiB staged are kept (the source sends again what it cannot know arrived)")
                 return SessionConnections(demand: demand, push: push)
             } catch {
                 if let refusal = FaultResolver.refusal(error) { throw .resumeRefused(refusal) }

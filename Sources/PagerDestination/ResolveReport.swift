@@ -23,30 +23,33 @@ public enum ResolveError: Error, CustomStringConvertible, Sendable {
     /// The connections were lost and no resume succeeded within the reconnect window.
     case reconnectTimedOut(seconds: Int, attempts: Int, last: String)
 
-    /// What happened, without what it led to: for the log of an outage that may be repaired.
-    var cause: String {
+    /// What happened, without what it led to (the poisoning): for the log of an outage that
+    /// may be repaired, and for a failure before any handoff, when nothing was poisoned.
+    public var cause: String {
         switch self {
         case .channel(let e): "\(e)"
         case .sourceSilent(let ms, let timeout): "no frame from the source for \(ms) ms (stall timeout \(timeout) ms)"
-        default: description
+        case .sourceShuttingDown: "source is shutting down"
+        case .sourceMisbehaved(let s): s
+        case .sourceRefused(let s): "source could not serve a page: \(s)"
+        case .workloadGone: "the workload's memory went away (process exited)"
+        case .invalidSetup(let s): s
+        case .kernel(let e): "\(e)"
+        case .aborted(let s): s
+        case .resumeRefused(let s): "the connections broke and the source refused to resume the session (\(s))"
+        case .reconnectTimedOut(let seconds, let attempts, let last):
+            "the connections broke and \(attempts) attempt(s) to resume within \(seconds) s failed (the last: \(last))"
         }
     }
 
     public var description: String {
         let poisoned = "pages not yet fetched were poisoned (the workload gets SIGBUS, never zeros)"
         return switch self {
-        case .channel(let e): "source lost: \(e); \(poisoned)"
-        case .sourceSilent(let ms, let timeout): "source lost: no frame from the source for \(ms) ms (stall timeout \(timeout) ms); \(poisoned)"
-        case .sourceShuttingDown: "source lost: source is shutting down; \(poisoned)"
-        case .sourceMisbehaved(let s): "source lost: \(s); \(poisoned)"
-        case .sourceRefused(let s): "source could not serve a page: \(s); the workload was stopped with SIGBUS on missing pages"
-        case .workloadGone: "the workload's memory went away (process exited)"
-        case .invalidSetup(let s): s
-        case .kernel(let e): "\(e)"
-        case .aborted(let s): "\(s); \(poisoned)"
-        case .resumeRefused(let s): "source lost: the connections broke and the source refused to resume the session (\(s)); \(poisoned)"
-        case .reconnectTimedOut(let seconds, let attempts, let last):
-            "source lost: the connections broke and \(attempts) attempt(s) to resume within \(seconds) s failed (the last: \(last)); \(poisoned)"
+        case .channel, .sourceSilent, .sourceShuttingDown, .sourceMisbehaved, .resumeRefused, .reconnectTimedOut:
+            "source lost: \(cause); \(poisoned)"
+        case .sourceRefused: "\(cause); the workload was stopped with SIGBUS on missing pages"
+        case .workloadGone, .invalidSetup, .kernel: cause
+        case .aborted: "\(cause); \(poisoned)"
         }
     }
 }

@@ -154,7 +154,7 @@ extension FaultResolver {
         }
         lastHeard.store(now, ordering: .relaxed)
         lastPushFrame.store(now, ordering: .relaxed)
-        logger.warning("session resumed after \((now - downSince) / 1_000_000) ms (\(attempts) attempt(s)); \(requeued) pages in flight are asked for again; the longest-waiting fault had waited \(waited / 1_000_000) ms")
+        logger.warning("session resumed after \(milliseconds(now - downSince)) ms (\(attempts) attempt(s)); \(requeued) pages in flight are asked for again; the longest-waiting fault had waited \(milliseconds(waited)) ms")
         startReceivers(demand, push, generation: generation)
     }
 
@@ -167,6 +167,11 @@ extension FaultResolver {
             try push.send(.received(frame))
         }
     }
+}
+
+/// `nanoseconds` as milliseconds with one decimal ("2.3"), for the logs.
+func milliseconds(_ nanoseconds: UInt64) -> String {
+    "\(nanoseconds / 1_000_000).\(nanoseconds / 100_000 % 10)"
 }
 
 /// The waits between attempts to reach a source: 50 ms, doubling to 1 s, until `deadline`.

@@ -57,6 +57,11 @@ public final class TwoHosts {
                "rate", rate, "burst", "256kb", "latency", "100ms")
     }
 
+    /// Removes the shaping of ``shapeSource(rate:)``.
+    public func unshapeSource() throws {
+        try sh("/usr/sbin/ip", "netns", "exec", source, "tc", "qdisc", "del", "dev", sourceDevice, "root")
+    }
+
     /// Starts `binary args` inside namespace `ns` (on its CPUs when they are split).
     public func spawn(in ns: String, _ binary: String, _ args: [String], log: String) throws -> ChildProcess {
         let command = self.command(in: ns, binary, args)

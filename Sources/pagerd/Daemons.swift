@@ -237,8 +237,11 @@ struct DestCommand: ParsableCommand {
             defer { try? handoff.connection.close() }
             return migrate(handoff, authentication, logger: logger, client: client, connections: connections, region: region, staged: staged)
         } catch {
-            logger.error("migration failed: \(error)")
-            print("pagerd dest: migration FAILED: \(error)")
+            // Before the handoff nothing of the workload is here, and nothing was poisoned.
+            let reason = (error as? ResolveError)?.cause ?? "\(error)"
+            logger.error("pre-copy failed: \(reason)")
+            print("pagerd dest: migration FAILED in pre-copy, before any handoff (the workload still runs on the source): \(reason)")
+            fflushStandardOutput()
             return false
         }
     }

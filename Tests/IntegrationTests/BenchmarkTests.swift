@@ -65,7 +65,8 @@ struct BenchmarkTests {
                     "pushing_4k_p99_us", "idle_2m_p50_us", "pushing_2m_p99_us", "full_none_gbit", "full_working_set_gbit",
                     "aes_gcm_seal_gbit", "aes_gcm_open_gbit", "aes_gcm_page_us", "plain_idle_4k_p50_us", "authenticated_idle_4k_p50_us",
                     "encrypted_idle_4k_p50_us", "plain_full_s", "authenticated_full_s", "encrypted_full_s", "encrypted_full_floor_s",
-                    "encrypted_full_vs_floor"] {
+                    "encrypted_full_vs_floor", "outage_resume_p50_ms", "outage_resume_max_ms", "outage_fault_wait_max_ms",
+                    "outage_resent_kib_mean", "outage_transfer_s"] {
             #expect(keys.contains(key), "figure \(key) missing: \(keys)")
         }
         for f in figures where f["ratio"] != .null { #expect((number(f["ratio"]) ?? 0) > 0, "\(String(describing: f["key"]))") }
