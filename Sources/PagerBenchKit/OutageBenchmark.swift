@@ -49,7 +49,7 @@ extension SuiteRun {
         if shaped { try hosts.shapeSource(rate: rate) }
         defer { if shaped { try? hosts.unshapeSource() } }
         // With the same push and access as the reset run, so that only the outages differ.
-        let args = ["--access", "random", "--touch-pages", "\(samples)"]
+        let args = ["--access", "random"]
         advance("pager: full transfer with no outage (the baseline)")
         let (clean, _) = try migrate("outage-none", destFlags: [], workloadArgs: args)
         advance("pager: full transfer, both connections reset \(resets) times")
@@ -58,11 +58,11 @@ extension SuiteRun {
             try waitFor(dest, toPrint: "session ", seconds: 30)
             for i in 1...resets {
                 sleepMilliseconds(200)
-                if dest.output.contains("local after") { break } // the transfer is over
+                if dest.output.contains("pages (") || dest.wait(timeoutMilliseconds: 0) != nil { break } // the transfer is over
                 _ = try hosts.run(in: hosts.source, "/usr/bin/ss", ["-K", "dst", TwoHosts.destAddress])
                 do { try waitFor(dest, toPrint: "session resumed after", seconds: 30, occurrence: i) } catch {
                     // The transfer ended just before this reset: nothing was left to cut.
-                    if dest.output.contains("local after") { break }
+                    if dest.output.contains("pages (") || dest.wait(timeoutMilliseconds: 0) != nil { break }
                     throw error
                 }
                 injected = i
@@ -74,7 +74,7 @@ extension SuiteRun {
             report.notes.append("outages: the transfer ended before a reset could land (try a larger --size-mib)")
             return
         }
-        if shaped { report.notes.append("outages: both transfers ran on the source's link shaped to \(rate) (tc tbf), so that each lasts about 2 s") }
+        if shaped { report.notes.append("outages: both transfers ran on the source's link shaped to \(rate) (tc tbf), so that the resets land inside them") }
         func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
         func mean(_ xs: [Int]) -> Double { xs.isEmpty ? 0 : Double(xs.reduce(0, +)) / Double(xs.count) }
         let pause = median(log.pausesMilliseconds)
