@@ -52,8 +52,12 @@ final class CutConnection: FrameConnection, @unchecked Sendable {
 
 /// Log lines, kept for the test to look at.
 final class LogLines: Sendable {
-    let lines = Mutex<[String]>([])
+    let lines = WaitableState<[String]>([])
     func contains(_ text: String) -> Bool { lines.withLock { $0.contains { $0.contains(text) } } }
+    /// Waits (at most `seconds`) until a line containing `text` is logged.
+    func waitFor(_ text: String, seconds: Double = 10) -> Bool {
+        lines.wait(until: { $0.contains { $0.contains(text) } }, deadline: monotonicNanoseconds() + UInt64(seconds * 1e9))
+    }
 }
 
 struct LineRecordingHandler: LogHandler {
@@ -66,7 +70,7 @@ struct LineRecordingHandler: LogHandler {
     }
     func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
              file: String, function: String, line: UInt) {
-        sink.lines.withLock { $0.append("\(message)") }
+        sink.lines.change { $0.append("\(message)") }
     }
 }
 
@@ -228,6 +232,7 @@ struct PrecopyResumeTests {
         client.close()
         #expect(resumed.wait(until: { $0 }, deadline: monotonicNanoseconds() + 10_000_000_000), "the writer was let run again")
         #expect(!live.outcome.switched, "SWITCHED never went out")
-        #expect(lines.contains("ended before SWITCHED for region 1: its writer runs again"), "\(lines.lines.withLock { $0 })")
+        // Logged right after the writer was let run: wait for the line, not just the flag.
+        #expect(lines.waitFor("ended before SWITCHED for region 1: its writer runs again"), "\(lines.lines.withLock { $0 })")
     }
 }
