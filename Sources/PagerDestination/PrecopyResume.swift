@@ -65,35 +65,23 @@ extension StagedPages {
         let detected = monotonicNanoseconds()
         outages.append(Outage(cause: cause.cause, detectedAt: detected))
         logger.warning("connection to the source lost during pre-copy (\(cause.cause)): reconnecting for up to \(resumption.reconnectTimeoutMilliseconds / 1000) s; the workload still runs on the source")
-        var backoff = Backoff(deadline: detected + UInt64(resumption.reconnectTimeoutMilliseconds) * 1_000_000)
-        var attempts = 0
-        while true {
-            attempts += 1
-            do {
-                let timeout = max(250, min(2_000, resumption.stallTimeoutMilliseconds))
-                let (demand, push) = try resumption.resumer.resume(push: true, timeoutMilliseconds: timeout)
-                guard let push else { throw ChannelError.closed(peer: demand.peer) }
-                do {
-                    for frame in Received.frames(region: region.id, ranges: heldRanges, staged: true, maxPayload: push.sendLimit) {
-                        try push.send(.received(frame))
-                    }
-                } catch {
-                    demand.shutdown()
-                    push.shutdown()
-                    throw error
-                }
-                let took = monotonicNanoseconds() - detected
-                outages[outages.count - 1].resumedAfterNanoseconds = took
-                outages[outages.count - 1].attempts = attempts
-                logger.warning("pre-copy resumed after \(milliseconds(took)) ms (\(attempts) attempt(s)); \(stagedBytes >> 20) MiB staged are kept (the source sends again what it cannot know arrived)")
-                return SessionConnections(demand: demand, push: push)
-            } catch {
-                if let refusal = FaultResolver.refusal(error) { throw .resumeRefused(refusal) }
-                if attempts == 1 || attempts % 10 == 0 { logger.info("pre-copy resume attempt \(attempts) failed: \(error)") }
-                guard backoff.wait() else {
-                    throw .reconnectTimedOut(seconds: resumption.reconnectTimeoutMilliseconds / 1000, attempts: attempts, last: "\(error)")
-                }
+        let outcome = resumeSession(resumption.resumer, push: true, stallTimeoutMilliseconds: resumption.stallTimeoutMilliseconds,
+                                    since: detected, windowMilliseconds: resumption.reconnectTimeoutMilliseconds,
+                                    attemptName: "pre-copy resume attempt", logger: logger) { demand, push, attempts in
+            guard let push else { throw ChannelError.closed(peer: demand.peer) }
+            for frame in Received.frames(region: region.id, ranges: heldRanges, staged: true, maxPayload: push.sendLimit) {
+                try push.send(.received(frame))
             }
+            let took = monotonicNanoseconds() - detected
+            outages[outages.count - 1].resumedAfterNanoseconds = took
+            outages[outages.count - 1].attempts = attempts
+            logger.warning("pre-copy resumed after \(milliseconds(took)) ms (\(attempts) attempt(s)); \(stagedBytes >> 20) MiB staged are kept (the source sends again what it cannot know arrived)")
+            return SessionConnections(demand: demand, push: push)
+        }
+        switch outcome {
+        case .success(let connections)?: return connections
+        case .failure(let error)?: throw error
+        case nil: throw .aborted("pre-copy stopped") // not reached: nothing stops a pre-copy resume but its window
         }
     }
 

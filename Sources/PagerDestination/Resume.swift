@@ -1,3 +1,4 @@
+import Logging
 import PagerCore
 import PagerKernel
 import PagerTransport
@@ -67,42 +68,21 @@ extension FaultResolver {
         link.push?.shutdown()
     }
 
-    /// Tries to resume, with backoff (50 ms doubling to 1 s), until it succeeds, the source
-    /// refuses (the session is gone: no later attempt can succeed), the window ends, or the
-    /// migration ends. A failure here fails the migration: its missing pages are poisoned.
+    /// Tries to resume (``resumeSession``) until it succeeds, the source refuses, the window
+    /// ends, or the migration ends. A failure here fails the migration: its missing pages are
+    /// poisoned.
     private func reconnect(after since: UInt64, hadPush: Bool) {
-        var backoff = Backoff(deadline: since + UInt64(configuration.reconnectTimeoutMilliseconds) * 1_000_000)
-        var attempts = 0
-        while true {
-            let ongoing = lock.withLock { state -> Bool in
+        let outcome = resumeSession(configuration.resumer!, push: hadPush, stallTimeoutMilliseconds: configuration.stallTimeoutMilliseconds,
+                                    since: since, windowMilliseconds: configuration.reconnectTimeoutMilliseconds, attemptName: "resume attempt",
+                                    logger: logger, ongoing: { [self] in
+            lock.withLock { state -> Bool in
                 if case .fetching = state.phase { return !state.pages.isComplete }
                 return false
             }
-            guard ongoing else { return }
-            attempts += 1
-            do {
-                let timeout = max(250, min(2_000, configuration.stallTimeoutMilliseconds))
-                let (demand, push) = try configuration.resumer!.resume(push: hadPush, timeoutMilliseconds: timeout)
-                do {
-                    try adopt(demand, push, downSince: since, attempts: attempts)
-                    return
-                } catch {
-                    demand.shutdown()
-                    push?.shutdown()
-                    throw error
-                }
-            } catch {
-                if let refusal = Self.refusal(error) {
-                    lock.withLock { $0.fail(.resumeRefused(refusal)) }
-                    return
-                }
-                if attempts == 1 || attempts % 10 == 0 { logger.info("resume attempt \(attempts) failed: \(error)") }
-                guard backoff.wait() else {
-                    lock.withLock { $0.fail(.reconnectTimedOut(seconds: configuration.reconnectTimeoutMilliseconds / 1000, attempts: attempts, last: "\(error)")) }
-                    return
-                }
-            }
+        }) { [self] demand, push, attempts in
+            try adopt(demand, push, downSince: since, attempts: attempts)
         }
+        if case .failure(let error)? = outcome { lock.withLock { $0.fail(error) } }
     }
 
     /// Whether another attempt to connect may succeed after `error` (the network or the
@@ -165,6 +145,40 @@ extension FaultResolver {
         let ranges = held.map { PageRange(offset: UInt64($0.lowerBound) * u, length: UInt64($0.count) * u) }
         for frame in Received.frames(region: region.id, ranges: ranges, staged: false, maxPayload: push.sendLimit) {
             try push.send(.received(frame))
+        }
+    }
+}
+
+/// Tries to resume a session through `resumer`, with backoff (50 ms doubling to 1 s) from
+/// `since` for `windowMilliseconds`: each attempt makes the connections (the push one if
+/// `push`), each within a timeout drawn from the stall timeout, and hands them to `adopt`
+/// (a failure there shuts them down and counts as a failed attempt). Returns `adopt`'s value,
+/// the reason it is over (the source refused: the session is gone, no later attempt can
+/// succeed; or the window ended), or nil once `ongoing` says nothing needs the session any
+/// more. Shared by post-copy (``FaultResolver``) and pre-copy (``StagedPages``).
+func resumeSession<T>(_ resumer: any SessionResumer, push: Bool, stallTimeoutMilliseconds: Int, since: UInt64,
+                      windowMilliseconds: Int, attemptName: String, logger: Logger, ongoing: () -> Bool = { true },
+                      adopt: (any FrameConnection, (any FrameConnection)?, _ attempts: Int) throws -> T) -> Result<T, ResolveError>? {
+    var backoff = Backoff(deadline: since + UInt64(windowMilliseconds) * 1_000_000)
+    var attempts = 0
+    while true {
+        guard ongoing() else { return nil }
+        attempts += 1
+        do {
+            let (demand, pushConnection) = try resumer.resume(push: push, timeoutMilliseconds: max(250, min(2_000, stallTimeoutMilliseconds)))
+            do {
+                return .success(try adopt(demand, pushConnection, attempts))
+            } catch {
+                demand.shutdown()
+                pushConnection?.shutdown()
+                throw error
+            }
+        } catch {
+            if let refusal = FaultResolver.refusal(error) { return .failure(.resumeRefused(refusal)) }
+            if attempts == 1 || attempts % 10 == 0 { logger.info("\(attemptName) \(attempts) failed: \(error)") }
+            guard backoff.wait() else {
+                return .failure(.reconnectTimedOut(seconds: windowMilliseconds / 1000, attempts: attempts, last: "\(error)"))
+            }
         }
     }
 }
