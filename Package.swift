@@ -138,7 +138,7 @@ let package = Package(
         ),
         // The two-namespace harness: TwoHosts, Scratch, children's output, live and QEMU runs.
         // Tests and pager-bench only; never pagerd.
-        .target(name: "PagerHarness", dependencies: ["PagerKernel", "PagerTrust"]),
+        .target(name: "PagerHarness", dependencies: ["PagerKernel", "PagerTrust", .product(name: "Logging", package: "swift-log")]),
         // pager-bench's measurements (library, so tests can run them too).
         .target(
             name: "PagerBenchKit",

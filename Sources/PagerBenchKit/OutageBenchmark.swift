@@ -9,8 +9,10 @@ public struct OutageLog: Equatable, Sendable {
     public var pausesMilliseconds: [Double] = []
     /// Per resume: how long the longest-waiting fault had waited, in milliseconds.
     public var faultWaitsMilliseconds: [Double] = []
-    /// Per resume: pages in flight asked for again.
-    public var pagesAskedAgain: [Int] = []
+    /// Per resume: pages faults waited on, asked for again at once.
+    public var faultsAskedAgain: [Int] = []
+    /// Per resume: pages in flight on the lost connections, back to missing (left to the push).
+    public var pagesInFlight: [Int] = []
     /// Per resume: KiB the source had sent that never arrived, sent again.
     public var resentKiB: [Int] = []
 
@@ -22,7 +24,14 @@ public struct OutageLog: Equatable, Sendable {
             }
             if let ms = number(after: "after") { pausesMilliseconds.append(ms) }
             if let ms = number(after: "waited") { faultWaitsMilliseconds.append(ms) }
-            if let i = words.firstIndex(of: "pages"), i > 0, let n = Int(words[i - 1].trimmingPrefix(";")) { pagesAskedAgain.append(n) }
+            // "...; 3 waiting faults asked for again; 176 pages in flight back to missing, ..."
+            func count(before phrase: [Substring]) -> Int? {
+                guard words.count > phrase.count else { return nil }
+                for i in 1...(words.count - phrase.count) where Array(words[i..<i + phrase.count]) == phrase { return Int(words[i - 1]) }
+                return nil
+            }
+            if let n = count(before: ["waiting", "faults"]) { faultsAskedAgain.append(n) }
+            if let n = count(before: ["pages", "in", "flight"]) { pagesInFlight.append(n) }
         }
         for line in source.split(separator: "\n") where line.contains("lost in flight") {
             // "...; 111 pages (444 KiB) sent before were lost in flight; ..."
@@ -85,7 +94,8 @@ extension SuiteRun {
         report.figures.append(Figure(key: "outage_resume_max_ms", label: "resume after a reset, longest", value: log.pausesMilliseconds.max()!, unit: "ms"))
         report.figures.append(Figure(key: "outage_fault_wait_max_ms", label: "longest fault wait across a reset",
                                      value: log.faultWaitsMilliseconds.max() ?? 0, unit: "ms", baseline: "resume median", ratio: (log.faultWaitsMilliseconds.max() ?? 0) / max(pause, 1e-3)))
-        report.figures.append(Figure(key: "outage_pages_asked_again_mean", label: "pages asked for again per reset", value: mean(log.pagesAskedAgain), unit: "pages"))
+        report.figures.append(Figure(key: "outage_faults_asked_again_mean", label: "waiting faults asked for again per reset", value: mean(log.faultsAskedAgain), unit: "pages"))
+        report.figures.append(Figure(key: "outage_pages_in_flight_mean", label: "pages in flight per reset (requested or pushed), back to missing", value: mean(log.pagesInFlight), unit: "pages"))
         report.figures.append(Figure(key: "outage_resent_kib_mean", label: "pushed data lost in flight per reset, sent again", value: mean(log.resentKiB), unit: "KiB"))
         report.figures.append(Figure(key: "outage_transfer_s", label: "full transfer with \(injected) resets", value: seconds, unit: "s",
                                      baseline: "the same transfer without", ratio: seconds / cleanSeconds))

@@ -20,18 +20,25 @@ public final class DestinationClient: @unchecked Sendable {
     ///
     /// With ``Features/encryption`` in `features` (and keys) every frame after AUTH_RESPONSE is
     /// sealed on both connections, each under its own keys; the source must accept it.
+    ///
+    /// `timeoutMilliseconds` bounds each connection's connect and its handshake (a source
+    /// whose kernel accepts but whose process does not answer, a blackhole).
     public init(source: Endpoint, clientName: String, features: Features = [.resume, .hugePages],
-                authentication: PeerAuthentication, recordLimits: RecordLimits = .standard) throws {
+                authentication: PeerAuthentication, recordLimits: RecordLimits = .standard, timeoutMilliseconds: Int = 10_000) throws {
         let first = Resumer(source: source, clientName: clientName, offered: features, authentication: authentication,
                             recordLimits: recordLimits, session: 0, token: nil, regions: [])
-        let (demand, welcome, regions) = try first.connect(.demand, session: 0, timeoutMilliseconds: 10_000)
+        let (demand, welcome, regions) = try first.connect(.demand, session: 0, timeoutMilliseconds: timeoutMilliseconds)
         self.demand = demand
         self.regions = regions
         session = welcome.session
         self.features = welcome.features
         resumer = Resumer(source: source, clientName: clientName, offered: features, authentication: authentication,
                           recordLimits: recordLimits, session: welcome.session, token: welcome.resumeToken, regions: regions)
-        push = try resumer.join(.push, timeoutMilliseconds: 10_000)
+        do { push = try resumer.join(.push, timeoutMilliseconds: timeoutMilliseconds) } catch {
+            // The source's half-made session then ends at once, not after its linger.
+            demand.shutdown()
+            throw error
+        }
     }
 
     /// What resuming a session takes: where the source is, the HELLO offered, the keys, and

@@ -110,10 +110,13 @@ extension FaultResolver {
             try sendReceived(held, on: push)
         }
         let now = monotonicNanoseconds()
-        let adopted = lock.withLock { state -> (generation: UInt64, requeued: Int, waited: UInt64)? in
+        let adopted = lock.withLock { state -> (generation: UInt64, requeued: Int, asked: Int, waited: UInt64)? in
             guard case .fetching = state.phase else { return nil }
             state.link = Link(demand: demand, push: push, generation: state.link.generation + 1)
             let requeued = state.pages.requeueInFlight(keeping: state.stagedUnits)
+            // Of those, the ones a fault waits on are asked for again at once (the fault
+            // loop's review); the rest are left to the push, which RECEIVED has just aimed.
+            let asked = state.faults.count
             let waited = state.faults.longestWait(now: now)
             state.faults.forgetUrgent()
             state.phase = .fetching(pushComplete: false)
@@ -122,19 +125,20 @@ extension FaultResolver {
                 let i = state.report.outages.count - 1
                 state.report.outages[i].resumedAfterNanoseconds = now - downSince
                 state.report.outages[i].attempts = attempts
-                state.report.outages[i].pagesAskedAgain = requeued
+                state.report.outages[i].pagesInFlight = requeued
+                state.report.outages[i].faultsAskedAgain = asked
                 state.report.outages[i].longestFaultWaitNanoseconds = waited
             }
-            return (state.link.generation, requeued, waited)
+            return (state.link.generation, requeued, asked, waited)
         }
-        guard let (generation, requeued, waited) = adopted else {
+        guard let (generation, requeued, asked, waited) = adopted else {
             demand.shutdown()
             push?.shutdown()
             return
         }
         lastHeard.store(now, ordering: .relaxed)
         lastPushFrame.store(now, ordering: .relaxed)
-        logger.warning("session resumed after \(milliseconds(now - downSince)) ms (\(attempts) attempt(s)); \(requeued) pages in flight are asked for again; the longest-waiting fault had waited \(milliseconds(waited)) ms")
+        logger.warning("session resumed after \(milliseconds(now - downSince)) ms (\(attempts) attempt(s)); \(asked) waiting faults asked for again; \(requeued) pages in flight back to missing, left to the push; the longest-waiting fault had waited \(milliseconds(waited)) ms")
         startReceivers(demand, push, generation: generation)
     }
 
@@ -165,7 +169,7 @@ func resumeSession<T>(_ resumer: any SessionResumer, push: Bool, stallTimeoutMil
         guard ongoing() else { return nil }
         attempts += 1
         do {
-            let (demand, pushConnection) = try resumer.resume(push: push, timeoutMilliseconds: max(250, min(2_000, stallTimeoutMilliseconds)))
+            let (demand, pushConnection) = try resumer.resume(push: push, timeoutMilliseconds: attemptTimeoutMilliseconds(stall: stallTimeoutMilliseconds))
             do {
                 return .success(try adopt(demand, pushConnection, attempts))
             } catch {
@@ -182,6 +186,11 @@ func resumeSession<T>(_ resumer: any SessionResumer, push: Bool, stallTimeoutMil
         }
     }
 }
+
+/// How long one attempt to reach the source may take for its connect and its handshake:
+/// the stall timeout, within 250 ms and 2 s. A source that does not answer in that time is
+/// tried again (with backoff) rather than waited for, first connections included.
+public func attemptTimeoutMilliseconds(stall: Int) -> Int { max(250, min(2_000, stall)) }
 
 /// `nanoseconds` as milliseconds with one decimal ("2.3"), for the logs.
 func milliseconds(_ nanoseconds: UInt64) -> String {
@@ -215,8 +224,11 @@ public struct Outage: Sendable {
     /// Until the session was resumed; nil if it never was (the migration then failed).
     public var resumedAfterNanoseconds: UInt64?
     public var attempts = 0
-    /// Pages in flight on the lost connections, asked for again.
-    public var pagesAskedAgain = 0
+    /// Pages in flight on the lost connections (requested, or pushed and not yet arrived): back
+    /// to missing when the session resumed.
+    public var pagesInFlight = 0
+    /// Pages faults waited on when the session resumed: asked for again at once.
+    public var faultsAskedAgain = 0
     /// How long the longest-waiting fault had waited when the session resumed.
     public var longestFaultWaitNanoseconds: UInt64 = 0
 }

@@ -25,8 +25,11 @@ public struct QEMUMigrationRun {
     public var destArguments: [String] = []
     /// Rate limit on the source's side of the link (`tc tbf`), so that post-copy lasts.
     public var shape: String?
-    /// Runs once `pagerd qemu-dest` says the guest runs here (post-copy): fault injection.
+    /// Runs once `pagerd qemu-dest` prints `disruptAfter`: fault injection.
     public var disrupt: ((ChildProcess) throws -> Void)?
+    /// When `disrupt` runs: by default once the guest runs here (post-copy).
+    public var disruptAfter = "guest running here"
+
     /// Where the two RAM files go (e.g. a hugetlbfs mount); nil: the run's scratch directory.
     public var ramDirectory: String?
 
@@ -153,7 +156,7 @@ public struct QEMUMigrationRun {
                                       log: scratch.file("qemu-source.log"))
         defer { qsource.signal(.kill) }
         if let disrupt {
-            try waitFor(qdest, toPrint: "guest running here", seconds: 120)
+            try waitFor(qdest, toPrint: disruptAfter, seconds: 120)
             try disrupt(qdest)
         }
         let s = qsource.wait(timeoutMilliseconds: 180_000)

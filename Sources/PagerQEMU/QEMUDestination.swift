@@ -152,7 +152,8 @@ public struct QEMUDestination {
 
     /// Connects to the source daemon: `pagerd qemu-source` may start after this QEMU, so it
     /// keeps trying for a minute, every 2 ms (the guest may resume here within milliseconds of
-    /// the source daemon listening, and its first faults wait for this connection).
+    /// the source daemon listening, and its first faults wait for this connection). A source
+    /// that answers and refuses (another key, another version) is not tried again.
     private func connectToSource(unless cancelled: borrowing Atomic<Bool>) throws -> DestinationClient {
         let deadline = monotonicNanoseconds() + 60_000_000_000
         while true {
@@ -161,8 +162,9 @@ public struct QEMUDestination {
                 return try DestinationClient(source: source, clientName: "pagerd-qemu-dest",
                                              features: Features([.resume, .hugePages]).union(precopy ? .invalidation : [])
                                                  .union(encrypt ? .encryption : []),
-                                             authentication: authentication)
+                                             authentication: authentication, timeoutMilliseconds: 2_000)
             } catch {
+                guard FaultResolver.mayRetry(error) else { throw QEMUError("the source pagerd at \(source) refused the session: \(error)") }
                 if monotonicNanoseconds() > deadline { throw QEMUError("the source pagerd at \(source) does not answer: \(error)") }
                 sleepMilliseconds(2)
             }

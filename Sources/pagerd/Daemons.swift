@@ -203,7 +203,7 @@ struct DestCommand: ParsableCommand {
             attempts += 1
             do {
                 return try DestinationClient(source: Endpoint(connect)!, clientName: "pagerd-dest", features: features,
-                                             authentication: authentication)
+                                             authentication: authentication, timeoutMilliseconds: attemptTimeoutMilliseconds(stall: stallTimeoutMs))
             } catch {
                 guard FaultResolver.mayRetry(error) else { throw error }
                 if attempts == 1 { logger.warning("cannot reach the source \(connect) (\(error)): retrying for up to \(Int(reconnectTimeoutS)) s while faults wait") }
@@ -394,7 +394,8 @@ func outageSummary(_ outages: [Outage]) -> String {
     guard !outages.isEmpty else { return "none" }
     let resumed = outages.compactMap(\.resumedAfterNanoseconds)
     let longest = resumed.max().map { "longest \($0 / 1_000_000) ms" } ?? ""
-    let again = outages.reduce(0) { $0 + $1.pagesAskedAgain }
+    let again = outages.reduce(0) { $0 + $1.faultsAskedAgain }
+    let inFlight = outages.reduce(0) { $0 + $1.pagesInFlight }
     let waited = outages.map(\.longestFaultWaitNanoseconds).max() ?? 0
-    return "\(outages.count) (connections lost, \(resumed.count) resumed, \(longest)), \(again) pages asked for again, a fault waited up to \(waited / 1_000_000) ms; first: \(outages[0].cause)"
+    return "\(outages.count) (connections lost, \(resumed.count) resumed, \(longest)), \(again) waiting faults asked for again, \(inFlight) pages in flight back to missing, a fault waited up to \(waited / 1_000_000) ms; first: \(outages[0].cause)"
 }

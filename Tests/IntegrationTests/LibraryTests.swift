@@ -122,30 +122,13 @@ struct LibraryTests {
         let expected = try MemoryMapping.anonymous(length: pages * basePageSize)
         expected.base.copyMemory(from: served.base, byteCount: pages * basePageSize)
 
-        let destination = try MemoryMapping.anonymous(length: pages * basePageSize)
-        let uffd = try Userfaultfd()
-        try uffd.negotiate([.eventRemove, .eventUnmap])
-        try uffd.register(destination.range, mode: .missing)
-        var configuration = FaultResolver.Configuration()
-        configuration.staged = staged
-        let resolver = try FaultResolver(uffd: uffd, region: descriptor,
-                                         mappings: [RegionMapping(base: UInt64(UInt(bitPattern: destination.base)), size: UInt64(pages * basePageSize), regionOffset: 0, pageSize: basePageSize)],
-                                         demand: client.demand, push: client.push, configuration: configuration, logger: logger)
-        let failure = Mutex<String?>(nil)
-        let resolving = try KernelThread(name: "test-resolver") {
-            do { _ = try resolver.run() } catch { failure.withLock { $0 = "\(error)" } }
-        }
-        var bad = 0
-        for i in 0..<pages {
-            let p = (i &* 2654435761) % pages
-            if memcmp(destination.page(p), expected.page(p), basePageSize) != 0 { bad += 1 }
-        }
-        resolving.join()
+        let resolved = try StagedResolve(staged, region: descriptor, pages: pages, expected: expected,
+                                         demand: client.demand, push: client.push, logger: logger)
         client.close()
-        #expect(failure.withLock { $0 } == nil, "\(failure.withLock { $0 } ?? "")")
-        #expect(bad == 0, "\(bad) pages differ from the source's final memory")
+        #expect(resolved.failure == nil, "\(resolved.failure ?? "")")
+        #expect(resolved.differing.isEmpty, "\(resolved.differing.count) pages differ from the source's final memory")
         for p in lastWrites {
-            #expect(destination.page(p).load(fromByteOffset: 64, as: UInt64.self) == 0xFEED_0000 + UInt64(p))
+            #expect(resolved.destination.page(p).load(fromByteOffset: 64, as: UInt64.self) == 0xFEED_0000 + UInt64(p))
         }
     }
 }

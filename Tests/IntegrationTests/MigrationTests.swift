@@ -24,10 +24,14 @@ struct Migration {
     /// `disrupt` runs once the destination has its session (fault injection on the network),
     /// `disruptBoth` too, given the source as well (to stop or kill it). With `sourceLate`,
     /// the source starts only after the destination has taken the handoff and that much time
-    /// has passed (the workload's faults wait meanwhile).
+    /// has passed (the workload's faults wait meanwhile). `beforeHandoff` runs with the source
+    /// listening, before the workload starts (to disrupt the first handshake), `afterHandoff`
+    /// once the destination has taken the handoff (to end that disruption).
     func run(hosts: TwoHosts, scratch: Scratch, shape: String? = nil, killSourceAfter: String? = nil,
              signal: Int32 = SIGKILL, sourceLateMilliseconds sourceLate: Int? = nil, disrupt: ((ChildProcess) throws -> Void)? = nil,
-             disruptBoth: ((_ dest: ChildProcess, _ source: ChildProcess) throws -> Void)? = nil) throws -> Outcome {
+             disruptBoth: ((_ dest: ChildProcess, _ source: ChildProcess) throws -> Void)? = nil,
+             beforeHandoff: ((_ source: ChildProcess) throws -> Void)? = nil,
+             afterHandoff: ((_ dest: ChildProcess, _ source: ChildProcess) throws -> Void)? = nil) throws -> Outcome {
         let ram = scratch.file("vm-\(backing)-\(access).ram")
         try sh(Binaries.workload, "fill", "--file", ram, "--size-mib", "\(sizeMiB)", "--seed", "\(seed)")
         if let shape { try hosts.shapeSource(rate: shape) }
@@ -44,6 +48,7 @@ struct Migration {
                                    ["dest", "--connect", "\(TwoHosts.sourceAddress):7070", "--uffd-socket", socket, "--once", "--key-file", scratch.keyFile] + destExtra,
                                    log: scratch.file("dest.log"))
         try waitFor(dest, toPrint: "waiting for userfaultfd handoffs")
+        if let beforeHandoff, let early { try beforeHandoff(early) }
         let workload = try hosts.spawn(in: hosts.dest, Binaries.workload,
                                        ["run", "--socket", socket, "--size-mib", "\(sizeMiB)", "--backing", backing,
                                         "--access", access, "--seed", "\(seed)", "--write-every", "13"] + extra,
@@ -54,6 +59,10 @@ struct Migration {
             early = try startSource()
         }
         let source = early!
+        if let afterHandoff {
+            try waitFor(dest, toPrint: "handoff:")
+            try afterHandoff(dest, source)
+        }
         if let marker = killSourceAfter {
             try waitFor(dest, toPrint: marker)
             source.signal(signal)

@@ -50,30 +50,6 @@ final class CutConnection: FrameConnection, @unchecked Sendable {
     func shutdown() { inner.shutdown() }
 }
 
-/// Log lines, kept for the test to look at.
-final class LogLines: Sendable {
-    let lines = WaitableState<[String]>([])
-    func contains(_ text: String) -> Bool { lines.withLock { $0.contains { $0.contains(text) } } }
-    /// Waits (at most `seconds`) until a line containing `text` is logged.
-    func waitFor(_ text: String, seconds: Double = 10) -> Bool {
-        lines.wait(until: { $0.contains { $0.contains(text) } }, deadline: monotonicNanoseconds() + UInt64(seconds * 1e9))
-    }
-}
-
-struct LineRecordingHandler: LogHandler {
-    let sink: LogLines
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .info
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
-             file: String, function: String, line: UInt) {
-        sink.lines.change { $0.append("\(message)") }
-    }
-}
-
 /// A pre-copy session whose push connection is lost at a chosen point: mid-round, at a
 /// checkpoint PING, at the switch's INVALIDATE (the writer paused), at SWITCHED. The
 /// destination resumes with its staged map; the source continues the rounds or makes the
@@ -115,8 +91,8 @@ struct PrecopyResumeTests {
             for w in 0..<basePageSize / 8 { words[w] = UInt64(p) << 32 ^ UInt64(w) ^ version << 20 }
         }
         for p in 0..<pages { write(p, 1) }
-        let lines = LogLines()
-        let logger = Logger(label: "test") { _ in LineRecordingHandler(sink: lines) }
+        let lines = RecordedLog()
+        let logger = lines.logger
         let tracker = try WriteTracker(ownRange: served.range)
         var policy = ConvergencePolicy()
         policy.downtimeBudgetNanoseconds = 0
@@ -166,39 +142,21 @@ struct PrecopyResumeTests {
         #expect(lines.contains("pre-copy resumed after"))
         switch point {
         case .invalidate, .switched:
-            #expect(lines.contains("the switch is made again"), "\(lines.lines.withLock { $0 })")
+            #expect(lines.contains("the switch is made again"), "\(lines.messages)")
         case .roundZero, .laterRound, .checkpoint:
-            #expect(lines.contains("continues on the resumed push connection"), "\(lines.lines.withLock { $0 })")
+            #expect(lines.contains("continues on the resumed push connection"), "\(lines.messages)")
         }
         // The source's memory is final now (the writer is paused): snapshot it.
         let expected = try MemoryMapping.anonymous(length: pages * basePageSize)
         expected.base.copyMemory(from: served.base, byteCount: pages * basePageSize)
 
-        let destination = try MemoryMapping.anonymous(length: pages * basePageSize)
-        let uffd = try Userfaultfd()
-        try uffd.negotiate([.eventRemove, .eventUnmap])
-        try uffd.register(destination.range, mode: .missing)
-        var configuration = FaultResolver.Configuration()
-        configuration.staged = staged
-        configuration.resumer = client.resumer
-        let resolver = try FaultResolver(uffd: uffd, region: descriptor,
-                                         mappings: [RegionMapping(base: UInt64(UInt(bitPattern: destination.base)), size: UInt64(pages * basePageSize), regionOffset: 0, pageSize: basePageSize)],
-                                         demand: connections.demand, push: connections.push, configuration: configuration, logger: logger)
-        let failure = Mutex<String?>(nil)
-        let resolving = try KernelThread(name: "test-resolver") {
-            do { _ = try resolver.run() } catch { failure.withLock { $0 = "\(error)" } }
-        }
-        var bad: [Int] = []
-        for i in 0..<pages {
-            let p = (i &* 2654435761) % pages
-            if memcmp(destination.page(p), expected.page(p), basePageSize) != 0 { bad.append(p) }
-        }
-        resolving.join()
+        let resolved = try StagedResolve(staged, region: descriptor, pages: pages, expected: expected,
+                                         demand: connections.demand, push: connections.push, resumer: client.resumer, logger: logger)
         connections.demand.shutdown()
         connections.push.shutdown()
         client.close()
-        #expect(failure.withLock { $0 } == nil, "\(failure.withLock { $0 } ?? "")")
-        #expect(bad.isEmpty, "\(bad.count) pages differ from the source's final memory (first: \(bad.prefix(8)))")
+        #expect(resolved.failure == nil, "\(resolved.failure ?? "")")
+        #expect(resolved.differing.isEmpty, "\(resolved.differing.count) pages differ from the source's final memory (first: \(resolved.differing.prefix(8)))")
     }
 
     @Test("a session lost after the writer was paused but before SWITCHED, and never resumed: once the linger time is over the writer runs again (the workload never moved)")
@@ -206,8 +164,8 @@ struct PrecopyResumeTests {
         let pages = 1024
         let served = try MemoryMapping.anonymous(length: pages * basePageSize)
         for p in 0..<pages { served.page(p).storeBytes(of: UInt64(p) + 1, as: UInt64.self) }
-        let lines = LogLines()
-        let logger = Logger(label: "test") { _ in LineRecordingHandler(sink: lines) }
+        let lines = RecordedLog()
+        let logger = lines.logger
         var policy = ConvergencePolicy()
         policy.downtimeBudgetNanoseconds = 0
         policy.maxRounds = 1
@@ -233,6 +191,6 @@ struct PrecopyResumeTests {
         #expect(resumed.wait(until: { $0 }, deadline: monotonicNanoseconds() + 10_000_000_000), "the writer was let run again")
         #expect(!live.outcome.switched, "SWITCHED never went out")
         // Logged right after the writer was let run: wait for the line, not just the flag.
-        #expect(lines.waitFor("ended before SWITCHED for region 1: its writer runs again"), "\(lines.lines.withLock { $0 })")
+        #expect(lines.first(containing: "ended before SWITCHED for region 1: its writer runs again") != nil, "\(lines.messages)")
     }
 }

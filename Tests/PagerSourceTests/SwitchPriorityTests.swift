@@ -10,37 +10,6 @@ import PagerWire
 import Synchronization
 import Testing
 
-/// Log messages, each with the scheduling policy of the thread that logged it.
-final class PolicyRecords: Sendable {
-    let records = WaitableState<[(message: String, policy: SchedulingPolicy?)]>([])
-
-    /// The first record whose message contains `text`, waiting (at most 10 s) for it to be logged.
-    func first(containing text: String) -> (message: String, policy: SchedulingPolicy?)? {
-        var found: (message: String, policy: SchedulingPolicy?)?
-        _ = records.wait(until: { r in
-            found = r.first { $0.message.contains(text) }
-            return found != nil
-        }, deadline: monotonicNanoseconds() + 10_000_000_000)
-        return found
-    }
-}
-
-/// Records every log message with the scheduling policy of the thread that logged it.
-struct PolicyRecordingHandler: LogHandler {
-    let records: PolicyRecords
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .info
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
-             file: String, function: String, line: UInt) {
-        let policy = try? currentThreadSchedulingPolicy()
-        records.records.change { $0.append(("\(message)", policy)) }
-    }
-}
-
 @Suite("The source's switch to post-copy", .serialized, .enabled(if: getuid() == 0, "needs root: userfaultfd write tracking, leaving SCHED_IDLE"))
 struct SwitchPriorityTests {
     @Test("the switch's pause, scan and INVALIDATE run at normal priority on a background push thread",
@@ -49,8 +18,8 @@ struct SwitchPriorityTests {
         let pages = 1024 // 4 MiB
         let served = try MemoryMapping.anonymous(length: pages * basePageSize)
         for p in 0..<pages { served.page(p).storeBytes(of: UInt64(p) + 1, as: UInt64.self) }
-        let records = PolicyRecords()
-        let logger = Logger(label: "test") { _ in PolicyRecordingHandler(records: records) }
+        let records = RecordedLog()
+        let logger = records.logger
         var policy = ConvergencePolicy()
         policy.precopy = precopy
         policy.downtimeBudgetNanoseconds = 0
