@@ -138,6 +138,13 @@ let package = Package(
         ),
         // The two-namespace harness: TwoHosts, Scratch, children's output, live and QEMU runs.
         // Tests and pager-bench only; never pagerd.
+        // What a daemon tells its operators: the control socket (status), the metrics
+        // endpoint and textfile, the status documents and metric families of both roles.
+        .target(
+            name: "PagerOperations",
+            dependencies: ["PagerKernel", "PagerCore", "PagerHandoff", "PagerReport", "PagerDestination", "PagerSource",
+                           .product(name: "SystemPackage", package: "swift-system")]
+        ),
         .target(name: "PagerHarness", dependencies: ["PagerKernel", "PagerTrust", .product(name: "Logging", package: "swift-log")]),
         // pager-bench's measurements (library, so tests can run them too).
         .target(
@@ -150,6 +157,7 @@ let package = Package(
             name: "pagerd",
             dependencies: [
                 "PagerKernel", "PagerWire", "PagerCore", "PagerReport", "PagerSource", "PagerDestination", "PagerQEMU", "PagerTrust",
+                "PagerOperations", "PagerHandoff",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -194,6 +202,7 @@ let package = Package(
         // Pure decoder tests, plus the socket side of the handoff (HandoffListener.read on a socketpair).
         .testTarget(name: "PagerHandoffTests", dependencies: ["PagerHandoff", "PagerDestination", "PagerKernel"]),
         .testTarget(name: "PagerReportTests", dependencies: ["PagerReport"]),
+        .testTarget(name: "PagerOperationsTests", dependencies: ["PagerOperations", "PagerCore", "PagerDestination", "PagerHandoff", "PagerKernel"]),
         // Known-answer vectors (RFC 4231, RFC 5869, RFC 7748, GCM) for the primitives.
         .testTarget(name: "PagerCryptoTests", dependencies: ["PagerCrypto"]),
         .testTarget(name: "PagerTrustTests", dependencies: ["PagerTrust", "PagerCrypto", "PagerWire"]),
@@ -210,7 +219,7 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["PagerKernel", "PagerWire", "PagerCore", "PagerTransport", "PagerWorkloads", "PagerHarness",
-                           "PagerSource", "PagerDestination", "PagerTrust",
+                           "PagerSource", "PagerDestination", "PagerTrust", "PagerOperations", "PagerHandoff",
                            .product(name: "Logging", package: "swift-log"), .product(name: "SystemPackage", package: "swift-system")]
         ),
     ]

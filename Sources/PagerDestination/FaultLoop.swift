@@ -47,6 +47,7 @@ extension FaultResolver {
                 if let hints { requestHinted(hints.takeUnrequested(), &state, &out) }
                 sweep(&state, &out)
                 watchSilence(&state, &out)
+                if configuration.progress != nil { publish(state.report) }
                 return (state.pages.isComplete, state.failure, state.takeWakes(), hints?.takeCompleted(state.pages) ?? [], state.link)
             }
             hints?.answer(pass.hinted)

@@ -51,6 +51,8 @@ public final class FaultResolver: @unchecked Sendable {
         /// The handoff's guard (``Handoff/guardMissingPages()``): when the resolver has poisoned
         /// what is missing, it records that there, so the guard does not walk the memory again.
         public var poisonGuard: PoisonGuard?
+        /// Counters for the status query and the metrics, kept as the migration runs.
+        public var progress: MigrationProgress?
 
         public init() {}
     }
@@ -170,6 +172,11 @@ public final class FaultResolver: @unchecked Sendable {
                           link: Link(demand: demand, push: push))
         state.report.pages = mappings.reduce(0) { $0 + Int($1.size) / unit }
         state.report.pageSize = unit
+        if let progress = configuration.progress {
+            progress.pages.store(state.report.pages, ordering: .relaxed)
+            progress.pageSize.store(unit, ordering: .relaxed)
+            progress.stagedBytes.store(UInt64(configuration.staged?.stagedBytes ?? 0), ordering: .relaxed)
+        }
         lock = ForegroundMutex(state)
     }
 
@@ -180,10 +187,20 @@ public final class FaultResolver: @unchecked Sendable {
     public func run() throws(ResolveError) -> ResolveReport {
         try withUrgentPriority(configuration.urgentDemand) { () throws(ResolveError) -> ResolveReport in
             do throws(ResolveError) {
-                return try resolve()
+                configuration.progress?.enter(.postcopyActive)
+                let report = try resolve()
+                publish(report)
+                configuration.progress?.enter(.completed)
+                return report
             } catch {
                 // Every way out but success leaves nothing missing unpoisoned.
-                configuration.poisonGuard?.recordPoisoned(pages: poisonOutstanding())
+                let poisoned = poisonOutstanding()
+                configuration.poisonGuard?.recordPoisoned(pages: poisoned)
+                if let progress = configuration.progress {
+                    publish(lock.withLock { $0.report })
+                    progress.pagesPoisoned.store(poisoned, ordering: .relaxed)
+                    progress.enter(.failed)
+                }
                 throw error
             }
         }

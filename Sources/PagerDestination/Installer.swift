@@ -92,7 +92,13 @@ extension FaultResolver {
             state.pages.zeroFilled(run)
             state.report.zeroPages += run.count
         }
-        state.report.faultLatencies += state.faults.settle(run, at: monotonicNanoseconds())
+        let waits = state.faults.settle(run, at: monotonicNanoseconds())
+        state.report.faultLatencies += waits
+        if let progress = configuration.progress {
+            for w in waits { progress.faultLatency.record(nanoseconds: w) }
+            progress.pagesLocal.store(state.pages.residentCount + state.pages.discardedCount, ordering: .relaxed)
+            publish(state.report)
+        }
     }
 
     /// Applies an install outcome to the pages tried; returns how many pages it dealt with.

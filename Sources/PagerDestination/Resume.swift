@@ -43,6 +43,8 @@ extension FaultResolver {
             }
             state.link.downSince = now
             state.report.outages.append(Outage(cause: error.cause, detectedAt: now))
+            configuration.progress?.outages.store(state.report.outages.count, ordering: .relaxed)
+            configuration.progress?.enter(.postcopyPaused)
             return state.link
         }
         guard let down else { return }
@@ -121,6 +123,8 @@ extension FaultResolver {
             state.faults.forgetUrgent()
             state.phase = .fetching(pushComplete: false)
             state.pingsSent = 0
+            configuration.progress?.resumes.add(1, ordering: .relaxed)
+            configuration.progress?.enter(.postcopyActive)
             if !state.report.outages.isEmpty {
                 let i = state.report.outages.count - 1
                 state.report.outages[i].resumedAfterNanoseconds = now - downSince

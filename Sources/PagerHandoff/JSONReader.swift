@@ -15,6 +15,9 @@ public struct JSONLimits: Equatable, Sendable {
     /// peer sends.
     public static let handoff = JSONLimits(maxBytes: 1 << 20, maxDepth: 32)
 
+    /// A daemon's status document (`pagerd status`): 16 MiB, depth 8.
+    public static let status = JSONLimits(maxBytes: 16 << 20, maxDepth: 8)
+
     /// Numbers longer than this are refused: a u64 has 20 digits; QEMU's doubles fewer than 30.
     static let maxNumberLength = 64
 }

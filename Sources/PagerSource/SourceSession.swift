@@ -158,6 +158,8 @@ final class SourceSession: @unchecked Sendable {
 
     /// Resumes so far (connections that replaced an earlier one of the session's).
     var resumes: Int { state.withLock { $0.reattached } }
+    /// Its demand connection attached, and its push one too if it ever had one.
+    var isConnected: Bool { state.withLock { $0.demand != nil && ($0.push != nil || !$0.hadPush) } }
 
     // MARK: Lifecycle
 

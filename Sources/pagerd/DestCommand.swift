@@ -3,6 +3,7 @@ import Logging
 import PagerCore
 import PagerDestination
 import PagerKernel
+import PagerOperations
 import PagerReport
 import PagerSource
 import PagerTrust
@@ -40,6 +41,7 @@ struct DestCommand: ParsableCommand {
     @Flag(help: "Ask the source for a CRC-32C of every 4 KiB page and check each before installing it.") var checksums = false
     @Flag(help: "Receive the source's pre-copy rounds before the handoff (one migration; implies --once).") var precopy = false
     @OptionGroup var keys: AuthenticationOptions
+    @OptionGroup var operations: OperationsOptions
     @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
 
     func validate() throws {
@@ -56,6 +58,10 @@ struct DestCommand: ParsableCommand {
         try PoisonGuard.installFatalSignalHandlers()
         try startGuardian(logger)
         let listener = try HandoffListener(path: uffdSocket)
+        let book = DestinationBook(role: "dest", source: connect)
+        let interfaces = try operations.start(role: "dest", document: { book.document(version: pagerdVersion) },
+                                              metrics: { book.metrics(version: pagerdVersion) }, logger: logger)
+        defer { interfaces.finish() }
         let stopping = Atomic<Bool>(false)
         try TerminationSignals.start { signal in
             // The first signal stops new handoffs and lets migrations in progress finish; a
@@ -72,7 +78,7 @@ struct DestCommand: ParsableCommand {
         }
         if precopy {
             serviceNotifier.ready(status: "receiving pre-copy rounds from \(connect); the handoff comes after the switch")
-            guard migratePrecopy(listener, authentication, logger: logger) else { throw ExitCode(1) }
+            guard migratePrecopy(listener, authentication, Tracked(book), logger: logger) else { throw ExitCode(1) }
             return
         }
         logger.info("waiting for userfaultfd handoffs on \(uffdSocket); source \(connect)")
@@ -87,8 +93,9 @@ struct DestCommand: ParsableCommand {
                 if once { throw ExitCode(1) }
                 continue
             }
+            let tracked = Tracked(book)
             let work: @Sendable () -> Void = {
-                if !migrate(handoff, authentication, logger: logger) { failures.add(1, ordering: .relaxed) }
+                if !migrate(handoff, authentication, tracked, logger: logger) { failures.add(1, ordering: .relaxed) }
                 try? handoff.connection.close()
             }
             if once {
@@ -132,12 +139,14 @@ struct DestCommand: ParsableCommand {
     }
 
     /// Pre-copy, then one handoff; returns false (after logging why) if it failed.
-    func migratePrecopy(_ listener: HandoffListener, _ authentication: PeerAuthentication, logger: Logger) -> Bool {
+    func migratePrecopy(_ listener: HandoffListener, _ authentication: PeerAuthentication, _ tracked: Tracked, logger: Logger) -> Bool {
         do {
             let client = try DestinationClient(source: Endpoint(connect)!, clientName: "pagerd-dest", features: features,
                                                authentication: authentication)
             defer { client.close() }
             let region = try client.region(selectedBy: self.region)
+            tracked.book.identify(tracked.id, session: client.session, region: region.name)
+            tracked.progress.enter(.active)
             logger.info("session \(hex(client.session)) with \(connect): live region \(region.id) \"\(region.name)\" (\(region.length >> 20) MiB): receiving pre-copy rounds")
             for other in client.regions where other.id != region.id {
                 try client.demand.send(.complete(region: other.id, residentBytes: 0))
@@ -147,24 +156,26 @@ struct DestCommand: ParsableCommand {
             let resumption = reconnectTimeoutS > 0 ? PrecopyResumption(resumer: client.resumer, stallTimeoutMilliseconds: stallTimeoutMs,
                                                                       reconnectTimeoutMilliseconds: Int(reconnectTimeoutS * 1000)) : nil
             let staged = try StagedPages.receive(region: region, connections: &connections, resumption: resumption, logger: logger)
+            tracked.progress.stagedBytes.store(UInt64(staged.stagedBytes), ordering: .relaxed)
             print("pagerd dest: pre-copy done after \(String(format: 1, Double(staged.nanoseconds) / 1e9)) s: \(staged.stagedBytes >> 20) MiB staged, \(staged.bytesReceived >> 20) MiB received as data, \(staged.invalidatedBytes >> 10) KiB invalidated")
             fflushStandardOutput()
             logger.info("switched to post-copy: waiting for the userfaultfd handoff on \(uffdSocket)")
             let handoff = try listener.accept()
             defer { try? handoff.connection.close() }
-            return migrate(handoff, authentication, logger: logger, client: client, connections: connections, region: region, staged: staged)
+            return migrate(handoff, authentication, tracked, logger: logger, client: client, connections: connections, region: region, staged: staged)
         } catch {
             // Before the handoff nothing of the workload is here, and nothing was poisoned.
             let reason = (error as? ResolveError)?.cause ?? "\(error)"
             logger.error("pre-copy failed: \(reason)")
             print("pagerd dest: migration FAILED in pre-copy, before any handoff (the workload still runs on the source): \(reason)")
             fflushStandardOutput()
+            tracked.book.finish(tracked.id, error: "pre-copy failed: \(reason)")
             return false
         }
     }
 
     /// Runs one migration; returns false (after logging why) if it failed.
-    func migrate(_ handoff: Handoff, _ authentication: PeerAuthentication, logger: Logger, client existing: DestinationClient? = nil,
+    func migrate(_ handoff: Handoff, _ authentication: PeerAuthentication, _ tracked: Tracked, logger: Logger, client existing: DestinationClient? = nil,
                  connections current: SessionConnections? = nil, region chosen: RegionDescriptor? = nil, staged: StagedPages? = nil) -> Bool {
         let total = handoff.mappings.reduce(UInt64(0)) { $0 + $1.size }
         logger.info("handoff: \(handoff.mappings.count) mapping(s), \(total >> 20) MiB in \(handoff.mappings[0].pageSize >> 10) KiB pages")
@@ -176,6 +187,7 @@ struct DestCommand: ParsableCommand {
             let client = try existing ?? firstConnection(authentication, logger: logger)
             defer { client.close() }
             let region = try chosen ?? client.region(selectedBy: self.region)
+            tracked.book.identify(tracked.id, session: client.session, region: region.name)
             logger.info("session \(hex(client.session)) with \(connect) (\(client.features.protectionDescription)): region \(region.id) \"\(region.name)\" (\(region.length >> 20) MiB)")
             var configuration = FaultResolver.Configuration()
             configuration.prefetch = !noPrefetch
@@ -191,11 +203,13 @@ struct DestCommand: ParsableCommand {
             configuration.workloadConnection = handoff.connection
             configuration.staged = staged
             configuration.poisonGuard = missing
+            configuration.progress = tracked.progress
             let connections = current ?? SessionConnections(demand: client.demand, push: client.push)
             let resolver = try FaultResolver(uffd: handoff.uffd, region: region, mappings: handoff.mappings,
                                              demand: connections.demand, push: noPush ? nil : connections.push, configuration: configuration, logger: logger)
             let r = try resolver.run()
             missing.release()
+            tracked.book.finish(tracked.id, error: nil)
             serviceNotifier.status("last migration: \(r.pages) pages local after \(String(format: 1, r.seconds)) s; waiting for handoffs")
             let latency = LatencySummary(samples: r.faultLatencies)
             let mib = Double(r.pages * r.pageSize) / Double(1 << 20)
@@ -216,6 +230,8 @@ struct DestCommand: ParsableCommand {
             return true
         } catch {
             let poisoned = missing.poisonMissing()
+            tracked.progress.pagesPoisoned.store(poisoned, ordering: .relaxed)
+            tracked.book.finish(tracked.id, error: "\(error)")
             serviceNotifier.status("last migration FAILED: \(error)")
             logger.error("migration failed: \(error)")
             print("pagerd dest: migration FAILED: \(error); \(poisoned) pages not yet local were poisoned (the workload gets SIGBUS there, never zeros)")
@@ -234,4 +250,16 @@ func outageSummary(_ outages: [Outage]) -> String {
     let inFlight = outages.reduce(0) { $0 + $1.pagesInFlight }
     let waited = outages.map(\.longestFaultWaitNanoseconds).max() ?? 0
     return "\(outages.count) (connections lost, \(resumed.count) resumed, \(longest)), \(again) waiting faults asked for again, \(inFlight) pages in flight back to missing, a fault waited up to \(waited / 1_000_000) ms; first: \(outages[0].cause)"
+}
+
+/// One migration as the daemon's status book has it.
+struct Tracked: Sendable {
+    let book: DestinationBook
+    let id: Int
+    let progress: MigrationProgress
+
+    init(_ book: DestinationBook) {
+        self.book = book
+        (id, progress) = book.begin()
+    }
 }

@@ -28,7 +28,7 @@ struct Pagerd: ParsableCommand {
         from a source host, while the rest of the memory streams in the background.
         """,
         version: pagerdVersion,
-        subcommands: [SourceCommand.self, DestCommand.self, QEMUSourceCommand.self, QEMUDestCommand.self, Demo.self, KeygenCommand.self, GuardianCommand.self]
+        subcommands: [SourceCommand.self, DestCommand.self, QEMUSourceCommand.self, QEMUDestCommand.self, StatusCommand.self, Demo.self, KeygenCommand.self, GuardianCommand.self]
     )
 }
 

@@ -3,6 +3,7 @@ import Logging
 import PagerCore
 import PagerDestination
 import PagerKernel
+import PagerOperations
 import PagerReport
 import PagerSource
 import PagerTrust
@@ -44,6 +45,7 @@ struct SourceCommand: ParsableCommand {
     @Option(help: "At most this many connections in their handshake at once (8 per host); a new one evicts the oldest.") var maxHandshakes = 64
     @Option(help: "Keep a session whose connections were lost this many seconds for its destination to resume it.") var sessionLingerS = 60.0
     @OptionGroup var keys: AuthenticationOptions
+    @OptionGroup var operations: OperationsOptions
     @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
 
     func validate() throws {
@@ -84,6 +86,10 @@ struct SourceCommand: ParsableCommand {
             server.stop()
         }
         serviceNotifier.ready(status: "serving \(served.count) region(s) on \(server.listener.endpoint)")
+        let status = SourceStatus(role: "source", server: server, regions: served)
+        let interfaces = try operations.start(role: "source", document: { status.document(version: pagerdVersion) },
+                                              metrics: { status.metrics(version: pagerdVersion) }, logger: logger)
+        defer { interfaces.finish() }
         server.run()
         if let outcome = live?.region.live?.outcome { printPrecopy(outcome, daemon: "pagerd source", paused: "workload") }
         let c = server.counts

@@ -12,6 +12,9 @@ struct Migration {
     var extra: [String] = []
     var destExtra: [String] = []
     var sourceExtra: [String] = []
+    /// `pagerd dest --once` (exits after the migration); false: it keeps serving until the
+    /// run stops it with SIGTERM, after `afterWorkload`.
+    var once = true
 
     struct Outcome {
         var workloadStatus: Int32?
@@ -31,7 +34,8 @@ struct Migration {
              signal: Int32 = SIGKILL, sourceLateMilliseconds sourceLate: Int? = nil, disrupt: ((ChildProcess) throws -> Void)? = nil,
              disruptBoth: ((_ dest: ChildProcess, _ source: ChildProcess) throws -> Void)? = nil,
              beforeHandoff: ((_ source: ChildProcess) throws -> Void)? = nil,
-             afterHandoff: ((_ dest: ChildProcess, _ source: ChildProcess) throws -> Void)? = nil) throws -> Outcome {
+             afterHandoff: ((_ dest: ChildProcess, _ source: ChildProcess) throws -> Void)? = nil,
+             afterWorkload: ((_ dest: ChildProcess, _ source: ChildProcess) throws -> Void)? = nil) throws -> Outcome {
         let ram = scratch.file("vm-\(backing)-\(access).ram")
         try sh(Binaries.workload, "fill", "--file", ram, "--size-mib", "\(sizeMiB)", "--seed", "\(seed)")
         if let shape { try hosts.shapeSource(rate: shape) }
@@ -45,7 +49,7 @@ struct Migration {
         var early: ChildProcess? = sourceLate == nil ? try startSource() : nil
         let socket = scratch.file("uffd-\(backing)-\(access).sock")
         let dest = try hosts.spawn(in: hosts.dest, Binaries.pagerd,
-                                   ["dest", "--connect", "\(TwoHosts.sourceAddress):7070", "--uffd-socket", socket, "--once", "--key-file", scratch.keyFile] + destExtra,
+                                   ["dest", "--connect", "\(TwoHosts.sourceAddress):7070", "--uffd-socket", socket, "--key-file", scratch.keyFile] + (once ? ["--once"] : []) + destExtra,
                                    log: scratch.file("dest.log"))
         try waitFor(dest, toPrint: "waiting for userfaultfd handoffs")
         if let beforeHandoff, let early { try beforeHandoff(early) }
@@ -76,6 +80,8 @@ struct Migration {
             try disruptBoth(dest, source)
         }
         let w = workload.wait(timeoutMilliseconds: 180_000)
+        if let afterWorkload { try afterWorkload(dest, source) }
+        if !once { dest.signal(SIGTERM) }
         let d = dest.wait(timeoutMilliseconds: 30_000)
         source.signal(SIGCONT)
         source.signal(SIGTERM)

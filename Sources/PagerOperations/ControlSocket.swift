@@ -1,0 +1,105 @@
+import Glibc
+import PagerKernel
+import SystemPackage
+
+/// The control socket (`--control-socket PATH`): a Unix stream socket on which a client
+/// sends one request line and reads one answer until the daemon closes the connection. The
+/// request `status` answers the daemon's status document (JSON, one line). One thread serves
+/// it, a connection at a time, each bounded by a 1 s timeout for its request: nothing here
+/// is on the page path, and a client that stalls delays only other clients.
+///
+/// The socket file is made with mode 0660 (owner and group): the status says which hosts and
+/// sessions a daemon serves, never any memory.
+public final class ControlServer: @unchecked Sendable {
+    public let path: String
+    private let listener: FileDescriptor
+    private let answer: @Sendable (String) -> String?
+    private var thread: KernelThread?
+
+    /// Listens at `path` (a stale socket file there is replaced). `answer` maps a request line
+    /// (without its newline) to the answer, nil for a request it does not know.
+    public init(path: String, answer: @escaping @Sendable (String) -> String?) throws(KernelError) {
+        self.path = path
+        self.answer = answer
+        listener = try UnixSocket.listen(path: path)
+        if chmod(path, 0o660) != 0 {
+            let e = Errno(rawValue: Glibc.errno)
+            try? listener.close()
+            throw KernelError("chmod", e, detail: path)
+        }
+    }
+
+    /// Serves on a thread of its own until ``stop()``.
+    public func start() throws(KernelError) {
+        thread = try KernelThread(name: "control-socket") { [self] in serve() }
+    }
+
+    /// Stops serving and removes the socket file.
+    public func stop() {
+        _ = shutdownSocket(listener)
+        thread?.join()
+        thread = nil
+        unlink(path)
+        try? listener.close()
+    }
+
+    private func serve() {
+        while true {
+            guard let connection = try? UnixSocket.accept(listener) else { return }
+            respond(on: connection)
+            try? connection.close()
+        }
+    }
+
+    private func respond(on connection: FileDescriptor) {
+        guard let request = ControlServer.readLine(connection, timeoutMilliseconds: 1_000) else { return }
+        let reply = answer(request) ?? "error: unknown request \"\(request.prefix(64))\" (known: status)"
+        try? UnixSocket.send(connection, bytes: Array((reply + "\n").utf8), descriptors: [])
+    }
+
+    /// One line of at most 1 KiB (without its newline), or nil if none came in time.
+    static func readLine(_ connection: FileDescriptor, timeoutMilliseconds: Int32) -> String? {
+        var bytes: [UInt8] = []
+        let deadline = monotonicNanoseconds() + UInt64(timeoutMilliseconds) * 1_000_000
+        while bytes.count < 1024 {
+            let now = monotonicNanoseconds()
+            guard now < deadline, (try? UnixSocket.waitReadable(connection, timeoutMilliseconds: Int32((deadline - now) / 1_000_000) + 1)) == true,
+                  let chunk = try? UnixSocket.readAvailable(connection, maxBytes: 1024 - bytes.count) else { return nil }
+            if chunk.isEmpty { break }
+            bytes += chunk
+            if let newline = bytes.firstIndex(of: UInt8(ascii: "\n")) { return String(decoding: bytes[..<newline], as: UTF8.self) }
+        }
+        return bytes.isEmpty ? nil : String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+/// What ``ControlClient/request(_:path:timeoutMilliseconds:)`` can fail with.
+public struct ControlError: Error, CustomStringConvertible {
+    public let description: String
+}
+
+/// `pagerd status`'s side of the control socket.
+public enum ControlClient {
+    /// Sends `request` and returns the whole answer (without its last newline).
+    public static func request(_ request: String, path: String, timeoutMilliseconds: Int = 2_000) throws -> String {
+        let socket: FileDescriptor
+        do { socket = try UnixSocket.connect(path: path) } catch {
+            throw ControlError(description: "cannot reach the daemon's control socket \(path): \(error.errno) (is a daemon running with --control-socket \(path)?)")
+        }
+        defer { try? socket.close() }
+        try UnixSocket.send(socket, bytes: Array((request + "\n").utf8), descriptors: [])
+        var answer: [UInt8] = []
+        let deadline = monotonicNanoseconds() + UInt64(timeoutMilliseconds) * 1_000_000
+        while true {
+            let now = monotonicNanoseconds()
+            guard now < deadline else { throw ControlError(description: "the daemon at \(path) did not answer within \(timeoutMilliseconds) ms") }
+            guard try UnixSocket.waitReadable(socket, timeoutMilliseconds: Int32((deadline - now) / 1_000_000) + 1) else { continue }
+            guard let chunk = try UnixSocket.readAvailable(socket, maxBytes: 65536) else { continue }
+            if chunk.isEmpty { break }
+            answer += chunk
+            guard answer.count <= 16 << 20 else { throw ControlError(description: "the answer from \(path) is over 16 MiB") }
+        }
+        if answer.last == UInt8(ascii: "\n") { answer.removeLast() }
+        return String(decoding: answer, as: UTF8.self)
+    }
+}
