@@ -45,6 +45,7 @@ let package = Package(
         .executable(name: "uffd-fault-bench-c", targets: ["uffd-fault-bench-c"]),
         .executable(name: "PagerWireFuzz", targets: ["PagerWireFuzz"]),
         .executable(name: "PagerHandoffFuzz", targets: ["PagerHandoffFuzz"]),
+        .executable(name: "PagerOperationsFuzz", targets: ["PagerOperationsFuzz"]),
         .library(name: "PagerWire", targets: ["PagerWire"]),
         .library(name: "PagerCore", targets: ["PagerCore"]),
         .library(name: "PagerHandoff", targets: ["PagerHandoff"]),
@@ -138,11 +139,14 @@ let package = Package(
         ),
         // The two-namespace harness: TwoHosts, Scratch, children's output, live and QEMU runs.
         // Tests and pager-bench only; never pagerd.
+        // The operators' formats, pure (no sockets, fuzzed): Prometheus's text exposition, the
+        // metrics endpoint's HTTP requests, `pagerd status`'s text.
+        .target(name: "PagerOperationsCore", dependencies: ["PagerHandoff", "PagerReport"]),
         // What a daemon tells its operators: the control socket (status), the metrics
         // endpoint and textfile, the status documents and metric families of both roles.
         .target(
             name: "PagerOperations",
-            dependencies: ["PagerKernel", "PagerCore", "PagerHandoff", "PagerReport", "PagerDestination", "PagerSource",
+            dependencies: ["PagerKernel", "PagerCore", "PagerHandoff", "PagerReport", "PagerDestination", "PagerSource", "PagerOperationsCore",
                            .product(name: "SystemPackage", package: "swift-system")]
         ),
         .target(name: "PagerHarness", dependencies: ["PagerKernel", "PagerTrust", .product(name: "Logging", package: "swift-log")]),
@@ -157,7 +161,7 @@ let package = Package(
             name: "pagerd",
             dependencies: [
                 "PagerKernel", "PagerWire", "PagerCore", "PagerReport", "PagerSource", "PagerDestination", "PagerQEMU", "PagerTrust",
-                "PagerOperations", "PagerHandoff",
+                "PagerOperations", "PagerOperationsCore", "PagerHandoff",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -193,6 +197,12 @@ let package = Package(
             name: "PagerHandoffFuzz",
             dependencies: ["PagerHandoff", "PagerKernel"]
         ),
+        // libFuzzer target for the metrics endpoint's request parser and `pagerd status`'s
+        // reading of a daemon's answer (same flags).
+        .executableTarget(
+            name: "PagerOperationsFuzz",
+            dependencies: ["PagerOperationsCore", "PagerHandoff", "PagerKernel"]
+        ),
 
         // MARK: Tests
         .testTarget(name: "PagerWireTests", dependencies: ["PagerWire", "PagerCore"]),
@@ -202,7 +212,7 @@ let package = Package(
         // Pure decoder tests, plus the socket side of the handoff (HandoffListener.read on a socketpair).
         .testTarget(name: "PagerHandoffTests", dependencies: ["PagerHandoff", "PagerDestination", "PagerKernel"]),
         .testTarget(name: "PagerReportTests", dependencies: ["PagerReport"]),
-        .testTarget(name: "PagerOperationsTests", dependencies: ["PagerOperations", "PagerCore", "PagerDestination", "PagerHandoff", "PagerKernel"]),
+        .testTarget(name: "PagerOperationsTests", dependencies: ["PagerOperations", "PagerOperationsCore", "PagerCore", "PagerHandoff", "PagerKernel"]),
         // Known-answer vectors (RFC 4231, RFC 5869, RFC 7748, GCM) for the primitives.
         .testTarget(name: "PagerCryptoTests", dependencies: ["PagerCrypto"]),
         .testTarget(name: "PagerTrustTests", dependencies: ["PagerTrust", "PagerCrypto", "PagerWire"]),

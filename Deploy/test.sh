@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, builds everything, runs the test suite
 # (real userfaultfd, hugetlbfs and processes: run as root), checks that the RDMA trait still
-# compiles, and fuzzes the wire decoder and the handoff decoders. Exits non-zero on any failure or fuzz finding.
+# compiles, and fuzzes the wire decoder, the handoff decoders and the operators' request and status readers. Exits non-zero on any failure or fuzz finding.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source Deploy/setup.sh
@@ -29,7 +29,11 @@ seconds=${PAGER_FUZZ_SECONDS:-30}
 fuzz() {
     local target=$1 corpus=$2 what=$3
     echo "== fuzz the $what (libFuzzer + AddressSanitizer, $seconds s)"
+    # SwiftPM passes -sanitize=fuzzer to the executable's link only: without coverage
+    # instrumentation of every module (the -sanitize-coverage below) libFuzzer runs blind,
+    # mutating at random with no feedback ("cov:" never appears in its log).
     if ! swift build -c debug --sanitize fuzzer --sanitize address --product "$target" -Xswiftc -DFUZZING \
+        -Xswiftc -sanitize-coverage=edge,inline-8bit-counters,pc-table,trace-cmp \
         --scratch-path .build-fuzz >"$log/$target-build.txt" 2>&1; then
         grep -v "Cannot export local symbol" "$log/$target-build.txt" | tail -30
         echo "$target failed to build" >&2
@@ -47,9 +51,16 @@ fuzz() {
         exit 1
     fi
     grep -E "^Done|stat::number_of_executed_units" "$log/$target.txt"
+    if ! grep -q "DONE.*cov: [1-9]" "$log/$target.txt"; then
+        tail -5 "$log/$target.txt"
+        echo "$target: libFuzzer saw no coverage (the modules are not instrumented): the run proves nothing" >&2
+        exit 1
+    fi
+    grep "DONE" "$log/$target.txt"
     echo "$target: no findings"
 }
 fuzz PagerWireFuzz Protocols/vectors/corpus "frame parser"
 fuzz PagerHandoffFuzz Protocols/handoff-corpus "handoff decoders"
+fuzz PagerOperationsFuzz Protocols/operations-corpus "metrics request parser and status reader"
 
 echo "pager: ${passed:-0} passed, 0 failed, ${skipped} skipped"

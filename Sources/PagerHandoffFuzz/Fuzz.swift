@@ -1,6 +1,7 @@
 // libFuzzer target for the handoff decoders (Protocols/handoff.md).
 //
 //   swift build -c debug --sanitize fuzzer --sanitize address --product PagerHandoffFuzz -Xswiftc -DFUZZING \
+//       -Xswiftc -sanitize-coverage=edge,inline-8bit-counters,pc-table,trace-cmp \
 //       --scratch-path .build-fuzz
 //   .build-fuzz/debug/PagerHandoffFuzz -max_total_time=60 Protocols/handoff-corpus
 //

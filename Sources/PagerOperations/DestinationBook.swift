@@ -2,6 +2,7 @@ import PagerCore
 import PagerDestination
 import PagerHandoff
 import PagerKernel
+import PagerOperationsCore
 import Synchronization
 
 /// A destination daemon's migrations for the status query and the metrics: those running

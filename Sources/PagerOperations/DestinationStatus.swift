@@ -2,6 +2,7 @@ import PagerCore
 import PagerDestination
 import PagerHandoff
 import PagerKernel
+import PagerOperationsCore
 
 extension DestinationBook {
     /// The status document: field names as QEMU's `query-migrate` has them where it has one

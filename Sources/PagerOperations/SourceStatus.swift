@@ -1,5 +1,6 @@
 import PagerHandoff
 import PagerKernel
+import PagerOperationsCore
 import PagerSource
 
 /// A source daemon's status and metrics, read from its server (totals over every session,

@@ -28,6 +28,10 @@ public struct QEMUDestination {
     /// Real-time fault threads by default: the guest's vCPUs keep this host's CPUs busy, and a
     /// fault must not wait for a vCPU's time slice (see ``DemandPriority``).
     public var demandPriority = DemandPriority.realtime
+    /// The migration's live counters, for `pagerd status` and the metrics.
+    public var progress: MigrationProgress?
+    /// Told the session's id and the region's name once the source answered.
+    public var onSession: (@Sendable (UInt64, String) -> Void)?
 
     public init(qmpPath: String, ram: String, source: Endpoint, uffdSocket: String, incoming: String,
                 authentication: PeerAuthentication, logger: Logger, precopy: Bool = false) {
@@ -72,6 +76,8 @@ public struct QEMUDestination {
         defer {
             if !missing.isReleased {
                 let pages = missing.poisonMissing()
+                progress?.pagesPoisoned.store(pages, ordering: .relaxed)
+                progress?.enter(.failed)
                 logger.error("\(pages) pages of guest RAM here are poisoned: the guest gets SIGBUS if it touches them")
             }
         }
@@ -97,6 +103,7 @@ public struct QEMUDestination {
         var clientOpen = true
         defer { if clientOpen { client.close() } }
         let region = try client.region(selectedBy: nil)
+        onSession?(client.session, region.name)
         // Before pre-copy stages anything sized by the region: it must be this guest RAM's.
         do { try Announcement.check(region: region, serves: handoff.mappings) } catch {
             throw QEMUError("\(error) (the source serves \(region.length >> 20) MiB, QEMU here has \(total >> 20) MiB of guest RAM: give both the same size)")
@@ -105,6 +112,7 @@ public struct QEMUDestination {
         var connections = SessionConnections(demand: client.demand, push: client.push)
         defer { connections.demand.shutdown(); connections.push.shutdown() }
         if precopy {
+            progress?.enter(.active)
             logger.info("receiving pre-copy rounds of guest RAM (the guest still runs on the source)")
             // The guest may already run here (the source stops it at the switch) and fault:
             // a failure poisons all of its RAM (see above).
@@ -115,6 +123,7 @@ public struct QEMUDestination {
             }
         }
         var settings = configuration(staged: staged, connection: handoff.connection, guard: missing)
+        settings.progress = progress
         // After SWITCHED what is staged is current: a resume reports it held like the rest.
         settings.resumer = client.resumer
         let resolver = try FaultResolver(uffd: handoff.uffd, region: region, mappings: handoff.mappings,

@@ -1,6 +1,7 @@
 // libFuzzer target for the wire decoder.
 //
 //   swift build -c debug --sanitize fuzzer --sanitize address --product PagerWireFuzz -Xswiftc -DFUZZING \
+//       -Xswiftc -sanitize-coverage=edge,inline-8bit-counters,pc-table,trace-cmp \
 //       --scratch-path .build-fuzz
 //   .build-fuzz/debug/PagerWireFuzz -max_total_time=60 Protocols/vectors/corpus
 //

@@ -3,6 +3,7 @@ import Logging
 import PagerHandoff
 import PagerKernel
 import PagerOperations
+import PagerOperationsCore
 
 /// What every daemon offers its operators: a control socket for `pagerd status`, a
 /// Prometheus endpoint, a textfile for node_exporter (`pagerd source`, `dest` and the QEMU

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Logging
 import PagerKernel
+import PagerOperations
 import PagerQEMU
 import PagerReport
 import PagerSource
@@ -35,6 +36,7 @@ struct QEMUSourceCommand: ParsableCommand {
     @Option(help: "The source QEMU's PAGER_TRACK_SOCKET: run pre-copy rounds of guest RAM before the switch.") var trackSocket: String?
     @OptionGroup var convergence: ConvergenceOptions
     @OptionGroup var keys: AuthenticationOptions
+    @OptionGroup var operations: OperationsOptions
     @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
 
     func validate() throws {
@@ -45,6 +47,8 @@ struct QEMUSourceCommand: ParsableCommand {
         let logger = makeLogger("pagerd.qemu-source", logLevel)
         let authentication = try keys.resolve(insecureMeans: nil)
         raiseOpenFiles(logger)
+        let interfaces = Mutex<OperatorInterfaces?>(nil)
+        defer { interfaces.withLock { $0 }?.finish() }
         do {
             let precopy = trackSocket.map { QEMUSource.Precopy(trackSocket: $0, policy: convergence.policy) }
             let servers = Mutex<SourceServer?>(nil)
@@ -66,6 +70,14 @@ struct QEMUSourceCommand: ParsableCommand {
             let r = try qemuSource
                 .run { server in
                     servers.withLock { $0 = server }
+                    let status = SourceStatus(role: "qemu-source", server: server, regions: server.regions)
+                    do {
+                        let started = try operations.start(role: "qemu-source", document: { status.document(version: pagerdVersion) },
+                                                           metrics: { status.metrics(version: pagerdVersion) }, logger: logger)
+                        interfaces.withLock { $0 = started }
+                    } catch {
+                        logger.error("the status socket or metrics endpoint could not start: \(error)")
+                    }
                     let serving = "serving \(ram) on \(listen)\(precopy == nil ? " (held until the VM stops)" : " (pre-copy rounds while the guest runs)")"
                     logger.info("\(serving)")
                     serviceNotifier.ready(status: serving)
@@ -113,6 +125,7 @@ struct QEMUDestCommand: ParsableCommand {
     @Flag(help: "Receive pre-copy rounds first (the source runs pagerd qemu-source --track-socket).") var precopy = false
     @Option(help: "Fault threads: realtime (SCHED_FIFO 1: the guest's vCPUs keep the CPUs busy), normal, or auto (real-time when this process may use one CPU only).") var demandPriority = DemandPriority.realtime
     @OptionGroup var keys: AuthenticationOptions
+    @OptionGroup var operations: OperationsOptions
     @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
 
     func validate() throws {
@@ -122,6 +135,11 @@ struct QEMUDestCommand: ParsableCommand {
     func run() throws {
         let logger = makeLogger("pagerd.qemu-dest", logLevel)
         let authentication = try keys.resolve(insecureMeans: InsecureConsequence.destination)
+        let book = DestinationBook(role: "qemu-dest", source: connect)
+        let tracked = Tracked(book)
+        let interfaces = try operations.start(role: "qemu-dest", document: { book.document(version: pagerdVersion) },
+                                              metrics: { book.metrics(version: pagerdVersion) }, logger: logger)
+        defer { interfaces.finish() }
         do {
             // A crash or fatal signal after QEMU's handoff poisons the guest RAM not yet local.
             try PoisonGuard.installFatalSignalHandlers()
@@ -144,12 +162,15 @@ struct QEMUDestCommand: ParsableCommand {
                                               authentication: authentication, logger: logger, precopy: precopy)
             destination.demandPriority = demandPriority
             destination.encrypt = keys.encrypt
+            destination.progress = tracked.progress
+            destination.onSession = { session, region in book.identify(tracked.id, session: session, region: region) }
             let r = try destination.run(listening: {
                 print("pagerd qemu-dest: waiting for QEMU's handoff on \(uffdSocket)")
                 fflushStandardOutput()
                 serviceNotifier.ready(status: "waiting for QEMU's handoff on \(uffdSocket); source \(connect)")
             },
                      onCancel: { stop in cancel.withLock { $0 = stop } })
+            book.finish(tracked.id, error: nil)
             serviceNotifier.status("guest RAM all local after \(String(format: 1, r.untilLocalSeconds)) s")
             let latency = LatencySummary(samples: r.resolve.faultLatencies)
             if let staged = r.staged {
@@ -162,6 +183,7 @@ struct QEMUDestCommand: ParsableCommand {
               all-local-ns=\(r.allLocalAt)
             """)
         } catch {
+            book.finish(tracked.id, error: "\(error)")
             serviceNotifier.status("FAILED: \(error)")
             print("pagerd qemu-dest: FAILED: \(error)")
             throw ExitCode(1)

@@ -2,6 +2,7 @@ import ArgumentParser
 import PagerHandoff
 import PagerKernel
 import PagerOperations
+import PagerOperationsCore
 
 struct StatusCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -23,15 +23,23 @@ enum TestGuest {
        .enabled(if: Binaries.present, Comment(rawValue: Binaries.missing)),
        .enabled(if: TestGuest.present, Comment(rawValue: TestGuest.missing)))
 struct QEMUTests {
-    @Test("a running guest moves between two namespaces with pagerd qemu-source/qemu-dest over an encrypted session and keeps verifying its memory after all RAM is local")
+    @Test("a running guest moves between two namespaces with pagerd qemu-source/qemu-dest over an encrypted session and keeps verifying its memory after all RAM is local; qemu-dest's metrics textfile passes promtool and counts the faults its summary counts")
     func migrateGuest() throws {
         let hosts = try TwoHosts()
         let scratch = Scratch()
         var run = QEMUMigrationRun(binaries: Binaries.directory, guest: TestGuest.directory!)
         run.passesAfter = 2
-        run.sourceArguments = ["--encrypt"]
-        run.destArguments = ["--encrypt"]
+        run.sourceArguments = ["--encrypt", "--control-socket", scratch.file("qemu-source.control")]
+        let textfile = scratch.file("qemu-dest.prom")
+        run.destArguments = ["--encrypt", "--metrics-textfile", textfile, "--metrics-label", "domain=guest1"]
         let o = try run.run(hosts: hosts, scratch: scratch)
+        let metrics = (try? readWholeFile(textfile)) ?? ""
+        let check = try runProgram("/bin/sh", ["-c", "/usr/bin/promtool check metrics < \(textfile)"])
+        #expect(access("/usr/bin/promtool", X_OK) != 0 || check.status == 0, "promtool: \(check.output)\n\(metrics)")
+        let faults = o.dest.split(separator: "\n").first { $0.contains("faults  ") }.flatMap { Int($0.split(whereSeparator: { !$0.isNumber }).first ?? "") }
+        let counted = metrics.split(separator: "\n").first { $0.hasPrefix("pager_dest_faults_total{") }.flatMap { Int($0.split(separator: " ").last ?? "") }
+        #expect(faults != nil && counted == faults, "summary faults \(String(describing: faults)), metrics \(String(describing: counted)): \(metrics)")
+        #expect(metrics.contains("pager_dest_migrations_total{role=\"qemu-dest\",domain=\"guest1\",region=") && metrics.contains("outcome=\"completed\"} 1"), "\(metrics)")
         #expect(o.dest.contains("(authenticated, encrypted)"), "\(o.dest)")
         #expect(o.source.contains("authenticated, encrypted"), "\(o.source)")
         #expect(!o.mismatch, "\(o.destConsole.suffix(3000))")

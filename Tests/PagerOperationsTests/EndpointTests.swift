@@ -2,6 +2,7 @@ import Glibc
 import PagerHandoff
 import PagerKernel
 import PagerOperations
+import PagerOperationsCore
 import Testing
 
 @Suite("The control socket and the metrics endpoint, on real sockets", .serialized)

@@ -1,5 +1,6 @@
 import PagerCore
 import PagerOperations
+import PagerOperationsCore
 import Testing
 
 @Suite("Prometheus text exposition")

@@ -1,4 +1,5 @@
 import PagerOperations
+import PagerOperationsCore
 import Testing
 
 @Suite("The metrics endpoint's HTTP requests")
@@ -33,12 +34,12 @@ struct MetricsRequestTests {
     @Test("responses: Content-Length is the body's size; HEAD has no body; no head at all is a 400")
     func responses() {
         let metrics = "# TYPE a gauge\na 1\n"
-        let ok = MetricsEndpoint.response(to: Self.head("GET /metrics HTTP/1.1"), metrics: { metrics })
+        let ok = MetricsRequest.response(to: Self.head("GET /metrics HTTP/1.1"), metrics: { metrics })
         #expect(ok.hasPrefix("HTTP/1.1 200 OK\r\n") && ok.contains("Content-Length: \(metrics.utf8.count)\r\n") && ok.hasSuffix("\r\n\r\n" + metrics))
         #expect(ok.contains("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"))
-        let head = MetricsEndpoint.response(to: Self.head("HEAD /metrics HTTP/1.1"), metrics: { metrics })
+        let head = MetricsRequest.response(to: Self.head("HEAD /metrics HTTP/1.1"), metrics: { metrics })
         #expect(head.hasSuffix("Connection: close\r\n\r\n") && head.contains("Content-Length: \(metrics.utf8.count)"))
-        #expect(MetricsEndpoint.response(to: nil, metrics: { metrics }).hasPrefix("HTTP/1.1 400 "))
-        #expect(MetricsEndpoint.response(to: Self.head("PUT /metrics HTTP/1.1"), metrics: { metrics }).contains("Allow: GET, HEAD\r\n"))
+        #expect(MetricsRequest.response(to: nil, metrics: { metrics }).hasPrefix("HTTP/1.1 400 "))
+        #expect(MetricsRequest.response(to: Self.head("PUT /metrics HTTP/1.1"), metrics: { metrics }).contains("Allow: GET, HEAD\r\n"))
     }
 }
