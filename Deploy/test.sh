@@ -19,6 +19,15 @@ passed=$(grep -oE "Test run with [0-9]+ tests?" "$log/plain.txt" | grep -oE "[0-
 # "skipped" from counting as one.
 skipped=$(grep -cE 'Test "[^"]*" skipped' "$log/plain.txt" || true)
 
+echo "== man pages and completions install (Deploy/install-docs.sh into a scratch prefix)"
+bash Deploy/install-docs.sh "$log/prefix"
+for page in pagerd pagerd.source pagerd.dest pagerd.qemu-source pagerd.qemu-dest pagerd.status pagerd.keygen pagerd.demo; do
+    grep -q '^\.Sh NAME' "$log/prefix/share/man/man1/$page.1" || { echo "man page $page.1 missing or empty" >&2; exit 1; }
+done
+grep -q -- "Fl -control-socket" "$log/prefix/share/man/man1/pagerd.dest.1" || { echo "pagerd.dest.1 lacks --control-socket" >&2; exit 1; }
+bash -n "$log/prefix/share/bash-completion/completions/pagerd"
+grep -q "status" "$log/prefix/share/bash-completion/completions/pagerd"
+
 echo "== RDMA trait: compiles and probes (no RDMA device on most machines: the probe says why)"
 swift build --traits RDMA --build-tests --scratch-path .build-rdma
 .build-rdma/debug/pagerPackageTests.xctest --testing-library swift-testing --filter RDMATests
