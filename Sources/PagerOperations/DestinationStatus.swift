@@ -114,3 +114,19 @@ extension DestinationBook {
         ]
     }
 }
+
+extension DestinationBook {
+    /// One line on the running migrations, for systemd's `STATUS=` (nil when none runs).
+    public func progressLine() -> String? {
+        let running = snapshot.entries.filter { !$0.progress.phase.isFinished }
+        guard !running.isEmpty else { return nil }
+        return running.map { e in
+            let p = e.progress
+            let pages = p.pages.load(ordering: .relaxed)
+            let local = pages == 0 ? 0 : (pages - p.pagesRemaining) * 100 / pages
+            let mib = (pages * p.pageSize.load(ordering: .relaxed)) >> 20
+            let outages = p.outages.load(ordering: .relaxed)
+            return "migration \(e.id) \(p.phase.name): \(local)% of \(mib) MiB local, \(p.faults.load(ordering: .relaxed)) faults" + (outages > 0 ? ", \(outages) outage(s)" : "")
+        }.joined(separator: "; ")
+    }
+}

@@ -1,6 +1,8 @@
 import ArgumentParser
 import Logging
 import PagerKernel
+import PagerOperations
+import Synchronization
 
 func makeLogger(_ label: String, _ level: String) -> Logger {
     var logger = Logger(label: label)
@@ -35,4 +37,28 @@ func printError(_ line: String) {
 
 struct StandardErrorStream: TextOutputStream {
     mutating func write(_ string: String) { writeStandardError(string) }
+}
+
+/// Under systemd (`Type=notify`), `STATUS=` with the running migrations' progress every 2 s,
+/// so `systemctl status` shows it; nothing without `$NOTIFY_SOCKET`.
+final class ProgressReporter: Sendable {
+    private let stopped = WaitableState(false)
+    private let thread: Mutex<KernelThread?> = Mutex(nil)
+
+    static func start(_ book: DestinationBook) throws -> ProgressReporter? {
+        guard serviceNotifier.socketPath != nil else { return nil }
+        let reporter = ProgressReporter()
+        let thread = try KernelThread(name: "notify-status") { [reporter] in
+            while !reporter.stopped.wait(until: { $0 }, deadline: monotonicNanoseconds() + 2_000_000_000) {
+                if let line = book.progressLine() { serviceNotifier.status(line) }
+            }
+        }
+        reporter.thread.withLock { $0 = thread }
+        return reporter
+    }
+
+    func stop() {
+        stopped.change { $0 = true }
+        thread.withLock { $0 }?.join()
+    }
 }

@@ -62,6 +62,8 @@ struct DestCommand: ParsableCommand {
         let interfaces = try operations.start(role: "dest", document: { book.document(version: pagerdVersion) },
                                               metrics: { book.metrics(version: pagerdVersion) }, logger: logger)
         defer { interfaces.finish() }
+        let reporter = try ProgressReporter.start(book)
+        defer { reporter?.stop() }
         let stopping = Atomic<Bool>(false)
         try TerminationSignals.start { signal in
             // The first signal stops new handoffs and lets migrations in progress finish; a

@@ -57,6 +57,35 @@ struct ServiceNotifyTests {
         #expect(dest.wait(timeoutMilliseconds: 10_000) == 1, "one migration failed: exit status 1\n\(dest.output)")
     }
 
+    @Test("pagerd dest: while a migration runs, STATUS= with its progress every 2 s, also while its source is stopped (postcopy-paused); every page right in the end")
+    func destProgress() throws {
+        let scratch = Scratch()
+        let notify = try FakeNotifySocket(scratch)
+        let ram = scratch.file("vm.ram")
+        try sh(Binaries.workload, "fill", "--file", ram, "--size-mib", "64", "--seed", "5")
+        let source = try ChildProcess(Binaries.pagerd, ["source", "--listen", "127.0.0.1:0", "--region", ram, "--key-file", scratch.keyFile],
+                                      outputPath: scratch.file("source.log"))
+        defer { source.signal(SIGCONT); source.signal(SIGKILL) }
+        try waitFor(source, toPrint: "serving 1 region")
+        let port = try #require(source.output.split(separator: "\n").lazy.compactMap { line -> Substring? in
+            line.firstRange(of: "127.0.0.1:").map { line[$0.upperBound...].prefix { $0.isNumber } }
+        }.first)
+        let socket = scratch.file("uffd.sock")
+        let dest = try ChildProcess("/usr/bin/env", ["NOTIFY_SOCKET=\(notify.path)", Binaries.pagerd, "dest", "--connect", "127.0.0.1:\(port)", "--once",
+                                                     "--uffd-socket", socket, "--key-file", scratch.keyFile], outputPath: scratch.file("dest.log"))
+        _ = try notify.awaitMessage(containing: "READY=1")
+        let workload = try ChildProcess(Binaries.workload, ["run", "--socket", socket, "--size-mib", "64", "--access", "random", "--seed", "5"],
+                                        outputPath: scratch.file("workload.log"))
+        try waitFor(dest, toPrint: "session ")
+        source.signal(SIGSTOP)
+        let paused = try notify.awaitMessage(containing: "postcopy-paused")
+        #expect(paused?.contains("STATUS=migration 1 postcopy-paused: ") == true && paused?.contains("% of 64 MiB local") == true, "\(paused ?? "")")
+        source.signal(SIGCONT)
+        #expect(workload.wait(timeoutMilliseconds: 60_000) == 0 && workload.output.contains("mismatches=0"), "\(workload.output)\n\(dest.output)")
+        #expect(dest.wait(timeoutMilliseconds: 30_000) == 0, "\(dest.output)")
+        #expect(dest.output.contains("outages           1 (connections lost, 1 resumed"), "\(dest.output)")
+    }
+
     @Test("pagerd source: READY=1 once listening, STOPPING=1 on SIGTERM, then its summary as STATUS=")
     func source() throws {
         let scratch = Scratch()
