@@ -130,3 +130,12 @@ extension DestinationBook {
         }.joined(separator: "; ")
     }
 }
+
+extension DestinationBook {
+    /// One migration's entry as the status document has it (`--json` summaries), with the
+    /// daemon's role and version.
+    public func document(migration id: Int, version: String) -> JSONValue? {
+        guard let e = snapshot.entries.first(where: { $0.id == id }), case .object(let members) = DestinationBook.document(e) else { return nil }
+        return .object([("role", .string(role)), ("version", .string(version))] + members)
+    }
+}

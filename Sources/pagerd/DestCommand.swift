@@ -2,6 +2,7 @@ import ArgumentParser
 import Logging
 import PagerCore
 import PagerDestination
+import PagerHandoff
 import PagerKernel
 import PagerOperations
 import PagerReport
@@ -42,6 +43,8 @@ struct DestCommand: ParsableCommand {
     @Flag(help: "Receive the source's pre-copy rounds before the handoff (one migration; implies --once).") var precopy = false
     @OptionGroup var keys: AuthenticationOptions
     @OptionGroup var operations: OperationsOptions
+    @Flag(help: "Print each migration's summary as one JSON line (the status document's fields, see pagerd status --json) instead of text.")
+    var json = false
     @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
 
     func validate() throws {
@@ -212,6 +215,10 @@ struct DestCommand: ParsableCommand {
             let r = try resolver.run()
             missing.release()
             tracked.book.finish(tracked.id, error: nil)
+            if json {
+                printJSON(tracked)
+                return true
+            }
             serviceNotifier.status("last migration: \(r.pages) pages local after \(String(format: 1, r.seconds)) s; waiting for handoffs")
             let latency = LatencySummary(samples: r.faultLatencies)
             let mib = Double(r.pages * r.pageSize) / Double(1 << 20)
@@ -236,7 +243,9 @@ struct DestCommand: ParsableCommand {
             tracked.book.finish(tracked.id, error: "\(error)")
             serviceNotifier.status("last migration FAILED: \(error)")
             logger.error("migration failed: \(error)")
-            print("pagerd dest: migration FAILED: \(error); \(poisoned) pages not yet local were poisoned (the workload gets SIGBUS there, never zeros)")
+            if json { printJSON(tracked) } else {
+                print("pagerd dest: migration FAILED: \(error); \(poisoned) pages not yet local were poisoned (the workload gets SIGBUS there, never zeros)")
+            }
             fflushStandardOutput()
             return false
         }
@@ -264,4 +273,11 @@ struct Tracked: Sendable {
         self.book = book
         (id, progress) = book.begin()
     }
+}
+
+/// A migration's summary as one JSON line (`pagerd dest --json`).
+func printJSON(_ tracked: Tracked) {
+    guard let doc = tracked.book.document(migration: tracked.id, version: pagerdVersion) else { return }
+    print(String(decoding: JSONWriter.encode(doc), as: UTF8.self))
+    fflushStandardOutput()
 }

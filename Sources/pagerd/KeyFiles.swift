@@ -44,13 +44,26 @@ func readKeyRing(atPath path: String) throws(KeyFileLoadError) -> KeyRing {
 }
 
 /// For a daemon's `run()`: the ring, or `pagerd: key file PATH: reason` on standard error
-/// and exit status 1 (argument-parser would print `Error: ` and the usage instead).
+/// and exit status 77 (EX_NOPERM: a file others may read, a link, someone else's file, no
+/// permission to open it) or 78 (EX_CONFIG: missing, not a key file, too large); argument-
+/// parser would print `Error: ` and the usage instead.
 func requireKeyRing(path argument: String) throws -> KeyRing {
     do {
         return try loadKeyRing(path: argument)
     } catch {
         writeStandardError("pagerd: \(error)\n")
-        throw ExitCode(1)
+        throw ExitCode(error.exitStatus)
+    }
+}
+
+extension KeyFileLoadError {
+    var exitStatus: Int32 {
+        guard case .file(let e) = self else { return ExitStatus.configuration }
+        switch e.reason {
+        case .accessibleByOthers, .aclGrantsAccess, .wrongOwner, .symbolicLink: return ExitStatus.noPermission
+        case .cannotOpen(let errno) where errno == .permissionDenied || errno == .notPermitted: return ExitStatus.noPermission
+        default: return ExitStatus.configuration
+        }
     }
 }
 

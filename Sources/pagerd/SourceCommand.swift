@@ -2,6 +2,7 @@ import ArgumentParser
 import Logging
 import PagerCore
 import PagerDestination
+import PagerHandoff
 import PagerKernel
 import PagerOperations
 import PagerReport
@@ -46,6 +47,8 @@ struct SourceCommand: ParsableCommand {
     @Option(help: "Keep a session whose connections were lost this many seconds for its destination to resume it.") var sessionLingerS = 60.0
     @OptionGroup var keys: AuthenticationOptions
     @OptionGroup var operations: OperationsOptions
+    @Flag(help: "At exit, print the summary as one JSON line (the status document, see pagerd status --json) instead of text.")
+    var json = false
     @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
 
     func validate() throws {
@@ -91,6 +94,10 @@ struct SourceCommand: ParsableCommand {
                                               metrics: { status.metrics(version: pagerdVersion) }, logger: logger)
         defer { interfaces.finish() }
         server.run()
+        if json {
+            print(String(decoding: JSONWriter.encode(status.document(version: pagerdVersion)), as: UTF8.self))
+            return
+        }
         if let outcome = live?.region.live?.outcome { printPrecopy(outcome, daemon: "pagerd source", paused: "workload") }
         let c = server.counts
         serviceNotifier.status("stopped: \(c.sessions) session(s), \(c.bytesSent >> 20) MiB sent as bytes, \(c.failedSessions) ended by errors")

@@ -36,7 +36,7 @@ struct DaemonKeyTests {
         #expect(status == 64 && output.contains("not both"), "\(output)")
     }
 
-    @Test("a key file readable by others, a symbolic link, or a short key: the daemon names the problem and exits 1", arguments: names)
+    @Test("a key file readable by others, a symbolic link, or a short key: the daemon names the problem and exits 77 (EX_NOPERM) or 78 (EX_CONFIG)", arguments: names)
     func unsafeKeyFiles(_ daemon: String) throws {
         let scratch = Scratch()
         let open = scratch.file("open.psk")
@@ -46,9 +46,10 @@ struct DaemonKeyTests {
         #expect(symlink(scratch.keyFile, link) == 0)
         let short = scratch.file("short.psk")
         try writeNewSecretFile(short, contents: Array("pager:0011223344556677\n".utf8))
-        for (path, reason) in [(open, "group or others"), (link, "symbolic link"), (short, "at least 32")] {
+        for (path, reason, exit) in [(open, "group or others", Int32(77)), (link, "symbolic link", 77), (short, "at least 32", 78),
+                                     (scratch.file("absent.psk"), "cannot open", 78)] {
             let (status, output) = try runProgram(Binaries.pagerd, Self.arguments(daemon) + ["--key-file", path])
-            #expect(status == 1, "\(path): \(output)")
+            #expect(status == exit, "\(path): \(output)")
             #expect(output.contains("key file") && output.contains(reason), "\(path): \(output)")
         }
     }

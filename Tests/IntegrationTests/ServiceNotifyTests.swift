@@ -1,4 +1,5 @@
 import Glibc
+import PagerHandoff
 import PagerKernel
 import PagerWire
 import SystemPackage
@@ -71,7 +72,7 @@ struct ServiceNotifyTests {
             line.firstRange(of: "127.0.0.1:").map { line[$0.upperBound...].prefix { $0.isNumber } }
         }.first)
         let socket = scratch.file("uffd.sock")
-        let dest = try ChildProcess("/usr/bin/env", ["NOTIFY_SOCKET=\(notify.path)", Binaries.pagerd, "dest", "--connect", "127.0.0.1:\(port)", "--once",
+        let dest = try ChildProcess("/usr/bin/env", ["NOTIFY_SOCKET=\(notify.path)", Binaries.pagerd, "dest", "--connect", "127.0.0.1:\(port)", "--once", "--json",
                                                      "--uffd-socket", socket, "--key-file", scratch.keyFile], outputPath: scratch.file("dest.log"))
         _ = try notify.awaitMessage(containing: "READY=1")
         let workload = try ChildProcess(Binaries.workload, ["run", "--socket", socket, "--size-mib", "64", "--access", "random", "--seed", "5"],
@@ -83,7 +84,12 @@ struct ServiceNotifyTests {
         source.signal(SIGCONT)
         #expect(workload.wait(timeoutMilliseconds: 60_000) == 0 && workload.output.contains("mismatches=0"), "\(workload.output)\n\(dest.output)")
         #expect(dest.wait(timeoutMilliseconds: 30_000) == 0, "\(dest.output)")
-        #expect(dest.output.contains("outages           1 (connections lost, 1 resumed"), "\(dest.output)")
+        // --json: the summary is the status document's entry for the migration, one line.
+        let line = dest.output.split(separator: "\n").first { $0.hasPrefix("{") } ?? ""
+        let summary = try JSONReader.parse(Array(line.utf8), limits: .status)
+        #expect(summary["role"]?.stringValue == "dest" && summary["status"]?.stringValue == "completed", "\(line)")
+        #expect(summary["outages"]?.uint64 == 1 && summary["resumes"]?.uint64 == 1 && summary["ram"]?["remaining"]?.uint64 == 0, "\(line)")
+        #expect(summary["pages-local"]?.uint64 == 16384 && (summary["faults"]?.uint64 ?? 0) > 0, "\(line)")
     }
 
     @Test("pagerd source: READY=1 once listening, STOPPING=1 on SIGTERM, then its summary as STATUS=")
