@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, builds everything, runs the test suite
 # (real userfaultfd, hugetlbfs and processes: run as root), checks that the RDMA trait still
-# compiles, and fuzzes the wire decoder, the handoff decoders and the operators' request and status readers. Exits non-zero on any failure or fuzz finding.
+# compiles, fuzzes the wire decoder, the handoff decoders and the operators' request and status
+# readers, and installs the Debian package on a root without Swift. Exits non-zero on any failure or fuzz finding.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source Deploy/setup.sh
@@ -11,6 +12,8 @@ trap 'rm -rf "$log"' EXIT
 echo "== build and test"
 # The integration tests run release builds of pagerd, pager-workload and pager-bench as separate processes.
 swift build -c release
+# The preload library as it ships (plain C, no Swift runtime): the QEMU tests load this one.
+bash Deploy/build-preload.sh .build/release/plain/libpager-preload.so
 swift build --build-tests
 swift test --skip-build 2>&1 | tee "$log/test.txt"
 sed 's/\x1b\[[0-9;]*m//g' "$log/test.txt" > "$log/plain.txt"
@@ -71,5 +74,8 @@ fuzz() {
 fuzz PagerWireFuzz Protocols/vectors/corpus "frame parser"
 fuzz PagerHandoffFuzz Protocols/handoff-corpus "handoff decoders"
 fuzz PagerOperationsFuzz Protocols/operations-corpus "metrics request parser and status reader"
+
+echo "== package: the .deb installs on a fresh Debian 12 root without Swift, and pagerd demo runs there"
+bash Deploy/package-test.sh "$(bash Deploy/package.sh "$log/package" | tail -1)"
 
 echo "pager: ${passed:-0} passed, 0 failed, ${skipped} skipped"

@@ -99,7 +99,7 @@ public struct QEMUMigrationRun {
         }
         let trackSocket = scratch.file("track.sock")
         let source = method == .pagerPrecopy
-            ? try hosts.spawn(in: hosts.source, "/usr/bin/env", ["LD_PRELOAD=\(binaries)/libpager-preload.so", "PAGER_RAM_PATH=\(srcRAM)",
+            ? try hosts.spawn(in: hosts.source, "/usr/bin/env", ["LD_PRELOAD=\(QEMUMigrationRun.preloadLibrary(binaries: binaries))", "PAGER_RAM_PATH=\(srcRAM)",
                                                                 "PAGER_TRACK_SOCKET=\(trackSocket)", Self.qemu] + srcArgs, log: scratch.file("src.qemu.log"))
             : try hosts.spawn(in: hosts.source, Self.qemu, srcArgs, log: scratch.file("src.qemu.log"))
         defer { source.signal(.kill) }
@@ -145,7 +145,7 @@ public struct QEMUMigrationRun {
         defer { qdest.signal(.kill) }
         try waitFor(qdest, toPrint: "waiting for QEMU's handoff")
         let dest = try hosts.spawn(in: hosts.dest, "/usr/bin/env",
-                                   ["LD_PRELOAD=\(binaries)/libpager-preload.so", "PAGER_RAM_PATH=\(dstRAM)", "PAGER_UFFD_SOCKET=\(uffdSocket)",
+                                   ["LD_PRELOAD=\(QEMUMigrationRun.preloadLibrary(binaries: binaries))", "PAGER_RAM_PATH=\(dstRAM)", "PAGER_UFFD_SOCKET=\(uffdSocket)",
                                     Self.qemu] + dstArgs, log: scratch.file("dst.qemu.log"))
         defer { dest.signal(.kill) }
         try waitFor(dest, toPrint: "handed to the pager", seconds: 30)
@@ -215,6 +215,15 @@ public struct QEMUMigrationRun {
                        guestPauseMilliseconds: Swift.max(Self.maxGap(Self.lines(srcText).suffix(2)),
                                                          Self.maxGap(Self.lines(dstText).filter { $0.hasPrefix("pass ") }.prefix(3))),
                        faultSummary: blocktime.isEmpty ? "blocktime not reported" : blocktime)
+    }
+}
+
+extension QEMUMigrationRun {
+    /// The preload library QEMU loads: the plain C build that ships (Deploy/build-preload.sh,
+    /// which Deploy/test.sh runs) where it exists, else SwiftPM's build of the same source.
+    public static func preloadLibrary(binaries: String) -> String {
+        let plain = binaries + "/plain/libpager-preload.so"
+        return isReadableFile(plain) ? plain : binaries + "/libpager-preload.so"
     }
 }
 

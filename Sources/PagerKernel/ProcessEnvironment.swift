@@ -18,6 +18,16 @@ public func environmentValue(_ name: String) -> String? { getenv(name).map { Str
 /// The corresponding C function is `unlink`.
 public func removeFile(_ path: String) { _ = unlink(path) }
 
+/// Sets a file's permission bits. The corresponding C function is `chmod`.
+public func setPermissions(_ path: String, _ mode: UInt32) throws(KernelError) {
+    if chmod(path, mode_t(mode)) != 0 { throw KernelError("chmod", Errno(rawValue: errno), detail: path) }
+}
+
+/// Renames `from` over `to` atomically (same file system). The corresponding C function is `rename`.
+public func renameFile(_ from: String, to: String) throws(KernelError) {
+    if rename(from, to) != 0 { throw KernelError("rename", Errno(rawValue: errno), detail: "\(from) to \(to)") }
+}
+
 /// Whether `path` exists and this process may execute it. The corresponding C function is `access(X_OK)`.
 public func isExecutableFile(_ path: String) -> Bool { access(path, X_OK) == 0 }
 

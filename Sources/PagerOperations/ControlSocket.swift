@@ -1,4 +1,3 @@
-import Glibc
 import PagerKernel
 import SystemPackage
 
@@ -22,10 +21,9 @@ public final class ControlServer: @unchecked Sendable {
         self.path = path
         self.answer = answer
         listener = try UnixSocket.listen(path: path)
-        if chmod(path, 0o660) != 0 {
-            let e = Errno(rawValue: Glibc.errno)
+        do { try setPermissions(path, 0o660) } catch {
             try? listener.close()
-            throw KernelError("chmod", e, detail: path)
+            throw error
         }
     }
 
@@ -39,7 +37,7 @@ public final class ControlServer: @unchecked Sendable {
         _ = shutdownSocket(listener)
         thread?.join()
         thread = nil
-        unlink(path)
+        removeFile(path)
         try? listener.close()
     }
 

@@ -98,7 +98,7 @@ extension DestinationBook {
                                  cumulative += c
                                  return (LatencyHistogram.upperBoundSeconds(k), cumulative)
                              }
-                             return MetricFamily.Histogram(labels: [("region", name)], buckets: buckets, count: cumulative, sum: r.latencySum)
+                             return MetricFamily.HistogramSeries(labels: [("region", name)], buckets: buckets, count: cumulative, sum: r.latencySum)
                          }),
             MetricFamily("pager_dest_pages_remaining", .gauge, help: "Pages of running migrations not local yet.",
                          samples: names.map { .init([("region", $0)], Double(remaining[$0] ?? 0)) }),

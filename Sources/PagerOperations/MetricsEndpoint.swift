@@ -1,4 +1,3 @@
-import Glibc
 import PagerKernel
 import PagerOperationsCore
 import SystemPackage
@@ -60,10 +59,9 @@ public enum MetricsTextfile {
     public static func write(_ text: String, to path: String) throws(KernelError) {
         let temporary = path + ".\(processID()).tmp"
         try writeWholeFile(temporary, text)
-        if rename(temporary, path) != 0 {
-            let e = Errno(rawValue: Glibc.errno)
-            unlink(temporary)
-            throw KernelError("rename", e, detail: "\(temporary) to \(path)")
+        do { try renameFile(temporary, to: path) } catch {
+            removeFile(temporary)
+            throw error
         }
     }
 }

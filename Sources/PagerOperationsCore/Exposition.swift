@@ -24,7 +24,7 @@ public struct MetricFamily: Sendable, Equatable {
 
     /// One histogram series: cumulative counts per upper bound (seconds, ascending; `+Inf`
     /// is added), the count and the sum of the observations.
-    public struct Histogram: Sendable, Equatable {
+    public struct HistogramSeries: Sendable, Equatable {
         public var labels: [(String, String)]
         public var buckets: [(upperBound: Double, cumulativeCount: UInt64)]
         public var count: UInt64
@@ -37,7 +37,7 @@ public struct MetricFamily: Sendable, Equatable {
             self.sum = sum
         }
 
-        public static func == (a: Histogram, b: Histogram) -> Bool {
+        public static func == (a: HistogramSeries, b: HistogramSeries) -> Bool {
             a.count == b.count && a.sum == b.sum && a.buckets.count == b.buckets.count
                 && zip(a.buckets, b.buckets).allSatisfy { $0.upperBound == $1.upperBound && $0.cumulativeCount == $1.cumulativeCount }
                 && a.labels.count == b.labels.count && zip(a.labels, b.labels).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
@@ -48,7 +48,7 @@ public struct MetricFamily: Sendable, Equatable {
     public let help: String
     public let kind: Kind
     public var samples: [Sample] = []
-    public var histograms: [Histogram] = []
+    public var histograms: [HistogramSeries] = []
 
     public init(_ name: String, _ kind: Kind, help: String, samples: [Sample] = []) {
         precondition(MetricFamily.isValidName(name), "metric name \(name)")
@@ -60,7 +60,7 @@ public struct MetricFamily: Sendable, Equatable {
         self.samples = samples
     }
 
-    public init(histogram name: String, help: String, series: [Histogram]) {
+    public init(histogram name: String, help: String, series: [HistogramSeries]) {
         self.init(name, .histogram, help: help)
         histograms = series
     }

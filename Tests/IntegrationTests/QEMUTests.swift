@@ -133,7 +133,7 @@ struct QEMUTests {
 
     /// Starts the destination QEMU with the preload library and returns its exit status and output.
     func startDestination(extraObject: String, env: [String], scratch: Scratch) throws -> (Int32?, String) {
-        let q = try ChildProcess("/usr/bin/env", env + ["LD_PRELOAD=\(Binaries.directory)/libpager-preload.so", "/usr/bin/qemu-system-x86_64"]
+        let q = try ChildProcess("/usr/bin/env", env + ["LD_PRELOAD=\(QEMUMigrationRun.preloadLibrary(binaries: Binaries.directory))", "/usr/bin/qemu-system-x86_64"]
             + guest.commonArgs(console: scratch.file("console"), qmp: scratch.file("qmp"))
             + ["-incoming", "defer", "-object", extraObject, "-machine", "memory-backend=ram0"],
             outputPath: scratch.file("qemu.log"))
@@ -175,7 +175,7 @@ struct QEMUTests {
                                      outputPath: scratch.file("qemu-dest.log"))
         defer { qdest.signal(SIGKILL) }
         try waitFor(qdest, toPrint: "waiting for QEMU's handoff")
-        let q = try ChildProcess("/usr/bin/env", ["LD_PRELOAD=\(Binaries.directory)/libpager-preload.so", "PAGER_RAM_PATH=\(ram)",
+        let q = try ChildProcess("/usr/bin/env", ["LD_PRELOAD=\(QEMUMigrationRun.preloadLibrary(binaries: Binaries.directory))", "PAGER_RAM_PATH=\(ram)",
                                                   "PAGER_UFFD_SOCKET=\(socket)", "/usr/bin/qemu-system-x86_64"]
             + guest.commonArgs(console: scratch.file("console"), qmp: qmp) + ["-incoming", "defer"] + guest.ramBackend(ram),
             outputPath: scratch.file("qemu.log"))

@@ -25,7 +25,7 @@ struct ExpositionTests {
 
     @Test("a histogram: cumulative buckets with le, +Inf equal to the count, _sum and _count")
     func histogram() {
-        let h = MetricFamily.Histogram(labels: [("region", "r")], buckets: [(0.000002, 1), (0.000004, 3)], count: 4, sum: 0.5)
+        let h = MetricFamily.HistogramSeries(labels: [("region", "r")], buckets: [(0.000002, 1), (0.000004, 3)], count: 4, sum: 0.5)
         let text = Exposition.write([MetricFamily(histogram: "pager_lat_seconds", help: "h", series: [h])])
         #expect(text.contains("pager_lat_seconds_bucket{region=\"r\",le=\"2e-06\"} 1\n"), "\(text)")
         #expect(text.contains("pager_lat_seconds_bucket{region=\"r\",le=\"4e-06\"} 3\n"))
