@@ -187,7 +187,8 @@ let package = Package(
             linkerSettings: [.linkedLibrary("pthread")]
         ),
         // libFuzzer target for the wire decoder:
-        //   swift build -c debug --sanitize fuzzer --sanitize address --product PagerWireFuzz -Xswiftc -DFUZZING
+        //   swift build -c debug --sanitize fuzzer --sanitize address --product PagerWireFuzz -Xswiftc -DFUZZING \
+        //       -Xswiftc -sanitize-coverage=edge,inline-8bit-counters,pc-table,trace-cmp (as Deploy/test.sh: coverage)
         .executableTarget(
             name: "PagerWireFuzz",
             dependencies: ["PagerWire", "PagerCore", "PagerKernel", "PagerTrust"]

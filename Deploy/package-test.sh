@@ -37,7 +37,7 @@ if in_root sh -c 'command -v swift || ls /opt/swift /usr/lib/swift' >/dev/null 2
     exit 1
 fi
 for f in /usr/bin/pagerd /usr/bin/pager-workload /usr/lib/pager/libpager-preload.so /lib/systemd/system/pagerd-dest.service \
-         /usr/share/man/man1/pagerd.dest.1.gz /usr/lib/tmpfiles.d/pager.conf; do
+         /usr/share/man/man1/pagerd.dest.1.gz /usr/lib/tmpfiles.d/pager.conf /usr/lib/udev/rules.d/60-pager-userfaultfd.rules; do
     in_root test -e "$f" || { echo "package-test: $f is not installed" >&2; exit 1; }
 done
 if in_root ldd /usr/bin/pagerd /usr/bin/pager-workload | grep -E 'not found|libswift'; then

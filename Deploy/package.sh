@@ -6,7 +6,8 @@
 #   libcrypto (libssl3) and liburing2 only;
 # - /usr/lib/pager/libpager-preload.so, the QEMU preload library, plain C (Deploy/build-preload.sh);
 # - systemd units (ExecStart=/usr/bin/pagerd), /etc/default examples, a tmpfiles.d entry for
-#   /run/pager, man pages and bash/zsh/fish completions.
+#   /run/pager (group kvm), a udev rule giving /dev/userfaultfd to group kvm, man pages and
+#   bash/zsh/fish completions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v swift >/dev/null 2>&1 && [ -x /opt/swift/usr/bin/swift ]; then export PATH="/opt/swift/usr/bin:$PATH"; fi
@@ -48,6 +49,11 @@ CONF
 # /run/pager: the daemons' sockets. Group kvm (QEMU's group on Debian) may reach them; setgid
 # so sockets made there keep the group.
 echo "d /run/pager 2770 root kvm -" >"$root/usr/lib/tmpfiles.d/pager.conf"
+# /dev/userfaultfd to group kvm: QEMU run by libvirt as libvirt-qemu (group kvm) can then make
+# the userfaultfd the preload library hands over, without vm.unprivileged_userfaultfd=1 (which
+# would give it to every user). Members of kvm can then handle faults of their own memory.
+install -d "$root/usr/lib/udev/rules.d"
+echo 'KERNEL=="userfaultfd", GROUP="kvm", MODE="0660"' >"$root/usr/lib/udev/rules.d/60-pager-userfaultfd.rules"
 bash Deploy/install-docs.sh "$root/usr" >/dev/null
 gzip -9n "$root"/usr/share/man/man1/*.1
 cp README.md "$root/usr/share/doc/pager/"

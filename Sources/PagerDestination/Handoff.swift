@@ -24,13 +24,25 @@ public struct HandoffError: Error, CustomStringConvertible {
 /// JSON array of `{"base_host_virt_addr", "size", "offset", "page_size"}` objects (also
 /// `page_size_kib`, as older Firecracker releases send), with the userfaultfd attached as
 /// `SCM_RIGHTS`. `offset` is the offset into the served region.
+///
+/// The socket is made with mode 0660: whoever can connect hands over memory that the source's
+/// pages are then written into, so only the owner (root) and the socket's group may. With
+/// `group` (`--socket-group`, e.g. kvm for QEMU run by libvirt as libvirt-qemu) that group.
 public final class HandoffListener: @unchecked Sendable {
     public let path: String
     private let listener: FileDescriptor
 
-    public init(path: String) throws(KernelError) {
+    public init(path: String, group: String? = nil) throws(KernelError) {
         self.path = path
         listener = try UnixSocket.listen(path: path)
+        do {
+            if let group { try setGroup(path, named: group) }
+            try setPermissions(path, 0o660)
+        } catch {
+            try? listener.close()
+            removeFile(path)
+            throw error
+        }
     }
 
     deinit { try? listener.close() }

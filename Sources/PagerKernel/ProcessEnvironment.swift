@@ -23,6 +23,19 @@ public func setPermissions(_ path: String, _ mode: UInt32) throws(KernelError) {
     if chmod(path, mode_t(mode)) != 0 { throw KernelError("chmod", Errno(rawValue: errno), detail: path) }
 }
 
+/// Gives a file to group `name` (its owner unchanged). The corresponding C functions are
+/// `getgrnam_r` and `chown`.
+public func setGroup(_ path: String, named name: String) throws(KernelError) {
+    var group = group()
+    var result: UnsafeMutablePointer<group>?
+    var buffer = [CChar](repeating: 0, count: 16_384)
+    let r = getgrnam_r(name, &group, &buffer, buffer.count, &result)
+    guard r == 0, result != nil else {
+        throw KernelError("getgrnam_r", Errno(rawValue: r == 0 ? ENOENT : r), detail: "group \(name) (no such group?)")
+    }
+    if chown(path, uid_t.max, group.gr_gid) != 0 { throw KernelError("chown", Errno(rawValue: errno), detail: "\(path) to group \(name)") }
+}
+
 /// Renames `from` over `to` atomically (same file system). The corresponding C function is `rename`.
 public func renameFile(_ from: String, to: String) throws(KernelError) {
     if rename(from, to) != 0 { throw KernelError("rename", Errno(rawValue: errno), detail: "\(from) to \(to)") }

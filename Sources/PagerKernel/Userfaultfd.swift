@@ -23,6 +23,10 @@ public final class Userfaultfd: @unchecked Sendable {
         /// `ioctl(USERFAULTFD_IOC_NEW)` on `/dev/userfaultfd` (Linux 6.1+), which lets an
         /// administrator grant access by file permissions instead of a sysctl.
         case device
+        /// The system call, then `/dev/userfaultfd` if the call is not permitted (an
+        /// unprivileged process with `vm.unprivileged_userfaultfd` 0, given the device by its
+        /// group: the pager's udev rule gives it to group kvm, mode 0660).
+        case automatic
     }
 
     /// Creates a userfaultfd, non-blocking and close-on-exec. Call ``negotiate(_:)`` next.
@@ -30,13 +34,23 @@ public final class Userfaultfd: @unchecked Sendable {
     /// - Parameter userModeOnly: only handle faults from user space (`UFFD_USER_MODE_ONLY`),
     ///   which unprivileged users need when `vm.unprivileged_userfaultfd` is 0.
     ///   The corresponding C function is `userfaultfd`.
-    public init(source: Source = .syscall, userModeOnly: Bool = false) throws(KernelError) {
-        let flags = O_CLOEXEC | O_NONBLOCK | (userModeOnly ? UFFD_USER_MODE_ONLY : 0)
+    public init(source: Source = .automatic, userModeOnly: Bool = false) throws(KernelError) {
+        descriptor = try Userfaultfd.create(source, flags: O_CLOEXEC | O_NONBLOCK | (userModeOnly ? UFFD_USER_MODE_ONLY : 0))
+    }
+
+    private static func create(_ source: Source, flags: Int32) throws(KernelError) -> FileDescriptor {
         switch source {
+        case .automatic:
+            do { return try create(.syscall, flags: flags) } catch let e where e.errno == .notPermitted {
+                do { return try create(.device, flags: flags) } catch {
+                    throw KernelError("userfaultfd", .notPermitted,
+                                      detail: "not permitted, and /dev/userfaultfd: \(error) (run as root, give this user /dev/userfaultfd, or set vm.unprivileged_userfaultfd=1)")
+                }
+            }
         case .syscall:
             let fd = pager_userfaultfd(flags)
             if fd < 0 { throw KernelError("userfaultfd", negatedErrno: fd) }
-            descriptor = FileDescriptor(rawValue: fd)
+            return FileDescriptor(rawValue: fd)
         case .device:
             let dev: FileDescriptor
             do {
@@ -47,7 +61,7 @@ public final class Userfaultfd: @unchecked Sendable {
             defer { try? dev.close() }
             let fd = pager_userfaultfd_dev_new(dev.rawValue, flags)
             if fd < 0 { throw KernelError("USERFAULTFD_IOC_NEW", negatedErrno: fd) }
-            descriptor = FileDescriptor(rawValue: fd)
+            return FileDescriptor(rawValue: fd)
         }
     }
 

@@ -7,7 +7,7 @@ import SystemPackage
 /// it, a connection at a time, each bounded by a 1 s timeout for its request: nothing here
 /// is on the page path, and a client that stalls delays only other clients.
 ///
-/// The socket file is made with mode 0660 (owner and group): the status says which hosts and
+/// The socket file is made with mode 0660 (owner and group, `--socket-group` if given): the status says which hosts and
 /// sessions a daemon serves, never any memory.
 public final class ControlServer: @unchecked Sendable {
     public let path: String
@@ -17,12 +17,16 @@ public final class ControlServer: @unchecked Sendable {
 
     /// Listens at `path` (a stale socket file there is replaced). `answer` maps a request line
     /// (without its newline) to the answer, nil for a request it does not know.
-    public init(path: String, answer: @escaping @Sendable (String) -> String?) throws(KernelError) {
+    public init(path: String, group: String? = nil, answer: @escaping @Sendable (String) -> String?) throws(KernelError) {
         self.path = path
         self.answer = answer
         listener = try UnixSocket.listen(path: path)
-        do { try setPermissions(path, 0o660) } catch {
+        do {
+            if let group { try setGroup(path, named: group) }
+            try setPermissions(path, 0o660)
+        } catch {
             try? listener.close()
+            removeFile(path)
             throw error
         }
     }

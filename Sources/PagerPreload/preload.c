@@ -137,6 +137,28 @@ static ssize_t send_json(int s, const char *json, int fd) {
     return sendmsg(s, &msg, MSG_NOSIGNAL);
 }
 
+#ifndef USERFAULTFD_IOC_NEW
+#define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
+#endif
+
+/* A userfaultfd: the system call, or, where it is not permitted (QEMU as an unprivileged user
+ * with vm.unprivileged_userfaultfd=0), /dev/userfaultfd, which the administrator grants by its
+ * group (the pager's udev rule: group kvm, mode 0660). -1 with errno set if neither works. */
+static int open_userfaultfd(void) {
+    int uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (uffd >= 0 || errno != EPERM) return uffd;
+    int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+    if (dev < 0) {
+        errno = EPERM;
+        return -1;
+    }
+    uffd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+    int saved = errno;
+    close(dev);
+    errno = saved;
+    return uffd;
+}
+
 static void hand_over(void *addr, size_t length, off_t offset, int fd, const char *path) {
     const char *socket_path = getenv("PAGER_UFFD_SOCKET");
     if (!socket_path || !*socket_path) die("PAGER_RAM_PATH is set but PAGER_UFFD_SOCKET is not");
@@ -144,8 +166,8 @@ static void hand_over(void *addr, size_t length, off_t offset, int fd, const cha
     long page_size = ram_page_size(fd, path, &fs_type);
     int hugetlb = fs_type == HUGETLBFS_MAGIC;
 
-    int uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-    if (uffd < 0) die("userfaultfd: %s (as root, or vm.unprivileged_userfaultfd=1)", strerror(errno));
+    int uffd = open_userfaultfd();
+    if (uffd < 0) die("userfaultfd: %s (as root, with read-write access to /dev/userfaultfd, or vm.unprivileged_userfaultfd=1)", strerror(errno));
     struct uffdio_api api = { .api = UFFD_API,
                               .features = (hugetlb ? UFFD_FEATURE_MISSING_HUGETLBFS : UFFD_FEATURE_MISSING_SHMEM)
                                           | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP };
@@ -182,7 +204,7 @@ static struct {
 /* One tracker: a WP-async userfaultfd over the RAM mapping, handed to the daemon on `s`. */
 static void serve_tracker(int s) {
     char json[512];
-    int uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    int uffd = open_userfaultfd();
     if (uffd < 0) {
         snprintf(json, sizeof json, "{\"error\":\"userfaultfd: %s\"}", strerror(errno));
         (void)send_json(s, json, -1);

@@ -28,6 +28,8 @@ public struct QEMUDestination {
     /// Real-time fault threads by default: the guest's vCPUs keep this host's CPUs busy, and a
     /// fault must not wait for a vCPU's time slice (see ``DemandPriority``).
     public var demandPriority = DemandPriority.realtime
+    /// Group of the handoff socket (QEMU's, when libvirt runs it as an unprivileged user).
+    public var socketGroup: String?
     /// The migration's live counters, for `pagerd status` and the metrics.
     public var progress: MigrationProgress?
     /// Told the session's id and the region's name once the source answered.
@@ -62,7 +64,7 @@ public struct QEMUDestination {
     /// `onCancel` receives a function that stops the migration (e.g. on SIGTERM): the pages
     /// not yet local are poisoned, so the guest gets SIGBUS there instead of zeros.
     public func run(listening: () -> Void = {}, onCancel: (@escaping @Sendable () -> Void) -> Void = { _ in }) throws -> Report {
-        let listener = try HandoffListener(path: uffdSocket)
+        let listener = try HandoffListener(path: uffdSocket, group: socketGroup)
         listening()
         logger.info("waiting for QEMU's guest RAM on \(uffdSocket) (QEMU with LD_PRELOAD=libpager-preload.so PAGER_RAM_PATH=\(ram) PAGER_UFFD_SOCKET=\(uffdSocket))")
         let handoff = try listener.accept()

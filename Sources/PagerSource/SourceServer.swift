@@ -83,7 +83,7 @@ public final class SourceServer: @unchecked Sendable {
     /// The push connection keeps little data queued (`SO_SNDBUF`, and `TCP_NOTSENT_LOWAT` for
     /// what is not sent yet): a prefetch answer waits behind at most this much bulk data
     /// instead of several MiB of it. With a TCG guest, 8 MiB buffers made faults on prefetched
-    /// pages wait up to 25 ms; see the README's measurements.
+    /// pages wait up to 25 ms; see docs/measurements.md.
     public var pushSendBuffer = 512 << 10
     public var pushUnsentLimit = 128 << 10
 

@@ -30,7 +30,9 @@ struct DestCommand: ParsableCommand {
     )
 
     @Option(help: "The source's ADDR:PORT.") var connect: String
-    @Option(help: "Unix socket path to receive userfaultfd handoffs on.") var uffdSocket: String
+    @Option(help: "Unix socket path to receive userfaultfd handoffs on (mode 0660).") var uffdSocket: String
+    @Option(help: "Group of the handoff and control sockets (e.g. kvm, for workloads or QEMU run as an unprivileged user in it); default: this process's.")
+    var socketGroup: String?
     @Option(help: "Region (id or name) handoffs map onto, when the source serves several.") var region: String?
     @Flag(help: "Exit after the first migration completes (exit status 1 if it failed).") var once = false
     @Flag(help: "No background push: pages arrive only when touched or prefetched (for measuring demand paging).") var noPush = false
@@ -60,9 +62,9 @@ struct DestCommand: ParsableCommand {
         // missing first (see PoisonGuard): the workload gets SIGBUS, never zeros.
         try PoisonGuard.installFatalSignalHandlers()
         try startGuardian(logger)
-        let listener = try HandoffListener(path: uffdSocket)
+        let listener = try HandoffListener(path: uffdSocket, group: socketGroup)
         let book = DestinationBook(role: "dest", source: connect)
-        let interfaces = try operations.start(role: "dest", document: { book.document(version: pagerdVersion) },
+        let interfaces = try operations.start(role: "dest", socketGroup: socketGroup, document: { book.document(version: pagerdVersion) },
                                               metrics: { book.metrics(version: pagerdVersion) }, logger: logger)
         defer { interfaces.finish() }
         let reporter = try ProgressReporter.start(book)

@@ -41,13 +41,13 @@ struct OperationsOptions: ParsableArguments {
     }
 
     /// Starts what was asked for; the returned handle writes the textfile and stops them.
-    func start(role: String, document: @escaping @Sendable () -> JSONValue, metrics: @escaping @Sendable () -> [MetricFamily],
-               logger: Logger) throws -> OperatorInterfaces {
+    func start(role: String, socketGroup: String? = nil, document: @escaping @Sendable () -> JSONValue,
+               metrics: @escaping @Sendable () -> [MetricFamily], logger: Logger) throws -> OperatorInterfaces {
         let labels = try constantLabels(role: role)
         let exposition: @Sendable () -> String = { Exposition.write(metrics(), constantLabels: labels) }
         var control: ControlServer?
         if let controlSocket {
-            let server = try ControlServer(path: controlSocket) { request in
+            let server = try ControlServer(path: controlSocket, group: socketGroup) { request in
                 request == "status" ? String(decoding: JSONWriter.encode(document()), as: UTF8.self) : nil
             }
             try server.start()

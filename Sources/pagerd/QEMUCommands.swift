@@ -120,7 +120,9 @@ struct QEMUDestCommand: ParsableCommand {
     @Option(help: "The destination QEMU's QMP socket.") var qmp: String
     @Option(help: "The guest RAM file here (empty; QEMU creates it).") var ram: String
     @Option(help: "pagerd qemu-source's ADDR:PORT.") var connect: String
-    @Option(help: "Unix socket the preload library hands QEMU's RAM to.") var uffdSocket: String
+    @Option(help: "Unix socket the preload library hands QEMU's RAM to (mode 0660).") var uffdSocket: String
+    @Option(help: "Group of the handoff and control sockets: QEMU's (kvm when libvirt runs QEMU as libvirt-qemu); default: this process's.")
+    var socketGroup: String?
     @Option(help: "URI this QEMU receives the device state on, e.g. tcp:0:4444.") var incoming: String
     @Flag(help: "Receive pre-copy rounds first (the source runs pagerd qemu-source --track-socket).") var precopy = false
     @Option(help: "Fault threads: realtime (SCHED_FIFO 1: the guest's vCPUs keep the CPUs busy), normal, or auto (real-time when this process may use one CPU only).") var demandPriority = DemandPriority.realtime
@@ -137,7 +139,7 @@ struct QEMUDestCommand: ParsableCommand {
         let authentication = try keys.resolve(insecureMeans: InsecureConsequence.destination)
         let book = DestinationBook(role: "qemu-dest", source: connect)
         let tracked = Tracked(book)
-        let interfaces = try operations.start(role: "qemu-dest", document: { book.document(version: pagerdVersion) },
+        let interfaces = try operations.start(role: "qemu-dest", socketGroup: socketGroup, document: { book.document(version: pagerdVersion) },
                                               metrics: { book.metrics(version: pagerdVersion) }, logger: logger)
         defer { interfaces.finish() }
         do {
@@ -163,6 +165,7 @@ struct QEMUDestCommand: ParsableCommand {
             destination.demandPriority = demandPriority
             destination.encrypt = keys.encrypt
             destination.progress = tracked.progress
+            destination.socketGroup = socketGroup
             destination.onSession = { session, region in book.identify(tracked.id, session: session, region: region) }
             let r = try destination.run(listening: {
                 print("pagerd qemu-dest: waiting for QEMU's handoff on \(uffdSocket)")
