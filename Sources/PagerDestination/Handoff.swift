@@ -34,15 +34,7 @@ public final class HandoffListener: @unchecked Sendable {
 
     public init(path: String, group: String? = nil) throws(KernelError) {
         self.path = path
-        listener = try UnixSocket.listen(path: path)
-        do {
-            if let group { try setGroup(path, named: group) }
-            try setPermissions(path, 0o660)
-        } catch {
-            try? listener.close()
-            removeFile(path)
-            throw error
-        }
+        listener = try UnixSocket.listen(path: path, group: group)
     }
 
     deinit { try? listener.close() }

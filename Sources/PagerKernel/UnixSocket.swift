@@ -28,6 +28,21 @@ public enum UnixSocket {
         return FileDescriptor(rawValue: fd)
     }
 
+    /// ``listen(path:backlog:)``, then the socket file given to `group` (if any) and mode
+    /// 0660: only its owner and group may connect. Nothing is left at `path` on failure.
+    public static func listen(path: String, group: String?) throws(KernelError) -> FileDescriptor {
+        let fd = try listen(path: path)
+        do {
+            if let group { try setGroup(path, named: group) }
+            try setPermissions(path, 0o660)
+        } catch {
+            try? fd.close()
+            removeFile(path)
+            throw error
+        }
+        return fd
+    }
+
     /// Connects to the socket at `path`.
     public static func connect(path: String) throws(KernelError) -> FileDescriptor {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)

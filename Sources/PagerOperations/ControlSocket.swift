@@ -20,15 +20,7 @@ public final class ControlServer: @unchecked Sendable {
     public init(path: String, group: String? = nil, answer: @escaping @Sendable (String) -> String?) throws(KernelError) {
         self.path = path
         self.answer = answer
-        listener = try UnixSocket.listen(path: path)
-        do {
-            if let group { try setGroup(path, named: group) }
-            try setPermissions(path, 0o660)
-        } catch {
-            try? listener.close()
-            removeFile(path)
-            throw error
-        }
+        listener = try UnixSocket.listen(path: path, group: group)
     }
 
     /// Serves on a thread of its own until ``stop()``.

@@ -38,19 +38,12 @@ struct PermissionsTests {
         try withGroupAndDevice { gid in
             let scratch = Scratch()
             #expect(chmod(scratch.path, 0o711) == 0, "the workload must reach its socket in the scratch directory")
-            let ram = scratch.file("vm.ram")
-            try sh(Binaries.workload, "fill", "--file", ram, "--size-mib", "64", "--seed", "9")
-            let source = try ChildProcess(Binaries.pagerd, ["source", "--listen", "127.0.0.1:0", "--region", ram, "--key-file", scratch.keyFile],
-                                          outputPath: scratch.file("source.log"))
-            defer { source.signal(SIGKILL) }
-            try waitFor(source, toPrint: "serving 1 region")
-            let port = try #require(source.output.split(separator: "\n").lazy.compactMap { line -> Substring? in
-                line.firstRange(of: "127.0.0.1:").map { line[$0.upperBound...].prefix { $0.isNumber } }
-            }.first)
+            let source = try LoopbackSource(scratch, sizeMiB: 64, seed: 9)
+            defer { source.process.signal(SIGKILL) }
             let asNobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=\(gid)", "--clear-groups", "--", Binaries.workload]
             for withGroup in [false, true] {
                 let socket = scratch.file("uffd-\(withGroup).sock")
-                let dest = try ChildProcess(Binaries.pagerd, ["dest", "--connect", "127.0.0.1:\(port)", "--uffd-socket", socket, "--once",
+                let dest = try ChildProcess(Binaries.pagerd, ["dest", "--connect", source.endpoint, "--uffd-socket", socket, "--once",
                                                               "--key-file", scratch.keyFile] + (withGroup ? ["--socket-group", Self.group] : []),
                                             outputPath: scratch.file("dest-\(withGroup).log"))
                 defer { dest.signal(SIGKILL) }

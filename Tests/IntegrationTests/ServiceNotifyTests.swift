@@ -62,17 +62,11 @@ struct ServiceNotifyTests {
     func destProgress() throws {
         let scratch = Scratch()
         let notify = try FakeNotifySocket(scratch)
-        let ram = scratch.file("vm.ram")
-        try sh(Binaries.workload, "fill", "--file", ram, "--size-mib", "64", "--seed", "5")
-        let source = try ChildProcess(Binaries.pagerd, ["source", "--listen", "127.0.0.1:0", "--region", ram, "--key-file", scratch.keyFile],
-                                      outputPath: scratch.file("source.log"))
+        let served = try LoopbackSource(scratch, sizeMiB: 64, seed: 5)
+        let source = served.process
         defer { source.signal(SIGCONT); source.signal(SIGKILL) }
-        try waitFor(source, toPrint: "serving 1 region")
-        let port = try #require(source.output.split(separator: "\n").lazy.compactMap { line -> Substring? in
-            line.firstRange(of: "127.0.0.1:").map { line[$0.upperBound...].prefix { $0.isNumber } }
-        }.first)
         let socket = scratch.file("uffd.sock")
-        let dest = try ChildProcess("/usr/bin/env", ["NOTIFY_SOCKET=\(notify.path)", Binaries.pagerd, "dest", "--connect", "127.0.0.1:\(port)", "--once", "--json",
+        let dest = try ChildProcess("/usr/bin/env", ["NOTIFY_SOCKET=\(notify.path)", Binaries.pagerd, "dest", "--connect", served.endpoint, "--once", "--json",
                                                      "--uffd-socket", socket, "--key-file", scratch.keyFile], outputPath: scratch.file("dest.log"))
         _ = try notify.awaitMessage(containing: "READY=1")
         let workload = try ChildProcess(Binaries.workload, ["run", "--socket", socket, "--size-mib", "64", "--access", "random", "--seed", "5"],
