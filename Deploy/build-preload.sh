@@ -10,8 +10,9 @@ out=${1:?usage: build-preload.sh OUT.so}
 mkdir -p "$(dirname "$out")"
 cc -shared -fPIC -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE -Wl,-z,relro,-z,now -Wl,--as-needed \
     -o "$out" Sources/PagerPreload/preload.c -lpthread
-if ldd "$out" | grep -Eq 'libswift|libstdc\+\+'; then
-    ldd "$out" >&2
+libraries=$(ldd "$out") # not `ldd | grep -q`: under pipefail grep's early exit fails the pipe
+if grep -Eq 'libswift|libstdc\+\+' <<<"$libraries"; then
+    echo "$libraries" >&2
     echo "build-preload.sh: $out links a Swift or C++ runtime" >&2
     exit 1
 fi

@@ -6,15 +6,21 @@
 #   bash Deploy/package-test.sh [DEB]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# In a mount namespace of its own with private propagation: the root's /proc, /sys and /dev
+# mounts never reach the host's mount table, and vanish with this process whatever ends it.
+if [ -z "${PAGER_PACKAGE_TEST_NAMESPACE:-}" ]; then
+    exec env PAGER_PACKAGE_TEST_NAMESPACE=1 unshare --mount --propagation private bash "$0" "$@"
+fi
 deb=${1:-$(bash Deploy/package.sh | tail -1)}
 command -v debootstrap >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
 root=$(mktemp -d /var/tmp/pager-debroot-XXXXXX)
 chmod 0755 "$root" # apt's _apt user must reach the root's directories
 cleanup() {
     for m in dev/shm dev/pts dev proc sys; do umount -l "$root/$m" 2>/dev/null || true; done
-    rm -rf --one-file-system "$root"
+    rm -rf --one-file-system "$root" "$root.debootstrap.log"
 }
 trap cleanup EXIT
+trap 'exit 1' INT TERM HUP
 # The host's own Debian mirror (deb822 URIs: or a sources.list deb line), not a comment's.
 mirror=$( { grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}'
             grep -hE '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}'; } | grep -E '/debian/?$' | head -1 || true)

@@ -6,7 +6,7 @@
 #   libcrypto (libssl3) and liburing2 only;
 # - /usr/lib/pager/libpager-preload.so, the QEMU preload library, plain C (Deploy/build-preload.sh);
 # - systemd units (ExecStart=/usr/bin/pagerd), /etc/default examples, a tmpfiles.d entry for
-#   /run/pager (group kvm), a udev rule giving /dev/userfaultfd to group kvm, man pages and
+#   /run/pager (0750 root:kvm), a udev rule giving /dev/userfaultfd to group kvm, man pages and
 #   bash/zsh/fish completions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,9 @@ static=.build-static
 swift build -c release --static-swift-stdlib --product pagerd --scratch-path "$static"
 swift build -c release --static-swift-stdlib --product pager-workload --scratch-path "$static"
 for binary in pagerd pager-workload; do
-    if ldd "$static/release/$binary" | grep -q libswift; then
+    # Into a variable first: `ldd | grep -q` under pipefail fails on grep's early exit.
+    libraries=$(ldd "$static/release/$binary")
+    if grep -q libswift <<<"$libraries"; then
         ldd "$static/release/$binary" >&2
         echo "package.sh: $binary still links a Swift runtime library" >&2
         exit 1
@@ -46,9 +48,10 @@ cat >"$root/etc/default/pagerd-dest" <<'CONF'
 # Arguments of pagerd dest (pagerd-dest.service); the key file is the source's.
 PAGERD_DEST_ARGS=--connect 198.51.100.7:7070 --uffd-socket /run/pager/uffd.sock --key-file keys.psk --control-socket /run/pager/dest.control
 CONF
-# /run/pager: the daemons' sockets. Group kvm (QEMU's group on Debian) may reach them; setgid
-# so sockets made there keep the group.
-echo "d /run/pager 2770 root kvm -" >"$root/usr/lib/tmpfiles.d/pager.conf"
+# /run/pager: the daemons' sockets. Group kvm (QEMU's group on Debian) may enter it and connect
+# (--socket-group kvm gives it the sockets) but not create or rename files there, so it cannot
+# put a link where a daemon makes its socket.
+echo "d /run/pager 0750 root kvm -" >"$root/usr/lib/tmpfiles.d/pager.conf"
 # /dev/userfaultfd to group kvm: QEMU run by libvirt as libvirt-qemu (group kvm) can then make
 # the userfaultfd the preload library hands over, without vm.unprivileged_userfaultfd=1 (which
 # would give it to every user). Members of kvm can then handle faults of their own memory.
@@ -78,8 +81,15 @@ printf '/etc/default/pagerd-source\n/etc/default/pagerd-dest\n' >"$root/DEBIAN/c
 cat >"$root/DEBIAN/postinst" <<'POSTINST'
 #!/bin/sh
 set -e
-if [ "$1" = configure ] && command -v systemd-tmpfiles >/dev/null 2>&1; then
-    systemd-tmpfiles --create pager.conf || true
+if [ "$1" = configure ]; then
+    # kvm is QEMU's group on Debian (made by udev); the socket directory and /dev/userfaultfd
+    # are given to it.
+    getent group kvm >/dev/null || addgroup --system kvm
+    if command -v systemd-tmpfiles >/dev/null 2>&1; then systemd-tmpfiles --create pager.conf || true; fi
+    if command -v udevadm >/dev/null 2>&1 && [ -e /dev/userfaultfd ]; then
+        udevadm control --reload || true
+        udevadm trigger --sysname-match=userfaultfd || true
+    fi
 fi
 POSTINST
 chmod 0755 "$root/DEBIAN/postinst"

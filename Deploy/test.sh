@@ -76,6 +76,7 @@ fuzz PagerHandoffFuzz Protocols/handoff-corpus "handoff decoders"
 fuzz PagerOperationsFuzz Protocols/operations-corpus "metrics request parser and status reader"
 
 echo "== package: the .deb installs on a fresh Debian 12 root without Swift, and pagerd demo runs there"
-bash Deploy/package-test.sh "$(bash Deploy/package.sh "$log/package" | tail -1)"
+deb=$(bash Deploy/package.sh "$log/package" | tail -1)
+bash Deploy/package-test.sh "$deb"
 
 echo "pager: ${passed:-0} passed, 0 failed, ${skipped} skipped"

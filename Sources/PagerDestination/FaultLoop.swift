@@ -47,7 +47,7 @@ extension FaultResolver {
                 if let hints { requestHinted(hints.takeUnrequested(), &state, &out) }
                 sweep(&state, &out)
                 watchSilence(&state, &out)
-                if configuration.progress != nil { publish(state.report) }
+                if configuration.progress != nil { publish(state.report, pagesLocal: state.pages.residentCount + state.pages.discardedCount) }
                 return (state.pages.isComplete, state.failure, state.takeWakes(), hints?.takeCompleted(state.pages) ?? [], state.link)
             }
             hints?.answer(pass.hinted)

@@ -79,8 +79,9 @@ public final class MigrationProgress: Sendable {
 
 extension FaultResolver {
     /// Copies the report's counts into the progress (under the lock, where they change).
-    func publish(_ report: ResolveReport) {
+    func publish(_ report: ResolveReport, pagesLocal: Int? = nil) {
         guard let p = configuration.progress else { return }
+        if let pagesLocal { p.pagesLocal.store(pagesLocal, ordering: .relaxed) }
         p.faults.store(report.faults, ordering: .relaxed)
         p.demandRequests.store(report.demandRequests, ordering: .relaxed)
         p.prefetchRequests.store(report.prefetchRequests + report.sweepRequests, ordering: .relaxed)

@@ -23,17 +23,25 @@ public func setPermissions(_ path: String, _ mode: UInt32) throws(KernelError) {
     if chmod(path, mode_t(mode)) != 0 { throw KernelError("chmod", Errno(rawValue: errno), detail: path) }
 }
 
-/// Gives a file to group `name` (its owner unchanged). The corresponding C functions are
-/// `getgrnam_r` and `chown`.
-public func setGroup(_ path: String, named name: String) throws(KernelError) {
+/// Gives a file to group `name` (its owner unchanged); with `followingLinks` false a symbolic
+/// link itself, never what it points to. The corresponding C functions are `getgrnam_r` and
+/// `chown` / `lchown`.
+public func setGroup(_ path: String, named name: String, followingLinks: Bool = true) throws(KernelError) {
     var group = group()
     var result: UnsafeMutablePointer<group>?
-    var buffer = [CChar](repeating: 0, count: 16_384)
-    let r = getgrnam_r(name, &group, &buffer, buffer.count, &result)
+    var size = 16_384
+    var r: Int32 = ERANGE
+    while r == ERANGE && size <= 1 << 24 {
+        var buffer = [CChar](repeating: 0, count: size)
+        r = getgrnam_r(name, &group, &buffer, buffer.count, &result)
+        size *= 4
+    }
     guard r == 0, result != nil else {
         throw KernelError("getgrnam_r", Errno(rawValue: r == 0 ? ENOENT : r), detail: "group \(name) (no such group?)")
     }
-    if chown(path, uid_t.max, group.gr_gid) != 0 { throw KernelError("chown", Errno(rawValue: errno), detail: "\(path) to group \(name)") }
+    let gid = group.gr_gid
+    let changed = followingLinks ? chown(path, uid_t.max, gid) : lchown(path, uid_t.max, gid)
+    if changed != 0 { throw KernelError(followingLinks ? "chown" : "lchown", Errno(rawValue: errno), detail: "\(path) to group \(name)") }
 }
 
 /// Renames `from` over `to` atomically (same file system). The corresponding C function is `rename`.

@@ -61,6 +61,16 @@ public final class TCPSocket: @unchecked Sendable {
         return s
     }
 
+    /// A send blocked this long fails (`SO_SNDTIMEO`): for a peer that stops reading.
+    public func setSendTimeout(milliseconds: Int) {
+        TCPSocket.setTimeout(descriptor.rawValue, SO_SNDTIMEO, milliseconds: milliseconds)
+    }
+
+    /// ``setSendTimeout(milliseconds:)`` for any socket descriptor (a Unix one).
+    public static func setSendTimeout(_ socket: FileDescriptor, milliseconds: Int) {
+        setTimeout(socket.rawValue, SO_SNDTIMEO, milliseconds: milliseconds)
+    }
+
     private static func setTimeout(_ fd: Int32, _ option: Int32, milliseconds: Int) {
         var tv = timeval(tv_sec: milliseconds / 1000, tv_usec: (milliseconds % 1000) * 1000)
         _ = setsockopt(fd, SOL_SOCKET, option, &tv, socklen_t(MemoryLayout<timeval>.size))

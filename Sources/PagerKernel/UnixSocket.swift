@@ -14,12 +14,29 @@ public enum UnixSocket {
         return (FileDescriptor(rawValue: fds[0]), FileDescriptor(rawValue: fds[1]))
     }
 
-    /// Creates, binds and listens on a socket at `path`, replacing a stale socket file.
-    public static func listen(path: String, backlog: Int32 = 16) throws(KernelError) -> FileDescriptor {
+    /// Creates, binds and listens on a socket at `path`, replacing a stale socket file: only
+    /// a socket nobody listens on is removed; any other file there, or a live socket (another
+    /// daemon), is an error. The file is created with mode `mode` (the umask is set for the
+    /// bind, so the socket is never reachable with wider permissions, not even for an instant).
+    public static func listen(path: String, backlog: Int32 = 16, mode: UInt32 = 0o777) throws(KernelError) -> FileDescriptor {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         if fd < 0 { throw KernelError("socket", Errno(rawValue: Glibc.errno), detail: path) }
-        unlink(path)
+        var existing = stat()
+        if !path.hasPrefix("@"), lstat(path, &existing) == 0 {
+            guard existing.st_mode & S_IFMT == S_IFSOCK else {
+                close(fd)
+                throw KernelError("bind", .fileExists, detail: "\(path) exists and is not a socket: refusing to replace it")
+            }
+            if let live = try? connect(path: path) {
+                try? live.close()
+                close(fd)
+                throw KernelError("bind", .addressInUse, detail: "\(path): another process listens there")
+            }
+            unlink(path)
+        }
+        let previous = umask(mode_t(~mode & 0o777))
         let r = withSocketAddress(path) { bind(fd, $0, $1) }
+        umask(previous)
         if r.result < 0 || Glibc.listen(fd, backlog) < 0 {
             let e = r.result < 0 ? r.errno : Glibc.errno
             close(fd)
@@ -31,10 +48,11 @@ public enum UnixSocket {
     /// ``listen(path:backlog:)``, then the socket file given to `group` (if any) and mode
     /// 0660: only its owner and group may connect. Nothing is left at `path` on failure.
     public static func listen(path: String, group: String?) throws(KernelError) -> FileDescriptor {
-        let fd = try listen(path: path)
+        let fd = try listen(path: path, mode: 0o660)
         do {
-            if let group { try setGroup(path, named: group) }
-            try setPermissions(path, 0o660)
+            // Not following a symbolic link: whoever may write in the directory cannot make
+            // this chown land on another file.
+            if let group { try setGroup(path, named: group, followingLinks: false) }
         } catch {
             try? fd.close()
             removeFile(path)

@@ -1,4 +1,5 @@
 import PagerKernel
+import Synchronization
 import SystemPackage
 
 /// The control socket (`--control-socket PATH`): a Unix stream socket on which a client
@@ -30,6 +31,7 @@ public final class ControlServer: @unchecked Sendable {
 
     /// Stops serving and removes the socket file.
     public func stop() {
+        stopping.store(true, ordering: .releasing)
         _ = shutdownSocket(listener)
         thread?.join()
         thread = nil
@@ -37,9 +39,17 @@ public final class ControlServer: @unchecked Sendable {
         try? listener.close()
     }
 
+    private let stopping = Atomic<Bool>(false)
+
     private func serve() {
-        while true {
-            guard let connection = try? UnixSocket.accept(listener) else { return }
+        while !stopping.load(ordering: .acquiring) {
+            guard let connection = try? UnixSocket.accept(listener) else {
+                // A full descriptor table or a passing kernel shortage: try again shortly.
+                if !stopping.load(ordering: .acquiring) { sleepMilliseconds(100) }
+                continue
+            }
+            // An answer the client does not read gives up after 2 s, not never.
+            TCPSocket.setSendTimeout(connection, milliseconds: 2_000)
             respond(on: connection)
             try? connection.close()
         }

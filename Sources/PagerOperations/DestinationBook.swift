@@ -67,16 +67,20 @@ public final class DestinationBook: Sendable {
     }
 
     /// The migration ended (`error` nil: completed); its progress says so from now on.
-    public func finish(_ id: Int, error: String?) {
-        state.withLock { s in
-            guard let i = s.entries.firstIndex(where: { $0.id == id }) else { return }
+    /// Returns its entry as it ended (before older finished ones may be dropped from the list).
+    @discardableResult
+    public func finish(_ id: Int, error: String?) -> Entry? {
+        state.withLock { s -> Entry? in
+            guard let i = s.entries.firstIndex(where: { $0.id == id }) else { return nil }
             s.entries[i].error = error
             s.entries[i].progress.enter(error == nil ? .completed : .failed)
+            let ended = s.entries[i]
             let finished = s.entries.indices.filter { s.entries[$0].progress.phase.isFinished }
             for j in finished.dropLast(DestinationBook.keptFinished).reversed() {
                 let e = s.entries.remove(at: j)
                 s.retired[e.region, default: Retired()].add(e.progress)
             }
+            return ended
         }
     }
 

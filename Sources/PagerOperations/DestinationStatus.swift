@@ -57,7 +57,8 @@ extension DestinationBook {
             ("faults", .int(p.faults.load(ordering: .relaxed))),
             ("prefetch-requests", .int(p.prefetchRequests.load(ordering: .relaxed))),
             ("duplicates-dropped", .int(p.duplicatePages.load(ordering: .relaxed))),
-            ("postcopy-latency", .uint(faults == 0 ? 0 : UInt64(p.faultLatency.sumSeconds * 1e6) / faults)),
+            // Mean fault latency in ns, as QEMU 10.1 reports its own.
+            ("postcopy-latency", .uint(faults == 0 ? 0 : UInt64(p.faultLatency.sumSeconds * 1e9) / faults)),
             ("postcopy-latency-dist", .array(counts.map { .uint($0) })),
             ("fault-latency-us", .object([
                 ("p50-below", .uint(LatencyHistogram.quantileUpperBoundMicroseconds(counts, 0.5))),
@@ -134,8 +135,8 @@ extension DestinationBook {
 extension DestinationBook {
     /// One migration's entry as the status document has it (`--json` summaries), with the
     /// daemon's role and version.
-    public func document(migration id: Int, version: String) -> JSONValue? {
-        guard let e = snapshot.entries.first(where: { $0.id == id }), case .object(let members) = DestinationBook.document(e) else { return nil }
+    public func document(of e: Entry, version: String) -> JSONValue {
+        guard case .object(let members) = DestinationBook.document(e) else { return .null }
         return .object([("role", .string(role)), ("version", .string(version))] + members)
     }
 }

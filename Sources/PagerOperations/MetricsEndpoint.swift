@@ -1,5 +1,6 @@
 import PagerKernel
 import PagerOperationsCore
+import Synchronization
 import SystemPackage
 
 /// `--metrics-listen ADDR:PORT`: answers `GET /metrics` with the daemon's metrics in the text
@@ -23,27 +24,38 @@ public final class MetricsEndpoint: @unchecked Sendable {
     }
 
     public func stop() {
+        stopping.store(true, ordering: .releasing)
         listener.shutdown()
         thread?.join()
         thread = nil
     }
 
+    private let stopping = Atomic<Bool>(false)
+
     private func serve() {
-        while true {
-            guard let connection = try? listener.accept() else { return }
-            connection.setReceiveTimeout(milliseconds: 2_000)
-            let reply = MetricsRequest.response(to: MetricsEndpoint.readRequest(connection), metrics: metrics)
+        while !stopping.load(ordering: .acquiring) {
+            guard let connection = try? listener.accept() else {
+                // A full descriptor table or a passing kernel shortage: try again shortly.
+                if !stopping.load(ordering: .acquiring) { sleepMilliseconds(100) }
+                continue
+            }
+            connection.setSendTimeout(milliseconds: 2_000)
+            let reply = MetricsRequest.response(to: MetricsEndpoint.readRequest(connection, until: .after(nanoseconds: 2_000_000_000)),
+                                                metrics: metrics)
             let bytes = Array(reply.utf8)
             _ = try? bytes.withUnsafeBytes { try connection.writeAll([$0]) }
             connection.shutdown()
         }
     }
 
-    /// The request head (up to the blank line, at most 8 KiB), or nil if none came whole.
-    static func readRequest(_ connection: TCPSocket) -> [UInt8]? {
+    /// The request head (up to the blank line, at most 8 KiB), or nil if none came whole
+    /// before `deadline` (one deadline for the whole head: a client trickling bytes does not
+    /// hold the thread longer).
+    static func readRequest(_ connection: TCPSocket, until deadline: Deadline) -> [UInt8]? {
         var head: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 2048)
         while head.count < MetricsRequest.maxHead {
+            guard (try? connection.waitReadable(until: deadline)) == true else { return nil }
             let n = (try? buffer.withUnsafeMutableBytes { try connection.readSome(into: $0.baseAddress!, count: $0.count) }) ?? 0
             if n <= 0 { return nil }
             head += buffer[..<n]

@@ -80,7 +80,6 @@ public struct SourceStatus: Sendable {
         let c = server.counts
         let sessions = server.sessions
         let rounds = liveRegion?.live?.outcome
-        let precopyBytes = rounds?.rounds.reduce(UInt64(0)) { $0 + $1.bytesSent } ?? 0
         var families = [
             MetricFamily("pager_build_info", .gauge, help: "The pager's version (the value is always 1).", samples: [.init([("version", version)], 1)]),
             MetricFamily("pager_source_sessions_total", .counter, help: "Sessions begun.", samples: [.init([], Double(c.sessions))]),
@@ -93,9 +92,7 @@ public struct SourceStatus: Sendable {
                          samples: [.init([], Double(c.authenticationFailures))]),
             MetricFamily("pager_source_requests_total", .counter, help: "Page requests answered, urgent (demand) or prefetch.",
                          samples: [.init([("kind", "demand")], Double(c.demandRequests)), .init([("kind", "prefetch")], Double(c.prefetchRequests))]),
-            MetricFamily("pager_source_sent_bytes_total", .counter, help: "Page bytes sent, in pre-copy rounds or after them (post-copy: demand, prefetch and push).",
-                         samples: [.init([("phase", "precopy")], Double(precopyBytes)),
-                                   .init([("phase", "postcopy")], Double(c.bytesSent > precopyBytes ? c.bytesSent - precopyBytes : 0))]),
+            MetricFamily("pager_source_sent_bytes_total", .counter, help: "Page bytes sent (pre-copy rounds included).", samples: [.init([], Double(c.bytesSent))]),
             MetricFamily("pager_source_zero_bytes_total", .counter, help: "Bytes sent as zero ranges (holes and zero pages: no page bytes).", samples: [.init([], Double(c.zeroBytes))]),
             MetricFamily("pager_source_resumes_total", .counter, help: "Connections that resumed a session after a lost one.", samples: [.init([], Double(c.resumes))]),
             MetricFamily("pager_source_resent_bytes_total", .counter, help: "Bytes sent again after resumes (lost in flight).", samples: [.init([], Double(c.resentBytes))]),
@@ -103,7 +100,9 @@ public struct SourceStatus: Sendable {
                          samples: [.init([("why", "evicted")], Double(c.handshakesEvicted)), .init([("why", "timed_out")], Double(c.handshakesTimedOut)),
                                    .init([("why", "refused")], Double(c.handshakesRefused)), .init([("why", "abandoned")], Double(c.handshakesAbandoned))]),
         ]
-        if let rounds {
+        if let rounds, let live = liveRegion?.live {
+            families.append(MetricFamily("pager_source_precopy_sent_bytes_total", .counter, help: "Page bytes sent in pre-copy rounds (part of pager_source_sent_bytes_total).",
+                                         samples: [.init([], Double(live.precopyBytesSent.load(ordering: .relaxed)))]))
             families.append(MetricFamily("pager_precopy_rounds_total", .counter, help: "Pre-copy rounds completed (QEMU's dirty-sync-count).", samples: [.init([], Double(rounds.rounds.count))]))
             families.append(MetricFamily("pager_migration_downtime_seconds", .gauge, help: "The workload's pause at the switch to post-copy (0 before it).",
                                          samples: [.init([], Double(rounds.pauseNanoseconds) / 1e9)]))

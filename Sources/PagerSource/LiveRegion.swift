@@ -16,6 +16,9 @@ public final class LiveRegion: @unchecked Sendable {
     /// Lets a paused writer run again (a process: SIGCONT), for a session that ended before
     /// SWITCHED went out: the workload never moved. Nil where that cannot be done from here.
     public let resume: (@Sendable () throws -> Void)?
+    /// Bytes of page data sent in pre-copy rounds so far, across sessions (for the metrics:
+    /// counted as they go, so the counter never goes down).
+    public let precopyBytesSent = Atomic<UInt64>(0)
     private let forced = Atomic<Bool>(false)
     private let claimed = Atomic<Bool>(false)
     private let state = Mutex(Outcome())

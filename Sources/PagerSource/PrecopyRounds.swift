@@ -113,6 +113,7 @@ final class PrecopyRounds: @unchecked Sendable {
         guard case .rounds(var progress) = phases[region.id] else { return }
         progress.pages += pages
         progress.bytes += bytes
+        region.live?.precopyBytesSent.add(bytes, ordering: .relaxed)
         progress.sinceCheckpoint += bytes
         if progress.sinceCheckpoint >= Self.checkpointBytes {
             progress.sinceCheckpoint = 0

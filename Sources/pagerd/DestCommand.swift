@@ -216,9 +216,9 @@ struct DestCommand: ParsableCommand {
                                              demand: connections.demand, push: noPush ? nil : connections.push, configuration: configuration, logger: logger)
             let r = try resolver.run()
             missing.release()
-            tracked.book.finish(tracked.id, error: nil)
+            let ended = tracked.book.finish(tracked.id, error: nil)
             if json {
-                printJSON(tracked)
+                printJSON(tracked.book, ended)
                 return true
             }
             serviceNotifier.status("last migration: \(r.pages) pages local after \(String(format: 1, r.seconds)) s; waiting for handoffs")
@@ -242,10 +242,10 @@ struct DestCommand: ParsableCommand {
         } catch {
             let poisoned = missing.poisonMissing()
             tracked.progress.pagesPoisoned.store(poisoned, ordering: .relaxed)
-            tracked.book.finish(tracked.id, error: "\(error)")
+            let ended = tracked.book.finish(tracked.id, error: "\(error)")
             serviceNotifier.status("last migration FAILED: \(error)")
             logger.error("migration failed: \(error)")
-            if json { printJSON(tracked) } else {
+            if json { printJSON(tracked.book, ended) } else {
                 print("pagerd dest: migration FAILED: \(error); \(poisoned) pages not yet local were poisoned (the workload gets SIGBUS there, never zeros)")
             }
             fflushStandardOutput()
@@ -278,8 +278,8 @@ struct Tracked: Sendable {
 }
 
 /// A migration's summary as one JSON line (`pagerd dest --json`).
-func printJSON(_ tracked: Tracked) {
-    guard let doc = tracked.book.document(migration: tracked.id, version: pagerdVersion) else { return }
-    print(String(decoding: JSONWriter.encode(doc), as: UTF8.self))
+func printJSON(_ book: DestinationBook, _ entry: DestinationBook.Entry?) {
+    guard let entry else { return }
+    print(String(decoding: JSONWriter.encode(book.document(of: entry, version: pagerdVersion)), as: UTF8.self))
     fflushStandardOutput()
 }

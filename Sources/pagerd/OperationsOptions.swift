@@ -24,6 +24,9 @@ struct OperationsOptions: ParsableArguments {
         }
     }
 
+    /// Label names the daemon's own series carry: an operator's label must not repeat one.
+    static let daemonLabels: Set<String> = ["role", "region", "version", "outcome", "how", "kind", "state", "why", "le"]
+
     /// `role` and the operator's labels, checked.
     func constantLabels(role: String) throws -> [(String, String)] {
         var labels = [("role", role)]
@@ -32,8 +35,8 @@ struct OperationsOptions: ParsableArguments {
             guard parts.count == 2, MetricFamily.isValidLabelName(parts[0]) else {
                 throw ValidationError("--metrics-label must be NAME=VALUE with NAME of letters, digits and _ (not starting with a digit or __), got \(text)")
             }
-            guard parts[0] != "role", !labels.contains(where: { $0.0 == parts[0] }) else {
-                throw ValidationError("--metrics-label \(parts[0]) is given twice (or is role, which the daemon sets)")
+            guard !Self.daemonLabels.contains(parts[0]), !labels.contains(where: { $0.0 == parts[0] }) else {
+                throw ValidationError("--metrics-label \(parts[0]) is given twice, or is one the daemon sets itself (\(Self.daemonLabels.sorted().joined(separator: ", ")))")
             }
             labels.append((parts[0], parts[1]))
         }

@@ -22,7 +22,7 @@ struct StatusCommand: ParsableCommand {
     @Option(help: "Query again every this many seconds until interrupted.") var watch: Double?
 
     func validate() throws {
-        if let watch, !(watch >= 0.1) { throw ValidationError("--watch must be at least 0.1 seconds, got \(watch)") }
+        if let watch, !(watch >= 0.1 && watch <= 86_400) { throw ValidationError("--watch must be 0.1 to 86400 seconds, got \(watch)") }
     }
 
     func run() throws {
