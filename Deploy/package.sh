@@ -6,7 +6,7 @@
 #   libcrypto (libssl3) and liburing2 only;
 # - /usr/lib/pager/libpager-preload.so, the QEMU preload library, plain C (Deploy/build-preload.sh);
 # - systemd units (ExecStart=/usr/bin/pagerd), /etc/default examples, a tmpfiles.d entry for
-#   /run/pager (0750 root:kvm), a udev rule giving /dev/userfaultfd to group kvm, man pages and
+#   /run/pager (3770 root:kvm), a udev rule giving /dev/userfaultfd to group kvm, man pages and
 #   bash/zsh/fish completions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,10 +48,11 @@ cat >"$root/etc/default/pagerd-dest" <<'CONF'
 # Arguments of pagerd dest (pagerd-dest.service); the key file is the source's.
 PAGERD_DEST_ARGS=--connect 198.51.100.7:7070 --uffd-socket /run/pager/uffd.sock --key-file keys.psk --control-socket /run/pager/dest.control
 CONF
-# /run/pager: the daemons' sockets. Group kvm (QEMU's group on Debian) may enter it and connect
-# (--socket-group kvm gives it the sockets) but not create or rename files there, so it cannot
-# put a link where a daemon makes its socket.
-echo "d /run/pager 0750 root kvm -" >"$root/usr/lib/tmpfiles.d/pager.conf"
+# /run/pager: the daemons' sockets and QEMU's QMP sockets. Group kvm (QEMU's group on Debian)
+# may create files there (QEMU's QMP sockets; setgid: they keep the group) but, sticky, may not
+# remove or rename root's: a daemon's socket cannot be swapped for another process's. A link or
+# a live socket put where a daemon makes its own makes the daemon refuse to start (UnixSocket.listen).
+echo "d /run/pager 3770 root kvm -" >"$root/usr/lib/tmpfiles.d/pager.conf"
 # /dev/userfaultfd to group kvm: QEMU run by libvirt as libvirt-qemu (group kvm) can then make
 # the userfaultfd the preload library hands over, without vm.unprivileged_userfaultfd=1 (which
 # would give it to every user). Members of kvm can then handle faults of their own memory.
