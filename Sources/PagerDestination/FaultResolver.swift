@@ -233,6 +233,7 @@ public final class FaultResolver: @unchecked Sendable {
         lock.withLock {
             $0.phase = .closing
             $0.report.pagesNeverFetched = (ending == .workloadGone ? $0.pages.outstandingCount : 0) + $0.report.pagesUnmappedUnfetched
+            publish($0.report, pagesLocal: $0.pages.residentCount + $0.pages.discardedCount)
         }
         let last = lock.withLock { $0.link }
         try? last.push?.send(.goodbye)

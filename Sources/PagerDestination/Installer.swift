@@ -94,10 +94,10 @@ extension FaultResolver {
         }
         let waits = state.faults.settle(run, at: monotonicNanoseconds())
         state.report.faultLatencies += waits
+        // The counts reach the progress once per fault-loop pass (see faultLoop); only the
+        // latencies, which the report keeps as samples, are recorded here.
         if let progress = configuration.progress {
             for w in waits { progress.faultLatency.record(nanoseconds: w) }
-            progress.pagesLocal.store(state.pages.residentCount + state.pages.discardedCount, ordering: .relaxed)
-            publish(state.report)
         }
     }
 
