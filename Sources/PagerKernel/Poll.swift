@@ -10,3 +10,13 @@ func pollReadable(_ descriptors: [FileDescriptor], timeoutMilliseconds: Int32, d
     case .failure(let e): throw KernelError("poll", e, detail: detail)
     }
 }
+
+/// Waits until `descriptor` is readable (or hung up), or `deadline` passes (false).
+func pollReadable(_ descriptor: FileDescriptor, until deadline: Deadline, detail: String) throws(KernelError) -> Bool {
+    while true {
+        let left = deadline.remainingNanoseconds
+        if left == 0 { return false }
+        let milliseconds = Int32(clamping: (left + 999_999) / 1_000_000)
+        if try pollReadable([descriptor], timeoutMilliseconds: milliseconds, detail: detail)[0] { return true }
+    }
+}

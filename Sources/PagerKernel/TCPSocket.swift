@@ -244,12 +244,7 @@ public final class TCPSocket: @unchecked Sendable {
     /// `poll` counts milliseconds: the wait is rounded up and repeated if it woke a little
     /// early, so it never gives up before the deadline. The corresponding C function is `poll`.
     public func waitReadable(until deadline: Deadline) throws(KernelError) -> Bool {
-        while true {
-            let left = deadline.remainingNanoseconds
-            if left == 0 { return false }
-            let milliseconds = Int32(clamping: (left + 999_999) / 1_000_000)
-            if try pollReadable([descriptor], timeoutMilliseconds: milliseconds, detail: peer)[0] { return true }
-        }
+        try pollReadable(descriptor, until: deadline, detail: peer)
     }
 
     /// Shuts down both directions (`shutdown(SHUT_RDWR)`), waking a thread blocked in a read.

@@ -137,6 +137,11 @@ public enum UnixSocket {
         }
     }
 
+    /// Waits until `socket` is readable (or hung up), or `deadline` passes (false) (`poll`).
+    public static func waitReadable(_ socket: FileDescriptor, until deadline: Deadline) throws(KernelError) -> Bool {
+        try pollReadable(socket, until: deadline, detail: "unix socket")
+    }
+
     /// Waits until `socket` is readable (or hung up), at most `timeoutMilliseconds` (`poll`).
     public static func waitReadable(_ socket: FileDescriptor, timeoutMilliseconds: Int32) throws(KernelError) -> Bool {
         try pollReadable([socket], timeoutMilliseconds: timeoutMilliseconds, detail: "unix socket")[0]

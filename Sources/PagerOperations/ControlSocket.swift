@@ -56,18 +56,16 @@ public final class ControlServer: @unchecked Sendable {
     }
 
     private func respond(on connection: FileDescriptor) {
-        guard let request = ControlServer.readLine(connection, timeoutMilliseconds: 1_000) else { return }
+        guard let request = ControlServer.readLine(connection, until: .after(nanoseconds: 1_000_000_000)) else { return }
         let reply = answer(request) ?? "error: unknown request \"\(request.prefix(64))\" (known: status)"
         try? UnixSocket.send(connection, bytes: Array((reply + "\n").utf8), descriptors: [])
     }
 
-    /// One line of at most 1 KiB (without its newline), or nil if none came in time.
-    static func readLine(_ connection: FileDescriptor, timeoutMilliseconds: Int32) -> String? {
+    /// One line of at most 1 KiB (without its newline), or nil if none came before `deadline`.
+    static func readLine(_ connection: FileDescriptor, until deadline: Deadline) -> String? {
         var bytes: [UInt8] = []
-        let deadline = monotonicNanoseconds() + UInt64(timeoutMilliseconds) * 1_000_000
         while bytes.count < 1024 {
-            let now = monotonicNanoseconds()
-            guard now < deadline, (try? UnixSocket.waitReadable(connection, timeoutMilliseconds: Int32((deadline - now) / 1_000_000) + 1)) == true,
+            guard (try? UnixSocket.waitReadable(connection, until: deadline)) == true,
                   let chunk = try? UnixSocket.readAvailable(connection, maxBytes: 1024 - bytes.count) else { return nil }
             if chunk.isEmpty { break }
             bytes += chunk
@@ -93,11 +91,11 @@ public enum ControlClient {
         defer { try? socket.close() }
         try UnixSocket.send(socket, bytes: Array((request + "\n").utf8), descriptors: [])
         var answer: [UInt8] = []
-        let deadline = monotonicNanoseconds() + UInt64(timeoutMilliseconds) * 1_000_000
+        let deadline = Deadline.after(nanoseconds: UInt64(timeoutMilliseconds) * 1_000_000)
         while true {
-            let now = monotonicNanoseconds()
-            guard now < deadline else { throw ControlError(description: "the daemon at \(path) did not answer within \(timeoutMilliseconds) ms") }
-            guard try UnixSocket.waitReadable(socket, timeoutMilliseconds: Int32((deadline - now) / 1_000_000) + 1) else { continue }
+            guard try UnixSocket.waitReadable(socket, until: deadline) else {
+                throw ControlError(description: "the daemon at \(path) did not answer within \(deadline.allowedDescription)")
+            }
             guard let chunk = try UnixSocket.readAvailable(socket, maxBytes: 65536) else { continue }
             if chunk.isEmpty { break }
             answer += chunk
