@@ -43,6 +43,7 @@ let package = Package(
         .executable(name: "pager-bench", targets: ["pager-bench"]),
         .executable(name: "pager-workload", targets: ["pager-workload"]),
         .executable(name: "uffd-fault-bench-c", targets: ["uffd-fault-bench-c"]),
+        .executable(name: "pager-floor-c", targets: ["pager-floor-c"]),
         .executable(name: "PagerWireFuzz", targets: ["PagerWireFuzz"]),
         .executable(name: "PagerHandoffFuzz", targets: ["PagerHandoffFuzz"]),
         .executable(name: "PagerOperationsFuzz", targets: ["PagerOperationsFuzz"]),
@@ -183,6 +184,13 @@ let package = Package(
         // overhead against C measured in the same run on the same machine.
         .executableTarget(
             name: "uffd-fault-bench-c",
+            cSettings: [.define("_GNU_SOURCE")],
+            linkerSettings: [.linkedLibrary("pthread")]
+        ),
+        // The floors in plain C (a raw sender, the copy floor, the naive pager): what the
+        // machine allows, measured by pager-bench in the same run as the pager.
+        .executableTarget(
+            name: "pager-floor-c",
             cSettings: [.define("_GNU_SOURCE")],
             linkerSettings: [.linkedLibrary("pthread")]
         ),

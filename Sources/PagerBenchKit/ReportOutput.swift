@@ -56,6 +56,17 @@ extension BenchReport {
             }
             lines.append("")
         }
+        if !transfers.isEmpty {
+            let gib = Double(sizeMiB) / 1024
+            lines.append("full transfer against the naive C pager  naive 16-page s  ratio  dest CPU s/GiB  source CPU s/GiB  pages by demand / prefetch / push  duplicates")
+            for (pattern, _) in throughput {
+                guard let t = transfers[pattern], let seconds = throughput.first(where: { $0.pattern == pattern })?.seconds else { continue }
+                lines.append("  " + Self.pad(pattern, 39) + Self.pad(Self.number(t.naive16Seconds, 3), 17) + Self.pad(Self.number(seconds / t.naive16Seconds, 2), 7)
+                             + Self.pad(Self.number(t.destinationCPU / gib, 2), 16) + Self.pad(Self.number(t.sourceCPU / gib, 2), 18)
+                             + Self.pad("\(t.demand) / \(t.prefetch) / \(t.push)", 35) + "\(t.duplicates)")
+            }
+            lines.append("")
+        }
         for (name, status) in peers { lines.append("peer \(name): \(status)") }
         for note in notes { lines.append("note: \(note)") }
         return lines.joined(separator: "\n")
@@ -83,7 +94,12 @@ extension BenchReport {
             let gbit = Double(sizeMiB << 20) * 8 / t.seconds / 1e9
             return "\(str(t.pattern)):{\"seconds\":\(num(t.seconds)),\"bytes\":\(sizeMiB << 20),\"pages_per_second\":\(num(Double(sizeMiB << 8) / t.seconds)),"
                 + "\"gbit_per_second\":\(num(gbit)),\"vs_tcp_stream\":\(streamGbit.map { num(gbit / $0) } ?? "null"),"
-                + "\"vs_line_rate\":\(lineRateGbit.map { num(gbit / $0) } ?? "null")}"
+                + "\"vs_line_rate\":\(lineRateGbit.map { num(gbit / $0) } ?? "null")"
+                + (transfers[t.pattern].map { d in
+                    ",\"naive16_seconds\":\(num(d.naive16Seconds)),\"vs_naive16\":\(num(t.seconds / d.naive16Seconds)),"
+                        + "\"naive16_cpu_seconds\":\(num(d.naive16CPU)),\"dest_cpu_seconds\":\(num(d.destinationCPU)),\"source_cpu_seconds\":\(num(d.sourceCPU)),"
+                        + "\"pages_by_demand\":\(d.demand),\"pages_by_prefetch\":\(d.prefetch),\"pages_by_push\":\(d.push),\"duplicate_pages\":\(d.duplicates)"
+                } ?? "") + "}"
         }
         let prs = peers.map { "\(str($0.name)):\(str($0.status))" }
         return "{\"tool\":\"pager-bench\",\"format\":1,\"region_bytes\":\(sizeMiB << 20),\"transport\":\(str(transport)),"

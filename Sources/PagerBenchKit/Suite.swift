@@ -36,6 +36,20 @@ public struct Figure: Sendable {
     public var ratio: Double?
 }
 
+/// A full transfer next to the naive 16-page C pager on the same pattern, with CPU seconds and
+/// how the pages arrived (the destination's "pages arrived" and duplicates dropped).
+public struct TransferDetail: Sendable {
+    public var naive16Seconds: Double
+    public var naive16CPU: Double
+    /// `pagerd dest` plus the workload; `pagerd source` over its whole life.
+    public var destinationCPU: Double
+    public var sourceCPU: Double
+    public var demand: Int
+    public var prefetch: Int
+    public var push: Int
+    public var duplicates: Int
+}
+
 /// Everything one `pager-bench run` measured.
 public struct BenchReport: Sendable {
     public var sizeMiB: Int
@@ -46,6 +60,8 @@ public struct BenchReport: Sendable {
     public var latencies: [(key: String, label: String, summary: LatencySummary)] = []
     /// Access pattern -> seconds until the whole region was local (and verified).
     public var throughput: [(pattern: String, seconds: Double)] = []
+    /// Per access pattern: the naive pager's time and what each side spent and received.
+    public var transfers: [String: TransferDetail] = [:]
     public var peers: [(name: String, status: String)] = []
     public var notes: [String] = []
 
@@ -78,9 +94,9 @@ public final class BenchSuite {
     /// Steps each scenario reports to ``progress``.
     private func steps(_ s: Scenario) -> Int {
         switch s {
-        case .baselines: 4
+        case .baselines: 6
         case .latency4k, .latency2m: 2
-        case .throughput: Self.patterns.count
+        case .throughput: 2 * Self.patterns.count
         case .protection: 1 + protectionRounds * Protection.allCases.count
         case .peers: 1
         case .outages: 2

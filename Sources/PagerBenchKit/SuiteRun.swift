@@ -32,6 +32,9 @@ final class SuiteRun {
     var streamSeconds: Double?
     var iperfGbit: Double?
     var installSeconds: Double?
+    var floors: Floors?
+    /// `pager-floor-c serve`, once started (``floorServer()``); killed with the run.
+    var floorServerProcess: ChildProcess?
 
     init(_ suite: BenchSuite, steps total: Int) throws {
         sizeMiB = suite.sizeMiB
@@ -74,6 +77,26 @@ final class SuiteRun {
     /// `during` runs once the workload has started (fault injection), given the destination.
     func migrate(_ name: String, destFlags: [String], workloadArgs: [String], protection: Protection = .authenticated,
                  during: ((ChildProcess) throws -> Void)? = nil) throws -> ([String: Double], LatencySummary) {
+        let m = try migration(name, destFlags: destFlags, workloadArgs: workloadArgs, protection: protection, during: during)
+        return (m.workload, m.waits)
+    }
+
+    /// What one migration did, as its processes reported it.
+    struct Migration {
+        /// The workload's key=values (`touch-seconds`, `pages`, `wait-p50-ns`, ...).
+        var workload: [String: Double]
+        var waits: LatencySummary
+        /// CPU seconds of `pagerd dest` plus the workload, and of `pagerd source` (whole lives).
+        var destinationCPU: Double
+        var sourceCPU: Double
+        /// The destination's "pages arrived" counts: by demand, prefetch, push.
+        var arrivals: (demand: Int, prefetch: Int, push: Int)
+        var duplicates: Int
+    }
+
+    /// One migration of the filled file (see ``migrate(_:destFlags:workloadArgs:protection:during:)``).
+    func migration(_ name: String, destFlags: [String], workloadArgs: [String], protection: Protection = .authenticated,
+                   during: ((ChildProcess) throws -> Void)? = nil) throws -> Migration {
         let keys = protection.arguments(keyFile: scratch.keyFile)
         let source = try spawn(source: true, pagerd, ["source", "--listen", "\(address):\(port)", "--region", ram] + keys.source,
                                log: scratch.file("source-\(name).log"))
@@ -98,10 +121,17 @@ final class SuiteRun {
         guard dest.output.contains("(\(protection.logged))") else {
             throw HarnessError("\(name): the destination did not report a session \(protection.logged): \(dest.output)")
         }
+        source.signal(.terminate)
+        source.wait(timeoutMilliseconds: 10_000)
         let kv = keyValues(w.output)
         var summary = LatencySummary(keyValues: kv, prefix: "wait-")
         summary.cdf = LatencySummary.readCDF(cdf)
-        return (kv, summary)
+        let arrived = numbers(after: "pages arrived", in: dest.output)
+        let installed = numbers(after: "pages installed", in: dest.output)
+        return Migration(workload: kv, waits: summary, destinationCPU: (dest.cpuSeconds ?? .nan) + (w.cpuSeconds ?? .nan),
+                         sourceCPU: source.cpuSeconds ?? .nan,
+                         arrivals: (arrived.count > 0 ? arrived[0] : -1, arrived.count > 1 ? arrived[1] : -1, arrived.count > 2 ? arrived[2] : -1),
+                         duplicates: installed.count > 2 ? installed[2] : -1)
     }
 
     /// The baselines every ratio needs, measured once per run: raw TCP round trips and stream
@@ -135,6 +165,9 @@ final class SuiteRun {
         advance("baseline: local batched install")
         let install = try LocalInstallBenchmark.run(bytes: sizeMiB << 20)
         installSeconds = install
+        let f = try measureFloors()
+        floors = f
+        report(f)
         let bytes = Double(sizeMiB << 20)
         report.latencies.append(("tcp_round_trip", "raw TCP round trip (24-byte request, 4 KiB reply)", rtt!))
         report.latencies.append(("local_fault", "local userfaultfd fault (handler on the same vCPU)", localFault!))
@@ -175,24 +208,56 @@ final class SuiteRun {
                                      baseline: expectedIdle == nil ? nil : suffix == "4k" ? "round trip p50 + local fault p50"
                                          : "round trip p50 + 2 MiB at the raw stream rate + 2 MiB local install",
                                      ratio: expectedIdle.map { Double(idle.p50) / $0 }))
+        if suffix == "4k", let floors {
+            report.figures.append(Figure(key: "idle_4k_p50_vs_naive", label: "4 KiB fault p50, idle", value: Double(idle.p50) / 1000, unit: "µs",
+                                         baseline: "naive C pager p50 (1 page per fault)",
+                                         ratio: Double(idle.p50) / Double(Swift.max(1, floors.naiveFault.p50))))
+        }
         report.figures.append(Figure(key: "pushing_\(suffix)_p99_us", label: "\(suffix == "4k" ? "4 KiB" : "2 MiB") fault p99, push running",
                                      value: Double(pushing.p99) / 1000, unit: "µs", baseline: "idle p50",
                                      ratio: Double(pushing.p99) / Double(Swift.max(1, idle.p50))))
     }
 
-    /// Full transfers, one per access pattern, against the raw TCP stream.
+    /// Full transfers, one per access pattern, against the raw TCP stream, the copy floor and
+    /// the naive 16-page C pager run on the same pattern right after.
     func throughput() throws {
-        let bytes = Double(sizeMiB << 20)
+        let bytes = Double(sizeMiB << 20), gib = bytes / Double(1 << 30)
         for pattern in BenchSuite.patterns {
             advance("pager: full transfer, access \(pattern)")
-            let (kv, _) = try migrate("full-\(pattern)", destFlags: [], workloadArgs: ["--access", pattern])
+            let m = try migration("full-\(pattern)", destFlags: [], workloadArgs: ["--access", pattern])
+            let kv = m.workload
             guard let seconds = kv["touch-seconds"], Int(kv["pages"] ?? 0) * basePageSize == sizeMiB << 20 else {
                 throw HarnessError("full transfer (\(pattern)) did not verify the whole region: \(kv)")
             }
+            advance("floor: naive 16-page pager, access \(pattern)")
+            let naive = try naivePager(fetchPages: 16, access: pattern, touchPages: 0)
             report.throughput.append((pattern, seconds))
-            report.figures.append(Figure(key: "full_\(pattern.split(separator: "-").joined(separator: "_"))_gbit", label: "full transfer, access \(pattern)",
+            let key = pattern.split(separator: "-").joined(separator: "_")
+            report.transfers[pattern] = TransferDetail(naive16Seconds: naive.seconds, naive16CPU: naive.cpuSeconds, destinationCPU: m.destinationCPU,
+                                                       sourceCPU: m.sourceCPU, demand: m.arrivals.demand, prefetch: m.arrivals.prefetch,
+                                                       push: m.arrivals.push, duplicates: m.duplicates)
+            report.figures.append(Figure(key: "full_\(key)_gbit", label: "full transfer, access \(pattern)",
                                          value: bytes * 8 / seconds / 1e9, unit: "Gbit/s", baseline: streamSeconds == nil ? nil : "raw TCP stream",
                                          ratio: streamSeconds.map { $0 / seconds }))
+            if let floors {
+                report.figures.append(Figure(key: "full_\(key)_vs_copy_floor", label: "full transfer, access \(pattern)", value: seconds, unit: "s",
+                                             baseline: "copy floor (C)", ratio: seconds / floors.copySeconds))
+            }
+            report.figures.append(Figure(key: "full_\(key)_vs_naive16", label: "full transfer, access \(pattern)", value: seconds, unit: "s",
+                                         baseline: "naive C pager, 16-page fetches (\(BenchReport.number(naive.seconds, 3)) s)", ratio: seconds / naive.seconds))
+            if pattern == "none", let floors {
+                report.figures.append(Figure(key: "full_none_dest_cpu_s_per_gib", label: "CPU, destination (pagerd dest + workload)",
+                                             value: m.destinationCPU / gib, unit: "s/GiB", baseline: "copy floor's receiver",
+                                             ratio: m.destinationCPU / floors.copyDestinationCPU))
+                report.figures.append(Figure(key: "full_none_source_cpu_s_per_gib", label: "CPU, source (pagerd source, whole life)",
+                                             value: m.sourceCPU / gib, unit: "s/GiB", baseline: "copy floor's sender",
+                                             ratio: m.sourceCPU / floors.copySourceCPU))
+            }
+        }
+        let times = Dictionary(uniqueKeysWithValues: report.throughput.map { ($0.pattern, $0.seconds) })
+        if let sequential = times["sequential"], let random = times["random"] {
+            report.figures.append(Figure(key: "full_sequential_vs_random", label: "full transfer, sequential", value: sequential, unit: "s",
+                                         baseline: "random", ratio: sequential / random))
         }
     }
 

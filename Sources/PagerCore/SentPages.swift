@@ -130,6 +130,16 @@ public struct SentPages: Sendable {
         return ever.runs(in: 0..<ever.count).flatMap { current.clearRuns(in: $0) }
     }
 
+    /// Claims every page of `range` not sent yet and marks it sent: the runs, in order (empty
+    /// when all of them were sent).
+    public mutating func claimUnsent(_ region: UInt32, in range: Range<Int>) -> [Range<Int>] {
+        let count = pageCounts[region] ?? 0
+        let clipped = min(range.lowerBound, count)..<min(range.upperBound, count)
+        let runs = (sent[region] ?? empty(region)).clearRuns(in: clipped)
+        for run in runs { markSent(region, run) }
+        return runs
+    }
+
     /// Claims the next run of pages not sent, starting at `from` and wrapping once, at most
     /// `maxPages` long, and marks it sent. Nil when every page was sent.
     public mutating func claimUnsent(_ region: UInt32, from: Int, maxPages: Int) -> Range<Int>? {

@@ -86,6 +86,10 @@ public final class FaultResolver: @unchecked Sendable {
         var pendingWakes: [AddressRange] = []
         /// Faults wait on pages asked for only as prefetch: poll often, to escalate them.
         var slowFaults = false
+        /// Pages that went back to missing after the source sent them (an install retried):
+        /// the source answers a prefetch on the push channel with only what it has not sent
+        /// (§4.7), so these are asked for with a plain request (``prefetchRequests(_:_:)``).
+        var refetch: PageBitmap
 
         var failure: ResolveError? {
             if case .failed(let e) = phase { return e }
@@ -169,7 +173,7 @@ public final class FaultResolver: @unchecked Sendable {
         // Windows in bytes, as CRIU's lazy-pages: 64 KiB after a fault, growing to 4 MiB.
         let planner = PrefetchPlanner(minWindow: max(1, (64 << 10) / unit), maxWindow: max(1, (4 << 20) / unit))
         var state = State(pages: pages, planner: planner, faults: WaitingFaults(pageCount: pages.pageCount),
-                          link: Link(demand: demand, push: push))
+                          link: Link(demand: demand, push: push), refetch: PageBitmap(count: pages.pageCount))
         state.report.pages = mappings.reduce(0) { $0 + Int($1.size) / unit }
         state.report.pageSize = unit
         if let progress = configuration.progress {

@@ -1,5 +1,6 @@
 import PagerCore
 import PagerKernel
+import PagerWire
 
 /// What an install puts into the workload's pages.
 enum PageSource {
@@ -7,6 +8,16 @@ enum PageSource {
     case bytes(UnsafeRawPointer)
     /// Zeros (a hole, a zero page, or a page the workload dropped).
     case zeros
+}
+
+/// How installed pages came: the PAGE_DATA flags of their frame (urgent: a demand fault's
+/// reply; push: the background push; neither: a prefetch reply), or staged by pre-copy.
+enum Arrival {
+    case demand, prefetch, push, staged
+
+    init(_ flags: PageDataHeader.Flags) {
+        self = flags.contains(.urgent) ? .demand : flags.contains(.push) ? .push : .prefetch
+    }
 }
 
 /// The installer's own resources, used under the resolver's lock only.
@@ -32,13 +43,15 @@ extension FaultResolver {
     /// Installs whole units, in batches, taking the lock per batch: a fault (which needs the
     /// lock to read its event) waits for at most one batch, not a whole 2 MiB frame.
     /// `source` nil: zeros.
-    func installUnits(_ units: Range<Int>, from source: UnsafeRawPointer?) {
+    func installUnits(_ units: Range<Int>, from source: UnsafeRawPointer?, arrival: Arrival) {
         var at = units.lowerBound
         while at < units.upperBound {
             let batch = at..<min(units.upperBound, at + installBatch)
             let wakes = lock.withLock { state in
                 let wanted = state.pages.accept(batch)
-                state.report.duplicatePages += batch.count - wanted.reduce(0) { $0 + $1.count }
+                let accepted = wanted.reduce(0) { $0 + $1.count }
+                state.report.duplicatePages += batch.count - accepted
+                state.report.arrivals[arrival] += accepted
                 for run in wanted {
                     install(run, from: source.map { .bytes($0 + (run.lowerBound - units.lowerBound) * unit) } ?? .zeros, &state)
                 }
@@ -119,6 +132,7 @@ extension FaultResolver {
             // them (a zero install for a page believed resident records no pending fault).
             let rest = pages.lowerBound + Int(before) / unit..<pages.upperBound
             state.pages.invalidate(rest)
+            state.refetch.insert(rest)
             wake(rest)
             return pages.count
         case .targetGone:

@@ -101,7 +101,7 @@ extension FaultResolver {
             if offset == unitStart && end - offset >= u {
                 let count = Int((end - offset) / u)
                 let source = header.encoding == .zero ? nil : data.baseAddress! + Int(offset - header.offset)
-                installUnits(Int(offset / u)..<Int(offset / u) + count, from: source)
+                installUnits(Int(offset / u)..<Int(offset / u) + count, from: source, arrival: Arrival(header.flags))
                 offset += UInt64(count) * u
                 continue
             }
@@ -109,7 +109,7 @@ extension FaultResolver {
             let piece = header.encoding == .zero ? nil : data.baseAddress! + Int(offset - header.offset)
             let index = Int(offset / u)
             if let whole = assembly.add(unit: index, at: Int(offset - unitStart), length: Int(pieceEnd - offset), from: piece) {
-                installUnits(index..<index + 1, from: whole)
+                installUnits(index..<index + 1, from: whole, arrival: Arrival(header.flags))
             }
             offset = pieceEnd
         }
@@ -127,7 +127,7 @@ extension FaultResolver {
                 }
                 if stopped { return }
                 let end = min(run.upperBound, start + chunk)
-                installUnits(start..<end, from: staged.pointer(offset: start * unit))
+                installUnits(start..<end, from: staged.pointer(offset: start * unit), arrival: .staged)
                 // From here these units are no longer staged: one whose install had to be
                 // retried (EAGAIN) went back to missing and is fetched from the source, never
                 // installed from the memory released below. (Changed under the lock the fault

@@ -65,6 +65,8 @@ public struct ResolveReport: Sendable {
     public var installedPages = 0
     public var zeroPages = 0
     public var duplicatePages = 0
+    /// Pages installed (data or zeros), by how they came.
+    public var arrivals = Arrivals()
     public var discardedPages = 0
     public var bytesReceived: UInt64 = 0
     /// Fault to install, in ns, for every fault the daemon saw.
@@ -81,4 +83,32 @@ public struct ResolveReport: Sendable {
     /// Each time the connections to the source were lost, and how the resume went.
     public var outages: [Outage] = []
     public var seconds: Double = 0
+}
+
+/// Pages installed by how they came (``ResolveReport/arrivals``): the PAGE_DATA flags of their
+/// frame, or staged by pre-copy rounds. Duplicates dropped are not counted.
+public struct Arrivals: Sendable, Equatable {
+    public var demand = 0
+    public var prefetch = 0
+    public var push = 0
+    public var staged = 0
+
+    subscript(_ arrival: Arrival) -> Int {
+        get {
+            switch arrival {
+            case .demand: demand
+            case .prefetch: prefetch
+            case .push: push
+            case .staged: staged
+            }
+        }
+        set {
+            switch arrival {
+            case .demand: demand = newValue
+            case .prefetch: prefetch = newValue
+            case .push: push = newValue
+            case .staged: staged = newValue
+            }
+        }
+    }
 }

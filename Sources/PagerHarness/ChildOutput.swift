@@ -44,3 +44,11 @@ public func keyValues(_ text: String) -> [String: Double] {
     }
     return result
 }
+
+/// The integers on the first line of `output` that starts (after indentation) with `prefix`,
+/// in order: e.g. `pages installed   229376 with data, 32768 zero, ...` gives [229376, 32768, ...].
+/// Empty when no line starts so.
+public func numbers(after prefix: String, in output: String) -> [Int] {
+    guard let line = output.split(separator: "\n").map({ $0.drop { $0 == " " } }).first(where: { $0.hasPrefix(prefix) }) else { return [] }
+    return line.dropFirst(prefix.count).split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }
+}

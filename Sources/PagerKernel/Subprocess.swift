@@ -54,6 +54,9 @@ public final class ChildProcess: @unchecked Sendable {
     public let outputPath: String
     private let pidfd: Int32
     public private(set) var status: Int32?
+    /// User + system CPU seconds the process used (all its threads, and the children it
+    /// waited for), known once it has been waited for (`wait4`'s rusage).
+    public private(set) var cpuSeconds: Double?
 
     public init(_ path: String, _ arguments: [String], outputPath: String) throws(KernelError) {
         let out = open(outputPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
@@ -90,8 +93,10 @@ public final class ChildProcess: @unchecked Sendable {
             if pfd.revents == 0 { return nil }
         }
         var raw: Int32 = 0
-        let r = waitpid(pid, &raw, 0)
+        var usage = rusage()
+        let r = wait4(pid, &raw, 0, &usage)
         guard r == pid else { return nil }
+        cpuSeconds = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
         status = (raw & 0x7F) == 0 ? (raw >> 8) & 0xFF : 128 + (raw & 0x7F)
         return status
     }

@@ -42,21 +42,39 @@ extension SourceServer {
     /// Sends a request's pages, or an ERROR for that request (the session goes on). The push
     /// answers prefetch requests that arrive on its connection with this too.
     func answer(_ request: PageRequest, with sender: PageSender, session: SourceSession, flags: PageDataHeader.Flags) throws {
-        let channel = sender.channel
+        guard let region = try servable(request, on: sender.channel, session: session) else { return }
+        session.markSent(region, offset: request.offset, length: request.length)
+        _ = try sender.send(region, offset: request.offset, length: request.length, requestID: request.requestID,
+                            flags: flags, chunk: max(region.pageSize, Int(sender.channel.sendLimit) - 64 << 10))
+    }
+
+    /// Answers a prefetch request on the push connection with the pages of its range not sent
+    /// yet (§4.7): the rest is on its way (a scan right behind the push asked for what the
+    /// push had just sent, and every page came twice: 246,567 duplicates in 262,144).
+    func answerUnsent(_ request: PageRequest, with sender: PageSender, session: SourceSession) throws {
+        guard let region = try servable(request, on: sender.channel, session: session) else { return }
+        let size = UInt64(region.pageSize)
+        for run in session.claimUnsent(region, in: Int(request.offset / size)..<Int((request.offset + request.length) / size)) {
+            _ = try sender.send(region, offset: UInt64(run.lowerBound) * size, length: UInt64(run.count) * size, requestID: request.requestID,
+                                flags: [], chunk: max(region.pageSize, Int(sender.channel.sendLimit) - 64 << 10))
+        }
+    }
+
+    /// The region a request names, once it is checked and the source may release pages; nil
+    /// when an ERROR for the request was sent instead.
+    private func servable(_ request: PageRequest, on channel: any FrameConnection, session: SourceSession) throws -> ServedRegion? {
         guard let region = regions.first(where: { $0.id == request.region }) else {
             try channel.send(.error(ProtocolError(code: .unknownRegion, requestID: request.requestID,
                 message: "region \(request.region) is not served (served: \(regions.map { "\($0.id)" }.joined(separator: ", ")))")))
-            return
+            return nil
         }
         if let problem = region.check(offset: request.offset, length: request.length) {
             var e = problem
             e.requestID = request.requestID
             try channel.send(.error(e))
-            return
+            return nil
         }
         guard waitUntilReleased(session) else { throw ChannelError.closed(peer: channel.peer) }
-        session.markSent(region, offset: request.offset, length: request.length)
-        _ = try sender.send(region, offset: request.offset, length: request.length, requestID: request.requestID,
-                            flags: flags, chunk: max(region.pageSize, Int(channel.sendLimit) - 64 << 10))
+        return region
     }
 }

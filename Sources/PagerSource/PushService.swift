@@ -114,7 +114,11 @@ extension SourceServer {
                 }
             }
             if let request = session.dequeue() {
-                try answer(request, with: sender, session: session, flags: [])
+                if request.flags.contains(.prefetch) {
+                    try answerUnsent(request, with: sender, session: session)
+                } else {
+                    try answer(request, with: sender, session: session, flags: [])
+                }
                 if let i = regions.firstIndex(where: { $0.id == request.region }) {
                     regionIndex = i
                     cursor = Int((request.offset + request.length) / UInt64(regions[i].pageSize))

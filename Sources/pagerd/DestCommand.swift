@@ -232,6 +232,7 @@ struct DestCommand: ParsableCommand {
               faults            \(r.faults), fault to install: \(latency)
               requests          \(r.demandRequests) demand, \(r.prefetchRequests) prefetch, \(r.hintedPages) pages hinted, \(r.sweepRequests) final sweep
               pages installed   \(r.installedPages) with data, \(r.zeroPages) zero, \(r.duplicatePages) duplicates dropped, \(r.discardedPages) discarded by the workload
+              pages arrived     \(r.arrivals.demand) by demand, \(r.arrivals.prefetch) by prefetch, \(r.arrivals.push) by push, \(r.arrivals.staged) staged by pre-copy
               bytes received    \(r.bytesReceived >> 20) MiB
               outages           \(outageSummary((staged?.outages ?? []) + r.outages))
             """)

@@ -47,7 +47,7 @@ struct BenchmarkTests {
         }
         #expect(json["tool"] == .string("pager-bench") && number(json["format"]) == 1)
         #expect(number(json["region_bytes"]) == Double(64 << 20))
-        for key in ["tcp_round_trip", "local_fault", "idle_4k", "pushing_4k", "idle_2m", "pushing_2m"] {
+        for key in ["tcp_round_trip", "local_fault", "naive_fault", "idle_4k", "pushing_4k", "idle_2m", "pushing_2m"] {
             let l = json["latency_ns"]?[key]
             let p50 = try #require(number(l?["p50"]), "\(key)"), p90 = try #require(number(l?["p90"]))
             let p99 = try #require(number(l?["p99"])), p999 = try #require(number(l?["p999"])), max = try #require(number(l?["max"]))
@@ -58,10 +58,18 @@ struct BenchmarkTests {
             let t = json["throughput"]?[pattern]
             #expect(number(t?["bytes"]) == Double(64 << 20), "every byte of the region arrived and was verified (\(pattern))")
             #expect((number(t?["seconds"]) ?? 0) > 0 && (number(t?["gbit_per_second"]) ?? 0) > 0 && (number(t?["vs_tcp_stream"]) ?? 0) > 0, "\(pattern)")
+            #expect((number(t?["naive16_seconds"]) ?? 0) > 0 && (number(t?["vs_naive16"]) ?? 0) > 0, "\(pattern)")
+            #expect((number(t?["dest_cpu_seconds"]) ?? 0) > 0 && (number(t?["source_cpu_seconds"]) ?? 0) > 0, "\(pattern)")
+            let arrived = ["pages_by_demand", "pages_by_prefetch", "pages_by_push"].map { number(t?[$0]) ?? -1 }
+            #expect(arrived.allSatisfy { $0 >= 0 } && arrived.reduce(0, +) == Double(64 << 8),
+                    "every page installed once, by demand, prefetch or push (\(pattern)): \(arrived)")
         }
         guard case .array(let figures)? = json["figures"] else { Issue.record("no figures array"); return }
         let keys = figures.compactMap { f -> String? in if case .string(let k)? = f["key"] { return k } else { return nil } }
-        for key in ["tcp_round_trip_p50_us", "tcp_stream_gbit", "local_fault_p50_us", "local_install_gbit", "idle_4k_p50_us",
+        for key in ["floor_wire_gbit", "floor_copy_s", "floor_copy_dest_cpu_s_per_gib", "floor_copy_source_cpu_s_per_gib", "naive_fault_p50_us",
+                    "idle_4k_p50_vs_naive", "full_none_vs_copy_floor", "full_random_vs_naive16", "full_working_set_vs_naive16",
+                    "full_none_dest_cpu_s_per_gib", "full_none_source_cpu_s_per_gib", "full_sequential_vs_random",
+                    "tcp_round_trip_p50_us", "tcp_stream_gbit", "local_fault_p50_us", "local_install_gbit", "idle_4k_p50_us",
                     "pushing_4k_p99_us", "idle_2m_p50_us", "pushing_2m_p99_us", "full_none_gbit", "full_working_set_gbit",
                     "aes_gcm_seal_gbit", "aes_gcm_open_gbit", "aes_gcm_page_us", "plain_idle_4k_p50_us", "authenticated_idle_4k_p50_us",
                     "encrypted_idle_4k_p50_us", "plain_full_s", "authenticated_full_s", "encrypted_full_s", "encrypted_full_floor_s",

@@ -1,5 +1,6 @@
 import Glibc
 import PagerHandoff
+import PagerHarness
 import PagerKernel
 import PagerOperations
 import Testing
@@ -117,11 +118,8 @@ struct OperationsTests {
     /// The destination summary's counts: `faults N`, `requests N demand`, `pages installed
     /// N with data, M zero`.
     static func summary(_ dest: String) -> (faults: Int, demand: Int, installed: Int, zero: Int) {
-        func numbers(after prefix: String) -> [Int] {
-            guard let line = dest.split(separator: "\n").map({ $0.drop { $0 == " " } }).first(where: { $0.hasPrefix(prefix) }) else { return [] }
-            return line.dropFirst(prefix.count).split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }
-        }
-        let pages = numbers(after: "pages installed")
-        return (numbers(after: "faults").first ?? -1, numbers(after: "requests").first ?? -1, pages.first ?? -1, pages.count > 1 ? pages[1] : -1)
+        let pages = numbers(after: "pages installed", in: dest)
+        return (numbers(after: "faults", in: dest).first ?? -1, numbers(after: "requests", in: dest).first ?? -1, pages.first ?? -1,
+                pages.count > 1 ? pages[1] : -1)
     }
 }

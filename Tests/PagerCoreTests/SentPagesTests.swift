@@ -34,6 +34,19 @@ struct SentPagesTests {
         #expect(one == 1)
     }
 
+    @Test("claimUnsent(in:) claims exactly the unsent runs of a range (clipped to the region), once")
+    func claimInRange() {
+        var pages = SentPages(pageCounts: [1: 32])
+        pages.markSent(1, 4..<8)
+        pages.markSent(1, 10..<11)
+        #expect(pages.claimUnsent(1, in: 2..<12) == [2..<4, 8..<10, 11..<12])
+        #expect(pages.claimUnsent(1, in: 0..<12) == [0..<2], "what the first claim took is sent now")
+        #expect(pages.claimUnsent(1, in: 0..<12) == [])
+        #expect(pages.claimUnsent(1, in: 30..<40) == [30..<32], "clipped to the region's 32 pages")
+        #expect(pages.claimUnsent(9, in: 0..<4) == [], "a region not served has no pages")
+        #expect(pages.claimUnsent(1, from: 0, maxPages: 32) == 12..<30, "the push finds the rest")
+    }
+
     @Test("claimUnsent walks from the cursor in runs of at most maxPages, wraps once, then is nil")
     func claimWrapsOnce() {
         var pages = SentPages(pageCounts: [1: 10])

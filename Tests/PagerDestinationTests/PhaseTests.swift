@@ -8,7 +8,7 @@ import Testing
 struct PhaseTests {
     static func state() -> FaultResolver.State {
         FaultResolver.State(pages: RegionPages(pageCount: 8), planner: PrefetchPlanner(), faults: WaitingFaults(pageCount: 8),
-                            link: FaultResolver.Link(demand: ScriptedConnection([]), push: nil))
+                            link: FaultResolver.Link(demand: ScriptedConnection([]), push: nil), refetch: PageBitmap(count: 8))
     }
 
     @Test("the first failure wins; later ones do not replace it")
