@@ -42,12 +42,14 @@ extension FaultResolver {
 
     /// Installs whole units, in batches, taking the lock per batch: a fault (which needs the
     /// lock to read its event) waits for at most one batch, not a whole 2 MiB frame.
-    /// `source` nil: zeros.
-    func installUnits(_ units: Range<Int>, from source: UnsafeRawPointer?, arrival: Arrival) {
+    /// `source` nil: zeros. Returns the ranges to wake (``wakeAll(_:)``) once the caller has
+    /// nothing more to install right away.
+    func installUnits(_ units: Range<Int>, from source: UnsafeRawPointer?, arrival: Arrival) -> [AddressRange] {
         var at = units.lowerBound
+        var wakes: [AddressRange] = []
         while at < units.upperBound {
             let batch = at..<min(units.upperBound, at + installBatch)
-            let wakes = lock.withLock { state in
+            wakes += lock.withLock { state in
                 let wanted = state.pages.accept(batch)
                 let accepted = wanted.reduce(0) { $0 + $1.count }
                 state.report.duplicatePages += batch.count - accepted
@@ -57,9 +59,9 @@ extension FaultResolver {
                 }
                 return state.takeWakes()
             }
-            wakeAll(wakes)
             at = batch.upperBound
         }
+        return wakes
     }
 
     /// Installs region pages `run` from `source`, recording latencies. Under the lock.

@@ -15,7 +15,15 @@ extension FaultResolver {
     func receive(_ channel: any FrameConnection, role: LinkRole, generation: UInt64) {
         defer { if role == .demand { endings.change { $0.demandClosed = true } } }
         let assembly = UnitAssembly(unit: unit)
+        var wakes = DeferredWakes()
+        defer { wakeAll(wakes.take()) }
         while true {
+            // Waiters are woken once nothing more is here to install (or after 512 KiB): a
+            // woken workload preempts this thread (the push receiver runs at background
+            // priority) and, scanning, faults on the next frame's pages microseconds later. Woken
+            // per frame, a scan behind the push advanced one run between zero pages per wake-up
+            // (60,852 faults for 1 GiB read in order, the push at a quarter of its speed).
+            if wakes.due || (!wakes.isEmpty && !channel.inputPending()) { wakeAll(wakes.take()) }
             let incoming: Incoming
             do {
                 incoming = try channel.receive()
@@ -27,12 +35,34 @@ extension FaultResolver {
                 }
                 return
             }
-            guard handle(incoming, role: role, generation: generation, assembly) else { return }
+            guard handle(incoming, role: role, generation: generation, assembly, &wakes) else { return }
+        }
+    }
+
+    /// Wake-ups of installed pages held back while more frames are already here.
+    struct DeferredWakes {
+        private var ranges: [AddressRange] = []
+        private var bytes: UInt64 = 0
+        /// Held back this much already: wake now, or a long stream would starve the waiters.
+        static let limit: UInt64 = 512 << 10
+
+        var isEmpty: Bool { ranges.isEmpty }
+        var due: Bool { bytes >= Self.limit }
+
+        mutating func add(_ r: [AddressRange], installed: UInt64) {
+            ranges += r
+            if !ranges.isEmpty { bytes += installed }
+        }
+
+        mutating func take() -> [AddressRange] {
+            defer { ranges.removeAll(keepingCapacity: true); bytes = 0 }
+            return ranges
         }
     }
 
     /// Handles one received frame; false when the channel must stop (the reason is recorded).
-    private func handle(_ incoming: Incoming, role: LinkRole, generation: UInt64, _ assembly: UnitAssembly) -> Bool {
+    private func handle(_ incoming: Incoming, role: LinkRole, generation: UInt64, _ assembly: UnitAssembly,
+                        _ wakes: inout DeferredWakes) -> Bool {
         let now = monotonicNanoseconds()
         lastHeard.store(now, ordering: .relaxed)
         if role == .push { lastPushFrame.store(now, ordering: .relaxed) }
@@ -54,7 +84,9 @@ extension FaultResolver {
                 return misbehaved(.sourceMisbehaved("PAGE_DATA for region \(header.region) at \(hex(header.offset))+\(hex(header.length)) is not in region \(region.id) (\(hex(region.length)) bytes)"))
             }
             bytesReceived.add(UInt64(data.count), ordering: .relaxed)
-            deliver(header, data, assembly: assembly)
+            wakes.add(deliver(header, data, assembly: assembly), installed: header.length)
+            // A demand fault's own page: its thread runs now, with what came before it.
+            if header.flags.contains(.urgent) { wakeAll(wakes.take()) }
         case .message(.pushComplete(let r, _)) where r == region.id:
             // Not from replaced connections: a resumed push sends the region again.
             lock.withLock { if case .fetching = $0.phase, $0.link.generation == generation { $0.phase = .fetching(pushComplete: true) } }
@@ -87,7 +119,9 @@ extension FaultResolver {
     /// Installs a PAGE_DATA frame: whole units directly, pieces of a unit (a huge page that the
     /// source sent as several zero and data runs) gathered in `assembly` until complete. Bytes
     /// past the last page the mappings cover are not this workload's: they are dropped.
-    private func deliver(_ header: PageDataHeader, _ data: UnsafeRawBufferPointer, assembly: UnitAssembly) {
+    /// Returns the ranges to wake.
+    private func deliver(_ header: PageDataHeader, _ data: UnsafeRawBufferPointer, assembly: UnitAssembly) -> [AddressRange] {
+        var wakes: [AddressRange] = []
         let u = UInt64(unit)
         let tracked = UInt64(trackedPages) * u
         var offset = header.offset
@@ -101,7 +135,7 @@ extension FaultResolver {
             if offset == unitStart && end - offset >= u {
                 let count = Int((end - offset) / u)
                 let source = header.encoding == .zero ? nil : data.baseAddress! + Int(offset - header.offset)
-                installUnits(Int(offset / u)..<Int(offset / u) + count, from: source, arrival: Arrival(header.flags))
+                wakes += installUnits(Int(offset / u)..<Int(offset / u) + count, from: source, arrival: Arrival(header.flags))
                 offset += UInt64(count) * u
                 continue
             }
@@ -109,10 +143,11 @@ extension FaultResolver {
             let piece = header.encoding == .zero ? nil : data.baseAddress! + Int(offset - header.offset)
             let index = Int(offset / u)
             if let whole = assembly.add(unit: index, at: Int(offset - unitStart), length: Int(pieceEnd - offset), from: piece) {
-                installUnits(index..<index + 1, from: whole, arrival: Arrival(header.flags))
+                wakes += installUnits(index..<index + 1, from: whole, arrival: Arrival(header.flags))
             }
             offset = pieceEnd
         }
+        return wakes
     }
 
     /// Installs every staged unit from local memory, 2 MiB at a time, freeing the staging
@@ -127,7 +162,7 @@ extension FaultResolver {
                 }
                 if stopped { return }
                 let end = min(run.upperBound, start + chunk)
-                installUnits(start..<end, from: staged.pointer(offset: start * unit), arrival: .staged)
+                wakeAll(installUnits(start..<end, from: staged.pointer(offset: start * unit), arrival: .staged))
                 // From here these units are no longer staged: one whose install had to be
                 // retried (EAGAIN) went back to missing and is fetched from the source, never
                 // installed from the memory released below. (Changed under the lock the fault

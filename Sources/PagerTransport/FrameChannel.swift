@@ -155,6 +155,11 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
         try receiveFrame()
     }
 
+    /// Bytes buffered here, or the socket readable now (`poll` with no wait).
+    public func inputPending() -> Bool {
+        rxEnd > rxStart || (try? socket.waitReadable(timeoutMilliseconds: 0)) == true
+    }
+
     /// The next frame if it is an ERROR (whether or not its request id names a request), nil
     /// when it is anything else: what a client that expects a refusal reads.
     public func nextError() throws(ChannelError) -> ProtocolError? {
@@ -374,6 +379,8 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
 }
 
 extension FrameConnection {
+    public func inputPending() -> Bool { false }
+
     /// PAGE_DATA without checksums.
     public func sendPageData(_ header: PageDataHeader, data: UnsafeRawBufferPointer?) throws(ChannelError) {
         try sendPageData(header, checksums: nil, data: data)

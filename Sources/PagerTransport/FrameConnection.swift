@@ -23,6 +23,9 @@ public protocol FrameConnection: AnyObject, Sendable {
     func sendPageData(_ header: PageDataHeader, checksums: [UInt32]?, data: UnsafeRawBufferPointer?) throws(ChannelError)
     /// Blocks until one whole frame has arrived and returns it.
     func receive() throws(ChannelError) -> Incoming
+    /// Whether more input is already here (bytes buffered, or the connection readable): the
+    /// next ``receive()`` will likely not wait. A hint; false when it cannot tell.
+    func inputPending() -> Bool
     /// Ends the connection in both directions, waking a thread blocked in ``receive()``.
     func shutdown()
 }
