@@ -87,14 +87,18 @@ def page_request(flags, rid, region_id, offset, length):
     return frame("PAGE_REQUEST", flags, p), m
 
 
-def page_data(flags, rid, region_id, offset, length, encoding, data=b"", checksums=None):
+def page_data(flags, rid, region_id, offset, length, encoding, data=b"", checksums=None, page_map=None):
     p = struct.pack(">IIQQB7x", rid, region_id, offset, length, encoding)
+    if page_map is not None:
+        p += b"".join(struct.pack(">Q", w) for w in page_map)
     if checksums is not None:
         flags |= 4
         p += b"".join(struct.pack(">I", c) for c in checksums)
     p += data
     m = f"PAGE_DATA flags={flagnames(flags, [(1, 'urgent'), (2, 'push'), (4, 'checksums')])} request={rid} " \
-        f"region={region_id} offset={hx(offset)} length={hx(length)} encoding={['raw', 'zero', 'compressed'][encoding]}"
+        f"region={region_id} offset={hx(offset)} length={hx(length)} encoding={['raw', 'zero', 'compressed', 'sparse'][encoding]}"
+    if page_map is not None:
+        m += " page-map=[" + ",".join(hx(w) for w in page_map) + "]"
     if checksums is not None:
         m += " checksums=[" + ",".join(hx(c) for c in checksums) + "]"
     if encoding != 1:
@@ -139,6 +143,13 @@ def valid():
               *page_data(2, 0, 1, 0x3000, 0x2000, 0, two, [crc32c(page_bytes(3)), crc32c(page_bytes(4))])))
     v.append(("a whole 1 GiB region is zero: no bytes cross the wire", *page_data(2, 0, 1, 0, 1 << 30, 1)))
     v.append(("the reply to request 9 says the 2 MiB page is zero", *page_data(0, 9, 2, 0x400000, 0x200000, 1)))
+    # Sparse: 8 pages, data in 0, 1, 4 and 6 (map 0b01010011), the zero pages carry nothing.
+    sparse = page_bytes(20) + page_bytes(21) + page_bytes(24) + page_bytes(26)
+    v.append(("push of 8 pages mixing data and zero pages: the page map, then the 4 data pages",
+              *page_data(2, 0, 1, 0x10000, 0x8000, 3, sparse, page_map=[0x53])))
+    v.append(("a sparse reply of 70 pages with checksums: a two-word map, one checksum per data page",
+              *page_data(1, 11, 1, 0x100000, 70 * 0x1000, 3, page_bytes(30) + page_bytes(31),
+                         [crc32c(page_bytes(30)), crc32c(page_bytes(31))], page_map=[0x1, 0x20])))
     v.append(("compressed data (reserved encoding; the codec carries the bytes)",
               *page_data(2, 0, 1, 0x5000, 0x1000, 2, b"\x01\x02\x03")))
     inv = struct.pack(">IIII", 3, 1, 2, 0) + struct.pack(">QQQQ", 0, 0x1000, 0x200000, 0x4000)
@@ -206,6 +217,14 @@ def invalid():
     v.append(("urgent and push together", "field-out-of-range", frame("PAGE_DATA", 3, data_hdr(0x1000, 1))))
     v.append(("reserved byte after the encoding is set", "reserved-not-zero",
               frame("PAGE_DATA", 0, struct.pack(">IIQQB", 1, 1, 0, 0x1000, 1) + b"\0\x01\0\0\0\0\0")))
+    sparse_hdr = struct.pack(">IIQQB7x", 1, 1, 0, 0x3000, 3)
+    v.append(("sparse PAGE_DATA whose map is cut short", "truncated-payload", frame("PAGE_DATA", 0, sparse_hdr + bytes(4))))
+    v.append(("sparse map with a bit past the range's last page", "field-out-of-range",
+              frame("PAGE_DATA", 0, sparse_hdr + struct.pack(">Q", 0x9) + bytes(8192))))
+    v.append(("sparse map with no data page (that is the zero encoding)", "field-out-of-range",
+              frame("PAGE_DATA", 0, sparse_hdr + struct.pack(">Q", 0))))
+    v.append(("sparse data shorter than the map's data pages", "field-out-of-range",
+              frame("PAGE_DATA", 0, sparse_hdr + struct.pack(">Q", 0x5) + bytes(4096))))
     v.append(("checksum array cut short", "truncated-payload",
               frame("PAGE_DATA", 4, data_hdr(0x2000, 0) + b"\0\0\0\1")))
     v.append(("HELLO from a peer speaking something else", "bad-magic",

@@ -38,7 +38,7 @@ local DEFINED_FLAGS = { [0x0020] = 0x3, [0x0021] = 0x7, [0x0043] = 0x3 }
 local FEATURES = { "checksums", "compression", "authentication", "resume", "rdma", "invalidation", "huge-pages", "encryption" }
 local BIT_AUTHENTICATION, BIT_ENCRYPTION = 2, 7
 local CHANNELS = { [0] = "demand", [1] = "push" }
-local ENCODINGS = { [0] = "raw", [1] = "zero", [2] = "compressed" }
+local ENCODINGS = { [0] = "raw", [1] = "zero", [2] = "compressed", [3] = "sparse" }
 local ERROR_CODES = {
     [1] = "malformed-frame", [2] = "unsupported-version", [3] = "unknown-region", [4] = "out-of-range",
     [5] = "misaligned", [6] = "too-large", [7] = "authentication-failed", [8] = "io-error",
@@ -118,6 +118,7 @@ def("data.offset", "uint64", "Offset", H)
 def("data.length", "uint64", "Length", H)
 def("data.encoding", "uint8", "Encoding", D, ENCODINGS)
 bytes("data.reserved", "Reserved")
+def("data.page_map", "uint64", "Page map word", H)
 def("data.checksum", "uint32", "CRC-32C", H)
 bytes("data.data", "Data")
 def("data.data_length", "uint32", "Data bytes", D)
@@ -454,14 +455,40 @@ decode[0x0021] = function(r, frame)
     local length = r:u64("data.length")
     local encoding, erange = r:u8("data.encoding")
     r:reserved("data.reserved", 7)
-    if ENCODINGS[encoding] == nil then out_of_range("PAGE_DATA", "encoding", encoding, "0 (raw), 1 (zero) or 2 (compressed)", erange) end
+    if ENCODINGS[encoding] == nil then out_of_range("PAGE_DATA", "encoding", encoding, "0 (raw), 1 (zero), 2 (compressed) or 3 (sparse)", erange) end
     check_range("PAGE_DATA", offset, length, "", r:at(0, 32))
     local urgent, push, sums = bit32.btest(frame.flags, 1), bit32.btest(frame.flags, 2), bit32.btest(frame.flags, 4)
     if urgent and push then out_of_range("PAGE_DATA", "flags", frame.flags, "urgent or push, not both", frame.flags_range) end
     if sums and encoding == 1 then out_of_range("PAGE_DATA", "flags", frame.flags, "without checksums for the zero encoding", frame.flags_range) end
+    -- Sparse: the page map (one bit per 4 KiB page) comes first; checksums and data cover
+    -- only its data pages.
+    local data_pages = nil
+    if encoding == 3 then
+        local pages = length / UInt64(ALIGNMENT)
+        local words = (pages + UInt64(63)) / UInt64(64)
+        if UInt64(32) + words * UInt64(8) > UInt64(r.len) then
+            fail("truncated-payload", string.format("PAGE_DATA payload is %d bytes, too short for field page_map (needs %s)",
+                r.len, tostring(UInt64(32) + words * UInt64(8))), r:all())
+        end
+        words = words:tonumber()
+        local extra = (pages % UInt64(64)):tonumber()
+        data_pages = 0
+        local any = false
+        for i = 1, words do
+            local w, wrange = r:u64("data.page_map")
+            if i == words and extra ~= 0 and w:rshift(extra) ~= U0 then
+                out_of_range("PAGE_DATA", "page_map", w, string.format("no bit past page %d of the range", pages:tonumber() - 1), wrange)
+            end
+            if w ~= U0 then any = true end
+            for b = 0, 63 do if w:rshift(b):band(UInt64(1)) ~= U0 then data_pages = data_pages + 1 end end
+        end
+        if not any then
+            out_of_range("PAGE_DATA", "page_map", 0, "at least one data page (an all-zero range is the zero encoding)", r:all())
+        end
+    end
     local rest = r.len - r.pos
     -- n = length / 4096 may be huge for a bad frame: compare in 64 bits before using it.
-    local count = sums and length / UInt64(ALIGNMENT) or U0
+    local count = sums and (data_pages and UInt64(data_pages) or length / UInt64(ALIGNMENT)) or U0
     if count * UInt64(4) > UInt64(rest) then
         fail("truncated-payload", string.format("PAGE_DATA payload is %d bytes, too short for field checksums (needs %s)",
             r.len, tostring(UInt64(32) + count * UInt64(4))), r:all())
@@ -472,6 +499,8 @@ decode[0x0021] = function(r, frame)
         out_of_range("PAGE_DATA", "data length", remaining, "equal to length " .. tostring(length), r:all())
     elseif encoding == 1 and remaining ~= 0 then
         fail("trailing-bytes", string.format("PAGE_DATA payload has %d unexpected trailing bytes", remaining), r:at(r.pos, remaining))
+    elseif encoding == 3 and remaining ~= data_pages * ALIGNMENT then
+        out_of_range("PAGE_DATA", "data length", remaining, string.format("equal to the map's %d data pages (%d bytes)", data_pages, data_pages * ALIGNMENT), r:all())
     elseif encoding == 2 and remaining == 0 then
         fail("truncated-payload", string.format("PAGE_DATA payload is %d bytes, too short for field compressed data (needs %d)", r.len, r.len + 1), r:all())
     end

@@ -23,7 +23,7 @@ public final class DestinationClient: @unchecked Sendable {
     ///
     /// `timeoutMilliseconds` bounds each connection's connect and its handshake (a source
     /// whose kernel accepts but whose process does not answer, a blackhole).
-    public init(source: Endpoint, clientName: String, features: Features = [.resume, .hugePages],
+    public init(source: Endpoint, clientName: String, features: Features = [.resume, .hugePages, .sparse],
                 authentication: PeerAuthentication, recordLimits: RecordLimits = .standard, timeoutMilliseconds: Int = 10_000) throws {
         let first = Resumer(source: source, clientName: clientName, offered: features, authentication: authentication,
                             recordLimits: recordLimits, session: 0, token: nil, regions: [])

@@ -75,13 +75,16 @@ public final class StagedPages: @unchecked Sendable {
                 guard fits(h.offset, h.length, within: region.length) else {
                     throw .sourceMisbehaved("pre-copy PAGE_DATA at \(hex(h.offset))+\(hex(h.length)) is outside region \(region.id)")
                 }
-                let offset = Int(h.offset), length = Int(h.length)
-                if h.encoding == .zero {
-                    staged.release(offset: offset, length: length) // reads as zeros from now on
-                } else {
-                    (staged.memory.base + offset).copyMemory(from: data.baseAddress!, byteCount: length)
-                    staged.bytesReceived += UInt64(length)
+                for run in h.runs {
+                    let offset = Int(run.range.lowerBound), length = Int(run.range.upperBound - run.range.lowerBound)
+                    if let at = run.dataOffset {
+                        (staged.memory.base + offset).copyMemory(from: data.baseAddress! + at, byteCount: length)
+                        staged.bytesReceived += UInt64(length)
+                    } else {
+                        staged.release(offset: offset, length: length) // reads as zeros from now on
+                    }
                 }
+                let offset = Int(h.offset), length = Int(h.length)
                 _ = staged.present.insert(offset / basePageSize..<(offset + length) / basePageSize)
             case .message(.invalidate(let inv)):
                 // Dropped = no longer staged (never installed): acknowledge at once, since the

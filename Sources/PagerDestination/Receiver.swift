@@ -116,34 +116,45 @@ extension FaultResolver {
         }
     }
 
-    /// Installs a PAGE_DATA frame: whole units directly, pieces of a unit (a huge page that the
-    /// source sent as several zero and data runs) gathered in `assembly` until complete. Bytes
-    /// past the last page the mappings cover are not this workload's: they are dropped.
-    /// Returns the ranges to wake.
+    /// Installs a PAGE_DATA frame, each of its runs (one for raw and zero frames; the data and
+    /// zero runs of a sparse one) in turn: whole units directly, pieces of a unit (a huge page
+    /// that the source sent as several zero and data runs) gathered in `assembly` until
+    /// complete. Bytes past the last page the mappings cover are not this workload's: they are
+    /// dropped. Returns the ranges to wake.
     private func deliver(_ header: PageDataHeader, _ data: UnsafeRawBufferPointer, assembly: UnitAssembly) -> [AddressRange] {
+        var wakes: [AddressRange] = []
+        let arrival = Arrival(header.flags)
+        for run in header.runs {
+            wakes += deliver(run.range, from: run.dataOffset.map { data.baseAddress! + $0 }, arrival: arrival, assembly: assembly)
+        }
+        return wakes
+    }
+
+    /// Installs region bytes `range` from `bytes` (nil: zeros); see ``deliver(_:_:assembly:)``.
+    private func deliver(_ range: Range<UInt64>, from bytes: UnsafeRawPointer?, arrival: Arrival, assembly: UnitAssembly) -> [AddressRange] {
         var wakes: [AddressRange] = []
         let u = UInt64(unit)
         let tracked = UInt64(trackedPages) * u
-        var offset = header.offset
-        let end = min(header.offset + header.length, tracked)
-        if end < header.offset + header.length {
-            let dropped = header.encoding == .zero ? 0 : header.offset + header.length - max(end, header.offset)
+        var offset = range.lowerBound
+        let end = min(range.upperBound, tracked)
+        if end < range.upperBound, bytes != nil {
+            let dropped = range.upperBound - max(end, range.lowerBound)
             lock.withLock { $0.report.otherRegionBytes += dropped }
         }
         while offset < end {
             let unitStart = offset / u * u
             if offset == unitStart && end - offset >= u {
                 let count = Int((end - offset) / u)
-                let source = header.encoding == .zero ? nil : data.baseAddress! + Int(offset - header.offset)
-                wakes += installUnits(Int(offset / u)..<Int(offset / u) + count, from: source, arrival: Arrival(header.flags))
+                wakes += installUnits(Int(offset / u)..<Int(offset / u) + count, from: bytes.map { $0 + Int(offset - range.lowerBound) },
+                                      arrival: arrival)
                 offset += UInt64(count) * u
                 continue
             }
             let pieceEnd = min(end, unitStart + u)
-            let piece = header.encoding == .zero ? nil : data.baseAddress! + Int(offset - header.offset)
+            let piece = bytes.map { $0 + Int(offset - range.lowerBound) }
             let index = Int(offset / u)
             if let whole = assembly.add(unit: index, at: Int(offset - unitStart), length: Int(pieceEnd - offset), from: piece) {
-                wakes += installUnits(index..<index + 1, from: whole, arrival: Arrival(header.flags))
+                wakes += installUnits(index..<index + 1, from: whole, arrival: arrival)
             }
             offset = pieceEnd
         }

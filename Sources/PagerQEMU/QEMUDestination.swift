@@ -171,7 +171,7 @@ public struct QEMUDestination {
             if cancelled.load(ordering: .acquiring) { throw QEMUError("stopped by a signal before the source answered") }
             do {
                 return try DestinationClient(source: source, clientName: "pagerd-qemu-dest",
-                                             features: Features([.resume, .hugePages]).union(precopy ? .invalidation : [])
+                                             features: Features([.resume, .hugePages, .sparse]).union(precopy ? .invalidation : [])
                                                  .union(encrypt ? .encryption : []),
                                              authentication: authentication, timeoutMilliseconds: 2_000)
             } catch {

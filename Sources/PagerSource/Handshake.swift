@@ -40,7 +40,7 @@ extension SourceServer {
                 "server speaks versions \(ProtocolVersion.supported.lowerBound)-\(ProtocolVersion.supported.upperBound), client offered \(hello.minVersion)-\(hello.maxVersion)")
         }
         channel.sendLimit = hello.acceptedPayload
-        var features = hello.features.intersection([.checksums, .resume, .hugePages, .invalidation])
+        var features = hello.features.intersection([.checksums, .resume, .hugePages, .invalidation, .sparse])
         var greeting = Greeting()
         if case .keys(let ring) = authentication {
             if requireEncryption && !hello.features.contains(.encryption) {

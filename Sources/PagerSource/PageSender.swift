@@ -12,13 +12,16 @@ final class PageSender {
     static let maxChunk = 4 << 20
 
     let channel: any FrameConnection
-    private let checksums: Bool
-    private let counters: SessionCounters
-    private let scratch: UnsafeMutableRawPointer
+    let checksums: Bool
+    /// The destination accepts the sparse encoding: data and zero pages in one frame.
+    let sparse: Bool
+    let counters: SessionCounters
+    let scratch: UnsafeMutableRawPointer
 
     init(channel: any FrameConnection, session: SourceSession) {
         self.channel = channel
         checksums = session.features.contains(.checksums)
+        sparse = session.features.contains(.sparse)
         counters = session.counters
         // Page-aligned: process_vm_readv into it, and frames sent from it, are whole pages.
         scratch = UnsafeMutableRawPointer.allocate(byteCount: Self.maxChunk, alignment: 4096)
@@ -31,6 +34,7 @@ final class PageSender {
     func send(_ region: ServedRegion, offset: UInt64, length: UInt64, requestID: UInt32, flags: PageDataHeader.Flags,
               chunk: Int) throws -> UInt64 {
         let step = UInt64(max(region.pageSize, min(chunk, Self.maxChunk) / region.pageSize * region.pageSize))
+        if sparse { return try sendWindows(region, offset: offset, length: length, requestID: requestID, flags: flags, step: step) }
         var sent: UInt64 = 0, zero: UInt64 = 0
         func sendZero(_ range: Range<UInt64>) throws(ChannelError) {
             try channel.sendPageData(PageDataHeader(requestID: requestID, region: region.id, offset: range.lowerBound,
@@ -69,7 +73,7 @@ final class PageSender {
     }
 
     /// CRC-32C of every 4 KiB of `data`, if the session asked for checksums.
-    private func pageChecksums(_ data: UnsafeRawBufferPointer) -> [UInt32]? {
+    func pageChecksums(_ data: UnsafeRawBufferPointer) -> [UInt32]? {
         guard checksums else { return nil }
         return stride(from: 0, to: data.count, by: 4096).map { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: data[$0..<$0 + 4096])) }
     }

@@ -112,21 +112,24 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
         try write { try bytes.withUnsafeBytes { try writeFrame([$0]) } }
     }
 
-    /// Sends PAGE_DATA whose bytes are `data` (raw encoding) or nothing (zero encoding),
-    /// with one `sendmsg` and no copy of the page bytes.
-    public func sendPageData(_ header: PageDataHeader, checksums: [UInt32]? = nil, data: UnsafeRawBufferPointer?) throws(ChannelError) {
+    /// Sends PAGE_DATA whose bytes are the `segments` (raw: `length` bytes; sparse: the map's
+    /// data pages; zero: none), with one `sendmsg` and no copy of the page bytes.
+    public func sendPageData(_ header: PageDataHeader, checksums: [UInt32]?, segments: [UnsafeRawBufferPointer]) throws(ChannelError) {
         var h = header
         if checksums != nil { h.flags.insert(.checksums) } else { h.flags.remove(.checksums) }
         let sums = (checksums ?? []).map(\.bigEndian)
-        let dataCount = h.encoding == .raw ? Int(h.length) : 0
-        precondition(h.encoding != .raw || data?.count == dataCount, "raw PAGE_DATA needs exactly length bytes")
-        let payloadLength = PageDataHeader.size + 4 * sums.count + dataCount
-        precondition(h.encoding != .raw || payloadLength <= Int(sendLimit), "PAGE_DATA larger than the peer accepts")
-        let body = dataCount > 0 ? data! : UnsafeRawBufferPointer(start: nil, count: 0)
+        let map = (h.encoding == .sparse ? h.pageMap ?? [] : []).map(\.bigEndian)
+        let dataCount = h.encoding == .raw || h.encoding == .sparse ? h.dataPageCount * Int(WireLimits.alignment) : 0
+        precondition(segments.reduce(0) { $0 + $1.count } == dataCount, "PAGE_DATA needs exactly its data pages' bytes")
+        precondition(h.encoding != .sparse || map.count == h.pageMapWords, "sparse PAGE_DATA needs its page map")
+        let payloadLength = PageDataHeader.size + 8 * map.count + 4 * sums.count + dataCount
+        precondition(h.encoding == .zero || payloadLength <= Int(sendLimit), "PAGE_DATA larger than the peer accepts")
         try write {
             try withUnsafeTemporaryAllocation(byteCount: FrameHeader.size + PageDataHeader.size, alignment: 8) { head in
                 h.encodeFrameHeader(into: head.baseAddress!, payloadLength: payloadLength)
-                try sums.withUnsafeBytes { try writeFrame([UnsafeRawBufferPointer(head), $0, body]) }
+                try map.withUnsafeBytes { m in
+                    try sums.withUnsafeBytes { s in try writeFrame([UnsafeRawBufferPointer(head), m, s] + segments.filter { $0.count > 0 }) }
+                }
             }
         }
     }
@@ -294,7 +297,7 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
     private func deliver(_ event: FrameParser.Event) throws(ChannelError) -> Incoming {
         switch event {
         case .pageData(let pd, let sums):
-            let data = UnsafeRawBufferPointer(start: pageBuffer, count: pd.encoding == .raw ? Int(pd.length) : 0)
+            let data = UnsafeRawBufferPointer(start: pageBuffer, count: pd.encoding == .zero ? 0 : pd.dataPageCount * Int(WireLimits.alignment))
             if verifyChecksums, let sums, let i = PageDataHeader.firstChecksumMismatch(data, checksums: sums) {
                 throw .checksumMismatch(peer: peer, region: pd.region, offset: pd.offset + UInt64(i) * WireLimits.alignment)
             }
@@ -381,8 +384,8 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
 extension FrameConnection {
     public func inputPending() -> Bool { false }
 
-    /// PAGE_DATA without checksums.
-    public func sendPageData(_ header: PageDataHeader, data: UnsafeRawBufferPointer?) throws(ChannelError) {
-        try sendPageData(header, checksums: nil, data: data)
+    /// PAGE_DATA whose bytes are `data` (raw) or nothing (zero).
+    public func sendPageData(_ header: PageDataHeader, checksums: [UInt32]? = nil, data: UnsafeRawBufferPointer?) throws(ChannelError) {
+        try sendPageData(header, checksums: checksums, segments: data.map { [$0] } ?? [])
     }
 }

@@ -18,9 +18,10 @@ public protocol FrameConnection: AnyObject, Sendable {
 
     /// Sends one message as one frame.
     func send(_ message: Message) throws(ChannelError)
-    /// Sends PAGE_DATA whose bytes are `data` (raw encoding) or nothing (zero encoding),
-    /// with `checksums` (one CRC-32C per 4 KiB) if given, without copying the page bytes.
-    func sendPageData(_ header: PageDataHeader, checksums: [UInt32]?, data: UnsafeRawBufferPointer?) throws(ChannelError)
+    /// Sends PAGE_DATA whose bytes are the `segments` in order (raw: `length` bytes; sparse:
+    /// the map's data pages; zero: none), with `checksums` (one CRC-32C per 4 KiB carried) if
+    /// given, without copying the page bytes.
+    func sendPageData(_ header: PageDataHeader, checksums: [UInt32]?, segments: [UnsafeRawBufferPointer]) throws(ChannelError)
     /// Blocks until one whole frame has arrived and returns it.
     func receive() throws(ChannelError) -> Incoming
     /// Whether more input is already here (bytes buffered, or the connection readable): the

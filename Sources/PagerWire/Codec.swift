@@ -86,6 +86,7 @@ extension Message {
             w.u64(h.length)
             w.u8(h.encoding.rawValue)
             w.zeros(7)
+            for word in h.pageMap ?? [] { w.u64(word) }
             for c in d.checksums ?? [] { w.u32(c) }
             w.raw(d.data)
         case .invalidate(let inv):
@@ -227,7 +228,16 @@ extension Message {
             }
             message = .pageRequest(PageRequest(requestID: id, region: region, offset: offset, length: length, flags: flags))
         case .pageData:
-            let h = try PageDataHeader.decode(&r, flags: header.flags)
+            var h = try PageDataHeader.decode(&r, flags: header.flags)
+            if h.encoding == .sparse {
+                if PageDataHeader.size + 8 * h.pageMapWords > payload.count {
+                    throw .truncatedPayload(.pageData, field: "page_map", needed: PageDataHeader.size + 8 * h.pageMapWords, length: payload.count)
+                }
+                var map: [UInt64] = []
+                for _ in 0..<h.pageMapWords { map.append(try r.u64("page_map")) }
+                try PageDataHeader.checkPageMap(map, pages: h.pageCount)
+                h.pageMap = map
+            }
             // The same layout check the stream parser makes from the fixed part alone.
             let layout = try h.payloadLayout(payloadLength: payload.count)
             var checksums: [UInt32]?
@@ -238,7 +248,7 @@ extension Message {
             }
             let data = h.encoding == .zero ? [] : try r.bytes(layout.dataBytes, "data")
             var d = PageData(requestID: h.requestID, region: h.region, offset: h.offset, length: h.length,
-                             flags: h.flags, encoding: h.encoding, checksums: checksums, data: data)
+                             flags: h.flags, encoding: h.encoding, pageMap: h.pageMap, checksums: checksums, data: data)
             d.header = h
             message = .pageData(d)
         case .invalidate:

@@ -55,7 +55,8 @@ extension Message: CustomStringConvertible {
             add("region", "\(h.region)")
             add("offset", hex64(h.offset))
             add("length", hex64(h.length))
-            add("encoding", ["raw", "zero", "compressed"][Int(h.encoding.rawValue)])
+            add("encoding", ["raw", "zero", "compressed", "sparse"][Int(h.encoding.rawValue)])
+            if let map = h.pageMap { add("page-map", "[" + map.map { hex64($0) }.joined(separator: ",") + "]") }
             if let checksums = d.checksums { add("checksums", "[" + checksums.map { hex32($0) }.joined(separator: ",") + "]") }
             if h.encoding != .zero {
                 add("data-bytes", "\(d.data.count)")

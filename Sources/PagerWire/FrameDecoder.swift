@@ -88,7 +88,7 @@ extension PageData {
     /// A PAGE_DATA message from its decoded parts (header exactly as received).
     public init(header: PageDataHeader, checksums: [UInt32]?, data: [UInt8]) {
         self.init(requestID: header.requestID, region: header.region, offset: header.offset, length: header.length,
-                  flags: header.flags, encoding: header.encoding, checksums: checksums, data: data)
+                  flags: header.flags, encoding: header.encoding, pageMap: header.pageMap, checksums: checksums, data: data)
         self.header = header
     }
 }

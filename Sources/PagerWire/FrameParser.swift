@@ -25,8 +25,9 @@ public struct FrameParser: Sendable {
         /// Any message, including PAGE_DATA whose data the parser held (compressed encoding,
         /// or a payload too short to have a fixed part, which fails in the decoder).
         case message(Message)
-        /// PAGE_DATA with the raw or zero encoding: the fixed part and checksums (validated
-        /// against the frame length); raw page bytes are in the caller's buffer.
+        /// PAGE_DATA with the raw, zero or sparse encoding: the fixed part (with a sparse
+        /// frame's page map) and checksums, validated against the frame length; page bytes
+        /// are in the caller's buffer.
         case pageData(PageDataHeader, checksums: [UInt32]?)
     }
 
@@ -37,6 +38,8 @@ public struct FrameParser: Sendable {
         case payload(FrameHeader)
         /// Waiting for PAGE_DATA's 32-byte fixed part.
         case pageFixed(FrameHeader)
+        /// Waiting for a sparse PAGE_DATA's page map.
+        case pageMap(FrameHeader, PageDataHeader)
         /// Waiting for PAGE_DATA's checksums; `dataBytes` follow them.
         case checksums(FrameHeader, PageDataHeader, dataBytes: Int)
         /// Waiting for PAGE_DATA's compressed bytes (kept as a message's data).
@@ -61,6 +64,7 @@ public struct FrameParser: Sendable {
         case .header: .bytes(FrameHeader.size)
         case .payload(let h): .bytes(Int(h.length))
         case .pageFixed: .bytes(PageDataHeader.size)
+        case .pageMap(_, let pd): .bytes(8 * pd.pageMapWords)
         case .checksums(_, let pd, _): .bytes(4 * pd.checksumCount)
         case .compressed(_, _, _, let n): .bytes(n)
         case .pageBytes(_, _, _, let n): .pageBytes(n)
@@ -71,7 +75,8 @@ public struct FrameParser: Sendable {
     public var frame: FrameHeader? {
         switch state {
         case .header: nil
-        case .payload(let h), .pageFixed(let h), .checksums(let h, _, _), .compressed(let h, _, _, _), .pageBytes(let h, _, _, _): h
+        case .payload(let h), .pageFixed(let h), .pageMap(let h, _), .checksums(let h, _, _), .compressed(let h, _, _, _),
+             .pageBytes(let h, _, _, _): h
         }
     }
 
@@ -99,12 +104,21 @@ public struct FrameParser: Sendable {
         case .pageFixed(let h):
             var r = ByteReader(bytes, context: .pageData)
             let pd = try PageDataHeader.decode(&r, flags: h.flags)
-            let layout = try pd.payloadLayout(payloadLength: Int(h.length))
-            if layout.checksumBytes > 0 {
-                state = .checksums(h, pd, dataBytes: layout.dataBytes)
+            if pd.encoding == .sparse {
+                // The map's size follows from the range: refused here if the frame cannot hold it.
+                let mapBytes = 8 * UInt64(pd.pageMapWords)
+                if UInt64(PageDataHeader.size) + mapBytes > UInt64(h.length) {
+                    throw .truncatedPayload(.pageData, field: "page_map", needed: PageDataHeader.size + Int(mapBytes), length: Int(h.length))
+                }
+                state = .pageMap(h, pd)
                 return nil
             }
-            return afterChecksums(h, pd, checksums: nil, dataBytes: layout.dataBytes)
+            return try afterFixed(h, pd)
+        case .pageMap(let h, var pd):
+            let map = (0..<bytes.count / 8).map { UInt64(bigEndian: bytes.loadUnaligned(fromByteOffset: 8 * $0, as: UInt64.self)) }
+            try PageDataHeader.checkPageMap(map, pages: pd.pageCount)
+            pd.pageMap = map
+            return try afterFixed(h, pd)
         case .checksums(let h, let pd, let dataBytes):
             let sums = (0..<bytes.count / 4).map { UInt32(bigEndian: bytes.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self)) }
             return afterChecksums(h, pd, checksums: sums, dataBytes: dataBytes)
@@ -122,11 +136,21 @@ public struct FrameParser: Sendable {
         return finish(.pageData(pd, checksums: sums))
     }
 
+    /// The fixed part (and a sparse frame's map) is in: checksums next, or the data.
+    private mutating func afterFixed(_ h: FrameHeader, _ pd: PageDataHeader) throws(WireError) -> Event? {
+        let layout = try pd.payloadLayout(payloadLength: Int(h.length))
+        if layout.checksumBytes > 0 {
+            state = .checksums(h, pd, dataBytes: layout.dataBytes)
+            return nil
+        }
+        return afterChecksums(h, pd, checksums: nil, dataBytes: layout.dataBytes)
+    }
+
     private mutating func afterChecksums(_ h: FrameHeader, _ pd: PageDataHeader, checksums: [UInt32]?, dataBytes: Int) -> Event? {
         switch pd.encoding {
         case .zero:
             return finish(.pageData(pd, checksums: checksums))
-        case .raw:
+        case .raw, .sparse:
             state = .pageBytes(h, pd, checksums: checksums, count: dataBytes)
         case .compressed:
             state = .compressed(h, pd, checksums: checksums, count: dataBytes)
@@ -142,13 +166,14 @@ public struct FrameParser: Sendable {
 }
 
 extension PageDataHeader {
-    /// What follows the fixed part of a PAGE_DATA payload of `payloadLength` bytes: checksum
-    /// bytes, then data bytes. Throws what a whole-payload decode would, so a stream parser
-    /// can refuse a frame from its fixed part, before its page bytes arrive.
+    /// What follows the fixed part (and a sparse frame's page map, which must be decoded into
+    /// ``pageMap`` first) of a PAGE_DATA payload of `payloadLength` bytes: checksum bytes,
+    /// then data bytes. Throws what a whole-payload decode would, so a stream parser can
+    /// refuse a frame from its fixed part, before its page bytes arrive.
     public func payloadLayout(payloadLength: Int) throws(WireError) -> (checksumBytes: Int, dataBytes: Int) {
         // No overflow: checksumCount is at most 2^52 (length / 4096).
         let sumBytes = 4 * checksumCount
-        let rest = payloadLength - PageDataHeader.size
+        let rest = payloadLength - PageDataHeader.size - (encoding == .sparse ? 8 * pageMapWords : 0)
         if sumBytes > rest {
             throw .truncatedPayload(.pageData, field: "checksums", needed: PageDataHeader.size + sumBytes, length: payloadLength)
         }
@@ -160,6 +185,11 @@ extension PageDataHeader {
             }
         case .zero:
             if remaining != 0 { throw .trailingBytes(.pageData, count: remaining) }
+        case .sparse:
+            let expected = UInt64(dataPageCount) * WireLimits.alignment
+            if UInt64(remaining) != expected {
+                throw .fieldOutOfRange(.pageData, field: "data length", value: UInt64(remaining), limit: "equal to the map's \(dataPageCount) data pages (\(expected) bytes)")
+            }
         case .compressed:
             if remaining == 0 {
                 throw .truncatedPayload(.pageData, field: "compressed data", needed: payloadLength + 1, length: payloadLength)

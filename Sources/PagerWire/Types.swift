@@ -107,6 +107,8 @@ public struct Features: OptionSet, Sendable, Hashable, CustomStringConvertible {
     public static let hugePages = Features(rawValue: 1 << 6)
     /// Every frame after AUTH_RESPONSE sealed with AES-256-GCM (needs ``authentication``).
     public static let encryption = Features(rawValue: 1 << 7)
+    /// PAGE_DATA may use the sparse encoding: data and zero pages mixed in one frame.
+    public static let sparse = Features(rawValue: 1 << 8)
 
     public var description: String { hex64(rawValue) }
 

@@ -110,7 +110,7 @@ func streamLikeTheChannel(_ bytes: UnsafeRawBufferPointer) -> (messages: [Messag
             case nil: continue
             case .message(let m)?: out.append(m)
             case .pageData(let h, let sums)?:
-                let data = h.encoding == .raw ? Array(pageBuffer.prefix(Int(h.length))) : []
+                let data = h.encoding == .zero ? [] : Array(pageBuffer.prefix(h.dataPageCount * 4096))
                 out.append(.pageData(PageData(header: h, checksums: sums, data: data)))
             }
             frameStart = at

@@ -117,7 +117,7 @@ struct DestCommand: ParsableCommand {
 
     /// Offered in HELLO: INVALIDATE only makes sense to a destination that stages pre-copy.
     var features: Features {
-        var f: Features = [.resume, .hugePages]
+        var f: Features = [.resume, .hugePages, .sparse]
         if checksums { f.insert(.checksums) }
         if precopy { f.insert(.invalidation) }
         if keys.encrypt { f.insert(.encryption) }

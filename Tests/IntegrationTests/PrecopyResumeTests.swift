@@ -35,8 +35,8 @@ final class CutConnection: FrameConnection, @unchecked Sendable {
     }
     var wasCut: Bool { done.load(ordering: .acquiring) }
     func send(_ message: Message) throws(ChannelError) { try inner.send(message) }
-    func sendPageData(_ header: PageDataHeader, checksums: [UInt32]?, data: UnsafeRawBufferPointer?) throws(ChannelError) {
-        try inner.sendPageData(header, checksums: checksums, data: data)
+    func sendPageData(_ header: PageDataHeader, checksums: [UInt32]?, segments: [UnsafeRawBufferPointer]) throws(ChannelError) {
+        try inner.sendPageData(header, checksums: checksums, segments: segments)
     }
     func receive() throws(ChannelError) -> Incoming {
         let incoming = try inner.receive()

@@ -16,7 +16,7 @@ final class ScriptedConnection: FrameConnection, @unchecked Sendable {
     init(_ messages: [Message]) { incoming = Mutex(messages) }
 
     func send(_ message: Message) throws(ChannelError) { sent.withLock { $0.append(message) } }
-    func sendPageData(_ header: PageDataHeader, checksums: [UInt32]?, data: UnsafeRawBufferPointer?) throws(ChannelError) {}
+    func sendPageData(_ header: PageDataHeader, checksums: [UInt32]?, segments: [UnsafeRawBufferPointer]) throws(ChannelError) {}
     func receive() throws(ChannelError) -> Incoming {
         guard let next = incoming.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else { throw .closed(peer: peer) }
         return .message(next)

@@ -1,6 +1,6 @@
 import Logging
 import PagerKernel
-import PagerSource
+@testable import PagerSource
 import PagerTransport
 import PagerWire
 import Testing
@@ -74,5 +74,30 @@ struct PrefetchAnswerTests {
         guard case .pageData(let d, _) = try demand.receive() else { Issue.record("no demand answer"); return }
         #expect(d.requestID == 7 && d.flags.contains(.urgent))
         try demand.send(.goodbye)
+    }
+}
+
+@Suite("The sparse sender's window frames")
+struct WindowFrameTests {
+    @Test("a window of data and zero pages: contiguous data merged into one segment, the map bit per data page, the encoding by the mix")
+    func mix() {
+        let memory = UnsafeMutableRawPointer.allocate(byteCount: 8 * 4096, alignment: 4096)
+        defer { memory.deallocate() }
+        let buffer = UnsafeRawBufferPointer(start: memory, count: 8 * 4096)
+        var f = WindowFrame(offset: 0x8000, length: 8 * 4096)
+        f.data(UnsafeRawBufferPointer(rebasing: buffer[0..<8192]))
+        f.zeros(pages: 1)
+        f.data(UnsafeRawBufferPointer(rebasing: buffer[3 * 4096..<4 * 4096]))
+        f.data(UnsafeRawBufferPointer(rebasing: buffer[4 * 4096..<5 * 4096])) // follows the last: merged
+        f.zeros(pages: 3)
+        let h = f.header(requestID: 4, region: 1, flags: .push)
+        #expect(h.encoding == .sparse && h.pageMap == [0b11011] && f.dataPages == 4)
+        #expect(f.segments.count == 2 && f.segments[1].count == 8192)
+        var all = WindowFrame(offset: 0, length: 8192)
+        all.data(UnsafeRawBufferPointer(rebasing: buffer[0..<8192]))
+        #expect(all.header(requestID: 0, region: 1, flags: []).encoding == .raw)
+        var none = WindowFrame(offset: 0, length: 8192)
+        none.zeros(pages: 2)
+        #expect(none.header(requestID: 0, region: 1, flags: []).encoding == .zero)
     }
 }

@@ -165,7 +165,7 @@ final class IdleConnection: FrameConnection, @unchecked Sendable {
     private let down = Mutex(false)
     var wasShutDown: Bool { down.withLock { $0 } }
     func send(_ message: Message) throws(ChannelError) {}
-    func sendPageData(_ header: PageDataHeader, checksums: [UInt32]?, data: UnsafeRawBufferPointer?) throws(ChannelError) {}
+    func sendPageData(_ header: PageDataHeader, checksums: [UInt32]?, segments: [UnsafeRawBufferPointer]) throws(ChannelError) {}
     func receive() throws(ChannelError) -> Incoming { throw .closed(peer: peer) }
     func shutdown() { down.withLock { $0 = true } }
 }

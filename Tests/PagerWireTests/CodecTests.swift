@@ -9,7 +9,7 @@ struct CodecTests {
         func aligned(_ max: UInt64) -> UInt64 { (UInt64.random(in: 0...max, using: &rng) / 4096) * 4096 }
         func length() -> UInt64 { 4096 * UInt64.random(in: 1...16, using: &rng) }
         let name = String((0..<Int.random(in: 0...20, using: &rng)).map { _ in "abcé/._-".randomElement(using: &rng)! })
-        switch Int.random(in: 0..<16, using: &rng) {
+        switch Int.random(in: 0..<17, using: &rng) {
         case 0: return .hello(Hello(features: Features(rawValue: rng.next()), maxPayload: UInt32.random(in: 65536...0x210000, using: &rng),
                                     resumeSession: rng.next(), resumeToken: bytes(16), clientName: name, keyIdentity: String(name.prefix(5))))
         case 1: return .welcome(Welcome(features: Features(rawValue: rng.next()), regionCount: UInt32.random(in: 0...9, using: &rng),
@@ -43,6 +43,18 @@ struct CodecTests {
             }
             return .received(Received(region: UInt32.random(in: 0...UInt32.max, using: &rng), ranges: ranges,
                                       more: Bool.random(using: &rng), staged: Bool.random(using: &rng)))
+        case 15:
+            // Sparse: a random map over 1..<200 pages with at least one data page.
+            let pages = Int.random(in: 1..<200, using: &rng)
+            var map = [UInt64](repeating: 0, count: (pages + 63) / 64)
+            for p in 0..<pages where Bool.random(using: &rng) { map[p / 64] |= 1 << UInt64(p % 64) }
+            let first = Int.random(in: 0..<pages, using: &rng)
+            map[first / 64] |= 1 << UInt64(first % 64)
+            let n = map.reduce(0) { $0 + $1.nonzeroBitCount }
+            let data = bytes(n * 4096)
+            let sums = Bool.random(using: &rng) ? stride(from: 0, to: data.count, by: 4096).map { CRC32C.checksum(Array(data[$0..<$0 + 4096])) } : nil
+            return .pageData(PageData(requestID: 0, region: 1, offset: aligned(1 << 40), length: UInt64(pages) * 4096, flags: .push,
+                                      encoding: .sparse, pageMap: map, checksums: sums, data: data))
         default: return .pushComplete(region: 4, bytes: rng.next())
         }
     }
@@ -55,6 +67,23 @@ struct CodecTests {
             let decoded = try #require(try decodeOne(m.encoded()).get())
             #expect(decoded == m)
         }
+    }
+
+    @Test("a sparse frame's runs: data and zero runs in order, each data run's offset into the data")
+    func sparseRuns() {
+        // 70 pages: data 0-1, zero 2-3, data 4, zero 5-63, data 64-69.
+        let map: [UInt64] = [0b10011, 0b111111]
+        let h = PageDataHeader(requestID: 0, region: 1, offset: 0x10000, length: 70 * 4096, flags: .push, encoding: .sparse, pageMap: map)
+        #expect(h.dataPageCount == 9 && h.pageMapWords == 2)
+        #expect(h.payloadLength == 32 + 16 + 9 * 4096)
+        let runs = h.runs.map { ($0.range.lowerBound, $0.range.upperBound, $0.dataOffset) }
+        let page: UInt64 = 4096, base: UInt64 = 0x10000
+        let expected: [(UInt64, UInt64, Int?)] = [(base, base + 2 * page, 0), (base + 2 * page, base + 4 * page, nil),
+                                                  (base + 4 * page, base + 5 * page, 8192), (base + 5 * page, base + 64 * page, nil),
+                                                  (base + 64 * page, base + 70 * page, 3 * 4096)]
+        #expect(runs.count == expected.count)
+        for (r, e) in zip(runs, expected) { #expect(r.0 == e.0 && r.1 == e.1 && r.2 == e.2) }
+        #expect(PageDataHeader(requestID: 0, region: 1, offset: 0, length: 8192, flags: [], encoding: .raw).runs.map(\.dataOffset) == [0])
     }
 
     @Test("the allocation-free PAGE_DATA header writer produces the codec's bytes")
