@@ -35,7 +35,7 @@ local TYPES = {
 }
 -- §4: only these types define flags; every other type has flags = 0.
 local DEFINED_FLAGS = { [0x0020] = 0x3, [0x0021] = 0x7, [0x0043] = 0x3 }
-local FEATURES = { "checksums", "compression", "authentication", "resume", "rdma", "invalidation", "huge-pages", "encryption" }
+local FEATURES = { "checksums", "compression", "authentication", "resume", "rdma", "invalidation", "huge-pages", "encryption", "sparse" }
 local BIT_AUTHENTICATION, BIT_ENCRYPTION = 2, 7
 local CHANNELS = { [0] = "demand", [1] = "push" }
 local ENCODINGS = { [0] = "raw", [1] = "zero", [2] = "compressed", [3] = "sparse" }

@@ -12,6 +12,7 @@ public enum Scenario: String, CaseIterable, Sendable {
     case protection
     case peers
     case outages
+    case holes
 
     public var summary: String {
         switch self {
@@ -21,6 +22,7 @@ public enum Scenario: String, CaseIterable, Sendable {
         case .throughput: "time until the whole region is local, for access patterns none, sequential, random, strided and working-set"
         case .protection: "what authentication and encryption cost: 4 KiB fault p50 and full transfer, plain vs authenticated vs encrypted in interleaved rounds, next to libcrypto's AES-256-GCM rate"
         case .peers: "other pagers on the same machine: CRIU lazy-pages (probed) and QEMU's native postcopy against the pager on the same TCG guest"
+        case .holes: "scattered zero pages: a region with every 7th page a hole against the same region with every page data, no access and random access, in interleaved rounds"
         case .outages: "both connections reset (ss -K) five times during a full transfer: each resume's pause next to the raw round trip, fault waits, what was sent again, and the transfer against the same one without resets"
         }
     }
@@ -80,6 +82,8 @@ public final class BenchSuite {
     public var loopback = false
     /// Interleaved rounds of plain, authenticated and encrypted migrations in `protection`.
     public var protectionRounds = 3
+    /// Interleaved rounds of the dense and holed regions in `holes`.
+    public var holeRounds = 3
     /// A `tc tbf` rate for the source's link (e.g. "10gbit"), namespaces only.
     public var link: String?
     public var progress: (Int, Int, String) -> Void = { _, _, _ in }
@@ -100,6 +104,7 @@ public final class BenchSuite {
         case .protection: 1 + protectionRounds * Protection.allCases.count
         case .peers: 1
         case .outages: 2
+        case .holes: 4 * holeRounds
         }
     }
 
@@ -109,10 +114,11 @@ public final class BenchSuite {
         if link != nil && loopback { throw HarnessError("--link shapes the veth between the namespaces; it cannot shape loopback") }
         // The baselines run whenever a scenario needs them for its ratios.
         let needBaselines = scenarios.contains(.baselines) || scenarios.contains(.latency4k) || scenarios.contains(.throughput)
-            || scenarios.contains(.protection) || scenarios.contains(.outages)
+            || scenarios.contains(.protection) || scenarios.contains(.outages) || scenarios.contains(.holes)
         let total = scenarios.filter { $0 != .baselines }.reduce(0) { $0 + steps($1) } + (needBaselines ? steps(.baselines) : 0)
         let run = try SuiteRun(self, steps: total)
         try sh(workload, "fill", "--file", run.ram, "--size-mib", "\(sizeMiB)", "--seed", "9")
+        try run.warmMemory()
         if needBaselines { try run.baselines() }
         if scenarios.contains(.latency4k) { try run.latencyScenario("4k", backing: [], count: samples) }
         if scenarios.contains(.latency2m) {
@@ -123,6 +129,7 @@ public final class BenchSuite {
         if scenarios.contains(.throughput) { try run.throughput() }
         if scenarios.contains(.protection) { try run.protectionScenario(rounds: protectionRounds) }
         if scenarios.contains(.outages) { try run.outageScenario() }
+        if scenarios.contains(.holes) { try run.holeScenario(rounds: holeRounds) }
         if scenarios.contains(.peers) { try run.peers() }
         return run.report
     }

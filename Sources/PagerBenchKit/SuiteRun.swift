@@ -95,10 +95,11 @@ final class SuiteRun {
     }
 
     /// One migration of the filled file (see ``migrate(_:destFlags:workloadArgs:protection:during:)``).
+    /// `region`: the file served (this run's filled file when nil).
     func migration(_ name: String, destFlags: [String], workloadArgs: [String], protection: Protection = .authenticated,
-                   during: ((ChildProcess) throws -> Void)? = nil) throws -> Migration {
+                   region: String? = nil, during: ((ChildProcess) throws -> Void)? = nil) throws -> Migration {
         let keys = protection.arguments(keyFile: scratch.keyFile)
-        let source = try spawn(source: true, pagerd, ["source", "--listen", "\(address):\(port)", "--region", ram] + keys.source,
+        let source = try spawn(source: true, pagerd, ["source", "--listen", "\(address):\(port)", "--region", region ?? ram] + keys.source,
                                log: scratch.file("source-\(name).log"))
         defer { source.signal(.terminate); source.wait(timeoutMilliseconds: 10_000) }
         try waitFor(source, toPrint: "serving 1 region")
@@ -132,6 +133,17 @@ final class SuiteRun {
                          sourceCPU: source.cpuSeconds ?? .nan,
                          arrivals: (arrived.count > 0 ? arrived[0] : -1, arrived.count > 1 ? arrived[1] : -1, arrived.count > 2 ? arrived[2] : -1),
                          duplicates: installed.count > 2 ? installed[2] : -1)
+    }
+
+    /// Touches (and gives back) four regions' worth of memory once, before anything is
+    /// measured: on these VMs the first touch of guest memory the host has not backed yet
+    /// costs the hypervisor's fault, and whichever measurement got such memory first ran up to
+    /// 3x slower (a 1 GiB transfer 3.2 s in one round, 1.0 s in the next). Afterwards the
+    /// floors and the pager draw on the same backed memory.
+    func warmMemory() throws {
+        let bytes = 4 * (sizeMiB << 20)
+        let memory = try MemoryMapping.anonymous(length: bytes)
+        for at in stride(from: 0, to: bytes, by: basePageSize) { (memory.base + at).storeBytes(of: 1, as: UInt8.self) }
     }
 
     /// The baselines every ratio needs, measured once per run: raw TCP round trips and stream

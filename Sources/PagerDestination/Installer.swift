@@ -45,21 +45,39 @@ extension FaultResolver {
     /// `source` nil: zeros. Returns the ranges to wake (``wakeAll(_:)``) once the caller has
     /// nothing more to install right away.
     func installUnits(_ units: Range<Int>, from source: UnsafeRawPointer?, arrival: Arrival) -> [AddressRange] {
-        var at = units.lowerBound
+        installRuns([(units, source)], arrival: arrival)
+    }
+
+    /// Installs runs of whole units (a frame's data and zero runs, in order), a batch of
+    /// units per lock hold across runs: a sparse frame's many short runs cost one lock use
+    /// (and, from the background push receiver, its two scheduling-policy changes) per 64 KiB,
+    /// not per run.
+    func installRuns(_ runs: [(units: Range<Int>, source: UnsafeRawPointer?)], arrival: Arrival) -> [AddressRange] {
         var wakes: [AddressRange] = []
-        while at < units.upperBound {
-            let batch = at..<min(units.upperBound, at + installBatch)
+        var next = 0 // the run being installed, and how far
+        var at = runs.first?.units.lowerBound ?? 0
+        while next < runs.count {
             wakes += lock.withLock { state in
-                let wanted = state.pages.accept(batch)
-                let accepted = wanted.reduce(0) { $0 + $1.count }
-                state.report.duplicatePages += batch.count - accepted
-                state.report.arrivals[arrival] += accepted
-                for run in wanted {
-                    install(run, from: source.map { .bytes($0 + (run.lowerBound - units.lowerBound) * unit) } ?? .zeros, &state)
+                var budget = installBatch
+                while budget > 0 && next < runs.count {
+                    let run = runs[next]
+                    let batch = at..<min(run.units.upperBound, at + budget)
+                    let wanted = state.pages.accept(batch)
+                    let accepted = wanted.reduce(0) { $0 + $1.count }
+                    state.report.duplicatePages += batch.count - accepted
+                    state.report.arrivals[arrival] += accepted
+                    for part in wanted {
+                        install(part, from: run.source.map { .bytes($0 + (part.lowerBound - run.units.lowerBound) * unit) } ?? .zeros, &state)
+                    }
+                    budget -= batch.count
+                    at = batch.upperBound
+                    if at == run.units.upperBound {
+                        next += 1
+                        if next < runs.count { at = runs[next].units.lowerBound }
+                    }
                 }
                 return state.takeWakes()
             }
-            at = batch.upperBound
         }
         return wakes
     }

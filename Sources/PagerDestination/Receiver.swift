@@ -122,16 +122,19 @@ extension FaultResolver {
     /// complete. Bytes past the last page the mappings cover are not this workload's: they are
     /// dropped. Returns the ranges to wake.
     private func deliver(_ header: PageDataHeader, _ data: UnsafeRawBufferPointer, assembly: UnitAssembly) -> [AddressRange] {
+        var whole: [(units: Range<Int>, source: UnsafeRawPointer?)] = []
         var wakes: [AddressRange] = []
         let arrival = Arrival(header.flags)
         for run in header.runs {
-            wakes += deliver(run.range, from: run.dataOffset.map { data.baseAddress! + $0 }, arrival: arrival, assembly: assembly)
+            wakes += deliver(run.range, from: run.dataOffset.map { data.baseAddress! + $0 }, arrival: arrival, assembly: assembly, whole: &whole)
         }
-        return wakes
+        return installRuns(whole, arrival: arrival) + wakes
     }
 
     /// Installs region bytes `range` from `bytes` (nil: zeros); see ``deliver(_:_:assembly:)``.
-    private func deliver(_ range: Range<UInt64>, from bytes: UnsafeRawPointer?, arrival: Arrival, assembly: UnitAssembly) -> [AddressRange] {
+    /// Whole units are gathered in `whole`, for one install of the frame's runs.
+    private func deliver(_ range: Range<UInt64>, from bytes: UnsafeRawPointer?, arrival: Arrival, assembly: UnitAssembly,
+                         whole: inout [(units: Range<Int>, source: UnsafeRawPointer?)]) -> [AddressRange] {
         var wakes: [AddressRange] = []
         let u = UInt64(unit)
         let tracked = UInt64(trackedPages) * u
@@ -145,8 +148,7 @@ extension FaultResolver {
             let unitStart = offset / u * u
             if offset == unitStart && end - offset >= u {
                 let count = Int((end - offset) / u)
-                wakes += installUnits(Int(offset / u)..<Int(offset / u) + count, from: bytes.map { $0 + Int(offset - range.lowerBound) },
-                                      arrival: arrival)
+                whole.append((Int(offset / u)..<Int(offset / u) + count, bytes.map { $0 + Int(offset - range.lowerBound) }))
                 offset += UInt64(count) * u
                 continue
             }

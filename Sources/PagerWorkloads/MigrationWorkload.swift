@@ -3,16 +3,38 @@ import PagerReport
 import SystemPackage
 
 /// The content migration tests put in a source file, and the checks a workload makes on its
-/// copy. Per 4 KiB page `p`: pages with p % 16 == 15 are holes (never written: the source
-/// sends them as zero ranges from SEEK_HOLE), pages with p % 16 == 7 are written with zeros
-/// (found zero by content), every other page holds words derived from (p, word, seed).
+/// copy. Per 4 KiB page `p` of the standard layout: pages with p % 16 == 15 are holes (never
+/// written: the source sends them as zero ranges from SEEK_HOLE), pages with p % 16 == 7 are
+/// written with zeros (found zero by content), every other page holds words derived from
+/// (p, word, seed). Other layouts serve the benchmark's hole comparison.
 public enum MigrationPattern {
-    @inline(__always)
-    public static func word(page: Int, word: Int, seed: UInt64) -> UInt64 {
-        switch page % 16 {
-        case 15, 7: 0
-        default: (UInt64(page) &* 0x9E37_79B9_7F4A_7C15) ^ (UInt64(word) &* 0xD6E8_FEB8_6659_FD93) ^ seed
+    /// Where the holes and zero pages are.
+    public enum Layout: String, CaseIterable, Sendable {
+        /// Every 16th page a hole, every 16th (offset by 8) written with zeros.
+        case standard
+        /// Every page holds data.
+        case dense
+        /// Every 7th page (p % 7 == 6) a hole, every other page data.
+        case holesEvery7 = "holes-every-7"
+
+        /// Page `p` is never written (a hole in the file).
+        @inline(__always)
+        public func isHole(_ p: Int) -> Bool {
+            switch self {
+            case .standard: p % 16 == 15
+            case .dense: false
+            case .holesEvery7: p % 7 == 6
+            }
         }
+
+        /// Page `p` reads as zeros (a hole, or written with zeros).
+        @inline(__always)
+        public func isZero(_ p: Int) -> Bool { isHole(p) || (self == .standard && p % 16 == 7) }
+    }
+
+    @inline(__always)
+    public static func word(page: Int, word: Int, seed: UInt64, layout: Layout = .standard) -> UInt64 {
+        layout.isZero(page) ? 0 : (UInt64(page) &* 0x9E37_79B9_7F4A_7C15) ^ (UInt64(word) &* 0xD6E8_FEB8_6659_FD93) ^ seed
     }
 
     /// The marker a workload writes into word 0 of a page it modifies.
@@ -20,17 +42,17 @@ public enum MigrationPattern {
     public static func marker(page: Int) -> UInt64 { 0x5752_4954_0000_0000 | UInt64(page) }
 
     /// Creates (or truncates) `path` with `bytes` of the pattern, leaving the holes unwritten.
-    public static func fill(path: String, bytes: Int, seed: UInt64) throws {
+    public static func fill(path: String, bytes: Int, seed: UInt64, layout: Layout = .standard) throws {
         let file = try MemoryFile(path: path, length: 0, create: true)
         let size = try file.size()
         if size != 0 { throw KernelError("fill", .fileExists, detail: "\(path) could not be truncated") }
         _ = try MemoryFile(path: path, length: bytes)
         let mapping = try MemoryMapping.map(file, length: bytes)
         let pages = bytes / basePageSize
-        for p in 0..<pages where p % 16 != 15 {
+        for p in 0..<pages where !layout.isHole(p) {
             let words = mapping.page(p * basePageSize / mapping.pageSize).advanced(by: (p * basePageSize) % mapping.pageSize)
                 .assumingMemoryBound(to: UInt64.self)
-            for w in 0..<basePageSize / 8 { words[w] = word(page: p, word: w, seed: seed) }
+            for w in 0..<basePageSize / 8 { words[w] = word(page: p, word: w, seed: seed, layout: layout) }
         }
     }
 }
@@ -52,6 +74,8 @@ public struct MigrationWorkload {
     public var backing: Backing
     public var access: Access
     public var seed: UInt64
+    /// The source file's layout of holes and zero pages (``MigrationPattern/Layout``).
+    public var layout = MigrationPattern.Layout.standard
     /// Every `writeEvery`-th page touched is also written (0: none).
     public var writeEvery: Int
     /// Touch only this many pages (in access order), and verify only those; nil: all.
@@ -215,7 +239,7 @@ public struct MigrationWorkload {
 
     private func holdsPattern(_ memory: borrowing HandedOff, page p: Int) -> Bool {
         let words = (memory.base + p * basePageSize).assumingMemoryBound(to: UInt64.self)
-        return (0..<basePageSize / 8).allSatisfy { words[$0] == MigrationPattern.word(page: p, word: $0, seed: seed) }
+        return (0..<basePageSize / 8).allSatisfy { words[$0] == MigrationPattern.word(page: p, word: $0, seed: seed, layout: layout) }
     }
 
     /// The order pages are first touched in.
@@ -351,7 +375,7 @@ public struct MigrationWorkload {
                 // A written word holds the marker; a dropped page is zeros otherwise (also when the
                 // workload wrote to it after dropping it); every other word is the source's.
                 let expected = w == 0 && t.written.contains(p) ? MigrationPattern.marker(page: p)
-                    : t.discarded.contains(p) ? 0 : MigrationPattern.word(page: p, word: w, seed: seed)
+                    : t.discarded.contains(p) ? 0 : MigrationPattern.word(page: p, word: w, seed: seed, layout: layout)
                 if words[w] != expected { mismatch("page \(p) word \(w): \(hex(words[w])) instead of \(hex(expected))") }
             }
         }

@@ -36,6 +36,7 @@ struct Run: ParsableCommand {
     @Option(help: "Faults sampled per 4 KiB latency figure (and raw round trips).") var samples = 3000
     @Option(help: "Faults sampled per 2 MiB latency figure.") var hugeSamples = 200
     @Option(help: "Interleaved rounds of plain, authenticated and encrypted migrations in the protection scenario.") var protectionRounds = 3
+    @Option(help: "Interleaved rounds of the dense and holed regions in the holes scenario.") var holeRounds = 3
     @Flag(help: "Source and destination on loopback instead of two namespaces.") var loopback = false
     @Option(help: "Shape the source's link with tc tbf to this rate, e.g. 10gbit (namespaces only).") var link: String?
     @Flag(help: "Print one JSON object instead of the table.") var json = false
@@ -54,6 +55,7 @@ struct Run: ParsableCommand {
         suite.hugeSamples = hugeSamples
         suite.loopback = loopback
         suite.protectionRounds = protectionRounds
+        suite.holeRounds = holeRounds
         suite.link = link
         let started = monotonicNanoseconds()
         let terminal = standardErrorIsTerminal

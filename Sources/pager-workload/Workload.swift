@@ -17,8 +17,11 @@ struct PagerWorkload: ParsableCommand {
         @Option var file: String
         @Option(name: .customLong("size-mib")) var sizeMiB: Int
         @Option var seed: UInt64 = 1
+        @Option(help: "Where holes and zero pages go: standard (every 16th page a hole, every 16th zero), dense (all data), holes-every-7.")
+        var layout: String = "standard"
         func run() throws {
-            try MigrationPattern.fill(path: file, bytes: sizeMiB << 20, seed: seed)
+            guard let layout = MigrationPattern.Layout(rawValue: layout) else { throw ValidationError("unknown layout \(self.layout)") }
+            try MigrationPattern.fill(path: file, bytes: sizeMiB << 20, seed: seed, layout: layout)
             print("filled \(file): \(sizeMiB) MiB, seed \(seed)")
         }
     }
@@ -39,12 +42,15 @@ struct PagerWorkload: ParsableCommand {
         @Flag(help: "Tests only: send a handoff the pager must refuse (no offset, no page_size), then touch the memory anyway.") var malformedHandoff = false
         @Flag(help: "Tests only, with --access none: once the pager closes the handoff connection, print how many pages are present (and whether they hold the pattern), poisoned, or neither, before reading the rest.") var reportResidency = false
         @Option(help: "Check every page against these digests (from `pager-workload digest`) instead of the fill pattern.") var expectDigests: String?
+        @Option(help: "The source file's layout, as given to fill (standard, dense, holes-every-7).") var layout: String = "standard"
 
         func run() throws {
+            guard let l = MigrationPattern.Layout(rawValue: layout) else { throw ValidationError("--layout: standard, dense or holes-every-7") }
             guard let b = MigrationWorkload.Backing(rawValue: backing) else { throw ValidationError("--backing: anon, shm or hugetlb") }
             guard let a = MigrationWorkload.Access(rawValue: access) else { throw ValidationError("--access: sequential, random, strided, working-set or none") }
             var w = MigrationWorkload(bytes: sizeMiB << 20, backing: b, access: a, seed: seed, writeEvery: writeEvery, touchPages: touchPages)
             w.discardEvery = discardEvery
+            w.layout = l
             w.hintBytes = hintMiB << 20
             w.punchEvery = punchEvery
             w.malformedHandoff = malformedHandoff
