@@ -41,8 +41,10 @@ extension FaultResolver {
                 }
             } catch { throw .kernel(error) }
             var out = Outgoing()
+            if ready { faultWaitsForLock.add(1, ordering: .relaxed) }
             let pass: (done: Bool, failure: ResolveError?, wakes: [AddressRange], hinted: [PrefetchHint], link: Link) = lock.withLock { state in
                 if ready {
+                    faultWaitsForLock.subtract(1, ordering: .relaxed)
                     do { try uffd.readEvents(into: &events) } catch let e as KernelError { state.fail(.kernel(e)) } catch {}
                     for event in events { handle(event, &state, &out) }
                 }

@@ -147,6 +147,9 @@ public final class FaultResolver: @unchecked Sendable {
     /// When the last frame came in on the push channel (see ``WaitingFaults/review``).
     let lastPushFrame = Atomic<UInt64>(monotonicNanoseconds())
     let bytesReceived = Atomic<UInt64>(0)
+    /// Threads about to take the lock for a fault (the fault loop, the demand receiver): a
+    /// background install ends its lock hold early while one waits (``installRuns``).
+    let faultWaitsForLock = Atomic<Int>(0)
     let installer: Installer
 
     /// - Parameter mappings: where the region's pages live in the workload; one page size.

@@ -84,7 +84,7 @@ extension FaultResolver {
                 return misbehaved(.sourceMisbehaved("PAGE_DATA for region \(header.region) at \(hex(header.offset))+\(hex(header.length)) is not in region \(region.id) (\(hex(region.length)) bytes)"))
             }
             bytesReceived.add(UInt64(data.count), ordering: .relaxed)
-            wakes.add(deliver(header, data, assembly: assembly), installed: header.length)
+            wakes.add(deliver(header, data, assembly: assembly, forFault: role == .demand), installed: header.length)
             // A demand fault's own page: its thread runs now, with what came before it.
             if header.flags.contains(.urgent) { wakeAll(wakes.take()) }
         case .message(.pushComplete(let r, _)) where r == region.id:
@@ -121,14 +121,14 @@ extension FaultResolver {
     /// that the source sent as several zero and data runs) gathered in `assembly` until
     /// complete. Bytes past the last page the mappings cover are not this workload's: they are
     /// dropped. Returns the ranges to wake.
-    private func deliver(_ header: PageDataHeader, _ data: UnsafeRawBufferPointer, assembly: UnitAssembly) -> [AddressRange] {
+    private func deliver(_ header: PageDataHeader, _ data: UnsafeRawBufferPointer, assembly: UnitAssembly, forFault: Bool) -> [AddressRange] {
         var whole: [(units: Range<Int>, source: UnsafeRawPointer?)] = []
         var wakes: [AddressRange] = []
         let arrival = Arrival(header.flags)
         for run in header.runs {
             wakes += deliver(run.range, from: run.dataOffset.map { data.baseAddress! + $0 }, arrival: arrival, assembly: assembly, whole: &whole)
         }
-        return installRuns(whole, arrival: arrival) + wakes
+        return installRuns(whole, arrival: arrival, forFault: forFault) + wakes
     }
 
     /// Installs region bytes `range` from `bytes` (nil: zeros); see ``deliver(_:_:assembly:)``.

@@ -4,25 +4,33 @@ import PagerWire
 import Synchronization
 
 extension SourceServer {
-    /// The demand loop: every request is answered before the next is read. Ends when the
-    /// destination says GOODBYE, or throws when the connection fails (or a resume replaced
+    /// The demand loop: an urgent request is answered before the next frame is read; other
+    /// requests (the block around a random fault) wait while more input is already here, so
+    /// the next fault's urgent request overtakes them (§4.7's priority: with the block answered
+    /// first, a fault under random access waited behind its predecessor's 60 KiB). Ends when
+    /// the destination says GOODBYE, or throws when the connection fails (or a resume replaced
     /// it: its socket was then shut down).
     func serveDemand(_ channel: any FrameConnection, session: SourceSession) throws {
         if urgentDemand { makeCurrentThreadUrgent() }
         let sender = PageSender(channel: channel, session: session)
+        var waiting: [PageRequest] = []
         while true {
+            if !waiting.isEmpty && !channel.inputPending() {
+                try answer(waiting.removeFirst(), with: sender, session: session, flags: [])
+                continue
+            }
             guard case .message(let message) = try channel.receive() else {
                 throw SessionError.refuse(.unexpectedMessage, "destinations do not send PAGE_DATA")
             }
             switch message {
             case .pageRequest(let request):
-                let urgent = request.flags.contains(.urgent)
-                if urgent {
+                if request.flags.contains(.urgent) {
                     session.counters.demandRequests.add(1, ordering: .relaxed)
+                    try answer(request, with: sender, session: session, flags: .urgent)
                 } else {
                     session.counters.prefetchRequests.add(1, ordering: .relaxed)
+                    waiting.append(request)
                 }
-                try answer(request, with: sender, session: session, flags: urgent ? .urgent : [])
             case .complete(let region, let resident):
                 // Nothing more is needed from the region(s): the push skips them from now on.
                 for r in regions where region == Message.allRegions || r.id == region { session.markAllSent(r) }

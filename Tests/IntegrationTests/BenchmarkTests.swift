@@ -38,7 +38,7 @@ struct BenchmarkTests {
         let plot = "/tmp/pager-bench-test-\(getpid()).svg"
         defer { unlink(plot) }
         let out = try sh(Binaries.directory + "/pager-bench", "run", "--size-mib", "64", "--samples", "200", "--huge-samples", "20",
-                         "--protection-rounds", "1", "--json", "--plot", plot)
+                         "--protection-rounds", "1", "--hole-rounds", "1", "--json", "--plot", plot)
         let line = try #require(out.split(separator: "\n").last(where: { $0.hasPrefix("{") }))
         let json = try JSONReader.parse(Array(line.utf8))
         func number(_ v: JSONValue?) -> Double? {
@@ -74,7 +74,8 @@ struct BenchmarkTests {
                     "aes_gcm_seal_gbit", "aes_gcm_open_gbit", "aes_gcm_page_us", "plain_idle_4k_p50_us", "authenticated_idle_4k_p50_us",
                     "encrypted_idle_4k_p50_us", "plain_full_s", "authenticated_full_s", "encrypted_full_s", "encrypted_full_floor_s",
                     "encrypted_full_vs_floor", "outage_resume_p50_ms", "outage_resume_max_ms", "outage_fault_wait_max_ms",
-                    "outage_faults_asked_again_mean", "outage_pages_in_flight_mean", "outage_resent_kib_mean", "outage_transfer_s"] {
+                    "outage_faults_asked_again_mean", "outage_pages_in_flight_mean", "outage_resent_kib_mean", "outage_transfer_s",
+                    "dense_none_s", "dense_random_s", "holes7_none_s", "holes7_random_s"] {
             #expect(keys.contains(key), "figure \(key) missing: \(keys)")
         }
         for f in figures where f["ratio"] != .null { #expect((number(f["ratio"]) ?? 0) > 0, "\(String(describing: f["key"]))") }
