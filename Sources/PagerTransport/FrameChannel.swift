@@ -299,7 +299,7 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
         case .pageData(let pd, let sums):
             let data = UnsafeRawBufferPointer(start: pageBuffer, count: pd.encoding == .zero ? 0 : pd.dataPageCount * Int(WireLimits.alignment))
             if verifyChecksums, let sums, let i = PageDataHeader.firstChecksumMismatch(data, checksums: sums) {
-                throw .checksumMismatch(peer: peer, region: pd.region, offset: pd.offset + UInt64(i) * WireLimits.alignment)
+                throw .checksumMismatch(peer: peer, region: pd.region, offset: pd.offset + UInt64(pd.rangePage(ofDataPage: i)) * WireLimits.alignment)
             }
             return .pageData(pd, data)
         case .message(.pageData(let d)):

@@ -254,6 +254,21 @@ public struct PageDataHeader: Equatable, Sendable {
         }
     }
 
+    /// The page of the range (0-based) that data page `i` of the frame is: `i` itself unless
+    /// the frame is sparse, where it is the map's `i`-th set bit.
+    public func rangePage(ofDataPage i: Int) -> Int {
+        guard encoding == .sparse, let map = pageMap else { return i }
+        var left = i
+        for (w, word) in map.enumerated() {
+            let n = word.nonzeroBitCount
+            if left >= n { left -= n; continue }
+            var bits = word
+            for _ in 0..<left { bits &= bits - 1 } // clear the lowest set bits before it
+            return w * 64 + bits.trailingZeroBitCount
+        }
+        return i
+    }
+
     /// Checks a decoded page map against the range: the right number of words, no bit past
     /// the last page, at least one data page (a range of zeros is a `.zero` frame).
     public static func checkPageMap(_ map: [UInt64], pages: Int) throws(WireError) {

@@ -1,4 +1,6 @@
 import Glibc
+import PagerHandoff
+import PagerOperations
 import PagerKernel
 import Testing
 
@@ -264,9 +266,18 @@ struct MigrationTests {
         let scratch = Scratch()
         // 200 Mbit/s: 1 GiB takes over 40 s, so the kill lands mid-migration; nothing of the
         // daemon runs after a SIGKILL, and the workload closed its copy of the userfaultfd.
-        let m = Migration(sizeMiB: 1024, backing: "anon", access: "sequential")
+        // The kill waits until some pages are local (the status says so): at the guardian's
+        // first line none may have arrived yet (the first push frame is 512 KiB, 20 ms here).
+        let control = scratch.file("dest.control")
+        var m = Migration(sizeMiB: 1024, backing: "anon", access: "sequential")
+        m.destExtra = ["--control-socket", control]
         let outcome = try m.run(hosts: hosts, scratch: scratch, shape: "200mbit") { dest in
             try waitFor(dest, toPrint: "guardian process ")
+            let deadline = monotonicNanoseconds() + 30_000_000_000
+            while monotonicNanoseconds() < deadline {
+                let doc = try JSONReader.parse(Array(try ControlClient.request("status", path: control).utf8), limits: .status)
+                if case .array(let migrations)? = doc["migrations"], let local = migrations.first?["pages-local"]?.uint64, local > 0 { break }
+            }
             dest.signal(SIGKILL)
         }
         #expect(outcome.workloadStatus == 128 + SIGBUS, "workload: \(outcome.workload)")

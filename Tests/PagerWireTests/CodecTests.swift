@@ -84,6 +84,7 @@ struct CodecTests {
         #expect(runs.count == expected.count)
         for (r, e) in zip(runs, expected) { #expect(r.0 == e.0 && r.1 == e.1 && r.2 == e.2) }
         #expect(PageDataHeader(requestID: 0, region: 1, offset: 0, length: 8192, flags: [], encoding: .raw).runs.map(\.dataOffset) == [0])
+        #expect((0..<9).map { h.rangePage(ofDataPage: $0) } == [0, 1, 4, 64, 65, 66, 67, 68, 69], "a checksum mismatch names the right page")
     }
 
     @Test("the allocation-free PAGE_DATA header writer produces the codec's bytes")
