@@ -84,7 +84,7 @@ extension SuiteRun {
     }
 
     /// Records the floors' figures (called once they are measured).
-    func report(_ f: Floors) {
+    func record(_ f: Floors) {
         let bytes = Double(sizeMiB << 20), gib = bytes / Double(1 << 30)
         report.latencies.append(("naive_fault", "naive C pager, one page per fault (idle link)", f.naiveFault))
         report.figures.append(Figure(key: "floor_wire_gbit", label: "wire floor (C): one stream into a reused buffer", value: bytes * 8 / f.wireSeconds / 1e9, unit: "Gbit/s"))

@@ -179,7 +179,7 @@ final class SuiteRun {
         installSeconds = install
         let f = try measureFloors()
         floors = f
-        report(f)
+        record(f)
         let bytes = Double(sizeMiB << 20)
         report.latencies.append(("tcp_round_trip", "raw TCP round trip (24-byte request, 4 KiB reply)", rtt!))
         report.latencies.append(("local_fault", "local userfaultfd fault (handler on the same vCPU)", localFault!))

@@ -131,7 +131,7 @@ extension FaultResolver {
         return installRuns(whole, arrival: arrival, forFault: forFault) + wakes
     }
 
-    /// Installs region bytes `range` from `bytes` (nil: zeros); see ``deliver(_:_:assembly:)``.
+    /// Installs region bytes `range` from `bytes` (nil: zeros); see ``deliver(_:_:assembly:forFault:)``.
     /// Whole units are gathered in `whole`, for one install of the frame's runs.
     private func deliver(_ range: Range<UInt64>, from bytes: UnsafeRawPointer?, arrival: Arrival, assembly: UnitAssembly,
                          whole: inout [(units: Range<Int>, source: UnsafeRawPointer?)]) -> [AddressRange] {

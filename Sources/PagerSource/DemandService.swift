@@ -53,7 +53,7 @@ extension SourceServer {
         guard let region = try servable(request, on: sender.channel, session: session) else { return }
         session.markSent(region, offset: request.offset, length: request.length)
         _ = try sender.send(region, offset: request.offset, length: request.length, requestID: request.requestID,
-                            flags: flags, chunk: max(region.pageSize, Int(sender.channel.sendLimit) - 64 << 10))
+                            flags: flags, chunk: answerChunk(region, sender))
     }
 
     /// Answers a prefetch request on the push connection with the pages of its range not sent
@@ -64,8 +64,13 @@ extension SourceServer {
         let size = UInt64(region.pageSize)
         for run in session.claimUnsent(region, in: Int(request.offset / size)..<Int((request.offset + request.length) / size)) {
             _ = try sender.send(region, offset: UInt64(run.lowerBound) * size, length: UInt64(run.count) * size, requestID: request.requestID,
-                                flags: [], chunk: max(region.pageSize, Int(sender.channel.sendLimit) - 64 << 10))
+                                flags: [], chunk: answerChunk(region, sender))
         }
+    }
+
+    /// An answer's frames: as large as the peer accepts, less room for the frame's fields.
+    private func answerChunk(_ region: ServedRegion, _ sender: PageSender) -> Int {
+        max(region.pageSize, Int(sender.channel.sendLimit) - 64 << 10)
     }
 
     /// The region a request names, once it is checked and the source may release pages; nil

@@ -262,12 +262,12 @@ final class SourceSession: @unchecked Sendable {
     /// Pages the destination holds that are out of date: sent once, not sent since written.
     func staleRuns(_ region: ServedRegion) -> [Range<Int>] { state.withLock { $0.pages.staleRuns(region.id) } }
 
-    /// Claims the next run of pages not yet sent (see ``SentPages/claimUnsent(_:from:maxPages:)``).
     /// Claims the pages of `pages` not sent yet (``SentPages/claimUnsent(_:in:)``).
     func claimUnsent(_ region: ServedRegion, in pages: Range<Int>) -> [Range<Int>] {
         state.withLock { $0.pages.claimUnsent(region.id, in: pages) }
     }
 
+    /// Claims the next run of pages not yet sent (see ``SentPages/claimUnsent(_:from:maxPages:)``).
     func claimUnsent(_ region: ServedRegion, from: Int, maxPages: Int) -> Range<Int>? {
         state.withLock { $0.pages.claimUnsent(region.id, from: from, maxPages: maxPages) }
     }
