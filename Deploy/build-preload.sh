@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 out=${1:?usage: build-preload.sh OUT.so}
 mkdir -p "$(dirname "$out")"
 cc -shared -fPIC -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE -Wl,-z,relro,-z,now -Wl,--as-needed \
-    -o "$out" Sources/PagerPreload/preload.c -lpthread
+    -fvisibility=hidden -o "$out" Sources/PagerPreload/*.c -lpthread
 libraries=$(ldd "$out") # not `ldd | grep -q`: under pipefail grep's early exit fails the pipe
 if grep -Eq 'libswift|libstdc\+\+' <<<"$libraries"; then
     echo "$libraries" >&2

@@ -15,8 +15,10 @@ public struct QEMUDestination {
     public var ram: String
     public var source: Endpoint
     public var uffdSocket: String
-    /// Where this QEMU listens for the device state (`migrate-incoming` URI), e.g. tcp:0:4444.
-    public var incoming: String
+    /// Where this QEMU listens for the device state (`migrate-incoming` URI), e.g. tcp:0:4444;
+    /// nil when something else drives the migration (libvirt issues `migrate-incoming` and
+    /// `cont` itself): this daemon then only sets `x-ignore-shared` and serves the faults.
+    public var incoming: String?
     public var logger: Logger
     /// How the source is authenticated (see ``DestinationClient``).
     public var authentication: PeerAuthentication
@@ -35,7 +37,7 @@ public struct QEMUDestination {
     /// Told the session's id and the region's name once the source answered.
     public var onSession: (@Sendable (UInt64, String) -> Void)?
 
-    public init(qmpPath: String, ram: String, source: Endpoint, uffdSocket: String, incoming: String,
+    public init(qmpPath: String, ram: String, source: Endpoint, uffdSocket: String, incoming: String?,
                 authentication: PeerAuthentication, logger: Logger, precopy: Bool = false) {
         self.authentication = authentication
         self.qmpPath = qmpPath
@@ -48,7 +50,7 @@ public struct QEMUDestination {
     }
 
     public struct Report: Sendable {
-        /// From `migrate-incoming` until the guest ran again on this host.
+        /// From `migrate-incoming` (following libvirt: from QEMU's handoff) until the guest ran again on this host.
         public var untilRunningSeconds: Double
         /// From `migrate-incoming` until every page of guest RAM was local.
         public var untilLocalSeconds: Double
@@ -93,11 +95,17 @@ public struct QEMUDestination {
             current.withLock { $0 }?.close()
         }
         let qmp = try QMP(path: qmpPath)
-        try checkGuestRAM(qmp, ram: ram)
+        // First: following libvirt, the source's stream may come soon after QEMU starts, and
+        // it parses differently with x-ignore-shared (a stream that came first fails loudly).
         try qmp.execute("migrate-set-capabilities", #"{"capabilities":[{"capability":"x-ignore-shared","state":true}]}"#)
+        try checkGuestRAM(qmp, ram: ram)
         let started = monotonicNanoseconds()
-        try qmp.execute("migrate-incoming", "{\"uri\":\"\(incoming)\"}")
-        logger.info("incoming migration on \(incoming)")
+        if let incoming {
+            try qmp.execute("migrate-incoming", "{\"uri\":\"\(incoming)\"}")
+            logger.info("incoming migration on \(incoming)")
+        } else {
+            logger.info("following the incoming migration its manager (libvirt) drives; x-ignore-shared set")
+        }
         let client = try connectToSource(unless: cancelled)
         logger.info("session \(hex(client.session)) with the source \(source) (\(client.features.protectionDescription))")
         current.withLock { $0 = client }
@@ -198,7 +206,8 @@ public struct QEMUDestination {
     }
 
     /// Waits until the guest runs here (QMP `RESUME`, or a completed incoming migration, then
-    /// `cont` if needed); returns when. Throws if the migration or the resolver failed first.
+    /// `cont` if needed: not when following, the manager resumes it); returns when. Throws if
+    /// the migration or the resolver failed first.
     private func waitUntilGuestRuns(_ qmp: QMP, unless resolved: () -> Result<ResolveReport, ResolveError>?) throws -> UInt64 {
         while true {
             if case .failure(let e)? = resolved() { throw QEMUError("paging guest RAM failed: \(e)") }
@@ -207,7 +216,7 @@ public struct QEMUDestination {
             if status == "failed" || status == "cancelled" { throw QEMUError("the incoming migration \(status)") }
             if status == "completed" {
                 if case .bool(true)? = try qmp.execute("query-status")["running"] { return monotonicNanoseconds() }
-                try qmp.execute("cont")
+                if incoming != nil { try qmp.execute("cont") }
             }
         }
     }

@@ -140,7 +140,9 @@ public struct QEMUSource {
     /// Pre-copy: rounds while the guest runs, then `migrate` stops it (the switch).
     private func runPrecopy(_ qmp: QMP, _ precopy: Precopy, serverReady: (SourceServer) -> Void) throws -> Report {
         let connection: FileDescriptor
-        do { connection = try UnixSocket.connect(path: precopy.trackSocket) } catch {
+        do { connection = try SourcePreload.connect(precopy.trackSocket, request: SourcePreload.tracking, qemu: qmp.pid) } catch let error as QEMUError {
+            throw error
+        } catch {
             throw QEMUError("nothing offers write tracking on \(precopy.trackSocket) (\(error)): start the source QEMU with LD_PRELOAD=libpager-preload.so PAGER_RAM_PATH=\(ram) PAGER_TRACK_SOCKET=\(precopy.trackSocket), or migrate without --track-socket")
         }
         defer { try? connection.close() }
@@ -148,8 +150,7 @@ public struct QEMUSource {
         do { handoff = try HandoffListener.read(from: connection) } catch {
             throw QEMUError("the source QEMU's preload library (PAGER_TRACK_SOCKET=\(precopy.trackSocket)) gave no write tracking: \(error)")
         }
-        guard handoff.mappings.count == 1, let m = handoff.mappings.first, m.regionOffset == 0,
-              try UnixSocket.peerProcess(connection) == qmp.pid else {
+        guard handoff.mappings.count == 1, let m = handoff.mappings.first, m.regionOffset == 0 else {
             throw QEMUError("\(precopy.trackSocket) is not the tracking socket of the QEMU behind \(qmpPath) (or describes more than the one RAM mapping)")
         }
         let tracker = try WriteTracker(handedOver: handoff.uffd, pid: qmp.pid, range: m.range)

@@ -27,13 +27,22 @@ struct QEMUSourceCommand: ParsableCommand {
         with userfaultfd write-protect and PAGEMAP_SCAN) until the rules below say switch, or \
         SIGUSR1 forces it. The switch issues migrate: QEMU stops the VM, the destination drops \
         the pages written since the last round and fetches them on demand.
+
+        Following libvirt (--follow instead of --migrate-to): libvirt's virsh migrate drives \
+        the migration and this command follows it on the QMP socket: it sets x-ignore-shared, \
+        serves --ram from the moment QEMU stops the VM to complete the migration, and once the \
+        migration has completed fences the source's RAM (the preload library in the source \
+        QEMU, on --track-socket, write-protects it for good) and kills this QEMU if anything \
+        resumes it: a source whose destination may run never runs again. It removes --ram once \
+        the destination holds every page and QEMU is gone.
         """
     )
     @Option(help: "The source QEMU's QMP socket.") var qmp: String
     @Option(help: "The guest RAM file (mem-path of the memory backend).") var ram: String
     @Option(help: "Address and port to serve pages on, e.g. 0.0.0.0:7070.") var listen: String
-    @Option(help: "The destination QEMU's incoming URI, e.g. tcp:DEST:4444.") var migrateTo: String
-    @Option(help: "The source QEMU's PAGER_TRACK_SOCKET: run pre-copy rounds of guest RAM before the switch.") var trackSocket: String?
+    @Option(help: "The destination QEMU's incoming URI, e.g. tcp:DEST:4444 (this command drives the migration).") var migrateTo: String?
+    @Flag(help: "libvirt (or another manager) drives the migration; follow it on QMP. Needs --track-socket for the fence.") var follow = false
+    @Option(help: "The source QEMU's PAGER_TRACK_SOCKET: pre-copy rounds of guest RAM before the switch; with --follow, the fence.") var trackSocket: String?
     @OptionGroup var convergence: ConvergenceOptions
     @OptionGroup var keys: AuthenticationOptions
     @OptionGroup var operations: OperationsOptions
@@ -41,6 +50,12 @@ struct QEMUSourceCommand: ParsableCommand {
 
     func validate() throws {
         guard Endpoint(listen) != nil else { throw ValidationError("--listen must be ADDR:PORT (IPv4), got \(listen)") }
+        guard follow != (migrateTo != nil) else {
+            throw ValidationError("give --migrate-to (this command drives the migration) or --follow (libvirt drives it), one of them")
+        }
+        if follow && trackSocket == nil {
+            throw ValidationError("--follow needs --track-socket, the source QEMU's PAGER_TRACK_SOCKET: the fence that keeps a released source from running again")
+        }
     }
 
     func run() throws {
@@ -50,7 +65,7 @@ struct QEMUSourceCommand: ParsableCommand {
         let interfaces = Mutex<OperatorInterfaces?>(nil)
         defer { interfaces.withLock { $0 }?.finish() }
         do {
-            let precopy = trackSocket.map { QEMUSource.Precopy(trackSocket: $0, policy: convergence.policy) }
+            let precopy = follow ? nil : trackSocket.map { QEMUSource.Precopy(trackSocket: $0, policy: convergence.policy) }
             let servers = Mutex<SourceServer?>(nil)
             if precopy != nil {
                 try TerminationSignals.start(also: [TerminationSignals.userSignal1]) { signal in
@@ -64,11 +79,7 @@ struct QEMUSourceCommand: ParsableCommand {
                     }
                 }
             }
-            var qemuSource = QEMUSource(qmpPath: qmp, ram: ram, listen: Endpoint(listen)!, migrateTo: migrateTo,
-                                        authentication: authentication, logger: logger, precopy: precopy)
-            qemuSource.requireEncryption = keys.encrypt
-            let r = try qemuSource
-                .run { server in
+            let ready = { (server: SourceServer) in
                     servers.withLock { $0 = server }
                     let status = SourceStatus(role: "qemu-source", server: server, regions: server.regions)
                     do {
@@ -82,6 +93,18 @@ struct QEMUSourceCommand: ParsableCommand {
                     logger.info("\(serving)")
                     serviceNotifier.ready(status: serving)
                 }
+            let r: QEMUSource.Report
+            if let migrateTo {
+                var qemuSource = QEMUSource(qmpPath: qmp, ram: ram, listen: Endpoint(listen)!, migrateTo: migrateTo,
+                                            authentication: authentication, logger: logger, precopy: precopy)
+                qemuSource.requireEncryption = keys.encrypt
+                r = try qemuSource.run(serverReady: ready)
+            } else {
+                var follower = QEMUSourceFollower(qmpPath: qmp, ram: ram, listen: Endpoint(listen)!, preloadSocket: trackSocket!,
+                                                  authentication: authentication, logger: logger)
+                follower.requireEncryption = keys.encrypt
+                r = try follower.run(serverReady: ready)
+            }
             serviceNotifier.status("migrated: the destination holds every page (\(r.counts.bytesSent >> 20) MiB sent as bytes)")
             if let outcome = r.precopy { printPrecopy(outcome, daemon: "pagerd qemu-source", paused: "guest") }
             print("""
@@ -115,6 +138,11 @@ struct QEMUDestCommand: ParsableCommand {
         With --precopy (the source runs pagerd qemu-source --track-socket) it first receives \
         pre-copy rounds of guest RAM into its own memory while the guest still runs on the \
         source, and installs them locally after the switch.
+
+        Following libvirt (--follow instead of --incoming): libvirt starts the destination \
+        QEMU (virsh migrate), issues migrate-incoming and resumes the guest; this command only \
+        sets x-ignore-shared on QMP and serves the guest's faults from the source (started by \
+        pagerd qemu-source --follow).
         """
     )
     @Option(help: "The destination QEMU's QMP socket.") var qmp: String
@@ -123,7 +151,8 @@ struct QEMUDestCommand: ParsableCommand {
     @Option(help: "Unix socket the preload library hands QEMU's RAM to (mode 0660).") var uffdSocket: String
     @Option(help: "Group of the handoff and control sockets: QEMU's (kvm when libvirt runs QEMU as libvirt-qemu); default: this process's.")
     var socketGroup: String?
-    @Option(help: "URI this QEMU receives the device state on, e.g. tcp:0:4444.") var incoming: String
+    @Option(help: "URI this QEMU receives the device state on, e.g. tcp:0:4444 (this command drives the incoming migration).") var incoming: String?
+    @Flag(help: "libvirt (or another manager) drives the incoming migration; follow it.") var follow = false
     @Flag(help: "Receive pre-copy rounds first (the source runs pagerd qemu-source --track-socket).") var precopy = false
     @Option(help: "Fault threads: realtime (SCHED_FIFO 1: the guest's vCPUs keep the CPUs busy), normal, or auto (real-time when this process may use one CPU only).") var demandPriority = DemandPriority.realtime
     @OptionGroup var keys: AuthenticationOptions
@@ -132,6 +161,10 @@ struct QEMUDestCommand: ParsableCommand {
 
     func validate() throws {
         guard Endpoint(connect) != nil else { throw ValidationError("--connect must be ADDR:PORT (IPv4), got \(connect)") }
+        guard follow != (incoming != nil) else {
+            throw ValidationError("give --incoming (this command drives the incoming migration) or --follow (libvirt drives it), one of them")
+        }
+        if follow && precopy { throw ValidationError("--precopy needs the source to drive the switch (pagerd qemu-source --migrate-to): not with --follow") }
     }
 
     func run() throws {
@@ -180,7 +213,7 @@ struct QEMUDestCommand: ParsableCommand {
                 print("pagerd qemu-dest: pre-copy staged \(staged.bytes >> 20) MiB in \(String(format: 2, staged.seconds)) s; \(staged.invalidatedBytes >> 10) KiB written by the guest after its round were dropped and fetched again")
             }
             print("""
-            pagerd qemu-dest: guest running here \(String(format: 1, r.untilRunningSeconds * 1000)) ms after migrate-incoming; all RAM local after \(String(format: 1, r.untilLocalSeconds)) s
+            pagerd qemu-dest: guest running here \(String(format: 1, r.untilRunningSeconds * 1000)) ms after \(follow ? "QEMU's handoff" : "migrate-incoming"); all RAM local after \(String(format: 1, r.untilLocalSeconds)) s
               faults            \(r.resolve.faults), fault to install: p50 \(formatMicros(latency.p50)) p99 \(formatMicros(latency.p99)) max \(formatMicros(latency.max))
               pages             \(r.resolve.installedPages) installed with data, \(r.resolve.zeroPages) zero, \(r.resolve.bytesReceived >> 20) MiB received
               all-local-ns=\(r.allLocalAt)

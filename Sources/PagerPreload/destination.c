@@ -1,0 +1,63 @@
+/* Destination mode (PAGER_UFFD_SOCKET): QEMU's guest RAM mapping, registered for missing
+ * pages, handed to pagerd qemu-dest (see preload.c). */
+#include "preload_internal.h"
+
+#include <errno.h>
+#include <linux/magic.h>
+#include <linux/userfaultfd.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* The handoff connection stays open while QEMU runs: the pager closes it when all is local. */
+static int handoff_socket = -1;
+static int handoff_uffd = -1;
+
+int pager_handed_over(void) { return handoff_socket >= 0; }
+
+/* A file that already holds data would be mapped as it is, and the guest would run on it. */
+static void check_empty(int fd, const char *path, int hugetlb) {
+    /* hugetlbfs has no SEEK_DATA (the whole size reads as data) but counts its pages in st_blocks. */
+    struct stat st;
+    if (hugetlb ? (fstat(fd, &st) < 0 || st.st_blocks != 0) : (lseek(fd, 0, SEEK_DATA) >= 0 || errno != ENXIO))
+        pager_die("%s already holds data: give the destination an empty RAM file", path);
+}
+
+void pager_hand_over(void *addr, size_t length, off_t offset, int fd, const char *path) {
+    const char *socket_path = getenv("PAGER_UFFD_SOCKET");
+    if (!socket_path || !*socket_path) pager_die("PAGER_RAM_PATH is set but PAGER_UFFD_SOCKET is not");
+    if (pager_cmdline_has("prealloc=on"))
+        pager_die("prealloc=on makes QEMU touch every page of %s before the source has stopped: remove it", path);
+    long fs_type;
+    long page_size = pager_ram_page_size(fd, path, &fs_type);
+    int hugetlb = fs_type == HUGETLBFS_MAGIC;
+    check_empty(fd, path, hugetlb);
+
+    int uffd = pager_open_userfaultfd();
+    if (uffd < 0) pager_die("userfaultfd: %s (as root, with read-write access to /dev/userfaultfd, or vm.unprivileged_userfaultfd=1)", strerror(errno));
+    struct uffdio_api api = { .api = UFFD_API,
+                              .features = (hugetlb ? UFFD_FEATURE_MISSING_HUGETLBFS : UFFD_FEATURE_MISSING_SHMEM)
+                                          | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP };
+    if (ioctl(uffd, UFFDIO_API, &api) < 0) pager_die("UFFDIO_API: %s", strerror(errno));
+    struct uffdio_register reg = { .range = { .start = (uintptr_t)addr, .len = length }, .mode = UFFDIO_REGISTER_MODE_MISSING };
+    if (ioctl(uffd, UFFDIO_REGISTER, &reg) < 0) pager_die("UFFDIO_REGISTER %p+%zu: %s", addr, length, strerror(errno));
+
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sun = pager_unix_address(socket_path, "PAGER_UFFD_SOCKET");
+    if (s < 0 || connect(s, (struct sockaddr *)&sun, sizeof sun) < 0)
+        pager_die("cannot reach the pager at %s: %s (start pagerd qemu-dest first)", socket_path, strerror(errno));
+
+    char json[256];
+    int n = pager_mapping_json(json, sizeof json, addr, length, offset, page_size);
+    if (pager_send_json(s, json, uffd) != n) pager_die("sending the handoff to %s: %s", socket_path, strerror(errno));
+    /* Kept open, never closed: if the pager dies, the registration stays and a fault waits
+     * (the guest hangs, loudly) instead of the kernel filling missing pages with zeros. */
+    handoff_uffd = uffd;
+    handoff_socket = s;
+    dprintf(2, "pager-preload: %s (%zu MiB at %p, %ld KiB pages) handed to the pager at %s\n", path, length >> 20, addr,
+            page_size >> 10, socket_path);
+}

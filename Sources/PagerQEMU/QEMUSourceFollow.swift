@@ -1,0 +1,179 @@
+import Logging
+import PagerCore
+import PagerKernel
+import PagerSource
+import PagerTrust
+import Synchronization
+
+/// The source side when something else drives the migration (libvirt's `virsh migrate`, or
+/// any manager issuing `migrate` on its own monitor): serves the guest's RAM file, learning
+/// the migration's phases from this QEMU's QMP socket, and keeps the source from ever running
+/// again once the destination may run.
+///
+/// The phases: pages are held while the guest runs (whoever issues `migrate`); they flow
+/// from the moment QEMU stops the VM to complete the migration (run state `finish-migrate`:
+/// its RAM is final); once QEMU reports the migration completed the destination's guest may
+/// run, so the source's RAM is fenced (the preload library write-protects it for good, see
+/// ``SourcePreload``) and a resumed source QEMU is killed. A migration that fails after the
+/// stop ends the serving: QEMU resumes the source itself, the destination's guest never ran.
+public struct QEMUSourceFollower {
+    public var qmpPath: String
+    public var ram: String
+    public var listen: Endpoint
+    /// The source QEMU's PAGER_TRACK_SOCKET (the preload library), for the fence.
+    public var preloadSocket: String
+    public var authentication: PeerAuthentication
+    public var requireEncryption = false
+    /// Remove the RAM file once the destination holds every page and this QEMU is gone (a
+    /// stale copy of guest memory on this host, and a later migration back here needs the
+    /// name free).
+    public var removeRAMWhenDone = true
+    public var logger: Logger
+
+    public init(qmpPath: String, ram: String, listen: Endpoint, preloadSocket: String, authentication: PeerAuthentication, logger: Logger) {
+        self.qmpPath = qmpPath
+        self.ram = ram
+        self.listen = listen
+        self.preloadSocket = preloadSocket
+        self.authentication = authentication
+        self.logger = logger
+    }
+
+    /// Waits for the migration, serves the RAM until the destination holds every page.
+    public func run(serverReady: (SourceServer) -> Void = { _ in }) throws -> QEMUSource.Report {
+        let qmp = try QMP(path: qmpPath)
+        try checkGuestRAM(qmp, ram: ram)
+        try setIgnoreShared(qmp)
+        let region = try ServedRegion(id: 1, path: ram)
+        let server = try SourceServer(listen: listen, regions: [region], authentication: authentication, logger: logger)
+        server.requireEncryption = requireEncryption
+        server.hold() // not one page before the VM stops
+        let serving = try KernelThread(name: "src-accept") { server.run() }
+        defer {
+            server.stop()
+            serving.join()
+        }
+        serverReady(server)
+        logger.info("waiting for a migration of this QEMU (virsh migrate, or migrate on its monitor); pages are held until QEMU stops the VM to complete it")
+        let (started, stoppedAt) = try waitForTheStop(qmp)
+        try region.refreshExtents() // the guest wrote its RAM until now
+        server.release()
+        logger.info("serving the source VM's RAM from \(Double(monotonicNanoseconds() - stoppedAt) / 1e6) ms after it stopped")
+        let completedAt = try waitForCompletion(qmp)
+        logger.info("device state migrated \(Double(completedAt - started) / 1e6) ms after the migration began; the destination may run from now on")
+        let watch = try guardAgainstResume(qmp)
+        defer { watch.stop() }
+        guard server.waitUntilSessionsEnded(firstWithinNanoseconds: 60_000_000_000) else {
+            throw QEMUError("no destination pagerd connected within 60 s of the switch: the destination guest cannot get its RAM")
+        }
+        if removeRAMWhenDone {
+            watch.waitUntilQEMUGone(timeoutMilliseconds: 30_000)
+            removeFile(ram)
+            logger.info("the destination holds every page: removed \(ram) (this host's stale copy of the guest's memory)")
+        }
+        return QEMUSource.Report(deviceStateSeconds: Double(completedAt - started) / 1e9, untilStopSeconds: Double(stoppedAt - started) / 1e9,
+                                 counts: server.counts, migrateIssuedAt: started)
+    }
+
+    /// Sets `x-ignore-shared` (guest RAM stays out of QEMU's stream: the pager serves it).
+    /// libvirt sets only the capabilities it manages when it migrates, and this is not one.
+    private func setIgnoreShared(_ qmp: QMP) throws {
+        try qmp.execute("migrate-set-capabilities", #"{"capabilities":[{"capability":"x-ignore-shared","state":true}]}"#)
+    }
+
+    private func ignoresShared(_ qmp: QMP) throws -> Bool {
+        guard case .array(let caps) = try qmp.execute("query-migrate-capabilities") else { return false }
+        return caps.contains { $0["capability"] == .string("x-ignore-shared") && $0["state"] == .bool(true) }
+    }
+
+    /// Waits until QEMU stops the VM to complete a migration (run state `finish-migrate`, or
+    /// `postmigrate` if the stop was missed); returns when the migration was first seen and
+    /// when the VM stopped. A pause for any other reason (`virsh suspend`) releases nothing.
+    private func waitForTheStop(_ qmp: QMP) throws -> (started: UInt64, stopped: UInt64) {
+        var started: UInt64?
+        while true {
+            _ = try qmp.waitForEvent(["STOP", "MIGRATION"], timeoutMilliseconds: 5)
+            let state = try qmp.execute("query-status")["status"]
+            if state == .string("finish-migrate") || state == .string("postmigrate") {
+                let stopped = monotonicNanoseconds()
+                guard try ignoresShared(qmp) else {
+                    throw QEMUError("the migration runs with x-ignore-shared off (something reset it): QEMU sends the guest RAM itself; the pager serves nothing")
+                }
+                logger.info("source VM stopped for the switch")
+                return (started ?? stopped, stopped)
+            }
+            if started == nil, case .string(let s)? = try qmp.execute("query-migrate")["status"], ["setup", "active", "pre-switchover", "device"].contains(s) {
+                started = monotonicNanoseconds()
+                logger.info("a migration of this QEMU began (status \(s)); its RAM is skipped by QEMU (x-ignore-shared)")
+            }
+        }
+    }
+
+    /// Waits for QEMU's migration to complete; a failure after the stop ends the serving.
+    private func waitForCompletion(_ qmp: QMP) throws -> UInt64 {
+        while true {
+            let status = try qmp.migrationStatus()
+            if status == "completed" { return monotonicNanoseconds() }
+            if status == "failed" || status == "cancelled" {
+                let why = (try? qmp.execute("query-migrate")["error-desc"]).flatMap { $0 }.map(describe) ?? "no reason given"
+                throw QEMUError("QEMU's migration \(status) after the VM stopped (\(why)): the source VM runs on here; the pages served meanwhile are void (the destination's guest never ran)")
+            }
+            sleepMilliseconds(1)
+        }
+    }
+
+    /// The destination may run now: fences the source's RAM and kills a resumed source QEMU.
+    private func guardAgainstResume(_ qmp: QMP) throws -> ResumeGuard {
+        do {
+            let bytes = try SourcePreload.fenceGuestRAM(socket: preloadSocket, qemu: qmp.pid)
+            logger.info("source RAM fenced (\(bytes >> 20) MiB write-protected for good): this QEMU cannot run its guest again")
+        } catch {
+            logger.error("the fence failed (\(error)): only the watch on QMP keeps this QEMU from running its guest again")
+        }
+        return try ResumeGuard(qmp: qmp, logger: logger)
+    }
+}
+
+/// Watches a released source QEMU on QMP: if it runs again (`cont` by an operator, or a
+/// manager resuming it after a failed finish) it is killed at once, loudly.
+final class ResumeGuard: @unchecked Sendable {
+    private let qmp: QMP
+    private let logger: Logger
+    private let stopping = Atomic<Bool>(false)
+    private let gone = WaitableState(false)
+    private var thread: KernelThread?
+
+    init(qmp: QMP, logger: Logger) throws {
+        self.qmp = qmp
+        self.logger = logger
+        thread = try KernelThread(name: "src-resume-guard") { [self] in watch() }
+    }
+
+    private func watch() {
+        defer { gone.change { $0 = true } }
+        do {
+            while !stopping.load(ordering: .acquiring) {
+                let resumed = try qmp.waitForEvent(["RESUME"], timeoutMilliseconds: 50) != nil
+                let running = try resumed || qmp.execute("query-status")["running"] == .bool(true)
+                if running {
+                    logger.critical("the source VM was resumed after its RAM went to the destination: killing QEMU (process \(qmp.pid)) so that the guest never runs twice")
+                    try? sendSignal(9, to: qmp.pid)
+                    return
+                }
+            }
+        } catch {
+            // QMP closed: QEMU is gone (the manager destroyed it after the migration).
+        }
+    }
+
+    /// Waits until QEMU has gone (or `timeoutMilliseconds`).
+    func waitUntilQEMUGone(timeoutMilliseconds: Int) {
+        _ = gone.wait(until: { $0 }, deadline: monotonicNanoseconds() + UInt64(timeoutMilliseconds) * 1_000_000)
+    }
+
+    func stop() {
+        stopping.store(true, ordering: .releasing)
+        thread?.join()
+        thread = nil
+    }
+}
