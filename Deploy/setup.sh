@@ -24,7 +24,10 @@ fi
 # about non-root capture takes its default under DEBIAN_FRONTEND=noninteractive). prometheus:
 # its promtool checks the daemons' /metrics in the operations tests; curl scrapes them.
 # debootstrap: the package test installs the .deb into a fresh Debian root without Swift.
-packages=(liburing-dev libssl-dev pkg-config libibverbs-dev librdmacm-dev iproute2 nftables iperf3 qemu-system-x86 busybox-static cpio tshark tcpdump prometheus curl debootstrap)
+# libvirt-daemon-system, libvirt-daemon-driver-qemu: Deploy/libvirt/test.sh runs two libvirtd
+# "hosts" and virsh migrate (Debian's libvirt: QEMU as libvirt-qemu, group kvm).
+packages=(liburing-dev libssl-dev pkg-config libibverbs-dev librdmacm-dev iproute2 nftables iperf3 qemu-system-x86 busybox-static cpio tshark tcpdump prometheus curl debootstrap
+          libvirt-daemon-system libvirt-daemon-driver-qemu)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -22,6 +22,10 @@ passed=$(grep -oE "Test run with [0-9]+ tests?" "$log/plain.txt" | grep -oE "[0-
 # "skipped" from counting as one.
 skipped=$(grep -cE 'Test "[^"]*" skipped' "$log/plain.txt" || true)
 
+echo "== libvirt: two libvirtd hosts, virsh migrate with the pager following (Deploy/libvirt/test.sh)"
+bash Deploy/libvirt/test.sh .build/release 2>&1 | tee "$log/libvirt.txt"
+libvirt=$(tail -1 "$log/libvirt.txt")
+
 echo "== man pages and completions install (Deploy/install-docs.sh into a scratch prefix)"
 bash Deploy/install-docs.sh "$log/prefix"
 for page in pagerd pagerd.source pagerd.dest pagerd.qemu-source pagerd.qemu-dest pagerd.status pagerd.keygen pagerd.demo; do
@@ -79,4 +83,5 @@ echo "== package: the .deb installs on a fresh Debian 12 root without Swift, and
 deb=$(bash Deploy/package.sh "$log/package" | tail -1)
 bash Deploy/package-test.sh "$deb"
 
+echo "$libvirt"
 echo "pager: ${passed:-0} passed, 0 failed, ${skipped} skipped"
