@@ -124,49 +124,64 @@ in_host $src virsh start guest1 >/dev/null
 check "the guest runs on $src and verifies its memory" wait_passes $src 2 120
 check "the source QEMU (as libvirt-qemu) offers the fence" in_host $src grep -q "can be write-tracked and fenced" /var/log/libvirt/qemu/guest1.log
 
+wait_daemon() { local pid=$1 deadline=$((SECONDS + 120)); while kill -0 "$pid" 2>/dev/null; do [ $SECONDS -lt $deadline ] || return 1; sleep 0.2; done; wait "$pid"; }
+running_on() { [ "$(in_host "$1" virsh domstate guest1)" = running ]; }
+# (The output first, then grep: under pipefail grep -q's early exit would fail the pipe.)
+persistent_on() { local info; info=$(in_host "$1" virsh dominfo guest1); grep -Eq '^Persistent: +yes' <<<"$info"; }
+gone_from() { local names; names=$(in_host "$1" virsh list --all --name); ! grep -qx guest1 <<<"$names"; }
+no_ram_file() { ! in_host "$1" test -e /dev/shm/guest1.ram; }
+not_resumed() { ! in_host "$1" virsh resume guest1; }
+
 migrate() { # migrate FROM TO_ADDR: the operator's command
     in_host "$1" virsh migrate --live --p2p --persistent --undefinesource guest1 "qemu+tcp://$2/system" --migrateuri "tcp://$2"
 }
-not_resume() { ! in_host $src virsh resume guest1; }
 
 echo "== refusal: virsh migrate with no pagerd on $dst"
 if migrate $src $dst_addr >"$work/refused.out" 2>&1; then refused=yes; else refused=no; fi
 check "virsh migrate fails when no pagerd qemu-dest listens on the destination" test $refused = no
 check "its error names the missing pager" grep -q "cannot reach the pager at /run/pager/guest1.uffd" "$work/refused.out"
-check "the source guest still runs after the refused migration" sh -c "[ \"\$(nsenter -t $(cat "$work/$src.pid") -m -u -n virsh domstate guest1)\" = running ]"
+check "the source guest still runs after the refused migration" running_on $src
 before=$(passes $src)
 check "and still verifies its memory" wait_passes $src $((before + 2)) 60
-check "no guest1 was left on $dst" sh -c "! nsenter -t $(cat "$work/$dst.pid") -m -u -n virsh list --all --name | grep -q guest1"
+check "no guest1 was left on $dst" gone_from $dst
 
-echo "== virsh migrate with the pager following"
 key=$work/keys.psk
-in_host $src "$bin/pagerd" qemu-source --follow --qmp /run/pager/guest1.qmp --ram /dev/shm/guest1.ram --listen $src_addr:7070 \
-    --track-socket /run/pager/guest1.track --key-file "$key" >"$work/qemu-source.log" 2>&1 &
-qsource=$!
-in_host $dst "$bin/pagerd" qemu-dest --follow --qmp /run/pager/guest1.qmp --ram /dev/shm/guest1.ram --connect $src_addr:7070 \
-    --uffd-socket /run/pager/guest1.uffd --socket-group kvm --key-file "$key" >"$work/qemu-dest.log" 2>&1 &
-qdest=$!
-wait_for_line "$work/qemu-source.log" "waiting for a migration" 30
-wait_for_line "$work/qemu-dest.log" "waiting for QEMU's handoff" 30
-started=$SECONDS
-check "virsh migrate --live --p2p --persistent --undefinesource completes" migrate $src $dst_addr
-echo "   virsh migrate took $((SECONDS - started)) s"
-wait_daemon() { local pid=$1 deadline=$((SECONDS + 120)); while kill -0 "$pid" 2>/dev/null; do [ $SECONDS -lt $deadline ] || return 1; sleep 0.2; done; wait "$pid"; }
-check "pagerd qemu-dest --follow exits 0 with every page local" wait_daemon $qdest
-check "pagerd qemu-source --follow exits 0 once the destination holds every page" wait_daemon $qsource
-sed 's/^/   qemu-source: /' "$work/qemu-source.log" | grep -E "stopped|serving the|migrated|fenced|served|removed|FAILED|error" || true
-sed 's/^/   qemu-dest: /' "$work/qemu-dest.log" | grep -E "following|running here|faults|pages|FAILED|error" || true
-check "the source's RAM was fenced once the migration completed" grep -q "source RAM fenced" "$work/qemu-source.log"
-check "the destination's guest ran on pages from the pager (faults served)" grep -qE "faults +[1-9]" "$work/qemu-dest.log"
-after=$(passes $dst)
-check "the guest on $dst completes two more verified passes after all its RAM is local" wait_passes $dst $((after + 2)) 120
-check "no MISMATCH on the source console" no_mismatch $src
-check "no MISMATCH on the destination console" no_mismatch $dst
-check "virsh list --all on $src no longer has the domain" sh -c "! nsenter -t $(cat "$work/$src.pid") -m -u -n virsh list --all --name | grep -q guest1"
-check "the domain on $dst is running" sh -c "[ \"\$(nsenter -t $(cat "$work/$dst.pid") -m -u -n virsh domstate guest1)\" = running ]"
-check "the domain on $dst is persistent" sh -c "nsenter -t $(cat "$work/$dst.pid") -m -u -n virsh dominfo guest1 | grep -Eq '^Persistent: +yes'"
-check "virsh resume of the released source is refused" not_resume
-check "the source's stale copy of guest RAM was removed" sh -c "! nsenter -t $(cat "$work/$src.pid") -m -u -n test -e /dev/shm/guest1.ram"
+hop() { # hop FROM FROM_ADDR TO TO_ADDR: the README's procedure, then every check of the result
+    local from=$1 from_addr=$2 to=$3 to_addr=$4 log=$work/hop-$1
+    echo "== virsh migrate $from -> $to with the pager following"
+    in_host $from "$bin/pagerd" qemu-source --follow --qmp /run/pager/guest1.qmp --ram /dev/shm/guest1.ram --listen $from_addr:7070 \
+        --track-socket /run/pager/guest1.track --key-file "$key" >"$log.source" 2>&1 &
+    local qsource=$!
+    in_host $to "$bin/pagerd" qemu-dest --follow --qmp /run/pager/guest1.qmp --ram /dev/shm/guest1.ram --connect $from_addr:7070 \
+        --uffd-socket /run/pager/guest1.uffd --socket-group kvm --key-file "$key" >"$log.dest" 2>&1 &
+    local qdest=$!
+    wait_for_line "$log.source" "waiting for a migration" 30
+    wait_for_line "$log.dest" "waiting for QEMU's handoff" 30
+    local started=$SECONDS
+    check "virsh migrate --live --p2p --persistent --undefinesource $from -> $to completes" migrate $from $to_addr
+    echo "   virsh migrate took $((SECONDS - started)) s"
+    check "pagerd qemu-dest --follow exits 0 with every page local" wait_daemon $qdest
+    check "pagerd qemu-source --follow exits 0 once the destination holds every page" wait_daemon $qsource
+    sed 's/^/   qemu-source: /' "$log.source" | grep -E "stopped|serving the|migrated|fenced|served|removed|FAILED|error" || true
+    sed 's/^/   qemu-dest: /' "$log.dest" | grep -E "following|running here|faults|pages|FAILED|error" || true
+    check "the source's RAM was fenced once the migration completed" grep -q "source RAM fenced" "$log.source"
+    check "the destination's guest ran on pages from the pager (faults served)" grep -qE "faults +[1-9]" "$log.dest"
+    local after
+    after=$(passes $to)
+    check "the guest on $to completes two more verified passes after all its RAM is local" wait_passes $to $((after + 2)) 120
+    check "no MISMATCH on the source console" no_mismatch $from
+    check "no MISMATCH on the destination console" no_mismatch $to
+    check "virsh list --all on $from no longer has the domain" gone_from $from
+    check "the domain on $to is running" running_on $to
+    check "the domain on $to is persistent" persistent_on $to
+    check "virsh resume of the released source is refused" not_resumed $from
+    check "the source's stale copy of guest RAM was removed" no_ram_file $from
+}
+hop $src $src_addr $dst $dst_addr
+# And back: a guest that arrived with the pager moves on with the same guards (its QEMU
+# offers the fence once pagerd qemu-dest has said every page is local).
+hop $dst $dst_addr $src $src_addr
+dst=$src # the persistent definition is checked where the guest is now
 
 echo "== the destination's persistent definition starts cleanly"
 in_host $dst virsh destroy guest1 >/dev/null

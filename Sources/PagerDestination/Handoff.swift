@@ -16,8 +16,14 @@ public struct Handoff: Sendable {
 /// Why a handoff was refused.
 public struct HandoffError: Error, CustomStringConvertible {
     public var message: String
+    /// The connection closed before sending anything (a probe, e.g. a second daemon checking
+    /// whether the socket is live): not a workload that tried and failed.
+    public var silent = false
     public var description: String { message }
-    public init(message: String) { self.message = message }
+    public init(message: String, silent: Bool = false) {
+        self.message = message
+        self.silent = silent
+    }
 }
 
 /// Accepts handoffs on a Unix socket in Firecracker's format: one message whose bytes are a
@@ -39,14 +45,19 @@ public final class HandoffListener: @unchecked Sendable {
 
     deinit { try? listener.close() }
 
-    /// Waits for one connection and reads its handoff.
+    /// Waits for one connection and reads its handoff. A connection that closes before
+    /// sending anything (a probe of the socket) is not a handoff: waits for the next.
     public func accept() throws -> Handoff {
-        let connection = try UnixSocket.accept(listener)
-        do {
-            return try HandoffListener.read(from: connection)
-        } catch {
-            try? connection.close()
-            throw error
+        while true {
+            let connection = try UnixSocket.accept(listener)
+            do {
+                return try HandoffListener.read(from: connection)
+            } catch let e as HandoffError where e.silent {
+                try? connection.close()
+            } catch {
+                try? connection.close()
+                throw error
+            }
         }
     }
 
@@ -63,7 +74,7 @@ public final class HandoffListener: @unchecked Sendable {
     public static func read(from connection: FileDescriptor) throws -> Handoff {
         var first = try UnixSocket.receive(connection, maxBytes: 64 << 10, maxDescriptors: 4)
         guard !first.bytes.isEmpty || !first.descriptors.isEmpty else {
-            throw HandoffError(message: "handoff connection closed before any message")
+            throw HandoffError(message: "handoff connection closed before any message", silent: true)
         }
         var bytes = first.bytes
         // The JSON may be split across reads of the stream: read until it parses.

@@ -18,6 +18,30 @@ static int handoff_socket = -1;
 static int handoff_uffd = -1;
 
 int pager_handed_over(void) { return handoff_socket >= 0; }
+int pager_handoff_socket(void) { return handoff_socket; }
+int pager_handoff_uffd(void) { return handoff_uffd; }
+
+/* A userfaultfd for missing pages of the mapping. With `fenceable` (PAGER_TRACK_SOCKET is set:
+ * this QEMU may later be a migration's source) it can also write-protect a tmpfs or hugetlbfs
+ * mapping, for the fence; a kernel without that feature gets one without it (no fence). */
+static int missing_uffd(int hugetlb, int fenceable) {
+    unsigned long long features = (hugetlb ? UFFD_FEATURE_MISSING_HUGETLBFS : UFFD_FEATURE_MISSING_SHMEM)
+                                  | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP;
+    for (int attempt = fenceable ? 0 : 1; attempt < 2; attempt++) {
+        int uffd = pager_open_userfaultfd();
+        if (uffd < 0) pager_die("userfaultfd: %s (as root, with read-write access to /dev/userfaultfd, or vm.unprivileged_userfaultfd=1)", strerror(errno));
+        struct uffdio_api api = { .api = UFFD_API, .features = features | (attempt == 0 ? UFFD_FEATURE_WP_HUGETLBFS_SHMEM : 0) };
+        if (ioctl(uffd, UFFDIO_API, &api) == 0) return uffd;
+        int saved = errno;
+        close(uffd);
+        if (attempt == 1) {
+            errno = saved;
+            pager_die("UFFDIO_API: %s", strerror(errno));
+        }
+        dprintf(2, "pager-preload: this kernel cannot write-protect the RAM mapping (%s): no fence when this QEMU is a source\n", strerror(saved));
+    }
+    return -1;
+}
 
 /* A file that already holds data would be mapped as it is, and the guest would run on it. */
 static void check_empty(int fd, const char *path, int hugetlb) {
@@ -37,12 +61,8 @@ void pager_hand_over(void *addr, size_t length, off_t offset, int fd, const char
     int hugetlb = fs_type == HUGETLBFS_MAGIC;
     check_empty(fd, path, hugetlb);
 
-    int uffd = pager_open_userfaultfd();
-    if (uffd < 0) pager_die("userfaultfd: %s (as root, with read-write access to /dev/userfaultfd, or vm.unprivileged_userfaultfd=1)", strerror(errno));
-    struct uffdio_api api = { .api = UFFD_API,
-                              .features = (hugetlb ? UFFD_FEATURE_MISSING_HUGETLBFS : UFFD_FEATURE_MISSING_SHMEM)
-                                          | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP };
-    if (ioctl(uffd, UFFDIO_API, &api) < 0) pager_die("UFFDIO_API: %s", strerror(errno));
+    const char *track = getenv("PAGER_TRACK_SOCKET");
+    int uffd = missing_uffd(hugetlb, track && *track);
     struct uffdio_register reg = { .range = { .start = (uintptr_t)addr, .len = length }, .mode = UFFDIO_REGISTER_MODE_MISSING };
     if (ioctl(uffd, UFFDIO_REGISTER, &reg) < 0) pager_die("UFFDIO_REGISTER %p+%zu: %s", addr, length, strerror(errno));
 
@@ -60,4 +80,6 @@ void pager_hand_over(void *addr, size_t length, off_t offset, int fd, const char
     handoff_socket = s;
     dprintf(2, "pager-preload: %s (%zu MiB at %p, %ld KiB pages) handed to the pager at %s\n", path, length >> 20, addr,
             page_size >> 10, socket_path);
+    /* This guest may move on later: offer the fence (not tracking: the mapping is taken). */
+    if (track && *track) pager_offer_source(addr, length, offset, fd, path, 1);
 }

@@ -81,7 +81,7 @@ static void *interpose(const char *name, void *addr, size_t length, int prot, in
     if (destination)
         pager_hand_over(mapped, length, offset, fd, path);
     else
-        pager_offer_source(mapped, length, offset, fd, path);
+        pager_offer_source(mapped, length, offset, fd, path, 0);
     return mapped;
 }
 

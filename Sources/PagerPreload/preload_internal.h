@@ -38,7 +38,11 @@ PAGER_HIDDEN int pager_open_userfaultfd(void);
 /* destination.c: registers the mapping (MISSING mode) and hands it to PAGER_UFFD_SOCKET. */
 PAGER_HIDDEN void pager_hand_over(void *addr, size_t length, off_t offset, int fd, const char *path);
 PAGER_HIDDEN int pager_handed_over(void);
+/* The handoff connection and userfaultfd (-1 before the handoff). */
+PAGER_HIDDEN int pager_handoff_socket(void);
+PAGER_HIDDEN int pager_handoff_uffd(void);
 
-/* source.c: offers write tracking and the fence of the mapping on PAGER_TRACK_SOCKET. */
-PAGER_HIDDEN void pager_offer_source(void *addr, size_t length, off_t offset, int fd, const char *path);
+/* source.c: offers write tracking and the fence of the mapping on PAGER_TRACK_SOCKET; with
+ * `arrived` (the mapping came from a pager, destination.c) the fence only, once every page is local. */
+PAGER_HIDDEN void pager_offer_source(void *addr, size_t length, off_t offset, int fd, const char *path, int arrived);
 PAGER_HIDDEN int pager_source_offered(void);

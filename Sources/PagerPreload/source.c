@@ -23,6 +23,8 @@ static struct {
     long page_size;
     int shared_fs; /* tmpfs or hugetlbfs: needs UFFD_FEATURE_WP_HUGETLBFS_SHMEM */
     int listener;
+    int arrived;  /* the mapping came from a pager (destination.c): fence only, once complete */
+    int complete; /* arrived: the pager said every page is local ({"all_local":true}) */
 } tracked = { .listener = -1 };
 
 /* The fence's userfaultfd, never closed and never read once set: see fence(). */
@@ -58,11 +60,46 @@ static int write_protect_uffd(int s, unsigned long long features) {
     return -1;
 }
 
+/* An arrived mapping is complete once the pager has written {"all_local":true} on the
+ * handoff connection (Protocols/handoff.md, section 4); read here, without waiting. */
+static int arrival_complete(void) {
+    static const char marker[] = "\"all_local\":true";
+    static char carry[32]; /* the end of the last read: the marker may span two */
+    static size_t carried;
+    while (tracked.arrived && !tracked.complete) {
+        char buf[4096 + sizeof carry];
+        memcpy(buf, carry, carried);
+        ssize_t n = recv(pager_handoff_socket(), buf + carried, 4096, MSG_DONTWAIT);
+        if (n <= 0) break; /* nothing more now, or the pager has gone: as complete as it was */
+        size_t length = carried + (size_t)n;
+        buf[length] = 0;
+        if (strstr(buf, marker)) tracked.complete = 1;
+        carried = length < sizeof carry - 1 ? length : sizeof carry - 1;
+        memmove(carry, buf + length - carried, carried);
+    }
+    return !tracked.arrived || tracked.complete;
+}
+
+/* 'S': where this mapping's memory is: booted here, or arrived (complete or not yet). */
+static void serve_state(int s) {
+    char json[128];
+    if (!tracked.arrived)
+        snprintf(json, sizeof json, "{\"state\":\"booted\"}");
+    else
+        snprintf(json, sizeof json, "{\"state\":\"arrived\",\"complete\":%s}", arrival_complete() ? "true" : "false");
+    (void)pager_send_json(s, json, -1);
+}
+
 /* 'T': a WP-async userfaultfd over the RAM mapping, handed to the daemon on `s`. */
 static void serve_tracker(int s) {
     if (fence_uffd >= 0) {
         errno = EPERM;
         refuse(s, "the guest RAM is fenced (released to a destination): no more tracking");
+        return;
+    }
+    if (tracked.arrived) {
+        errno = EBUSY;
+        refuse(s, "this guest RAM arrived with the pager and its mapping stays registered for the pager's faults: write tracking needs a restarted QEMU");
         return;
     }
     int uffd = write_protect_uffd(s, UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED);
@@ -81,7 +118,29 @@ static void serve_tracker(int s) {
  * daemon's exit nor its crash lifts the fence); only killing QEMU ends the wait. */
 static void fence(int s) {
     char json[256];
-    if (fence_uffd < 0) {
+    if (fence_uffd < 0 && tracked.arrived) {
+        if (!arrival_complete()) {
+            errno = EAGAIN;
+            refuse(s, "this guest RAM is still arriving from its previous host (the pager has not said every page is local)");
+            return;
+        }
+        /* The pager's own userfaultfd (a second one cannot register the mapping): missing
+         * mode kept, write-protect added. Nobody reads it any more once all is local. */
+        int uffd = pager_handoff_uffd();
+        struct uffdio_register reg = { .range = { .start = (uintptr_t)tracked.addr, .len = tracked.length },
+                                       .mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP };
+        struct uffdio_writeprotect wp = { .range = reg.range, .mode = UFFDIO_WRITEPROTECT_MODE_WP };
+        if (ioctl(uffd, UFFDIO_REGISTER, &reg) < 0) {
+            refuse(s, "UFFDIO_REGISTER (write-protect) of the arrived RAM mapping");
+            return;
+        }
+        if (ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) < 0) {
+            refuse(s, "UFFDIO_WRITEPROTECT of the RAM mapping");
+            return;
+        }
+        fence_uffd = uffd;
+        dprintf(2, "pager-preload: guest RAM fenced (write-protected for good): this QEMU cannot run its guest again\n");
+    } else if (fence_uffd < 0) {
         int uffd = write_protect_uffd(s, 0);
         if (uffd < 0) return;
         struct uffdio_writeprotect wp = { .range = { .start = (uintptr_t)tracked.addr, .len = tracked.length },
@@ -110,7 +169,7 @@ static void *source_thread(void *unused) {
             dprintf(2, "pager-preload: accept on PAGER_TRACK_SOCKET: %s; tracking and the fence are no longer offered\n", strerror(errno));
             return NULL;
         }
-        /* The request: one byte, 'T' (tracking) or 'F' (fence). */
+        /* The request: one byte, 'S' (state), 'T' (tracking) or 'F' (fence). */
         char request = 0;
         ssize_t n;
         do n = read(s, &request, 1); while (n < 0 && errno == EINTR);
@@ -118,9 +177,11 @@ static void *source_thread(void *unused) {
             serve_tracker(s);
         } else if (n == 1 && request == 'F') {
             fence(s);
+        } else if (n == 1 && request == 'S') {
+            serve_state(s);
         } else {
             errno = EINVAL;
-            refuse(s, "unknown request (send 'T' for write tracking or 'F' for the fence)");
+            refuse(s, "unknown request (send 'S' for the state, 'T' for write tracking or 'F' for the fence)");
         }
         /* One daemon at a time: wait until it hangs up. */
         char byte;
@@ -129,7 +190,7 @@ static void *source_thread(void *unused) {
     }
 }
 
-void pager_offer_source(void *addr, size_t length, off_t offset, int fd, const char *path) {
+void pager_offer_source(void *addr, size_t length, off_t offset, int fd, const char *path, int arrived) {
     const char *socket_path = getenv("PAGER_TRACK_SOCKET");
     long fs_type;
     tracked.addr = addr;
@@ -137,6 +198,7 @@ void pager_offer_source(void *addr, size_t length, off_t offset, int fd, const c
     tracked.offset = offset;
     tracked.page_size = pager_ram_page_size(fd, path, &fs_type);
     tracked.shared_fs = fs_type == HUGETLBFS_MAGIC || fs_type == TMPFS_MAGIC;
+    tracked.arrived = arrived;
     struct sockaddr_un sun = pager_unix_address(socket_path, "PAGER_TRACK_SOCKET");
     struct stat st;
     if (lstat(socket_path, &st) == 0 && S_ISSOCK(st.st_mode)) unlink(socket_path); /* a stale socket of an earlier run */
@@ -148,5 +210,8 @@ void pager_offer_source(void *addr, size_t length, off_t offset, int fd, const c
     int rc = pthread_create(&t, NULL, source_thread, NULL);
     if (rc != 0) pager_die("cannot start the source thread: %s", strerror(rc));
     pthread_detach(t);
-    dprintf(2, "pager-preload: %s (%zu MiB at %p) can be write-tracked and fenced by a pager on %s\n", path, length >> 20, addr, socket_path);
+    if (arrived)
+        dprintf(2, "pager-preload: %s can be fenced by a pager on %s once every page has arrived\n", path, socket_path);
+    else
+        dprintf(2, "pager-preload: %s (%zu MiB at %p) can be write-tracked and fenced by a pager on %s\n", path, length >> 20, addr, socket_path);
 }

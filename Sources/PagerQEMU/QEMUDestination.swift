@@ -162,6 +162,10 @@ public struct QEMUDestination {
         case .failure(let e): throw QEMUError("paging guest RAM failed: \(e)")
         case .success(let r):
             missing.release()
+            // The preload library's fence (this guest may move on) waits for these words.
+            do { try UnixSocket.send(handoff.connection, bytes: Array(#"{"all_local":true}"#.utf8) + [0x0A], descriptors: []) } catch {
+                logger.warning("could not tell QEMU's preload library that every page is local (\(error)): this guest cannot be fenced as a migration source until restarted")
+            }
             let now = monotonicNanoseconds()
             return Report(untilRunningSeconds: Double(runningAt - started) / 1e9,
                           untilLocalSeconds: Double(now - started) / 1e9, resolve: r, allLocalAt: now,

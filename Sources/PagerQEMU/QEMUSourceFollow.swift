@@ -43,6 +43,9 @@ public struct QEMUSourceFollower {
     public func run(serverReady: (SourceServer) -> Void = { _ in }) throws -> QEMUSource.Report {
         let qmp = try QMP(path: qmpPath)
         try checkGuestRAM(qmp, ram: ram)
+        // A guest that arrived here with the pager and is still paging in would be served
+        // with holes for the pages not yet here.
+        try SourcePreload.requireWholeRAM(socket: preloadSocket, qemu: qmp.pid)
         try setIgnoreShared(qmp)
         let region = try ServedRegion(id: 1, path: ram)
         let server = try SourceServer(listen: listen, regions: [region], authentication: authentication, logger: logger)

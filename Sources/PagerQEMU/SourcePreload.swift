@@ -27,29 +27,52 @@ enum SourcePreload {
         }
     }
 
-    /// Asks for the fence and waits for it (up to `timeoutMilliseconds`); returns the bytes of
-    /// RAM fenced. Throws with the library's own words when it refuses.
-    static func fenceGuestRAM(socket: String, qemu: Int32, timeoutMilliseconds: Int32 = 10_000) throws -> UInt64 {
-        let connection = try connect(socket, request: fence, qemu: qemu)
+    /// Whether this QEMU's guest RAM is whole: booted here, or arrived with the pager and
+    /// every page local (request "S"). A migration away must not start before.
+    static let state: UInt8 = 0x53 // "S"
+
+    /// Sends `request` and returns the library's one JSON answer (up to `timeoutMilliseconds`).
+    static func ask(_ socket: String, _ request: UInt8, qemu: Int32, timeoutMilliseconds: Int32 = 10_000) throws -> JSONValue {
+        let connection = try connect(socket, request: request, qemu: qemu)
         defer { try? connection.close() }
         var reply: [UInt8] = []
         let deadline = monotonicNanoseconds() + UInt64(timeoutMilliseconds) * 1_000_000
         while (try? JSONReader.parse(reply)) == nil {
             let now = monotonicNanoseconds()
             guard now < deadline, try UnixSocket.waitReadable(connection, timeoutMilliseconds: Int32(clamping: (deadline - now) / 1_000_000)) else {
-                throw QEMUError("the preload library on \(socket) did not answer the fence request within \(timeoutMilliseconds) ms")
+                throw QEMUError("the preload library on \(socket) did not answer within \(timeoutMilliseconds) ms")
             }
             guard let bytes = try UnixSocket.readAvailable(connection, maxBytes: 4096) else { continue }
             if bytes.isEmpty || reply.count + bytes.count > 4096 {
-                throw QEMUError("the preload library on \(socket) hung up before answering the fence request")
+                throw QEMUError("the preload library on \(socket) hung up before answering")
             }
             reply += bytes
         }
         let answer = try JSONReader.parse(reply)
-        if case .string(let why)? = answer["error"] { throw QEMUError("the preload library refused the fence: \(why)") }
+        if case .string(let why)? = answer["error"] { throw QEMUError("the preload library on \(socket) refused: \(why)") }
+        return answer
+    }
+
+    /// Asks for the fence; returns the bytes of RAM fenced.
+    static func fenceGuestRAM(socket: String, qemu: Int32) throws -> UInt64 {
+        let answer = try ask(socket, fence, qemu: qemu)
         guard answer["fenced"] == .bool(true), case .number(let size)? = answer["size"], let bytes = UInt64(size) else {
             throw QEMUError("the preload library answered the fence request with \(describe(answer))")
         }
         return bytes
+    }
+
+    /// Throws unless the guest RAM is whole here (see ``state``).
+    static func requireWholeRAM(socket: String, qemu: Int32) throws {
+        let answer: JSONValue
+        do { answer = try ask(socket, state, qemu: qemu) } catch {
+            throw QEMUError("cannot ask the source QEMU's preload library on \(socket) about its guest RAM (\(error)): start QEMU with LD_PRELOAD=libpager-preload.so PAGER_TRACK_SOCKET=\(socket)")
+        }
+        switch (answer["state"], answer["complete"]) {
+        case (.string("booted")?, _), (.string("arrived")?, .bool(true)?): return
+        case (.string("arrived")?, .bool(false)?):
+            throw QEMUError("this QEMU's guest RAM is still arriving from its previous host (its pagerd qemu-dest has not finished): migrate it once every page is local")
+        default: throw QEMUError("the preload library answered the state request with \(describe(answer))")
+        }
     }
 }

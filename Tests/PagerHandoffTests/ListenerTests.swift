@@ -39,4 +39,21 @@ struct ListenerTests {
         let error = #expect(throws: HandoffError.self) { try HandoffListener.read(from: pager) }
         #expect(error?.description.contains("exactly one userfaultfd") == true)
     }
+
+    @Test("a connection that closes before sending anything (a second daemon probing the socket) does not end the wait: the next connection's handoff is read")
+    func probeThenHandoff() throws {
+        let path = "/tmp/pager-listener-probe-\(processID()).sock"
+        defer { removeFile(path) }
+        let listener = try HandoffListener(path: path)
+        let probe = try UnixSocket.connect(path: path)
+        try probe.close()
+        let workload = try UnixSocket.connect(path: path)
+        defer { try? workload.close() }
+        let (stand, other) = try UnixSocket.pair()
+        defer { try? other.close() }
+        try UnixSocket.send(workload, bytes: Array(#"[{"base_host_virt_addr":8192,"size":4096,"offset":0,"page_size":4096}]"#.utf8), descriptors: [stand])
+        try stand.close()
+        let handoff = try listener.accept()
+        #expect(handoff.mappings == [RegionMapping(base: 8192, size: 4096, regionOffset: 0, pageSize: 4096)])
+    }
 }
