@@ -19,6 +19,22 @@ struct CLITests {
         #expect(!help.contains("guardian"), "\(help)")
     }
 
+    @Test("the QEMU commands drive the migration or follow its manager, one of the two; following the source needs the preload socket (the fence), and pre-copy needs the source to drive",
+          arguments: [
+              (["qemu-source", "--qmp", "q", "--ram", "r", "--listen", "127.0.0.1:7070"], "give --migrate-to (this command drives the migration) or --follow"),
+              (["qemu-source", "--qmp", "q", "--ram", "r", "--listen", "127.0.0.1:7070", "--migrate-to", "tcp:x:1", "--follow", "--track-socket", "t"], "give --migrate-to"),
+              (["qemu-source", "--qmp", "q", "--ram", "r", "--listen", "127.0.0.1:7070", "--follow"], "--follow needs --track-socket"),
+              (["qemu-dest", "--qmp", "q", "--ram", "r", "--connect", "127.0.0.1:7070", "--uffd-socket", "u"], "give --incoming (this command drives the incoming migration) or --follow"),
+              (["qemu-dest", "--qmp", "q", "--ram", "r", "--connect", "127.0.0.1:7070", "--uffd-socket", "u", "--incoming", "tcp:0:1", "--follow"], "give --incoming"),
+              (["qemu-dest", "--qmp", "q", "--ram", "r", "--connect", "127.0.0.1:7070", "--uffd-socket", "u", "--follow", "--precopy"], "--precopy needs the source to drive the switch"),
+          ])
+    func qemuModes(_ arguments: [String], _ message: String) throws {
+        // (--insecure-no-auth: the key check comes first, and is not what this is about)
+        let (status, output) = try runProgram(Binaries.pagerd, arguments + ["--insecure-no-auth"])
+        #expect(status != 0)
+        #expect(output.contains(message), "\(output)")
+    }
+
     @Test("help texts wrap as paragraphs: no line broken short in the middle of one", arguments: ["source", "dest", "qemu-source", "qemu-dest", "demo", "keygen"])
     func helpWraps(_ command: String) throws {
         let (status, output) = try runProgram(Binaries.pagerd, [command, "--help"])
