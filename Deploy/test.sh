@@ -32,6 +32,9 @@ for page in pagerd pagerd.source pagerd.dest pagerd.qemu-source pagerd.qemu-dest
     grep -q '^\.Sh NAME' "$log/prefix/share/man/man1/$page.1" || { echo "man page $page.1 missing or empty" >&2; exit 1; }
 done
 grep -q -- "Fl -control-socket" "$log/prefix/share/man/man1/pagerd.dest.1" || { echo "pagerd.dest.1 lacks --control-socket" >&2; exit 1; }
+for page in pagerd.qemu-source pagerd.qemu-dest; do
+    grep -q -- "Fl -follow" "$log/prefix/share/man/man1/$page.1" || { echo "$page.1 lacks --follow" >&2; exit 1; }
+done
 bash -n "$log/prefix/share/bash-completion/completions/pagerd"
 grep -q "status" "$log/prefix/share/bash-completion/completions/pagerd"
 
