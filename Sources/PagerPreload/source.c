@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 /* The mapping tracking and the fence cover; set once, before the thread starts. */
@@ -169,10 +170,14 @@ static void *source_thread(void *unused) {
             dprintf(2, "pager-preload: accept on PAGER_TRACK_SOCKET: %s; tracking and the fence are no longer offered\n", strerror(errno));
             return NULL;
         }
-        /* The request: one byte, 'S' (state), 'T' (tracking) or 'F' (fence). */
+        /* The request: one byte, 'S' (state), 'T' (tracking) or 'F' (fence), within 10 s:
+         * a client that connects and says nothing must not keep the fence from the daemon. */
+        struct timeval patience = { .tv_sec = 10 }, forever = { 0 };
+        (void)setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &patience, sizeof patience);
         char request = 0;
         ssize_t n;
         do n = read(s, &request, 1); while (n < 0 && errno == EINTR);
+        (void)setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &forever, sizeof forever);
         if (n == 1 && request == 'T') {
             serve_tracker(s);
         } else if (n == 1 && request == 'F') {
@@ -183,9 +188,11 @@ static void *source_thread(void *unused) {
             errno = EINVAL;
             refuse(s, "unknown request (send 'S' for the state, 'T' for write tracking or 'F' for the fence)");
         }
-        /* One daemon at a time: wait until it hangs up. */
-        char byte;
-        while (read(s, &byte, 1) > 0) {}
+        /* One tracking daemon at a time: wait until it hangs up. Other answers are final. */
+        if (n == 1 && request == 'T') {
+            char byte;
+            while (read(s, &byte, 1) > 0) {}
+        }
         close(s);
     }
 }
