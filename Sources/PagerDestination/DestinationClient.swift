@@ -91,6 +91,7 @@ public final class DestinationClient: @unchecked Sendable {
             let hello = Hello(features: offered, channel: channel, resumeSession: session, clientName: clientName)
             let (welcome, regions) = try DestinationClient.join(connection, hello, resumeToken: session == 0 ? nil : token,
                                                                 authentication, recordLimits)
+            connection.negotiated = welcome.features
             socket.setReceiveTimeout(milliseconds: 0)
             return (connection, welcome, regions)
         }

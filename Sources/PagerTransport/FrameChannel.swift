@@ -22,6 +22,9 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
     public var receiveLimit: UInt32 = WireLimits.absoluteMaxPayload
     /// Verify CRC-32C of incoming pages when present.
     public var verifyChecksums = true
+    /// The session's negotiated features, once WELCOME has set them (nil: not checked).
+    /// PAGE_DATA using an encoding or flag of a feature not among them is refused (§3).
+    public var negotiated: Features?
 
     /// One frame on the wire at a time, short writes completed inside. A ForegroundMutex: the
     /// background (`SCHED_IDLE`) push shares its connection with threads that answer faults,
@@ -297,6 +300,14 @@ public final class FrameChannel: FrameConnection, @unchecked Sendable {
     private func deliver(_ event: FrameParser.Event) throws(ChannelError) -> Incoming {
         switch event {
         case .pageData(let pd, let sums):
+            if let negotiated {
+                if pd.encoding == .sparse && !negotiated.contains(.sparse) {
+                    throw .unexpected(peer: peer, "sparse PAGE_DATA (encoding 3) without the sparse feature")
+                }
+                if pd.flags.contains(.checksums) && !negotiated.contains(.checksums) {
+                    throw .unexpected(peer: peer, "PAGE_DATA with checksums without the checksums feature")
+                }
+            }
             let data = UnsafeRawBufferPointer(start: pageBuffer, count: pd.encoding == .zero ? 0 : pd.dataPageCount * Int(WireLimits.alignment))
             if verifyChecksums, let sums, let i = PageDataHeader.firstChecksumMismatch(data, checksums: sums) {
                 throw .checksumMismatch(peer: peer, region: pd.region, offset: pd.offset + UInt64(pd.rangePage(ofDataPage: i)) * WireLimits.alignment)
