@@ -101,6 +101,9 @@ extension SourceServer {
         var regionIndex = 0
         var cursor = 0 // in pages of the current region
         var restarts = session.restarts
+        // PUSH_COMPLETE goes once per region on this connection: a prefetch answered after
+        // it moves the cursor back into the region, which then has nothing unsent again.
+        var completed = Set<UInt32>()
         while session.isCurrent(.push, generation) {
             // A map may have been applied before this loop began (the reader runs first): the
             // maps themselves say so, not only a change of `restarts`.
@@ -109,6 +112,7 @@ extension SourceServer {
                 restarts = session.restarts
                 regionIndex = 0
                 cursor = 0
+                completed = [] // the push sends what is missing, and completes again
                 for map in maps {
                     if let region = regions.first(where: { $0.id == map.region }) { try rounds.mapArrived(region, staged: map.staged, link) }
                 }
@@ -146,8 +150,10 @@ extension SourceServer {
                     cursor = 0
                     continue
                 }
-                try sender.channel.send(.pushComplete(region: region.id, bytes: region.length))
-                logger.info("session \(hex(session.id)): pushed all of region \(region.id)")
+                if completed.insert(region.id).inserted {
+                    try sender.channel.send(.pushComplete(region: region.id, bytes: region.length))
+                    logger.info("session \(hex(session.id)): pushed all of region \(region.id)")
+                }
                 regionIndex += 1
                 cursor = 0
                 continue

@@ -43,7 +43,7 @@ struct PrefetchAnswerTests {
         }
     }
 
-    @Test("a prefetch request on the push connection gets only pages not sent yet (none, once all are pushed); a plain request gets its whole range")
+    @Test("a prefetch request on the push connection gets only pages not sent yet (none, once all are pushed), and no second PUSH_COMPLETE; a plain request gets its whole range")
     func onlyUnsent() throws {
         let served = try Served()
         let (demand, welcome) = try served.join(.demand)
@@ -63,12 +63,11 @@ struct PrefetchAnswerTests {
         }
         #expect(pushed.count == served.pages)
         // Everything was sent: a prefetch (request 5) is answered with nothing, so the next page
-        // data on the connection is the answer to the plain request (6) for pages 8..<12. (A
-        // push that finds nothing unsent after an answer says PUSH_COMPLETE again: skipped.)
+        // data on the connection is the answer to the plain request (6) for pages 8..<12, and no
+        // second PUSH_COMPLETE comes between (it goes once per region and connection).
         try push.send(.pageRequest(PageRequest(requestID: 5, region: 1, offset: UInt64(8 * basePageSize), length: UInt64(16 * basePageSize), flags: .prefetch)))
         try push.send(.pageRequest(PageRequest(requestID: 6, region: 1, offset: UInt64(8 * basePageSize), length: UInt64(4 * basePageSize), flags: [])))
-        var next = try push.receive()
-        while case .message(.pushComplete) = next { next = try push.receive() }
+        let next = try push.receive()
         guard case .pageData(let h, let data) = next else { Issue.record("no PAGE_DATA but \(next)"); return }
         #expect(h.requestID == 6 && h.offset == UInt64(8 * basePageSize) && h.length == UInt64(4 * basePageSize))
         #expect(data.load(as: UInt64.self) == 9)
