@@ -48,6 +48,11 @@ public final class MigrationProgress: Sendable {
     public let outages = Atomic<Int>(0)
     public let resumes = Atomic<Int>(0)
     public let pagesPoisoned = Atomic<Int>(0)
+    /// Pages installed by how they came (``Arrivals``).
+    public let arrivedByDemand = Atomic<Int>(0)
+    public let arrivedByPrefetch = Atomic<Int>(0)
+    public let arrivedByPush = Atomic<Int>(0)
+    public let arrivedStaged = Atomic<Int>(0)
     public let faultLatency = LatencyHistogram()
 
     public init() {}
@@ -88,6 +93,10 @@ extension FaultResolver {
         p.installedPages.store(report.installedPages, ordering: .relaxed)
         p.zeroPages.store(report.zeroPages, ordering: .relaxed)
         p.duplicatePages.store(report.duplicatePages, ordering: .relaxed)
+        p.arrivedByDemand.store(report.arrivals.demand, ordering: .relaxed)
+        p.arrivedByPrefetch.store(report.arrivals.prefetch, ordering: .relaxed)
+        p.arrivedByPush.store(report.arrivals.push, ordering: .relaxed)
+        p.arrivedStaged.store(report.arrivals.staged, ordering: .relaxed)
         p.bytesReceived.store(bytesReceived.load(ordering: .relaxed), ordering: .relaxed)
     }
 }

@@ -57,6 +57,13 @@ extension DestinationBook {
             ("faults", .int(p.faults.load(ordering: .relaxed))),
             ("prefetch-requests", .int(p.prefetchRequests.load(ordering: .relaxed))),
             ("duplicates-dropped", .int(p.duplicatePages.load(ordering: .relaxed))),
+            // Pages installed by the PAGE_DATA flags of their frame, or staged by pre-copy.
+            ("pages-arrived", .object([
+                ("demand", .int(p.arrivedByDemand.load(ordering: .relaxed))),
+                ("prefetch", .int(p.arrivedByPrefetch.load(ordering: .relaxed))),
+                ("push", .int(p.arrivedByPush.load(ordering: .relaxed))),
+                ("staged", .int(p.arrivedStaged.load(ordering: .relaxed))),
+            ])),
             // Mean fault latency in ns, as QEMU 10.1 reports its own.
             ("postcopy-latency", .uint(faults == 0 ? 0 : UInt64(p.faultLatency.sumSeconds * 1e9) / faults)),
             ("postcopy-latency-dist", .array(counts.map { .uint($0) })),

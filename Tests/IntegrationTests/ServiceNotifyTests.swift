@@ -84,6 +84,9 @@ struct ServiceNotifyTests {
         #expect(summary["role"]?.stringValue == "dest" && summary["status"]?.stringValue == "completed", "\(line)")
         #expect(summary["outages"]?.uint64 == 1 && summary["resumes"]?.uint64 == 1 && summary["ram"]?["remaining"]?.uint64 == 0, "\(line)")
         #expect(summary["pages-local"]?.uint64 == 16384 && (summary["faults"]?.uint64 ?? 0) > 0, "\(line)")
+        // Every page came one way: by a fault's request, a prefetch or the push.
+        let arrived = ["demand", "prefetch", "push", "staged"].map { summary["pages-arrived"]?[$0]?.uint64 ?? 0 }
+        #expect(arrived.reduce(0, +) == 16384 && arrived[0] > 0 && arrived[3] == 0, "\(line)")
     }
 
     @Test("pagerd source: READY=1 once listening, STOPPING=1 on SIGTERM, then its summary as STATUS=")

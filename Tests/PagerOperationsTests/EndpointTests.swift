@@ -62,7 +62,7 @@ struct EndpointTests {
     @Test("pagerd status's text: a destination's migration and a source's sessions, from documents as the daemons write them")
     func statusText() throws {
         let dest = try JSONReader.parse(Array(#"""
-        {"role":"dest","version":"v","pid":7,"uptime-ms":1500,"source":"1.2.3.4:7070","migrations":[{"id":1,"status":"postcopy-active","region":"vm.ram","session":"0x1","total-time":500,"ram":{"total":1048576,"remaining":524288,"transferred":600000,"page-size":4096,"normal":100,"duplicate":28,"precopy-bytes":0,"mbps":9.6,"postcopy-requests":5},"pages-local":128,"faults":6,"prefetch-requests":3,"duplicates-dropped":0,"postcopy-latency":80,"postcopy-latency-dist":[],"fault-latency-us":{"p50-below":128,"p99-below":256,"max-below":256},"outages":1,"resumes":1,"pages-poisoned":0}],"totals":{"migrations":1,"active":1,"completed":0,"failed":0}}
+        {"role":"dest","version":"v","pid":7,"uptime-ms":1500,"source":"1.2.3.4:7070","migrations":[{"id":1,"status":"postcopy-active","region":"vm.ram","session":"0x1","total-time":500,"ram":{"total":1048576,"remaining":524288,"transferred":600000,"page-size":4096,"normal":100,"duplicate":28,"precopy-bytes":0,"mbps":9.6,"postcopy-requests":5},"pages-local":128,"faults":6,"prefetch-requests":3,"duplicates-dropped":0,"pages-arrived":{"demand":0,"prefetch":0,"push":0,"staged":0},"postcopy-latency":80,"postcopy-latency-dist":[],"fault-latency-us":{"p50-below":128,"p99-below":256,"max-below":256},"outages":1,"resumes":1,"pages-poisoned":0}],"totals":{"migrations":1,"active":1,"completed":0,"failed":0}}
         """#.utf8), limits: .status)
         let text = StatusText.render(dest)
         #expect(text.contains("dest (pid 7), v, up 1.5 s, source 1.2.3.4:7070"), "\(text)")
