@@ -14,6 +14,7 @@ for f in "$bin/pagerd" "$bin/plain/libpager-preload.so" /usr/sbin/libvirtd /usr/
     [ -e "$f" ] || { echo "libvirt test: $f is missing (bash Deploy/setup.sh installs libvirt and QEMU; Deploy/test.sh builds the rest)" >&2; exit 1; }
 done
 [ "$(id -u)" = 0 ] || { echo "libvirt test: needs root (namespaces, libvirtd)" >&2; exit 1; }
+[ -c /dev/userfaultfd ] || { echo "libvirt test: no /dev/userfaultfd (kernel 6.1 or later with CONFIG_USERFAULTFD)" >&2; exit 1; }
 getent passwd libvirt-qemu >/dev/null || { echo "libvirt test: no libvirt-qemu user (apt-get install libvirt-daemon-system)" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/pager-libvirt.XXXXXX)
@@ -21,18 +22,19 @@ chmod 755 "$work" # QEMU runs as libvirt-qemu and reads the guest and the librar
 src=pls$$ dst=pld$$
 src_addr=198.18.7.1 dst_addr=198.18.7.2
 passed=0 failed=0
+holders=() daemons=() # background processes cleanup ends
 uffd_mode=$(stat -c '%g %a' /dev/userfaultfd)
 
 cleanup() {
+    for pid in "${daemons[@]}"; do kill "$pid" 2>/dev/null || true; done
     for h in $src $dst; do
         if [ -f "$work/$h.pid" ]; then
             in_host $h sh -c 'virsh destroy guest1; kill $(cat /run/libvirtd.pid)' >/dev/null 2>&1 || true
             kill "$(cat "$work/$h.pid")" 2>/dev/null || true
-            wait 2>/dev/null || true
         fi
         ip netns del $h 2>/dev/null || true
     done
-    pkill -f "pagerd qemu-(source|dest) --follow --qmp /run/pager/guest1.qmp" 2>/dev/null || true
+    for pid in "${holders[@]}" "${daemons[@]}"; do wait "$pid" 2>/dev/null || true; done
     chgrp "${uffd_mode% *}" /dev/userfaultfd && chmod "${uffd_mode#* }" /dev/userfaultfd
     rm -rf "$work"
 }
@@ -82,6 +84,7 @@ for h in $src $dst; do
     addr=$([ $h = $src ] && echo $src_addr || echo $dst_addr)
     ip netns exec $h unshare --mount --uts --propagation private --fork sleep infinity &
     holder=$!
+    holders+=("$holder")
     for _ in $(seq 50); do child=$(pgrep -P $holder || true); [ -n "$child" ] && break; sleep 0.1; done
     echo "$child" >"$work/$h.pid"
     cp -a /etc/libvirt "$work/$h-etc"
@@ -116,7 +119,7 @@ echo "== the guest, defined and started on $src from Deploy/libvirt/guest.xml"
 bash Deploy/qemu/make-guest.sh "$work/guest" 128 >/dev/null
 cp "$bin/plain/libpager-preload.so" "$work/libpager-preload.so"
 chmod 755 "$work/guest"
-sed -e "s|1024|384|g" -e "s|/var/lib/pager/|$work/guest/|g" -e "s|/usr/lib/pager/libpager-preload.so|$work/libpager-preload.so|" \
+sed -e "s|>1024<|>384<|" -e "s|size=1024M|size=384M|" -e "s|/var/lib/pager/|$work/guest/|g" -e "s|/usr/lib/pager/libpager-preload.so|$work/libpager-preload.so|" \
     Deploy/libvirt/guest.xml >"$work/guest1.xml"
 "$bin/pagerd" keygen "$work/keys.psk" >/dev/null
 in_host $src virsh define "$work/guest1.xml" >/dev/null
@@ -152,10 +155,12 @@ hop() { # hop FROM FROM_ADDR TO TO_ADDR: the README's procedure, then every chec
     in_host $from "$bin/pagerd" qemu-source --follow --qmp /run/pager/guest1.qmp --ram /dev/shm/guest1.ram --listen $from_addr:7070 \
         --track-socket /run/pager/guest1.track --key-file "$key" >"$log.source" 2>&1 &
     local qsource=$!
+    daemons+=("$qsource")
     in_host $to "$bin/pagerd" qemu-dest --follow --qmp /run/pager/guest1.qmp --ram /dev/shm/guest1.ram --connect $from_addr:7070 \
         --uffd-socket /run/pager/guest1.uffd --socket-group kvm --key-file "$key" >"$log.dest" 2>&1 &
     local qdest=$!
-    wait_for_line "$log.source" "waiting for a migration" 30
+    daemons+=("$qdest")
+    wait_for_line "$log.source" "waiting for a destination pagerd" 30
     wait_for_line "$log.dest" "waiting for QEMU's handoff" 30
     local started=$SECONDS
     check "virsh migrate --live --p2p --persistent --undefinesource $from -> $to completes" migrate $from $to_addr
@@ -176,24 +181,26 @@ hop() { # hop FROM FROM_ADDR TO TO_ADDR: the README's procedure, then every chec
     check "the domain on $to is persistent" persistent_on $to
     check "virsh resume of the released source is refused" not_resumed $from
     check "the source's stale copy of guest RAM was removed" no_ram_file $from
+    # After a failure, neither daemon may linger into the next step (port, sockets).
+    kill $qsource $qdest 2>/dev/null || true
 }
 hop $src $src_addr $dst $dst_addr
 # And back: a guest that arrived with the pager moves on with the same guards (its QEMU
 # offers the fence once pagerd qemu-dest has said every page is local).
 hop $dst $dst_addr $src $src_addr
-dst=$src # the persistent definition is checked where the guest is now
+here=$src # the persistent definition is checked where the guest is now
 
 echo "== the destination's persistent definition starts cleanly"
-in_host $dst virsh destroy guest1 >/dev/null
-boots() { in_host $dst sh -c 'tr "\r" "\n" < /var/log/pager/guest1.console' | grep -c "guest-workload: filled" || true; }
+in_host $here virsh destroy guest1 >/dev/null
+boots() { in_host $here sh -c 'tr "\r" "\n" < /var/log/pager/guest1.console' | grep -c "guest-workload: filled" || true; }
 booted=$(boots)
 wait_boot() { local deadline=$((SECONDS + 120)); until [ "$(boots)" -gt "$booted" ]; do [ $SECONDS -lt $deadline ] || return 1; sleep 0.5; done; }
-check "virsh start of the persistent definition on $dst" in_host $dst virsh start guest1
+check "virsh start of the persistent definition on $here" in_host $here virsh start guest1
 check "the restarted guest boots afresh (no pager needed)" wait_boot
-after=$(passes $dst)
-check "and verifies its memory" wait_passes $dst $((after + 1)) 60
+after=$(passes $here)
+check "and verifies its memory" wait_passes $here $((after + 1)) 60
 check "its QEMU runs the preload library as a source (fence offered, nothing handed over)" sh -c \
-    "nsenter -t $(cat "$work/$dst.pid") -m -u -n tail -5 /var/log/libvirt/qemu/guest1.log | grep -q 'can be write-tracked and fenced'"
+    "nsenter -t $(cat "$work/$here.pid") -m -u -n tail -5 /var/log/libvirt/qemu/guest1.log | grep -q 'can be write-tracked and fenced'"
 
 echo "libvirt test: $passed passed, $failed failed"
 [ $failed = 0 ]

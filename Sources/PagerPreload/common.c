@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
@@ -23,30 +24,51 @@ void pager_die(const char *fmt, ...) {
     _exit(78);
 }
 
-/* QEMU's command line, its arguments separated by NUL; the length read (0 if unreadable). */
-static ssize_t read_cmdline(char *buf, size_t size) {
+/* QEMU's command line, its arguments separated by NUL and ended by one more NUL, in a
+ * buffer to free; NULL if unreadable. Read whole: libvirt's command lines can be long. */
+static char *read_cmdline(size_t *length) {
     int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
-    ssize_t n = read(fd, buf, size - 1);
+    if (fd < 0) return NULL;
+    size_t size = 65536, used = 0;
+    char *buf = malloc(size);
+    for (;;) {
+        if (!buf) break;
+        if (used + 1 >= size) {
+            char *bigger = size < (64u << 20) ? realloc(buf, size * 2) : NULL;
+            if (!bigger) { free(buf); buf = NULL; break; }
+            buf = bigger;
+            size *= 2;
+        }
+        ssize_t n = read(fd, buf + used, size - used - 1);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        used += (size_t)n;
+    }
     close(fd);
-    if (n <= 0) return 0;
-    buf[n] = 0;
-    return n;
+    if (!buf) return NULL;
+    buf[used] = 0;
+    *length = used;
+    return buf;
 }
 
 int pager_cmdline_has(const char *needle) {
-    char buf[65536];
-    ssize_t n = read_cmdline(buf, sizeof buf);
-    for (ssize_t i = 0; i < n; i++) if (buf[i] == 0) buf[i] = ' ';
-    return n > 0 && strstr(buf, needle) != NULL;
+    size_t n = 0;
+    char *buf = read_cmdline(&n);
+    if (!buf) return 0;
+    for (size_t i = 0; i < n; i++) if (buf[i] == 0) buf[i] = ' ';
+    int found = strstr(buf, needle) != NULL;
+    free(buf);
+    return found;
 }
 
 int pager_cmdline_has_argument(const char *arg) {
-    char buf[65536];
-    ssize_t n = read_cmdline(buf, sizeof buf);
-    for (ssize_t i = 0; i < n; i += (ssize_t)strlen(buf + i) + 1)
-        if (strcmp(buf + i, arg) == 0) return 1;
-    return 0;
+    size_t n = 0;
+    char *buf = read_cmdline(&n);
+    if (!buf) return 0;
+    int found = 0;
+    for (size_t i = 0; i < n && !found; i += strlen(buf + i) + 1) found = strcmp(buf + i, arg) == 0;
+    free(buf);
+    return found;
 }
 
 long pager_ram_page_size(int fd, const char *path, long *fs_type) {

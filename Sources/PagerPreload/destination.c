@@ -54,8 +54,8 @@ static void check_empty(int fd, const char *path, int hugetlb) {
 void pager_hand_over(void *addr, size_t length, off_t offset, int fd, const char *path) {
     const char *socket_path = getenv("PAGER_UFFD_SOCKET");
     if (!socket_path || !*socket_path) pager_die("PAGER_RAM_PATH is set but PAGER_UFFD_SOCKET is not");
-    if (pager_cmdline_has("prealloc=on"))
-        pager_die("prealloc=on makes QEMU touch every page of %s before the source has stopped: remove it", path);
+    if (pager_cmdline_has("prealloc=on") || pager_cmdline_has("\"prealloc\":true") || pager_cmdline_has_argument("-mem-prealloc"))
+        pager_die("preallocation (prealloc=on, \"prealloc\":true or -mem-prealloc) makes QEMU touch every page of %s before the source has stopped: remove it", path);
     long fs_type;
     long page_size = pager_ram_page_size(fd, path, &fs_type);
     int hugetlb = fs_type == HUGETLBFS_MAGIC;

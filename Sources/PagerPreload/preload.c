@@ -58,7 +58,7 @@ static int is_ram_file(int fd, const char *path) {
 static int destination_mode(void) {
     const char *track = getenv("PAGER_TRACK_SOCKET"), *uffd_socket = getenv("PAGER_UFFD_SOCKET");
     int has_track = track && *track, has_uffd = uffd_socket && *uffd_socket;
-    if (has_track && has_uffd) return pager_cmdline_has_argument("-incoming");
+    if (has_track && has_uffd) return pager_cmdline_has_argument("-incoming") || pager_cmdline_has_argument("--incoming");
     if (has_uffd) return 1;
     if (has_track) return 0;
     pager_die("PAGER_RAM_PATH is set but neither PAGER_UFFD_SOCKET (destination) nor PAGER_TRACK_SOCKET (source) is");

@@ -170,6 +170,16 @@ static void *source_thread(void *unused) {
             dprintf(2, "pager-preload: accept on PAGER_TRACK_SOCKET: %s; tracking and the fence are no longer offered\n", strerror(errno));
             return NULL;
         }
+        /* Only root (pagerd) may ask: another process of QEMU's user (every QEMU libvirt
+         * runs is libvirt-qemu) must not freeze this guest with a fence. */
+        struct ucred peer;
+        socklen_t peer_size = sizeof peer;
+        if (getsockopt(s, SOL_SOCKET, SO_PEERCRED, &peer, &peer_size) < 0 || peer.uid != 0) {
+            errno = EACCES;
+            refuse(s, "only root (pagerd) may use this socket");
+            close(s);
+            continue;
+        }
         /* The request: one byte, 'S' (state), 'T' (tracking) or 'F' (fence), within 10 s:
          * a client that connects and says nothing must not keep the fence from the daemon. */
         struct timeval patience = { .tv_sec = 10 }, forever = { 0 };

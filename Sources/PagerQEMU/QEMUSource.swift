@@ -235,15 +235,14 @@ private final class SharedQMP: @unchecked Sendable {
     init(_ qmp: QMP) { self.qmp = qmp }
 }
 
-/// Issues `migrate` (device state only) and returns once QEMU has stopped the VM (its `STOP`
-/// event, or a completed migration whose event was missed): from then on the guest writes
-/// nothing. Retries a refused connection for 30 s (the destination QEMU may not listen yet;
+/// Issues `migrate` (device state only) and returns once QEMU has stopped the VM for good
+/// (``QEMUSourceFollower/stoppedForGood``): from then on the guest writes nothing. Retries a refused connection for 30 s (the destination QEMU may not listen yet;
 /// the VM here has not stopped). Refuses a VM that QEMU still reports running.
 func stopByMigrating(_ qmp: QMP, to uri: String, logger: Logger) throws {
     let started = monotonicNanoseconds()
     try qmp.execute("migrate", "{\"uri\":\"\(uri)\"}")
     while true {
-        if try qmp.waitForEvent(["STOP"], timeoutMilliseconds: 1) != nil { break }
+        _ = try qmp.waitForEvent(["STOP"], timeoutMilliseconds: 1)
         let status = try qmp.migrationStatus()
         if status == "failed" || status == "cancelled" {
             let why = (try? qmp.execute("query-migrate")["error-desc"]).flatMap { $0 }.map(describe) ?? "no reason given"
@@ -254,7 +253,9 @@ func stopByMigrating(_ qmp: QMP, to uri: String, logger: Logger) throws {
             }
             throw QEMUError("QEMU's migration \(status) (\(why))")
         }
-        if status == "completed" { break }
+        // QEMU has paused the vCPUs and drained block I/O (its STOP event comes before the
+        // drain, so the event alone is not the moment the RAM is final).
+        if QEMUSourceFollower.stoppedForGood.contains(status) { break }
         if monotonicNanoseconds() - started > 60_000_000_000 { throw QEMUError("QEMU did not stop the VM within 60 s of migrate") }
     }
     guard case .bool(false)? = try qmp.execute("query-status")["running"] else {

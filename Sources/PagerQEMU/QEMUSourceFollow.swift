@@ -29,6 +29,10 @@ public struct QEMUSourceFollower {
     /// name free).
     public var removeRAMWhenDone = true
     public var logger: Logger
+    /// Set (from a signal handler) to stop: before the switch the daemon ends with nothing
+    /// served and `x-ignore-shared` cleared; after it the serving ends with the destination's
+    /// missing pages (it poisons them).
+    public let stopRequested = StopRequest()
 
     public init(qmpPath: String, ram: String, listen: Endpoint, preloadSocket: String, authentication: PeerAuthentication, logger: Logger) {
         self.qmpPath = qmpPath
@@ -43,10 +47,12 @@ public struct QEMUSourceFollower {
     public func run(serverReady: (SourceServer) -> Void = { _ in }) throws -> QEMUSource.Report {
         let qmp = try QMP(path: qmpPath)
         try checkGuestRAM(qmp, ram: ram)
+        guard case .bool(true)? = try qmp.execute("query-status")["running"] else {
+            throw QEMUError("the source VM is not running (\(describe(try qmp.execute("query-status")["status"] ?? .null))): start pagerd qemu-source --follow while it runs, before the migration")
+        }
         // A guest that arrived here with the pager and is still paging in would be served
         // with holes for the pages not yet here.
         try SourcePreload.requireWholeRAM(socket: preloadSocket, qemu: qmp.pid)
-        try setIgnoreShared(qmp)
         let region = try ServedRegion(id: 1, path: ram)
         let server = try SourceServer(listen: listen, regions: [region], authentication: authentication, logger: logger)
         server.requireEncryption = requireEncryption
@@ -56,14 +62,20 @@ public struct QEMUSourceFollower {
             server.stop()
             serving.join()
         }
+        // x-ignore-shared only while a destination pager waits, and not left behind: with it
+        // a `virsh save` or snapshot of this QEMU would write no guest RAM.
+        var ignoringShared = false
+        defer { if ignoringShared { try? setIgnoreShared(qmp, false) } }
         serverReady(server)
-        logger.info("waiting for a migration of this QEMU (virsh migrate, or migrate on its monitor); pages are held until QEMU stops the VM to complete it")
-        let (started, stoppedAt) = try waitForTheStop(qmp)
+        logger.info("waiting for a destination pagerd, then for the migration (virsh migrate); pages are held until QEMU stops the VM to complete it")
+        let (started, stoppedAt) = try waitForTheStop(qmp, server: server, ignoringShared: &ignoringShared)
         try region.refreshExtents() // the guest wrote its RAM until now
         server.release()
         logger.info("serving the source VM's RAM from \(Double(monotonicNanoseconds() - stoppedAt) / 1e6) ms after it stopped")
         let completedAt = try waitForCompletion(qmp)
         logger.info("device state migrated \(Double(completedAt - started) / 1e6) ms after the migration began; the destination may run from now on")
+        // From here QMP belongs to the watch; the QEMU is done with the capability.
+        ignoringShared = false
         let watch = try guardAgainstResume(qmp)
         defer { watch.stop() }
         guard server.waitUntilSessionsEnded(firstWithinNanoseconds: 60_000_000_000) else {
@@ -78,10 +90,17 @@ public struct QEMUSourceFollower {
                                  counts: server.counts, migrateIssuedAt: started)
     }
 
-    /// Sets `x-ignore-shared` (guest RAM stays out of QEMU's stream: the pager serves it).
+    /// Sets or clears `x-ignore-shared` (guest RAM out of QEMU's stream: the pager serves it).
     /// libvirt sets only the capabilities it manages when it migrates, and this is not one.
-    private func setIgnoreShared(_ qmp: QMP) throws {
-        try qmp.execute("migrate-set-capabilities", #"{"capabilities":[{"capability":"x-ignore-shared","state":true}]}"#)
+    /// Migration statuses that QEMU reaches only once its `vm_stop` has returned: the vCPUs
+    /// paused and block I/O drained (the `finish-migrate` run state and the STOP event come
+    /// before the drain, while a disk read may still land in guest RAM). libvirt always turns
+    /// on `pause-before-switchover`, so its migrations pass `pre-switchover` and `device`;
+    /// without it QEMU goes from `active` to `completed`.
+    static let stoppedForGood: Set<String> = ["pre-switchover", "device", "completed"]
+
+    private func setIgnoreShared(_ qmp: QMP, _ on: Bool) throws {
+        try qmp.execute("migrate-set-capabilities", "{\"capabilities\":[{\"capability\":\"x-ignore-shared\",\"state\":\(on)}]}")
     }
 
     private func ignoresShared(_ qmp: QMP) throws -> Bool {
@@ -89,32 +108,51 @@ public struct QEMUSourceFollower {
         return caps.contains { $0["capability"] == .string("x-ignore-shared") && $0["state"] == .bool(true) }
     }
 
-    /// Waits until QEMU stops the VM to complete a migration (run state `finish-migrate`, or
-    /// `postmigrate` if the stop was missed); returns when the migration was first seen and
-    /// when the VM stopped. A pause for any other reason (`virsh suspend`) releases nothing.
-    private func waitForTheStop(_ qmp: QMP) throws -> (started: UInt64, stopped: UInt64) {
+    /// Sets `x-ignore-shared` once a destination pagerd has a session (it connects when its
+    /// QEMU starts, before libvirt issues `migrate` here), then waits until the migration has
+    /// stopped the VM for good (``stoppedForGood``). A pause for any other reason (`virsh
+    /// suspend`) releases nothing.
+    /// Returns when the migration was first seen and when the VM had stopped.
+    private func waitForTheStop(_ qmp: QMP, server: SourceServer, ignoringShared: inout Bool) throws -> (started: UInt64, stopped: UInt64) {
         var started: UInt64?
         while true {
             _ = try qmp.waitForEvent(["STOP", "MIGRATION"], timeoutMilliseconds: 5)
-            let state = try qmp.execute("query-status")["status"]
-            if state == .string("finish-migrate") || state == .string("postmigrate") {
-                let stopped = monotonicNanoseconds()
-                guard try ignoresShared(qmp) else {
-                    throw QEMUError("the migration runs with x-ignore-shared off (something reset it): QEMU sends the guest RAM itself; the pager serves nothing")
-                }
-                logger.info("source VM stopped for the switch")
-                return (started ?? stopped, stopped)
+            if stopRequested.isRequested {
+                throw QEMUError("stopped by a signal \(started == nil ? "before the migration" : "during the migration, before the switch"): the pager served nothing\(ignoringShared ? "; x-ignore-shared cleared (a migration now would send the RAM in QEMU's stream)" : "")")
             }
-            if started == nil, case .string(let s)? = try qmp.execute("query-migrate")["status"], ["setup", "active", "pre-switchover", "device"].contains(s) {
+            if !ignoringShared && server.activeSessions > 0 && started == nil {
+                try setIgnoreShared(qmp, true)
+                ignoringShared = true
+                logger.info("a destination pagerd has a session: x-ignore-shared set (QEMU will leave the guest RAM to the pager)")
+            }
+            guard case .string(let status)? = try qmp.execute("query-migrate")["status"] else { continue }
+            if started == nil, ["setup", "active", "pre-switchover", "device"].contains(status) {
                 started = monotonicNanoseconds()
-                logger.info("a migration of this QEMU began (status \(s)); its RAM is skipped by QEMU (x-ignore-shared)")
+                guard ignoringShared, try ignoresShared(qmp) else {
+                    throw QEMUError("a migration of this QEMU began with no destination pagerd connected (x-ignore-shared not set): QEMU sends the guest RAM itself; the pager serves nothing")
+                }
+                logger.info("a migration of this QEMU began (status \(status)); its RAM is skipped by QEMU (x-ignore-shared)")
             }
+            if started != nil, status == "failed" || status == "cancelled" {
+                let why = (try? qmp.execute("query-migrate")["error-desc"]).flatMap { $0 }.map(describe) ?? "no reason given"
+                throw QEMUError("the migration \(status) before the switch (\(why)): the source VM runs on here, the pager served nothing")
+            }
+            guard let began = started, Self.stoppedForGood.contains(status) else { continue }
+            let state = try qmp.execute("query-status")["status"]
+            guard state == .string("finish-migrate") || state == .string("postmigrate") else {
+                throw QEMUError("QEMU reports the migration at \(status) but the VM \(describe(state ?? .null)): refusing to serve its RAM")
+            }
+            guard try ignoresShared(qmp) else {
+                throw QEMUError("the migration runs with x-ignore-shared off (something reset it): QEMU sends the guest RAM itself; the pager serves nothing")
+            }
+            logger.info("source VM stopped for the switch")
+            return (began, monotonicNanoseconds())
         }
     }
-
     /// Waits for QEMU's migration to complete; a failure after the stop ends the serving.
     private func waitForCompletion(_ qmp: QMP) throws -> UInt64 {
         while true {
+            if stopRequested.isRequested { throw QEMUError("stopped by a signal while the device state migrated") }
             let status = try qmp.migrationStatus()
             if status == "completed" { return monotonicNanoseconds() }
             if status == "failed" || status == "cancelled" {
@@ -125,15 +163,19 @@ public struct QEMUSourceFollower {
         }
     }
 
-    /// The destination may run now: fences the source's RAM and kills a resumed source QEMU.
+    /// The destination may run now: watches for a resume of the source QEMU (killing it),
+    /// then fences its RAM (the watch first: the fence may take seconds to answer).
     private func guardAgainstResume(_ qmp: QMP) throws -> ResumeGuard {
+        qmp.discardEvents() // a RESUME of hours ago (virsh suspend, resume) is not one now
+        let pid = qmp.pid
+        let watch = try ResumeGuard(qmp: qmp, logger: logger)
         do {
-            let bytes = try SourcePreload.fenceGuestRAM(socket: preloadSocket, qemu: qmp.pid)
+            let bytes = try SourcePreload.fenceGuestRAM(socket: preloadSocket, qemu: pid)
             logger.info("source RAM fenced (\(bytes >> 20) MiB write-protected for good): this QEMU cannot run its guest again")
         } catch {
-            logger.error("the fence failed (\(error)): only the watch on QMP keeps this QEMU from running its guest again")
+            logger.error("the fence failed (\(error)): only the watch on QMP, while this daemon runs, keeps this QEMU from running its guest again")
         }
-        return try ResumeGuard(qmp: qmp, logger: logger)
+        return watch
     }
 }
 
@@ -179,4 +221,12 @@ final class ResumeGuard: @unchecked Sendable {
         thread?.join()
         thread = nil
     }
+}
+
+/// A request to stop, made from a signal handler and checked by the daemon's loops.
+public final class StopRequest: Sendable {
+    private let flag = Atomic<Bool>(false)
+    public init() {}
+    public func request() { flag.store(true, ordering: .releasing) }
+    public var isRequested: Bool { flag.load(ordering: .acquiring) }
 }

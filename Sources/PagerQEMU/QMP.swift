@@ -58,7 +58,7 @@ public final class QMP {
             let now = monotonicNanoseconds()
             guard now < deadline else { throw QEMUError("QMP \(command): no answer within \(timeoutMilliseconds) ms") }
             guard let m = try readMessage(timeoutMilliseconds: Int((deadline - now) / 1_000_000)) else { continue }
-            if m["event"] != nil { events.append(m); continue }
+            if m["event"] != nil { keep(m); continue }
             if let e = m["error"] { throw QEMUError("QMP \(command) failed: \(describe(e))") }
             if let r = m["return"] { return r }
         }
@@ -74,9 +74,19 @@ public final class QMP {
             let now = monotonicNanoseconds()
             guard now < deadline else { return nil }
             if let m = try readMessage(timeoutMilliseconds: Int((deadline - now) / 1_000_000)), m["event"] != nil {
-                events.append(m)
+                keep(m)
             }
         }
+    }
+
+    /// Forgets the events seen so far (a watch from now on must not act on an old one).
+    public func discardEvents() { events.removeAll() }
+
+    /// The events kept for ``waitForEvent(_:timeoutMilliseconds:)``: the newest 256 (nobody
+    /// may ask for some kinds for hours).
+    private func keep(_ event: JSONValue) {
+        if events.count >= 256 { events.removeFirst(events.count - 255) }
+        events.append(event)
     }
 
     /// The status of the current migration (`query-migrate`), e.g. "active", "completed".

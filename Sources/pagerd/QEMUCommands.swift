@@ -103,6 +103,13 @@ struct QEMUSourceCommand: ParsableCommand {
                 var follower = QEMUSourceFollower(qmpPath: qmp, ram: ram, listen: Endpoint(listen)!, preloadSocket: trackSocket!,
                                                   authentication: authentication, logger: logger)
                 follower.requireEncryption = keys.encrypt
+                let stop = follower.stopRequested
+                try TerminationSignals.start { signal in
+                    logger.info("signal \(signal): stopping (before the switch nothing has been served; after it the destination loses its source)")
+                    serviceNotifier.stopping(status: "stopping on signal \(signal)")
+                    stop.request()
+                    servers.withLock { $0 }?.stop()
+                }
                 r = try follower.run(serverReady: ready)
             }
             serviceNotifier.status("migrated: the destination holds every page (\(r.counts.bytesSent >> 20) MiB sent as bytes)")

@@ -46,7 +46,7 @@ struct QEMUFollowTests {
                                       ["qemu-source", "--follow", "--qmp", scratch.file("src.qmp"), "--ram", srcRAM, "--listen", "\(TwoHosts.sourceAddress):7070",
                                        "--track-socket", scratch.file("src.track"), "--key-file", scratch.keyFile], log: scratch.file("qemu-source.log"))
         defer { qsource.signal(.kill) }
-        try waitFor(qsource, toPrint: "waiting for a migration", seconds: 30)
+        try waitFor(qsource, toPrint: "waiting for a destination pagerd", seconds: 30)
         let qdest = try hosts.spawn(in: hosts.dest, pagerd,
                                     ["qemu-dest", "--follow", "--qmp", scratch.file("dst.qmp"), "--ram", dstRAM, "--connect", "\(TwoHosts.sourceAddress):7070",
                                      "--uffd-socket", uffd, "--key-file", scratch.keyFile], log: scratch.file("qemu-dest.log"))
@@ -60,6 +60,9 @@ struct QEMUFollowTests {
         defer { dest.signal(.kill) }
         try waitFor(dest, toPrint: "handed to the pager", seconds: 30)
         try waitFor(qdest, toPrint: "following the incoming migration", seconds: 30)
+        // The source sets x-ignore-shared once the destination's session is there (libvirt's
+        // migrate comes after its destination QEMU has started: here, after this line).
+        try waitFor(qsource, toPrint: "x-ignore-shared set", seconds: 30)
 
         // The manager's migration, as libvirt's: incoming, migrate, and cont once completed.
         _ = try manager(hosts.dest, scratch.file("dst.manager"), "migrate-incoming", #"{"uri":"tcp:0.0.0.0:4444"}"#)
