@@ -20,6 +20,9 @@
 //                                   PagerTrust, PagerCrypto
 //                                      (+ PagerHandoff for the destination): the two services
 //   PagerQEMU    -> the services       QMP, QEMUSource, QEMUDestination
+//   PagerRDMA    -> PagerKernel, PagerCrypto (+ CRDMA with the trait)
+//                                      one-sided READ: admission, in-flight READs and staging
+//                                      slots (pure, always built); verbs and RDMA CM (trait)
 //   PagerReport  -> (nothing)          what pagerd prints: latency summaries, fixed decimals
 //   PagerWorkloads -> PagerKernel, PagerReport, Histogram, SystemPackage
 //                                      the workload that is migrated (pager-workload, tests)
@@ -44,6 +47,7 @@ let package = Package(
         .executable(name: "pager-workload", targets: ["pager-workload"]),
         .executable(name: "uffd-fault-bench-c", targets: ["uffd-fault-bench-c"]),
         .executable(name: "pager-floor-c", targets: ["pager-floor-c"]),
+        .executable(name: "pager-rdma-check", targets: ["pager-rdma-check"]),
         .executable(name: "PagerWireFuzz", targets: ["PagerWireFuzz"]),
         .executable(name: "PagerHandoffFuzz", targets: ["PagerHandoffFuzz"]),
         .executable(name: "PagerOperationsFuzz", targets: ["PagerOperationsFuzz"]),
@@ -129,6 +133,14 @@ let package = Package(
                            .product(name: "Logging", package: "swift-log"),
                            .product(name: "SystemPackage", package: "swift-system")]
         ),
+        // The RDMA transport's parts: admission of queue pairs, READs in flight and their staging
+        // slots, the source's grants (pure, always built); queue pairs, registrations and RDMA CM
+        // behind the trait.
+        .target(
+            name: "PagerRDMA",
+            dependencies: ["PagerKernel", "PagerCrypto", .target(name: "CRDMA", condition: .when(traits: ["RDMA"])),
+                           .product(name: "SystemPackage", package: "swift-system")]
+        ),
         // What pagerd prints: latency summaries and fixed-decimal numbers (pure, no histogram).
         .target(name: "PagerReport"),
         // The workload the tests and benchmarks migrate (pager-workload's logic), with its
@@ -194,6 +206,12 @@ let package = Package(
             cSettings: [.define("_GNU_SOURCE")],
             linkerSettings: [.linkedLibrary("pthread")]
         ),
+        // The RDMA check against a real device (soft-RoCE in Deploy/rdma-test.sh's guest): READs
+        // between two queue pairs of one process, every byte verified, and the failure cases.
+        .executableTarget(
+            name: "pager-rdma-check",
+            dependencies: ["PagerRDMA", "PagerKernel", "PagerCrypto", .target(name: "CRDMA", condition: .when(traits: ["RDMA"]))]
+        ),
         // libFuzzer target for the wire decoder:
         //   swift build -c debug --sanitize fuzzer --sanitize address --product PagerWireFuzz -Xswiftc -DFUZZING \
         //       -Xswiftc -sanitize-coverage=edge,inline-8bit-counters,pc-table,trace-cmp (as Deploy/test.sh: coverage)
@@ -226,6 +244,11 @@ let package = Package(
         .testTarget(name: "PagerCryptoTests", dependencies: ["PagerCrypto"]),
         .testTarget(name: "PagerTrustTests", dependencies: ["PagerTrust", "PagerCrypto", "PagerWire"]),
         .testTarget(name: "PagerKernelTests", dependencies: ["PagerKernel", .product(name: "SystemPackage", package: "swift-system")]),
+        // The RDMA logic; with the trait also the verbs path against a fake device.
+        .testTarget(
+            name: "PagerRDMATests",
+            dependencies: ["PagerRDMA", "PagerKernel", "PagerCrypto", .target(name: "CRDMA", condition: .when(traits: ["RDMA"]))]
+        ),
         // The source in-process on loopback, with a destination from PagerDestination.
         .testTarget(
             name: "PagerSourceTests",

@@ -11,8 +11,8 @@ func pollReadable(_ descriptors: [FileDescriptor], timeoutMilliseconds: Int32, d
     }
 }
 
-/// Waits until `descriptor` is readable (or hung up), or `deadline` passes (false).
-func pollReadable(_ descriptor: FileDescriptor, until deadline: Deadline, detail: String) throws(KernelError) -> Bool {
+/// Waits until `descriptor` is readable (or hung up), or `deadline` passes (false) (`poll`).
+public func pollReadable(_ descriptor: FileDescriptor, until deadline: Deadline, detail: String) throws(KernelError) -> Bool {
     while true {
         let left = deadline.remainingNanoseconds
         if left == 0 { return false }
