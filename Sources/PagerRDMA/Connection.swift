@@ -253,13 +253,16 @@ public final class ConnectionRequest: @unchecked Sendable {
     let id: UnsafeMutablePointer<rdma_cm_id>
     /// The admission request it carries.
     public let privateData: [UInt8]
-    let initiatorDepth: UInt8
+    /// READs the peer wants to have outstanding at this side. RDMA CM reports a request's
+    /// depths from this side's point of view: its `responder_resources` is the peer's
+    /// initiator depth.
+    let readsWanted: UInt8
     private var answered = false
 
     init(id: UnsafeMutablePointer<rdma_cm_id>, event: CMEvent) {
         self.id = id
         privateData = event.privateData
-        initiatorDepth = event.initiatorDepth
+        readsWanted = event.responderResources
     }
 
     deinit {
@@ -298,7 +301,7 @@ public final class ConnectionRequest: @unchecked Sendable {
         let connection = try RDMAConnection(events: events, id: id, domain: domain, settings: settings, peerPrivateData: privateData)
         var parameters = rdma_conn_param()
         let limit = id.pointee.verbs.flatMap { deviceAttributes($0) }.map { Int($0.max_qp_rd_atom) } ?? 1
-        parameters.responder_resources = UInt8(clamping: min(Int(initiatorDepth), limit))
+        parameters.responder_resources = UInt8(clamping: min(Int(readsWanted), limit))
         parameters.initiator_depth = 0
         parameters.rnr_retry_count = 7
         if rdma_accept(id, &parameters) != 0 { throw verbsError("rdma_accept") }
