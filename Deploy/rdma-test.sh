@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The RDMA test on real soft-RoCE: builds the guest of Deploy/rdma/make-guest.sh (Debian's 6.1
-# kernel with rdma_rxe, rxe0 on a veth) with BIN_DIR/pager-rdma-check in it, boots it under
-# QEMU (TCG), and reports what `pager-rdma-check selftest` reported there. Run as root:
+# The guest test: real soft-RoCE and an older kernel. Builds the guest of Deploy/rdma/make-guest.sh
+# (Debian's 6.1 kernel with rdma_rxe, rxe0 on a veth) with BIN_DIR's pager-rdma-check, pagerd and
+# pager-workload in it (static Swift runtime), boots it under QEMU (TCG), and reports what
+# Deploy/rdma/guest-tests.sh reported there: the RDMA selftest and the checks of a kernel
+# without UFFDIO_POISON. Run as root:
 #   bash Deploy/rdma-test.sh BIN_DIR
 # The last line is one of
 #   rdma test: N passed, 0 failed       (exit 0; N > 0)
@@ -16,8 +18,11 @@ skipped() { echo "rdma test: skipped: $*"; exit 2; }
 # Whatever else stops this script still ends with a FAILED line.
 trap 'echo "rdma test: FAILED: rdma-test.sh line $LINENO: $BASH_COMMAND exited with status $?"' ERR
 [ $# -eq 1 ] || failed "usage: rdma-test.sh BIN_DIR"
-check="$1/pager-rdma-check"
-[ -x "$check" ] || failed "$check is missing or not executable"
+binaries=()
+for b in pager-rdma-check pagerd pager-workload; do
+    [ -x "$1/$b" ] || failed "$1/$b is missing or not executable"
+    binaries+=("$1/$b")
+done
 if ! command -v qemu-system-x86_64 >/dev/null; then
     echo "rdma test: installing qemu-system-x86"
     { timeout 600 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq qemu-system-x86; } >/dev/null 2>&1 || true
@@ -26,15 +31,10 @@ fi
 
 work=$(mktemp -d /tmp/pager-rdma.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-cat > "$work/guest-tests.sh" <<'TESTS'
-#!/bin/sh
-# Runs in the guest after /init's sanity checks; /init exports RDMA_DEVICE and RDMA_ADDRESS.
-exec /bin/pager-rdma-check selftest --device "$RDMA_DEVICE" --address "$RDMA_ADDRESS" 2>&1
-TESTS
 echo "== rdma: building the soft-RoCE guest (Deploy/rdma/make-guest.sh)"
 start=$SECONDS
 build=0
-timeout 900 bash "$here/rdma/make-guest.sh" "$work/guest" --tests "$work/guest-tests.sh" "$check" >"$work/build.log" 2>&1 || build=$?
+timeout 900 bash "$here/rdma/make-guest.sh" "$work/guest" --tests "$here/rdma/guest-tests.sh" "${binaries[@]}" >"$work/build.log" 2>&1 || build=$?
 if [ "$build" != 0 ]; then
     tail -20 "$work/build.log"
     [ "$build" != 124 ] || failed "guest build: make-guest.sh still running after 900 s"
@@ -62,10 +62,10 @@ grep -q 'guest: up' "$log" || failed "the guest did not boot: no 'guest: up' on 
 grep -q 'guest: running /bin/guest-tests.sh' "$log" || failed "the guest stopped before its tests (last guest line: ${last_step:-none})"
 status=$(grep -o 'guest: /bin/guest-tests.sh exited with status [0-9]*' "$log" | grep -o '[0-9]*$' || true)
 [ -n "$status" ] || failed "the guest did not finish /bin/guest-tests.sh (last guest line: ${last_step:-none})"
-summary=$(grep -oE 'rdma selftest: [0-9]+ passed, [0-9]+ failed' "$log" | tail -1 || true)
-[ -n "$summary" ] || failed "pager-rdma-check selftest printed no 'rdma selftest: N passed, M failed' line (exit status $status)"
+summary=$(grep -oE '^guest tests: [0-9]+ passed, [0-9]+ failed' "$log" | tail -1 || true)
+[ -n "$summary" ] || failed "the guest's tests printed no 'guest tests: N passed, M failed' line (exit status $status)"
 read -r passed failures < <(echo "$summary" | grep -oE '[0-9]+' | xargs)
-[ "$failures" = 0 ] || failed "pager-rdma-check selftest: $passed passed, $failures failed"
-[ "$passed" -gt 0 ] || failed "pager-rdma-check selftest ran no check (0 passed, 0 failed)"
-[ "$status" = 0 ] || failed "pager-rdma-check selftest exited with status $status after '$summary'"
+[ "$failures" = 0 ] || failed "the guest's tests: $passed passed, $failures failed ($(grep -E '^FAIL ' "$log" | cut -d: -f1 | sed 's/^FAIL //' | xargs))"
+[ "$passed" -gt 0 ] || failed "the guest's tests ran no check (0 passed, 0 failed)"
+[ "$status" = 0 ] || failed "the guest's tests exited with status $status after '$summary'"
 echo "rdma test: $passed passed, 0 failed"

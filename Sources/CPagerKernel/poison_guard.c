@@ -5,21 +5,52 @@
 #endif
 #include "CPagerKernel.h"
 
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/syscall.h>
 
 struct guard_slot {
     // -1: free. Written last when a slot is filled (release), first when it is emptied, so a
     // handler that sees a descriptor also sees its range.
     _Atomic int fd;
     uint64_t start, len, page_size;
+    pid_t owner;
 };
 
 static struct guard_slot slots[PAGER_POISON_GUARD_SLOTS];
 static atomic_flag slots_initialised = ATOMIC_FLAG_INIT;
 static _Atomic int slots_ready = 0;
+// Set when the kernel has no UFFDIO_POISON (before 6.6): missing pages cannot be poisoned, so
+// their owner is stopped instead.
+static _Atomic int poison_unsupported = 0;
+
+void pager_poison_guard_set_unsupported(int unsupported) { atomic_store(&poison_unsupported, unsupported != 0); }
+
+int pager_poison_guard_unsupported(void) { return atomic_load(&poison_unsupported); }
+
+int pager_stop_owner(pid_t owner) {
+    if (owner <= 0 || owner == getpid()) return -EINVAL;
+    // The pidfd is taken before the kill, so the wait below is for this process and not for
+    // whatever reuses its pid afterwards.
+    int pidfd = (int)syscall(434 /* __NR_pidfd_open */, owner, 0);
+    if (kill(owner, SIGKILL) != 0) {
+        int e = errno;
+        if (pidfd >= 0) close(pidfd);
+        return e == ESRCH ? 0 : -e;
+    }
+    if (pidfd < 0) return 0;
+    // Until it is gone: with a SIGKILL pending every one of its threads dies before it runs
+    // another instruction, and a thread blocked on a fault dies instead of being woken into a
+    // page the kernel would fill with zeros once the userfaultfd closes.
+    struct pollfd p = {.fd = pidfd, .events = POLLIN, .revents = 0};
+    int r;
+    do { r = poll(&p, 1, 5000); } while (r < 0 && errno == EINTR);
+    close(pidfd);
+    return r == 1 ? 0 : -ETIMEDOUT;
+}
 
 static void init_slots(void) {
     if (atomic_load_explicit(&slots_ready, memory_order_acquire)) return;
@@ -30,7 +61,7 @@ static void init_slots(void) {
     while (!atomic_load_explicit(&slots_ready, memory_order_acquire)) {}
 }
 
-int pager_poison_guard_add(int fd, uint64_t start, uint64_t len, uint64_t page_size) {
+int pager_poison_guard_add(int fd, uint64_t start, uint64_t len, uint64_t page_size, pid_t owner) {
     init_slots();
     for (int i = 0; i < PAGER_POISON_GUARD_SLOTS; i++) {
         int expected = -1;
@@ -39,6 +70,7 @@ int pager_poison_guard_add(int fd, uint64_t start, uint64_t len, uint64_t page_s
             slots[i].start = start;
             slots[i].len = len;
             slots[i].page_size = page_size;
+            slots[i].owner = owner;
             atomic_store_explicit(&slots[i].fd, fd, memory_order_release);
             return i;
         }
@@ -84,9 +116,15 @@ int64_t pager_poison_missing(int fd, uint64_t start, uint64_t len, uint64_t page
 int64_t pager_poison_guard_poison_all(void) {
     init_slots();
     int64_t total = 0;
+    int unsupported = atomic_load(&poison_unsupported);
     for (int i = 0; i < PAGER_POISON_GUARD_SLOTS; i++) {
         int fd = atomic_load_explicit(&slots[i].fd, memory_order_acquire);
         if (fd < 0) continue;
+        if (unsupported) {
+            // Every page of the range is out of reach with its owner (counted whole).
+            if (pager_stop_owner(slots[i].owner) == 0) total += (int64_t)(slots[i].len / slots[i].page_size);
+            continue;
+        }
         int64_t n = pager_poison_missing(fd, slots[i].start, slots[i].len, slots[i].page_size);
         if (n > 0) total += n;
     }
@@ -109,7 +147,10 @@ static void write_str(const char *s) {
 static void on_fatal_signal(int sig, siginfo_t *info, void *context) {
     (void)context;
     pager_poison_guard_poison_all();
-    write_str("pagerd: fatal signal: every page not yet local was poisoned (the workload gets SIGBUS there, never zeros)\n");
+    if (atomic_load(&poison_unsupported))
+        write_str("pagerd: fatal signal: this kernel cannot poison pages (no UFFDIO_POISON), so every workload whose pages were not all local was killed (never zeros)\n");
+    else
+        write_str("pagerd: fatal signal: every page not yet local was poisoned (the workload gets SIGBUS there, never zeros)\n");
     // Let the signal end the process as it would have: the earlier action (Swift's crash
     // report), or the default one where it was ignored: with its memory poisoned, this
     // process must not go on.

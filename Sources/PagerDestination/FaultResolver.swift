@@ -200,9 +200,19 @@ public final class FaultResolver: @unchecked Sendable {
                 configuration.progress?.enter(.completed)
                 return report
             } catch {
-                // Every way out but success leaves nothing missing unpoisoned.
-                let poisoned = poisonOutstanding()
-                configuration.poisonGuard?.recordPoisoned(pages: poisoned)
+                // Every way out but success leaves nothing missing unpoisoned: poisoned here,
+                // or, on a kernel that cannot poison, out of reach with its owner, whom the
+                // guard stops.
+                let poisoned: Int
+                if PoisonGuard.kernelCanPoison {
+                    poisoned = poisonOutstanding()
+                    configuration.poisonGuard?.recordPoisoned(pages: poisoned)
+                } else {
+                    poisoned = configuration.poisonGuard?.poisonMissing() ?? 0
+                    if let owner = configuration.poisonGuard?.owner {
+                        logger.error("this kernel cannot poison pages (no UFFDIO_POISON): the workload (pid \(owner)) was killed rather than let it read zeros where pages could not be fetched")
+                    }
+                }
                 if let progress = configuration.progress {
                     publish(lock.withLock { $0.report })
                     progress.pagesPoisoned.store(poisoned, ordering: .relaxed)

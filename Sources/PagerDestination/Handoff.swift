@@ -112,6 +112,15 @@ public final class HandoffListener: @unchecked Sendable {
                 try? fd.close()
                 continue
             }
+            if !PoisonGuard.kernelCanPoison {
+                // Nothing can be poisoned on this kernel: the workload must not outlive the
+                // descriptor that holds its missing pages.
+                let registered = (try? Userfaultfd.missingRegisteredMappings(smaps: readWholeFile("/proc/\(pid)/smaps"))) ?? []
+                if !registered.isEmpty, PoisonGuard.stopOwner(pid) {
+                    return HandoffError(message: "\(reason); this kernel cannot poison pages (no UFFDIO_POISON), so the workload (pid \(pid)), whose memory its userfaultfd covered, was killed (never zeros)")
+                }
+                continue
+            }
             poisoned += (try? uffd.poisonRegisteredMappings(ofProcess: pid)) ?? 0
         }
         guard poisoned > 0 else { return reason }

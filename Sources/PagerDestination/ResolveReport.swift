@@ -43,11 +43,11 @@ public enum ResolveError: Error, CustomStringConvertible, Sendable {
     }
 
     public var description: String {
-        let poisoned = "pages not yet fetched were poisoned (the workload gets SIGBUS, never zeros)"
+        let poisoned = "pages not yet fetched " + PoisonGuard.fateOfMissingPages
         return switch self {
         case .channel, .sourceSilent, .sourceShuttingDown, .sourceMisbehaved, .resumeRefused, .reconnectTimedOut:
             "source lost: \(cause); \(poisoned)"
-        case .sourceRefused: "\(cause); the workload was stopped with SIGBUS on missing pages"
+        case .sourceRefused: "\(cause); \(poisoned)"
         case .workloadGone, .invalidSetup, .kernel: cause
         case .aborted: "\(cause); \(poisoned)"
         }

@@ -28,6 +28,7 @@ public final class Guardian: @unchecked Sendable {
         /// Owned by the ``PoisonGuard`` that asked for cover: open until it calls ``uncover(_:)``.
         var uffd: Int32
         var ranges: [(range: AddressRange, pageSize: Int)]
+        var owner: Int32?
     }
 
     private struct Running {
@@ -74,11 +75,11 @@ public final class Guardian: @unchecked Sendable {
     /// Hands the guardian a copy of `uffd` and `ranges` to poison if this process dies;
     /// returns the id ``uncover(_:)`` takes. A guardian that is being replaced gets it from
     /// the watcher with the rest.
-    public func cover(uffd: FileDescriptor, ranges: [(range: AddressRange, pageSize: Int)]) -> UInt32 {
+    public func cover(uffd: FileDescriptor, ranges: [(range: AddressRange, pageSize: Int)], owner: Int32? = nil) -> UInt32 {
         state.withLock { s in
             let id = s.nextID
             s.nextID &+= 1
-            let covered = Covered(uffd: uffd.rawValue, ranges: ranges)
+            let covered = Covered(uffd: uffd.rawValue, ranges: ranges, owner: owner)
             s.covered[id] = covered
             // A guardian that just died has not got it: the watcher sends it to the next one.
             if let running = s.running { _ = send(id, covered, to: running.socket) }
@@ -103,7 +104,8 @@ public final class Guardian: @unchecked Sendable {
     /// is gone (the watcher resends to its successor).
     private func send(_ id: UInt32, _ covered: Covered, to socket: FileDescriptor) -> Bool {
         for (i, r) in covered.ranges.enumerated() {
-            let record = GuardianRecord(operation: .guardRange, guardID: id, range: r.range, pageSize: UInt64(r.pageSize))
+            let record = GuardianRecord(operation: .guardRange, guardID: id, range: r.range, pageSize: UInt64(r.pageSize),
+                                        owner: UInt32(bitPattern: covered.owner ?? 0))
             do {
                 try UnixSocket.send(socket, bytes: record.bytes, descriptors: i == 0 ? [FileDescriptor(rawValue: covered.uffd)] : [])
             } catch {

@@ -13,6 +13,7 @@ public enum GuardianProcess {
     private struct Guarded {
         var uffd: FileDescriptor
         var ranges: [(range: AddressRange, pageSize: UInt64)] = []
+        var owner: Int32 = 0
     }
 
     /// Serves `socket` until the daemon's end closes; returns the exit status (0, or 1 if the
@@ -50,7 +51,7 @@ public enum GuardianProcess {
                         say("ignored guard \(record.guardID) from pagerd (pid \(daemon)): its first record carries no userfaultfd")
                         continue
                     }
-                    guards[record.guardID] = Guarded(uffd: descriptors.removeFirst())
+                    guards[record.guardID] = Guarded(uffd: descriptors.removeFirst(), owner: Int32(bitPattern: record.owner))
                 }
                 guards[record.guardID]!.ranges.append((record.range, record.pageSize))
             case .release:
@@ -58,6 +59,18 @@ public enum GuardianProcess {
             }
         }
         guard !guards.isEmpty else { return status }
+        if !PoisonGuard.kernelCanPoison {
+            // Nothing can be poisoned on this kernel: each owner is stopped before the copies
+            // of its userfaultfd close (the last ones: the daemon's died with it).
+            var stopped: [Int32] = []
+            var unknown = 0
+            for g in guards.values {
+                if g.owner > 0, PoisonGuard.stopOwner(g.owner) { stopped.append(g.owner) } else { unknown += 1 }
+                try? g.uffd.close()
+            }
+            say("pagerd (pid \(daemon)) ended holding the memory of \(guards.count) workload(s); this kernel cannot poison pages (no UFFDIO_POISON), so the workloads were killed (pids \(stopped.map(String.init).joined(separator: ", ")))" + (unknown > 0 ? "; \(unknown) without a known owner could not be stopped" : "") + " (never zeros)")
+            return status
+        }
         var pages = 0
         for g in guards.values {
             for r in g.ranges {

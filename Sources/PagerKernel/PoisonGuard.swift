@@ -12,10 +12,16 @@ import Synchronization
 /// nobody called ``release()``, and the process-wide fatal-signal handler
 /// (``installFatalSignalHandlers()``) for crashes and signals. SIGKILL, which runs nothing,
 /// is covered by this process's ``Guardian`` where one was started.
+///
+/// A kernel without `UFFDIO_POISON` (before Linux 6.6, e.g. Debian 12's 6.1) cannot make a
+/// page raise SIGBUS: there the guard stops the memory's owner instead (SIGKILL, waited for),
+/// on the same ways out, so that a page that cannot be fetched still never reads as zeros.
 public final class PoisonGuard: @unchecked Sendable {
     /// Kept so the descriptor stays open (and its number is not reused) while it is guarded.
     private let uffd: Userfaultfd
     private let ranges: [(range: AddressRange, pageSize: Int)]
+    /// The process whose memory this is (from the handoff's `SO_PEERCRED`), if another one.
+    public let owner: Int32?
     private let phase = Mutex(Phase.armed)
     private let slots: [Int32]
     /// The guardian's cover, while the guard is armed.
@@ -23,19 +29,41 @@ public final class PoisonGuard: @unchecked Sendable {
 
     private enum Phase { case armed, poisoned(pages: Int), released }
 
-    /// Guards `ranges` of `uffd` (each with its page size) from now on.
-    public init(uffd: Userfaultfd, ranges: [(range: AddressRange, pageSize: Int)]) {
+    /// Guards `ranges` of `uffd` (each with its page size) from now on; `owner` is the process
+    /// the memory belongs to when it is not this one.
+    public init(uffd: Userfaultfd, ranges: [(range: AddressRange, pageSize: Int)], owner: Int32? = nil) {
+        _ = Self.kernelCanPoison
         self.uffd = uffd
         self.ranges = ranges
+        self.owner = owner
         slots = ranges.map { r in
             uffd.withUnsafeDescriptor { fd in
-                pager_poison_guard_add(fd.rawValue, r.range.start, r.range.length, UInt64(r.pageSize))
+                pager_poison_guard_add(fd.rawValue, r.range.start, r.range.length, UInt64(r.pageSize), owner ?? 0)
             }
         }
         cover = Guardian.current.map { guardian in
-            (guardian, uffd.withUnsafeDescriptor { guardian.cover(uffd: $0, ranges: ranges) })
+            (guardian, uffd.withUnsafeDescriptor { guardian.cover(uffd: $0, ranges: ranges, owner: owner) })
         }
     }
+
+    /// Whether this kernel has `UFFDIO_POISON` (`UFFD_FEATURE_POISON`, Linux 6.6), probed once;
+    /// the fatal-signal handler learns the answer with the first guard.
+    public static let kernelCanPoison: Bool = {
+        let can = (try? Userfaultfd.supportedFeatures().contains(.poison)) ?? false
+        pager_poison_guard_set_unsupported(can ? 0 : 1)
+        return can
+    }()
+
+    /// What became of pages that could not be fetched, for messages: "were poisoned (...)",
+    /// or, on a kernel without `UFFDIO_POISON`, that their workload was killed.
+    public static var fateOfMissingPages: String {
+        kernelCanPoison ? "were poisoned (the workload gets SIGBUS there, never zeros)"
+            : "could not be poisoned (this kernel has no UFFDIO_POISON, Linux 6.6): the workload was killed instead (never zeros)"
+    }
+
+    /// Where the kernel cannot poison: kills `owner` and waits until it is gone (before the
+    /// userfaultfd that holds its missing pages closes). True when it is gone.
+    public static func stopOwner(_ owner: Int32) -> Bool { pager_stop_owner(owner) == 0 }
 
     deinit {
         if case .armed = phase.withLock({ $0 }) { poisonMissing() }
@@ -57,6 +85,13 @@ public final class PoisonGuard: @unchecked Sendable {
             case .released: return 0
             case .armed:
                 var pages = 0
+                if !Self.kernelCanPoison {
+                    // Nothing can be poisoned: the owner goes, with every page it was missing.
+                    if let owner, Self.stopOwner(owner) { pages = ranges.reduce(0) { $0 + Int($1.range.length) / $1.pageSize } }
+                    phase = .poisoned(pages: pages)
+                    if let cover { cover.guardian.uncover(cover.id) }
+                    return pages
+                }
                 for r in ranges {
                     let n = uffd.withUnsafeDescriptor { fd in
                         pager_poison_missing(fd.rawValue, r.range.start, r.range.length, UInt64(r.pageSize))

@@ -82,7 +82,7 @@ public struct QEMUDestination {
                 let pages = missing.poisonMissing()
                 progress?.pagesPoisoned.store(pages, ordering: .relaxed)
                 progress?.enter(.failed)
-                logger.error("\(pages) pages of guest RAM here are poisoned: the guest gets SIGBUS if it touches them")
+                logger.error("\(pages) pages of guest RAM here not yet local \(PoisonGuard.fateOfMissingPages)")
             }
         }
         let cancelled = Atomic<Bool>(false)

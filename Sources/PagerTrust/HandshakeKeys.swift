@@ -14,6 +14,9 @@ public struct HandshakeKeys: Sendable {
     /// AES-256-GCM keys of the record layer, one per direction.
     public let clientWriteKey: [UInt8]
     public let serverWriteKey: [UInt8]
+    /// Keys the MAC of an RDMA queue pair's connection request (spec §4.15): only the two ends
+    /// of this connection can make one.
+    public let admissionKey: [UInt8]
 
     /// Labels of HKDF-Expand (ASCII, no terminator).
     enum Label {
@@ -22,6 +25,7 @@ public struct HandshakeKeys: Sendable {
         static let clientWrite = Array("pager-v1 client write".utf8)
         static let serverWrite = Array("pager-v1 server write".utf8)
         static let keyUpdate = Array("pager-v1 key update".utf8)
+        static let admission = Array("pager-v1 rdma admission".utf8)
     }
 
     /// secret = HKDF-Extract(salt: h1, ikm: psk ‖ shared ‖ resumeToken), then one Expand per key.
@@ -34,6 +38,7 @@ public struct HandshakeKeys: Sendable {
         serverMACKey = HKDFSHA256.expand(pseudorandomKey: secret, info: Label.serverMAC, count: 32)
         clientWriteKey = HKDFSHA256.expand(pseudorandomKey: secret, info: Label.clientWrite, count: 32)
         serverWriteKey = HKDFSHA256.expand(pseudorandomKey: secret, info: Label.serverWrite, count: 32)
+        admissionKey = HKDFSHA256.expand(pseudorandomKey: secret, info: Label.admission, count: 32)
     }
 
     /// AUTH_RESPONSE's `mac`: HMAC-SHA256(client MAC key, h1).

@@ -75,8 +75,8 @@ struct DestCommand: ParsableCommand {
             // second one aborts them: what is not local yet is poisoned before the exit.
             if stopping.exchange(true, ordering: .acquiringAndReleasing) {
                 let pages = PoisonGuard.poisonAll()
-                logger.error("signal \(signal) again: migrations aborted, \(pages) pages not yet local were poisoned (the workloads get SIGBUS there, never zeros)")
-                print("pagerd dest: aborted by signal \(signal): \(pages) pages not yet local were poisoned")
+                logger.error("signal \(signal) again: migrations aborted, \(pages) pages not yet local \(PoisonGuard.fateOfMissingPages)")
+                print("pagerd dest: aborted by signal \(signal): \(pages) pages not yet local \(PoisonGuard.fateOfMissingPages)")
                 exitProcess(1)
             }
             logger.info("signal \(signal): no new handoffs; migrations in progress go on (signal again to abort them)")
@@ -247,7 +247,7 @@ struct DestCommand: ParsableCommand {
             serviceNotifier.status("last migration FAILED: \(error)")
             logger.error("migration failed: \(error)")
             if json { printJSON(tracked.book, ended) } else {
-                print("pagerd dest: migration FAILED: \(error); \(poisoned) pages not yet local were poisoned (the workload gets SIGBUS there, never zeros)")
+                print("pagerd dest: migration FAILED: \(error); \(poisoned) pages not yet local \(PoisonGuard.fateOfMissingPages)")
             }
             fflushStandardOutput()
             return false

@@ -12,6 +12,7 @@ import Testing
         #expect(hex(keys.serverMACKey) == "41cb3e91975cc4005b924df4b720cc615339edf4add234ece4b0c8e7257da95f")
         #expect(hex(keys.clientWriteKey) == "7b3d238287b0df70863dfe309b2abf008e3f3ad6c2fed0d9e48b19404d92aa4f")
         #expect(hex(keys.serverWriteKey) == "49b7558fd2f973b504ec6043ec0ba54c279ddae487358ae8d57079728c59f745")
+        #expect(hex(keys.admissionKey) == "23e1969233649a085120e3ef409037ca89f0a6014acfd01ef0816c20bb21144d")
     }
 
     @Test func computesTheKnownMACs() {
@@ -37,6 +38,7 @@ import Testing
         }
         // The two directions never share a key: a MAC or record cannot be reflected.
         #expect(reference.clientMACKey != reference.serverMACKey && reference.clientWriteKey != reference.serverWriteKey)
+        #expect(Set([reference.admissionKey, reference.clientMACKey, reference.serverMACKey, reference.clientWriteKey, reference.serverWriteKey]).count == 5)
     }
 
     private func hex(_ b: [UInt8]) -> String { b.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined() }

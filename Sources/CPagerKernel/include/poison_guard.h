@@ -10,13 +10,26 @@
 #define PAGER_POISON_GUARD_H
 
 #include <stdint.h>
+#include <sys/types.h>
 
 // Slots in the list: one per handed-over mapping (a workload brings one or a few).
 #define PAGER_POISON_GUARD_SLOTS 256
 
-// Enters [start, start+len) of userfaultfd `fd` (pages of `page_size` bytes). Returns the slot
-// (>= 0), or -ENOSPC when every slot is taken.
-int pager_poison_guard_add(int fd, uint64_t start, uint64_t len, uint64_t page_size);
+// Enters [start, start+len) of userfaultfd `fd` (pages of `page_size` bytes), memory of process
+// `owner` (0: unknown, or this process). Returns the slot (>= 0), or -ENOSPC when every slot
+// is taken.
+int pager_poison_guard_add(int fd, uint64_t start, uint64_t len, uint64_t page_size, pid_t owner);
+
+// The kernel has no UFFDIO_POISON (before Linux 6.6): from now on poison_all stops each
+// slot's owner (pager_stop_owner) instead of poisoning, since closing the userfaultfd would
+// let the owner read zeros where its missing pages belong.
+void pager_poison_guard_set_unsupported(int unsupported);
+int pager_poison_guard_unsupported(void);
+
+// Kills `owner` (SIGKILL) and waits up to 5 s until it is gone (pidfd_open + poll).
+// Async-signal-safe. Returns 0 (also when it was already gone), -EINVAL for no owner or this
+// process, -ETIMEDOUT, or -errno of kill.
+int pager_stop_owner(pid_t owner);
 
 // Takes a slot out of the list (its memory is all local, or no longer the process's to guard).
 void pager_poison_guard_remove(int slot);
@@ -27,8 +40,9 @@ void pager_poison_guard_remove(int slot);
 // failure other than EEXIST.
 int64_t pager_poison_missing(int fd, uint64_t start, uint64_t len, uint64_t page_size);
 
-// Poisons the missing pages of every slot in the list (what the fatal-signal handler does).
-// Returns the pages poisoned.
+// Poisons the missing pages of every slot in the list (what the fatal-signal handler does);
+// where the kernel cannot poison, stops every slot's owner. Returns the pages poisoned (or
+// put out of reach with their owner).
 int64_t pager_poison_guard_poison_all(void);
 
 // Installs the handler on the signals whose default action ends the process and that this

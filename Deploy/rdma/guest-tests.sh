@@ -1,0 +1,85 @@
+#!/bin/sh
+# The tests Deploy/rdma-test.sh runs in its guest (Debian's 6.1 kernel, soft-RoCE on rxe0),
+# after /init's checks, with RDMA_DEVICE and RDMA_ADDRESS set:
+#   1. pager-rdma-check selftest: the RDMA transport's parts on the real rxe device;
+#   2. a kernel without UFFDIO_POISON (6.1): pagerd demo migrates and verifies every page;
+#   3. the same kernel, the source killed, pagerd dest killed, pagerd dest crashing (SIGQUIT)
+#      mid-migration: each time the workload is killed (no page can be poisoned there), never
+#      left to read zeros, and pagerd dest (or its guardian) says so.
+# Prints `ok NAME: ...` or `FAIL NAME: ...` per check and last `guest tests: N passed, M failed`.
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "ok $*"; }
+fail() { failed=$((failed + 1)); echo "FAIL $*"; }
+
+/bin/pager-rdma-check selftest --device "$RDMA_DEVICE" --address "$RDMA_ADDRESS" > /tmp/selftest.log 2>&1
+status=$?
+cat /tmp/selftest.log
+summary=$(grep -E '^rdma selftest: [0-9]+ passed, [0-9]+ failed$' /tmp/selftest.log | tail -1)
+if [ -z "$summary" ]; then
+    fail "rdma-selftest: no summary line (exit status $status)"
+else
+    set -- $(echo "$summary" | tr -cs '0-9' ' ')
+    passed=$((passed + $1))
+    failed=$((failed + $2))
+    [ "$status" = 0 ] || [ "$2" != 0 ] || fail "rdma-selftest: exited with status $status after '$summary'"
+fi
+
+mkdir -p /dev/shm
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /tmp
+cd /tmp || exit 1
+kernel=$(cat /proc/sys/kernel/osrelease)
+
+if (cd /bin && ./pagerd demo --size-mib 64) > /tmp/demo.log 2>&1 && grep -q "every page of the workload's memory is correct" /tmp/demo.log; then
+    ok "old-kernel-demo: pagerd demo on $kernel: $(grep -o 'pagerd dest: [0-9]* pages.*' /tmp/demo.log | head -1)"
+else
+    tail -20 /tmp/demo.log
+    fail "old-kernel-demo: pagerd demo on $kernel did not verify every page"
+fi
+
+# migrate KILL WHAT: a migration that needs far longer than 2 s (every page by demand), with
+# signal KILL sent to WHAT (source or dest) 2 s in. Sets workload_status, dest_status.
+migrate() {
+    rm -f /tmp/u.sock /tmp/*.log
+    /bin/pager-workload fill --file /dev/shm/ram --size-mib 64 --seed 42 > /dev/null
+    /bin/pagerd source --listen 127.0.0.1:7000 --region /dev/shm/ram --key-file /tmp/keys.psk > /tmp/source.log 2>&1 &
+    source=$!
+    /bin/pagerd dest --connect 127.0.0.1:7000 --uffd-socket /tmp/u.sock --once --key-file /tmp/keys.psk --no-push --no-prefetch \
+        --reconnect-timeout-s 2 > /tmp/dest.log 2>&1 &
+    dest=$!
+    i=0
+    while [ ! -S /tmp/u.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    /bin/pager-workload run --socket /tmp/u.sock --size-mib 64 --seed 42 --access random --write-every 13 > /tmp/workload.log 2>&1 &
+    workload=$!
+    sleep 2
+    if [ "$2" = source ]; then kill -"$1" $source; else kill -"$1" $dest; fi
+    wait $workload
+    workload_status=$?
+    wait $dest
+    dest_status=$?
+    kill $source 2> /dev/null
+    wait $source 2> /dev/null
+}
+# expect NAME PATTERN: the workload was killed (137, never a run to its end) and dest.log says PATTERN.
+expect_killed() {
+    if [ "$workload_status" = 137 ] && ! grep -q "ok pages=" /tmp/workload.log && grep -q "$2" /tmp/dest.log; then
+        ok "$1: the workload was killed (status 137), pagerd dest exited $dest_status: $(grep -o "$2.*" /tmp/dest.log | tail -1 | cut -c1-150)"
+    else
+        echo "--- workload (exit $workload_status)"; tail -5 /tmp/workload.log
+        echo "--- dest (exit $dest_status)"; tail -8 /tmp/dest.log
+        fail "$1: expected the workload killed (137) and pagerd dest to say: $2"
+    fi
+}
+/bin/pagerd keygen /tmp/keys.psk > /dev/null
+# The source is lost: the resume window passes, and no page can be poisoned on this kernel.
+migrate KILL source
+expect_killed old-kernel-source-lost "was killed rather than let it read zeros"
+# The destination is killed: its guardian stops the workload.
+migrate KILL dest
+expect_killed old-kernel-dest-killed "cannot poison pages (no UFFDIO_POISON), so the workloads were killed"
+# The destination dies of a fatal signal: its handler stops the workload.
+migrate QUIT dest
+expect_killed old-kernel-dest-crashed "fatal signal: this kernel cannot poison pages"
+echo "guest tests: $passed passed, $failed failed"
+[ "$failed" = 0 ]
