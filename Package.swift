@@ -20,6 +20,8 @@
 //                                   PagerTrust, PagerCrypto
 //                                      (+ PagerHandoff for the destination): the two services
 //   PagerQEMU    -> the services       QMP, QEMUSource, QEMUDestination
+//   PagerRDMATransport -> PagerRDMA, the services
+//                                      (trait) PageReads and ReadService over PagerRDMA
 //   PagerRDMA    -> PagerKernel, PagerCrypto (+ CRDMA with the trait)
 //                                      one-sided READ: admission, in-flight READs and staging
 //                                      slots (pure, always built); verbs and RDMA CM (trait)
@@ -141,6 +143,14 @@ let package = Package(
             dependencies: ["PagerKernel", "PagerCrypto", .target(name: "CRDMA", condition: .when(traits: ["RDMA"])),
                            .product(name: "SystemPackage", package: "swift-system")]
         ),
+        // The RDMA transport of the two services (RDMA trait): the destination's reads
+        // (PageReads) and the source's admission, registrations and keys (ReadService).
+        .target(
+            name: "PagerRDMATransport",
+            dependencies: ["PagerRDMA", "PagerKernel", "PagerWire", "PagerTransport", "PagerSource", "PagerDestination",
+                           .target(name: "CRDMA", condition: .when(traits: ["RDMA"])),
+                           .product(name: "Logging", package: "swift-log")]
+        ),
         // What pagerd prints: latency summaries and fixed-decimal numbers (pure, no histogram).
         .target(name: "PagerReport"),
         // The workload the tests and benchmarks migrate (pager-workload's logic), with its
@@ -174,7 +184,7 @@ let package = Package(
             name: "pagerd",
             dependencies: [
                 "PagerKernel", "PagerWire", "PagerCore", "PagerReport", "PagerSource", "PagerDestination", "PagerQEMU", "PagerTrust",
-                "PagerOperations", "PagerOperationsCore", "PagerHandoff",
+                "PagerOperations", "PagerOperationsCore", "PagerHandoff", "PagerRDMATransport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

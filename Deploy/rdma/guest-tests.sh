@@ -5,7 +5,10 @@
 #   2. a kernel without UFFDIO_POISON (6.1): pagerd demo migrates and verifies every page;
 #   3. the same kernel, the source killed, pagerd dest killed, pagerd dest crashing (SIGQUIT)
 #      mid-migration: each time the workload is killed (no page can be poisoned there), never
-#      left to read zeros, and pagerd dest (or its guardian) says so.
+#      left to read zeros, and pagerd dest (or its guardian) says so;
+#   4. pagerd source --rdma and pagerd dest --transport rdma on rxe0: a migration with faults
+#      read by RDMA READ (without and with the TCP push), and one whose RDMA device is deleted
+#      mid-migration (recovered over TCP): every page checked by the workload each time.
 # Prints `ok NAME: ...` or `FAIL NAME: ...` per check and last `guest tests: N passed, M failed`.
 passed=0
 failed=0
@@ -81,5 +84,64 @@ expect_killed old-kernel-dest-killed "cannot poison pages (no UFFDIO_POISON), so
 # The destination dies of a fatal signal: its handler stops the workload.
 migrate QUIT dest
 expect_killed old-kernel-dest-crashed "fatal signal: this kernel cannot poison pages"
+# rdma_migrate NAME [DEST OPTIONS...]: 64 MiB migrated with faults read by RDMA READ, the
+# workload checking every page at the end (its writes included). Sets workload_status.
+rdma_migrate() {
+    name=$1
+    shift
+    rm -f /tmp/r.sock /tmp/*.log
+    /bin/pager-workload fill --file /dev/shm/ram --size-mib 64 --seed 7 > /dev/null
+    /bin/pagerd source --listen "$RDMA_ADDRESS:7100" --region /dev/shm/ram --key-file /tmp/keys.psk --rdma > /tmp/source.log 2>&1 &
+    source=$!
+    /bin/pagerd dest --connect "$RDMA_ADDRESS:7100" --uffd-socket /tmp/r.sock --once --key-file /tmp/keys.psk --transport rdma "$@" \
+        > /tmp/dest.log 2>&1 &
+    dest=$!
+    i=0
+    while [ ! -S /tmp/r.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    /bin/pager-workload run --socket /tmp/r.sock --size-mib 64 --seed 7 --access random --write-every 13 > /tmp/workload.log 2>&1 &
+    workload=$!
+    [ -z "$during" ] || { sleep 1; eval "$during"; }
+    wait $workload
+    workload_status=$?
+    wait $dest
+    dest_status=$?
+    kill $source 2> /dev/null
+    wait $source 2> /dev/null
+    reads=$(grep -o '[0-9]* RDMA READs brought [0-9]* KiB, [0-9]* requests asked again over TCP' /tmp/dest.log | tail -1)
+    count=${reads%% *}
+    if [ "$workload_status" = 0 ] && [ "$dest_status" = 0 ] && grep -q "ok pages=16384 .*mismatches=0" /tmp/workload.log \
+        && [ -n "$count" ] && [ "$count" -gt 0 ] && { [ -z "$expect" ] || grep -q "$expect" /tmp/dest.log; }; then
+        ok "$name: every page right; $(grep -o 'pagerd dest: [0-9]* pages.*' /tmp/dest.log | head -1 | cut -c14-); $reads; $(grep -oE 'faults +[0-9]+, fault to install: p50 [0-9.]+ .s' /tmp/dest.log | tr -s ' ')"
+    else
+        echo "--- workload (exit $workload_status)"; tail -3 /tmp/workload.log
+        echo "--- dest (exit $dest_status)"; tail -14 /tmp/dest.log
+        echo "--- source"; tail -6 /tmp/source.log
+        fail "$name: expected every page right with faults read by RDMA${expect:+ and: $expect}"
+    fi
+}
+# The same migration over TCP only, in the same guest: the figures to compare with.
+/bin/pager-workload fill --file /dev/shm/ram --size-mib 64 --seed 7 > /dev/null
+/bin/pagerd source --listen "$RDMA_ADDRESS:7101" --region /dev/shm/ram --key-file /tmp/keys.psk > /tmp/source.log 2>&1 &
+source=$!
+/bin/pagerd dest --connect "$RDMA_ADDRESS:7101" --uffd-socket /tmp/t.sock --once --key-file /tmp/keys.psk --no-push > /tmp/dest.log 2>&1 &
+dest=$!
+i=0
+while [ ! -S /tmp/t.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+if /bin/pager-workload run --socket /tmp/t.sock --size-mib 64 --seed 7 --access random --write-every 13 > /tmp/workload.log 2>&1 \
+    && wait $dest && grep -q "mismatches=0" /tmp/workload.log; then
+    ok "tcp-migration-demand-only (baseline): every page right; $(grep -o 'pagerd dest: [0-9]* pages.*' /tmp/dest.log | head -1 | cut -c14-); $(grep -oE 'faults +[0-9]+, fault to install: p50 [0-9.]+ .s' /tmp/dest.log | tr -s ' ')"
+else
+    tail -5 /tmp/workload.log /tmp/dest.log
+    fail "tcp-migration-demand-only: the baseline migration failed"
+fi
+kill $source 2> /dev/null
+wait $source 2> /dev/null
+during= expect= rdma_migrate rdma-migration-demand-only --no-push
+during= expect= rdma_migrate rdma-migration-with-push
+# The device goes mid-migration (its queue pairs with it): what was in flight, and every
+# fault after, comes over TCP; every page still right.
+during='/usr/bin/rdma link delete rxe0 > /tmp/link-delete.log 2>&1 &' expect="on the queue pair: what is in flight is asked for over TCP" \
+    rdma_migrate rdma-device-removed-mid-migration --no-push
+
 echo "guest tests: $passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -14,6 +14,11 @@ public final class DestinationClient: @unchecked Sendable {
     public let features: Features
     /// Connects again and resumes this session after a lost connection (§6).
     public let resumer: Resumer
+    /// The demand connection's admission key (spec §5): what an RDMA queue pair of this
+    /// session proves itself with. Nil without authentication.
+    public let admissionKey: [UInt8]?
+    /// The source's address (its RDMA CM listener has the same one, spec §4.15).
+    public let source: Endpoint
 
     /// Connects both channels to `source` and completes the handshake of each, with the
     /// primary key of `authentication` (or, with `.insecureNone`, without authentication).
@@ -27,8 +32,10 @@ public final class DestinationClient: @unchecked Sendable {
                 authentication: PeerAuthentication, recordLimits: RecordLimits = .standard, timeoutMilliseconds: Int = 10_000) throws {
         let first = Resumer(source: source, clientName: clientName, offered: features, authentication: authentication,
                             recordLimits: recordLimits, session: 0, token: nil, regions: [])
-        let (demand, welcome, regions) = try first.connect(.demand, session: 0, timeoutMilliseconds: timeoutMilliseconds)
+        let (demand, welcome, regions, keys) = try first.connect(.demand, session: 0, timeoutMilliseconds: timeoutMilliseconds)
         self.demand = demand
+        self.source = source
+        admissionKey = keys?.admissionKey
         self.regions = regions
         session = welcome.session
         self.features = welcome.features
@@ -67,7 +74,7 @@ public final class DestinationClient: @unchecked Sendable {
 
         /// A connection that joins (or resumes) the session as `channel`.
         func join(_ channel: Hello.Channel, timeoutMilliseconds: Int) throws -> FrameChannel {
-            let (connection, welcome, announced) = try connect(channel, session: session, timeoutMilliseconds: timeoutMilliseconds)
+            let (connection, welcome, announced, _) = try connect(channel, session: session, timeoutMilliseconds: timeoutMilliseconds)
             guard welcome.session == session else {
                 connection.shutdown()
                 throw ChannelError.unexpected(peer: connection.peer, "\(channel) channel joined session \(hex(welcome.session)), not \(hex(session))")
@@ -80,7 +87,7 @@ public final class DestinationClient: @unchecked Sendable {
         }
 
         /// Connects and completes one handshake: a new session when `session` is 0.
-        func connect(_ channel: Hello.Channel, session: UInt64, timeoutMilliseconds: Int) throws -> (FrameChannel, Welcome, [RegionDescriptor]) {
+        func connect(_ channel: Hello.Channel, session: UInt64, timeoutMilliseconds: Int) throws -> (FrameChannel, Welcome, [RegionDescriptor], HandshakeKeys?) {
             let socket = try TCPSocket.connect(source, timeoutMilliseconds: timeoutMilliseconds)
             socket.setReceiveTimeout(milliseconds: timeoutMilliseconds)
             socket.setUserTimeout(milliseconds: 5_000)
@@ -89,11 +96,11 @@ public final class DestinationClient: @unchecked Sendable {
             if channel == .push { socket.setBufferSizes(512 << 10) }
             let connection = FrameChannel(socket)
             let hello = Hello(features: offered, channel: channel, resumeSession: session, clientName: clientName)
-            let (welcome, regions) = try DestinationClient.join(connection, hello, resumeToken: session == 0 ? nil : token,
-                                                                authentication, recordLimits)
+            let (welcome, regions, keys) = try DestinationClient.join(connection, hello, resumeToken: session == 0 ? nil : token,
+                                                                      authentication, recordLimits)
             connection.negotiated = welcome.features
             socket.setReceiveTimeout(milliseconds: 0)
-            return (connection, welcome, regions)
+            return (connection, welcome, regions, keys)
         }
     }
 
@@ -101,7 +108,7 @@ public final class DestinationClient: @unchecked Sendable {
     /// WELCOME and the REGIONs, and AUTH_CONFIRM verified before any of them is used.
     /// `resumeToken` is the session's token for the push connection (nil for the demand one).
     private static func join(_ channel: FrameChannel, _ hello: Hello, resumeToken: [UInt8]?,
-                             _ authentication: PeerAuthentication, _ limits: RecordLimits) throws -> (Welcome, [RegionDescriptor]) {
+                             _ authentication: PeerAuthentication, _ limits: RecordLimits) throws -> (Welcome, [RegionDescriptor], HandshakeKeys?) {
         let token = resumeToken ?? [UInt8](repeating: 0, count: 16)
         guard case .keys(let ring) = authentication else {
             precondition(!hello.features.contains(.encryption), "encryption needs keys")
@@ -111,7 +118,8 @@ public final class DestinationClient: @unchecked Sendable {
             let first = try channel.receive()
             if case .message(.authChallenge) = first { throw refuse(channel, .sourceRequiresAuthentication) }
             var ignored: ClientAuthenticator?
-            return try readWelcome(channel, first: first, recording: &ignored)
+            let (welcome, regions) = try readWelcome(channel, first: first, recording: &ignored)
+            return (welcome, regions, nil)
         }
         var authenticator: ClientAuthenticator? = try ClientAuthenticator(key: ring.primary)
         try channel.send(.hello(authenticator!.hello(hello)))
@@ -136,8 +144,9 @@ public final class DestinationClient: @unchecked Sendable {
         guard case .message(.authConfirm(let mac)) = try channel.receive() else {
             throw ChannelError.unexpected(peer: channel.peer, "expected AUTH_CONFIRM after the REGION frames")
         }
-        do { _ = try authenticator!.confirm(mac: mac) } catch { throw refuse(channel, error) }
-        return answer
+        let keys: HandshakeKeys
+        do { keys = try authenticator!.confirm(mac: mac) } catch { throw refuse(channel, error) }
+        return (answer.0, answer.1, keys)
     }
 
     /// Tells the source why this side ends the handshake, and returns the error to throw.

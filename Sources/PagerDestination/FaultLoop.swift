@@ -62,6 +62,7 @@ extension FaultResolver {
             // While the connections are down nothing is sent: what this pass requested stays in
             // flight, and the resume asks for it again.
             if pass.link.downSince == nil && out.silence == nil {
+                offerToReads(&out)
                 do {
                     if out.ping { try pass.link.demand.send(.ping(token: 1, timestamp: monotonicNanoseconds())) }
                     for r in out.urgent { try pass.link.demand.send(.pageRequest(r)) }

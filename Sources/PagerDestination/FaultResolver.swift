@@ -53,6 +53,8 @@ public final class FaultResolver: @unchecked Sendable {
         public var poisonGuard: PoisonGuard?
         /// Counters for the status query and the metrics, kept as the migration runs.
         public var progress: MigrationProgress?
+        /// One-sided reads of the source's memory (RDMA): faults are read there first.
+        public var pageReads: (any PageReads)?
 
         public init() {}
     }
@@ -231,6 +233,7 @@ public final class FaultResolver: @unchecked Sendable {
             do { try first.demand.send(.complete(region: other, residentBytes: 0)) } catch { throw .channel(error) }
         }
         try startStaged()
+        try startReads()
         startReceivers(first.demand, first.push, generation: first.generation)
         var finishedCleanly = false
         defer {
@@ -258,6 +261,10 @@ public final class FaultResolver: @unchecked Sendable {
         finishedCleanly = true
         var report = lock.withLock { $0.report }
         report.bytesReceived = bytesReceived.load(ordering: .relaxed)
+        if let reads = configuration.pageReads {
+            report.reads = reads.readsCompleted
+            report.readBytes = UInt64(reads.bytesRead)
+        }
         report.seconds = Double(monotonicNanoseconds() - started) / 1e9
         return report
     }
@@ -305,6 +312,7 @@ public final class FaultResolver: @unchecked Sendable {
     /// Shuts the current connections down and joins every thread started, reconnects included
     /// (each sees the migration is over and returns).
     private func stopThreads() {
+        configuration.pageReads?.stop()
         let last = lock.withLock { $0.link }
         last.demand.shutdown()
         last.push?.shutdown()

@@ -96,6 +96,17 @@ extension FaultResolver {
             endings.change { $0.completeAcknowledged = true }
         case .message(.completeAck):
             break // for a region this destination declined
+        case .message(.rdmaKey(let r, let rkey, let address, let length)):
+            // Only with reads set up (the session negotiated rdma): a key otherwise is a lie.
+            guard let reads = configuration.pageReads else {
+                return misbehaved(.sourceMisbehaved("RDMA_KEY for region \(r), but this destination reads no memory with RDMA"))
+            }
+            do {
+                try reads.grant(region: r, rkey: rkey, address: address, length: length,
+                                regionLength: r == region.id ? region.length : nil)
+            } catch {
+                return misbehaved(.sourceMisbehaved("\(error)"))
+            }
         case .message(.error(let e)):
             return misbehaved(.sourceRefused("request \(e.requestID): \(e.code): \(e.message)"))
         case .message(.pong):
@@ -121,7 +132,7 @@ extension FaultResolver {
     /// that the source sent as several zero and data runs) gathered in `assembly` until
     /// complete. Bytes past the last page the mappings cover are not this workload's: they are
     /// dropped. Returns the ranges to wake.
-    private func deliver(_ header: PageDataHeader, _ data: UnsafeRawBufferPointer, assembly: UnitAssembly, forFault: Bool) -> [AddressRange] {
+    func deliver(_ header: PageDataHeader, _ data: UnsafeRawBufferPointer, assembly: UnitAssembly, forFault: Bool) -> [AddressRange] {
         var whole: [(units: Range<Int>, source: UnsafeRawPointer?)] = []
         var wakes: [AddressRange] = []
         let arrival = Arrival(header.flags)

@@ -82,6 +82,11 @@ public struct ResolveReport: Sendable {
     public var pagesUnmappedUnfetched = 0
     /// Each time the connections to the source were lost, and how the resume went.
     public var outages: [Outage] = []
+    /// One-sided reads (RDMA READ) that brought their pages, their bytes, and the requests
+    /// asked for again over TCP after a read did not deliver.
+    public var reads = 0
+    public var readBytes: UInt64 = 0
+    public var readsAskedAgain = 0
     public var seconds: Double = 0
 }
 

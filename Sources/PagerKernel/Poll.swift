@@ -3,7 +3,7 @@ import SystemPackage
 
 /// `poll` for POLLIN on `descriptors`, retrying EINTR, at most `timeoutMilliseconds` (0: just
 /// look; -1: forever). Returns which are readable or hung up, in order.
-func pollReadable(_ descriptors: [FileDescriptor], timeoutMilliseconds: Int32, detail: String) throws(KernelError) -> [Bool] {
+public func pollReadable(_ descriptors: [FileDescriptor], timeoutMilliseconds: Int32, detail: String) throws(KernelError) -> [Bool] {
     var fds = descriptors.map { pollfd(fd: $0.rawValue, events: Int16(POLLIN), revents: 0) }
     switch retryingInterrupts({ Int(poll(&fds, nfds_t(fds.count), timeoutMilliseconds)) }) {
     case .success: return fds.map { $0.revents != 0 }

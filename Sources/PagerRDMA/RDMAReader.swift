@@ -26,7 +26,7 @@ public enum ReadEvent {
 }
 
 /// One-sided READs of the source's memory into staging pools: the destination's RDMA data path.
-/// Single-threaded (the fault loop or the push receiver owns one).
+/// Used by one thread at a time: its owner serialises every call (one thread, or a lock).
 ///
 /// A READ that cannot be posted (no grant for the region, no free slots, the queue has failed)
 /// is returned to the caller, which fetches those pages over TCP. The first failed completion
@@ -34,7 +34,7 @@ public enum ReadEvent {
 /// owner then `abandon`s what is still in flight and fetches it over TCP, or poisons it when
 /// the session is gone. Nothing is ever installed but from a successful completion of the READ
 /// its slots were given to.
-public final class RDMAReader {
+public final class RDMAReader: @unchecked Sendable {
     public enum State: Equatable {
         case live
         /// The reason, for the log: the first failed completion or post.

@@ -18,6 +18,10 @@ extension SourceServer {
                 greeting = g
                 try welcome(channel, session: session, greeting)
                 logger.info("session \(hex(session.id)) from \(channel.peer) (\(client)): demand channel \(resumed ? "resumed" : "open"), \(session.features.protectionDescription)")
+                if !resumed, session.features.contains(.rdma), let readService, let keys = greeting.authenticator?.keys {
+                    readService.open(session: session.id, admissionKey: keys.admissionKey,
+                                     regions: regions.filter { $0.live == nil && $0.localMemory != nil }, demand: channel)
+                }
             case .push(let session, let g):
                 joined = (session, .push, false)
                 greeting = g
@@ -73,6 +77,7 @@ extension SourceServer {
     /// The session is over: its counts join the totals, once.
     private func end(_ session: SourceSession) {
         guard registry.end(session) else { return }
+        if session.features.contains(.rdma) { readService?.close(session: session.id) }
         active.subtract(1, ordering: .relaxed) // added by the handshake
         session.precopy.sessionEnded(session, logger: logger)
     }

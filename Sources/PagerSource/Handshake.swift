@@ -50,6 +50,8 @@ extension SourceServer {
             let authenticator = try authenticate(channel, hello: hello, ring: ring, deadline: deadline)
             greeting.authenticator = authenticator
             features.insert(.authentication)
+            // Queue pairs are admitted under a key of the handshake's: never without one.
+            if readService != nil && hello.features.contains(.rdma) { features.insert(.rdma) }
             if hello.features.contains(.encryption) {
                 // Sealed from here on: the client's next frame, and ours from WELCOME on (a
                 // refusal before WELCOME goes out in the clear, as the client expects).

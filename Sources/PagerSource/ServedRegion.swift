@@ -18,7 +18,7 @@ public final class ServedRegion: @unchecked Sendable {
     /// Set when the region is still being written: pre-copy rounds track its writes.
     public let live: LiveRegion?
     /// Owns the file and its mapping when the region is a file (nil for caller-owned memory).
-    private let owner: FileBacking?
+    let owner: FileBacking?
     /// Data extents at start; outside them the file is a hole (zeros). Re-read with
     /// ``refreshExtents()`` when the file may have changed.
     private(set) var dataExtents: [Range<Int>]

@@ -100,6 +100,9 @@ public final class SourceServer: @unchecked Sendable {
     /// Refuse destinations that do not offer encryption (with keys only).
     public var requireEncryption = false
 
+    /// Serves one-sided reads (RDMA) to authenticated sessions that offer `rdma`; nil: none.
+    public var readService: (any ReadService)?
+
     /// When encrypted connections update their keys (tests lower it to see updates happen).
     public var recordLimits = RecordLimits.standard
     /// A connection whose whole handshake has not arrived within this time of its accept is

@@ -35,6 +35,8 @@ struct DestCommand: ParsableCommand {
     var socketGroup: String?
     @Option(help: "Region (id or name) handoffs map onto, when the source serves several.") var region: String?
     @Flag(help: "Exit after the first migration completes (exit status 1 if it failed).") var once = false
+    @Option(help: "How faults fetch pages: tcp, or rdma (one-sided RDMA READ from a pagerd source --rdma; needs keys, an RDMA device, and pagerd built with the RDMA trait; pages RDMA cannot bring still come over TCP).")
+    var transport = Transport.tcp
     @Flag(help: "No background push: pages arrive only when touched or prefetched (for measuring demand paging).") var noPush = false
     @Flag(help: "No prefetch around faults: fetch exactly the faulting page.") var noPrefetch = false
     @Flag(help: "Run the background push at normal priority instead of on idle CPU only (for workloads that keep every CPU busy).") var normalPriorityPush = false
@@ -53,6 +55,9 @@ struct DestCommand: ParsableCommand {
         guard Endpoint(connect) != nil else { throw ValidationError("--connect must be ADDR:PORT (IPv4), got \(connect)") }
         guard stallTimeoutMs >= 100 else { throw ValidationError("--stall-timeout-ms must be at least 100, got \(stallTimeoutMs)") }
         guard reconnectTimeoutS >= 0, reconnectTimeoutS <= 86_400 else { throw ValidationError("--reconnect-timeout-s must be 0 to 86400, got \(reconnectTimeoutS)") }
+        if transport == .rdma && !rdmaCompiledIn { throw ValidationError("--transport rdma: \(rdmaNotBuilt)") }
+        if transport == .rdma && keys.insecureNoAuth { throw ValidationError("--transport rdma needs authentication: the queue pair is admitted under the session's keys (drop --insecure-no-auth)") }
+        if transport == .rdma && precopy { throw ValidationError("--transport rdma does not combine with --precopy yet (live memory is not read by RDMA)") }
     }
 
     func run() throws {
@@ -121,6 +126,7 @@ struct DestCommand: ParsableCommand {
         if checksums { f.insert(.checksums) }
         if precopy { f.insert(.invalidation) }
         if keys.encrypt { f.insert(.encryption) }
+        if transport == .rdma { f.insert(.rdma) }
         return f
     }
 
@@ -211,6 +217,7 @@ struct DestCommand: ParsableCommand {
             configuration.staged = staged
             configuration.poisonGuard = missing
             configuration.progress = tracked.progress
+            if transport == .rdma { configuration.pageReads = connectReads(client, logger: logger) }
             let connections = current ?? SessionConnections(demand: client.demand, push: client.push)
             let resolver = try FaultResolver(uffd: handoff.uffd, region: region, mappings: handoff.mappings,
                                              demand: connections.demand, push: noPush ? nil : connections.push, configuration: configuration, logger: logger)
@@ -233,7 +240,7 @@ struct DestCommand: ParsableCommand {
               requests          \(r.demandRequests) demand, \(r.prefetchRequests) prefetch, \(r.hintedPages) pages hinted, \(r.sweepRequests) final sweep
               pages installed   \(r.installedPages) with data, \(r.zeroPages) zero, \(r.duplicatePages) duplicates dropped, \(r.discardedPages) discarded by the workload
               pages arrived     \(r.arrivals.demand) by demand, \(r.arrivals.prefetch) by prefetch, \(r.arrivals.push) by push, \(r.arrivals.staged) staged by pre-copy
-              bytes received    \(r.bytesReceived >> 20) MiB
+              bytes received    \(r.bytesReceived >> 20) MiB\(transport == .rdma ? "; \(r.reads) RDMA READs brought \(r.readBytes >> 10) KiB, \(r.readsAskedAgain) requests asked again over TCP" : "")
               outages           \(outageSummary((staged?.outages ?? []) + r.outages))
             """)
             // stdout is a file or the journal's pipe for a daemon: a summary must not wait in

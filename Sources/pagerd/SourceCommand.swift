@@ -46,6 +46,8 @@ struct SourceCommand: ParsableCommand {
     @Option(help: "At most this many connections in their handshake at once (8 per host); a new one evicts the oldest.") var maxHandshakes = 64
     @Option(help: "Keep a session whose connections were lost this many seconds for its destination to resume it.") var sessionLingerS = 60.0
     @OptionGroup var keys: AuthenticationOptions
+    @Flag(help: "Serve one-sided RDMA READ to authenticated destinations that offer it (an RDMA CM listener on the --listen address and port number; needs keys, an RDMA device, and pagerd built with the RDMA trait).")
+    var rdma = false
     @OptionGroup var operations: OperationsOptions
     @Flag(help: "At exit, print the summary as one JSON line (the status document, see pagerd status --json) instead of text.")
     var json = false
@@ -53,6 +55,8 @@ struct SourceCommand: ParsableCommand {
 
     func validate() throws {
         guard Endpoint(listen) != nil else { throw ValidationError("--listen must be ADDR:PORT (IPv4), got \(listen)") }
+        if rdma && !rdmaCompiledIn { throw ValidationError("--rdma: \(rdmaNotBuilt)") }
+        if rdma && keys.insecureNoAuth { throw ValidationError("--rdma needs authentication: queue pairs are admitted under the session's keys (drop --insecure-no-auth)") }
         guard !regions.isEmpty || liveSocket != nil else { throw ValidationError("give at least one --region FILE or a --live-socket") }
         guard handshakeTimeoutS > 0, handshakeTimeoutS <= 3600 else { throw ValidationError("--handshake-timeout-s must be more than 0 and at most 3600, got \(handshakeTimeoutS)") }
         guard maxHandshakes > 0 else { throw ValidationError("--max-handshakes must be at least 1, got \(maxHandshakes)") }
@@ -78,6 +82,8 @@ struct SourceCommand: ParsableCommand {
         server.requireEncryption = keys.encrypt
         server.backgroundPush = !normalPriorityPush
         server.urgentDemand = demandPriority.isRealtime
+        let stopReads = try rdma ? startReadService(server, logger: logger) : nil
+        defer { stopReads?() }
         try TerminationSignals.start(also: [TerminationSignals.userSignal1]) { signal in
             if signal == TerminationSignals.userSignal1 {
                 logger.info("SIGUSR1: switching to post-copy at the end of the current round")

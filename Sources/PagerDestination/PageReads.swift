@@ -1,0 +1,75 @@
+import PagerKernel
+import PagerTransport
+import PagerWire
+
+/// One-sided reads of the source's memory beside the connections (RDMA READ, spec §4.15): the
+/// fault loop offers its demand requests here first, and what is not taken goes over TCP as
+/// before. Implemented by the RDMA transport (PagerRDMATransport, `RDMA` trait); the resolver
+/// knows only this.
+public protocol PageReads: AnyObject, Sendable {
+    /// Posts what it can of `requests` as READs; returns the rest, to be sent as PAGE_REQUEST.
+    func take(_ requests: [PageRequest]) -> [PageRequest]
+    /// An RDMA_KEY frame; `regionLength` is the region's length from its REGION frame (nil: the
+    /// source never announced it). A key that cannot be used throws: the source misbehaved.
+    func grant(region: UInt32, rkey: UInt32, address: UInt64, length: UInt64, regionLength: UInt64?) throws
+    /// Runs until ``stop()``. `arrived` gets each completed read's request and its bytes
+    /// (valid during the call only); `failed` the requests whose reads did not deliver (a
+    /// failed or flushed READ, a lost queue pair): their pages are still missing.
+    func serve(arrived: (PageRequest, UnsafeRawBufferPointer) -> Void, failed: ([PageRequest]) -> Void)
+    /// Makes ``serve(arrived:failed:)`` return; reads from then on are not taken.
+    func stop()
+    /// Reads completed with their bytes, and what they brought.
+    var readsCompleted: Int { get }
+    var bytesRead: Int { get }
+}
+
+extension FaultResolver {
+    /// Requests offered to the reads first (urgent before nearby, each in order); the rest
+    /// for the demand connection.
+    func offerToReads(_ out: inout Outgoing) {
+        guard let reads = configuration.pageReads else { return }
+        if !out.urgent.isEmpty { out.urgent = reads.take(out.urgent) }
+        if !out.nearby.isEmpty { out.nearby = reads.take(out.nearby) }
+    }
+
+    /// Starts the thread that installs what the reads bring (as the demand receiver installs
+    /// PAGE_DATA) and asks again over TCP for what they could not.
+    func startReads() throws(ResolveError) {
+        guard let reads = configuration.pageReads else { return }
+        do {
+            let thread = try KernelThread(name: "dst-reads") { [self] in
+                if configuration.urgentDemand { makeCurrentThreadUrgent() }
+                let assembly = UnitAssembly(unit: unit)
+                reads.serve(arrived: { request, bytes in
+                    lastHeard.store(monotonicNanoseconds(), ordering: .relaxed)
+                    let header = PageDataHeader(requestID: request.requestID, region: request.region, offset: request.offset,
+                                                length: UInt64(bytes.count), flags: request.flags.contains(.urgent) ? .urgent : [],
+                                                encoding: .raw)
+                    bytesReceived.add(UInt64(bytes.count), ordering: .relaxed)
+                    wakeAll(deliver(header, bytes, assembly: assembly, forFault: true))
+                }, failed: { requests in
+                    askAgain(requests)
+                })
+            }
+            spawned.change { $0.append(thread) }
+        } catch {
+            throw .kernel(error)
+        }
+    }
+
+    /// Pages a read did not bring: asked for on the demand connection. While the connections
+    /// are down they stay in flight, and the resume asks for them again.
+    private func askAgain(_ requests: [PageRequest]) {
+        let link = lock.withLock { state -> Link? in
+            guard case .fetching = state.phase, state.link.downSince == nil else { return nil }
+            state.report.readsAskedAgain += requests.count
+            return state.link
+        }
+        guard let link else { return }
+        do {
+            for r in requests { try link.demand.send(.pageRequest(r)) }
+        } catch {
+            lost(link.generation, .channel(error), resumable: error.isConnectionLoss)
+        }
+    }
+}

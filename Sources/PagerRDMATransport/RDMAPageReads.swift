@@ -1,0 +1,178 @@
+#if RDMA
+import Logging
+import PagerDestination
+import PagerKernel
+import PagerRDMA
+import PagerWire
+import Synchronization
+
+/// The destination's reads over RDMA (``PageReads``): one reliable-connected queue pair to the
+/// source, admitted with the session's admission key, READs into staging pools of 4 KiB and
+/// 2 MiB slots registered in its domain. A failed or flushed READ, or a lost queue pair, puts
+/// its requests back for TCP; from the first failure on every request goes over TCP.
+public final class RDMAPageReads: PageReads, @unchecked Sendable {
+    private struct State {
+        var reader: RDMAReader?
+        /// What each READ in flight serves.
+        var waiting: [ReadTarget: [PageRequest]] = [:]
+        var stopped = false
+        /// The queue pair failed or went: nothing more is taken.
+        var dead = false
+    }
+    private let state = Mutex(State())
+    private var connection: RDMAConnection?
+    private var registrations: [MemoryRegion] = []
+    private let small: UnsafeMutableRawBufferPointer
+    private let huge: UnsafeMutableRawBufferPointer
+    private let logger: Logger
+    private let counts = Mutex((reads: 0, bytes: 0))
+
+    static let smallSlots = 512
+    static let hugeSlots = 4
+
+    /// Connects the demand queue pair of `session` to the source at `address:port` (its RDMA
+    /// CM listener, spec §4.15) with the admission request made under `admissionKey`, and
+    /// registers the staging pools.
+    public init(address: String, port: UInt16, session: UInt64, admissionKey: [UInt8], logger: Logger,
+                timeoutMilliseconds: Int = 10_000) throws(KernelError) {
+        self.logger = logger
+        let request = AdmissionRequest(channel: .demand, session: session, key: admissionKey)
+        let connection = try RDMAConnection.connect(to: address, port: port, privateData: request.bytes,
+                                                    until: .after(nanoseconds: UInt64(timeoutMilliseconds) * 1_000_000))
+        small = .allocate(byteCount: Self.smallSlots * basePageSize, alignment: basePageSize)
+        huge = .allocate(byteCount: Self.hugeSlots * hugePageSize, alignment: hugePageSize)
+        do {
+            let smallRegion = try connection.domain.register(small.baseAddress!, length: small.count, access: .localWrite)
+            let hugeRegion = try connection.domain.register(huge.baseAddress!, length: huge.count, access: .localWrite)
+            registrations = [smallRegion, hugeRegion]
+            let reader = RDMAReader(queue: connection.queue, pools: [
+                StagingMemory(base: small.baseAddress!, slotSize: basePageSize, count: Self.smallSlots, lkey: smallRegion.lkey),
+                StagingMemory(base: huge.baseAddress!, slotSize: hugePageSize, count: Self.hugeSlots, lkey: hugeRegion.lkey),
+            ])
+            state.withLock { $0.reader = reader }
+        } catch {
+            small.deallocate()
+            huge.deallocate()
+            throw error
+        }
+        self.connection = connection
+    }
+
+    deinit {
+        // The queue pair first (nothing may land in the pools after), then the registrations,
+        // then the memory.
+        state.withLock { $0.reader = nil }
+        connection = nil
+        registrations.removeAll()
+        small.deallocate()
+        huge.deallocate()
+    }
+
+    public var readsCompleted: Int { counts.withLock { $0.reads } }
+    public var bytesRead: Int { counts.withLock { $0.bytes } }
+
+    public func take(_ requests: [PageRequest]) -> [PageRequest] {
+        state.withLock { state in
+            guard !state.stopped, !state.dead, let reader = state.reader else { return requests }
+            let targets = requests.map { ReadTarget(region: $0.region, offset: $0.offset, length: Int($0.length)) }
+            let notPosted = Set(reader.read(targets))
+            var rest: [PageRequest] = []
+            for (request, target) in zip(requests, targets) {
+                if notPosted.contains(target) { rest.append(request) } else { state.waiting[target, default: []].append(request) }
+            }
+            return rest
+        }
+    }
+
+    public func grant(region: UInt32, rkey: UInt32, address: UInt64, length: UInt64, regionLength: UInt64?) throws {
+        try state.withLock { (state) throws(RemoteKeyError) in
+            try state.reader?.keys.record(.init(region: region, rkey: rkey, address: address, length: length), regionLength: regionLength)
+        }
+        logger.info("RDMA: the source granted READ of region \(region) (\(length >> 20) MiB)")
+    }
+
+    public func stop() { state.withLock { $0.stopped = true } }
+
+    public func serve(arrived: (PageRequest, UnsafeRawBufferPointer) -> Void, failed: ([PageRequest]) -> Void) {
+        guard let connection else { return }
+        while true {
+            // What completed (polled under the lock, handled outside it: installing takes the
+            // resolver's lock, and the fault loop takes this one to post).
+            let (events, stopped, dead) = poll(arm: false)
+            if stopped { return }
+            handle(events, arrived: arrived, failed: failed)
+            if dead {
+                abandonAll("the queue pair failed", failed)
+                waitUntilStopped()
+                return
+            }
+            if !events.isEmpty { continue }
+            // Nothing completed: arm the completion channel and look once more (a completion
+            // may have come before the arming), then sleep on it and on the connection's events.
+            let (late, _, _) = poll(arm: true)
+            if !late.isEmpty {
+                handle(late, arrived: arrived, failed: failed)
+                continue
+            }
+            guard let ready = try? pollReadable([connection.completionDescriptor, connection.eventDescriptor], timeoutMilliseconds: 50,
+                                                detail: "RDMA completions") else { continue }
+            if ready[0] { try? connection.acknowledgeCompletionEvent() }
+            if ready[1], let event = try? connection.nextEvent(until: .after(nanoseconds: 1_000_000)) {
+                logger.warning("RDMA: \(event) on the queue pair: what is in flight is asked for over TCP, and so is everything from now on")
+                abandonAll("the queue pair went (\(event))", failed)
+                waitUntilStopped()
+                return
+            }
+        }
+    }
+
+    /// Completions taken under the lock (after arming the channel when `arm`), and whether
+    /// the reads were stopped or the queue pair is unusable.
+    private func poll(arm: Bool) -> (events: [ReadEvent], stopped: Bool, dead: Bool) {
+        state.withLock { state in
+            var events: [ReadEvent] = []
+            if !state.stopped, !state.dead, let reader = state.reader {
+                do {
+                    if arm { try reader.queue.requestNotification() }
+                    _ = try reader.poll { events.append($0) }
+                } catch {
+                    state.dead = true
+                }
+                if reader.state != .live { state.dead = true }
+            }
+            return (events, state.stopped, state.dead)
+        }
+    }
+
+    private func handle(_ events: [ReadEvent], arrived: (PageRequest, UnsafeRawBufferPointer) -> Void, failed: ([PageRequest]) -> Void) {
+        for event in events {
+            switch event {
+            case .arrived(let target, let pool, let slots, let bytes):
+                let requests = state.withLock { $0.waiting.removeValue(forKey: target) } ?? []
+                for request in requests { arrived(request, bytes) }
+                counts.withLock { $0.reads += 1; $0.bytes += bytes.count }
+                state.withLock { $0.reader?.release(pool: pool, slots: slots) }
+            case .failed(let target, let status):
+                logger.warning("RDMA: READ of \(target) \(status): asked for over TCP")
+                failed(state.withLock { $0.waiting.removeValue(forKey: target) } ?? [])
+            }
+        }
+    }
+
+    private func waitUntilStopped() {
+        while !state.withLock({ $0.stopped }) { sleepMilliseconds(20) }
+    }
+
+    /// The queue pair is unusable: everything in flight goes back to TCP, and so does every
+    /// request from now on.
+    private func abandonAll(_ reason: String, _ failed: ([PageRequest]) -> Void) {
+        let requests = state.withLock { state -> [PageRequest] in
+            state.dead = true
+            _ = state.reader?.abandon(reason: reason)
+            defer { state.waiting.removeAll() }
+            return state.waiting.values.flatMap { $0 }
+        }
+        if !requests.isEmpty { failed(requests) }
+    }
+}
+#endif

@@ -1,0 +1,161 @@
+#if RDMA
+import Logging
+import PagerKernel
+import PagerRDMA
+import PagerSource
+import PagerTransport
+import PagerWire
+import Synchronization
+
+/// The source's side of RDMA (``ReadService``): an RDMA CM listener on the TCP listener's
+/// address and port number (spec §4.15) that admits queue pairs only for authenticated
+/// sessions (``AdmissionGate``), one protection domain per session with the session's regions
+/// registered in it for remote READ, and one RDMA_KEY per region on the session's demand
+/// connection once its queue pair is in.
+public final class RDMAReadService: ReadService, @unchecked Sendable {
+    private struct Session {
+        let regions: [ServedRegion]
+        let demand: any FrameConnection
+        var domain: ProtectionDomain?
+        var registrations: [UInt32: MemoryRegion] = [:]
+        /// Writable mappings made for registrations on kernels before 6.2 (see prepare).
+        var mappings: [WritableFileMapping] = []
+        var connections: [(channel: AdmissionRequest.Channel, connection: RDMAConnection)] = []
+    }
+    private struct State {
+        var gate = AdmissionGate()
+        var sessions: [UInt64: Session] = [:]
+        var running = true
+    }
+    private let listener: RDMAListener
+    private let state = Mutex(State())
+    private let logger: Logger
+    private var thread: KernelThread?
+    /// Queue pairs refused (their reasons are logged), for the summary.
+    public var refused: Int { refusals.load(ordering: .relaxed) }
+    private let refusals = Atomic<Int>(0)
+
+    /// Listens on `address:port` (the TCP listener's) and starts the accept thread.
+    public init(address: String, port: UInt16, logger: Logger) throws(KernelError) {
+        listener = try RDMAListener(address: address, port: port)
+        self.logger = logger
+        thread = try KernelThread(name: "src-rdma-cm") { [self] in acceptLoop() }
+    }
+
+    /// Stops accepting and tears every queue pair down.
+    public func stop() {
+        state.withLock { $0.running = false }
+        thread?.join()
+        let sessions = state.withLock { state -> [Session] in
+            defer { state.sessions.removeAll() }
+            return Array(state.sessions.values)
+        }
+        for s in sessions { for c in s.connections { c.connection.disconnect() } }
+    }
+
+    public func open(session: UInt64, admissionKey: [UInt8], regions: [ServedRegion], demand: any FrameConnection) {
+        state.withLock { state in
+            state.gate.open(session: session, key: admissionKey)
+            state.sessions[session] = Session(regions: regions, demand: demand)
+        }
+    }
+
+    public func close(session: UInt64) {
+        let ended = state.withLock { state -> Session? in
+            state.gate.close(session: session)
+            return state.sessions.removeValue(forKey: session)
+        }
+        for c in ended?.connections ?? [] { c.connection.disconnect() }
+    }
+
+    private func acceptLoop() {
+        while state.withLock({ $0.running }) {
+            do {
+                guard let request = try listener.nextRequest(until: .after(nanoseconds: 100_000_000)) else { continue }
+                admit(request)
+            } catch {
+                logger.error("RDMA: the connection manager failed: \(error)")
+                sleepMilliseconds(100)
+            }
+        }
+    }
+
+    /// A connection request: admitted (the session's domain and registrations made at its
+    /// first queue pair, the keys sent after it is established) or refused with its reason.
+    private func admit(_ request: ConnectionRequest) {
+        let admitted: AdmissionRequest
+        do {
+            admitted = try state.withLock { (state) throws(AdmissionError) in try state.gate.admit(request.privateData) }
+        } catch {
+            refusals.add(1, ordering: .relaxed)
+            logger.warning("RDMA: refused a queue pair: \(error)")
+            request.reject("\(error)")
+            return
+        }
+        do {
+            let (domain, grants, demand) = try prepare(admitted.session, on: request)
+            let connection = try request.accept(domain: domain, until: .after(nanoseconds: 5_000_000_000))
+            let kept = state.withLock { state -> Bool in
+                guard state.sessions[admitted.session] != nil else { return false }
+                state.sessions[admitted.session]!.connections.append((admitted.channel, connection))
+                return true
+            }
+            guard kept else {
+                connection.disconnect()
+                return
+            }
+            for grant in grants {
+                try demand.send(.rdmaKey(region: grant.region, rkey: grant.rkey, address: grant.address, length: grant.length))
+            }
+            logger.info("session \(hex(admitted.session)): \(admitted.channel) queue pair admitted; READ granted for \(grants.count) region(s)")
+        } catch {
+            state.withLock { $0.gate.disconnected(session: admitted.session, channel: admitted.channel) }
+            request.reject("the source could not set up the queue pair: \(error)")
+            logger.error("session \(hex(admitted.session)): RDMA queue pair not set up: \(error)")
+        }
+    }
+
+    /// Registers a region's memory for remote READ. Before Linux 6.2 the kernel pins a
+    /// read-only shared mapping for a device only by forcing a write, which fails (EFAULT):
+    /// then a writable mapping of the region's file is registered instead (and returned, to be
+    /// kept as long as the registration).
+    private static func register(_ region: ServedRegion, _ base: UnsafeRawPointer, _ length: Int,
+                                 in domain: ProtectionDomain) throws(KernelError) -> (MemoryRegion, WritableFileMapping?) {
+        let first: KernelError
+        do {
+            return (try domain.register(UnsafeMutableRawPointer(mutating: base), length: length, access: .remoteRead), nil)
+        } catch {
+            first = error
+        }
+        guard first.errno == .badAddress, let writable = try region.writableFileMapping() else { throw first }
+        return (try domain.register(writable.base, length: writable.length, access: .remoteRead), writable)
+    }
+
+    /// The session's protection domain and registrations (made once), and its demand connection.
+    private func prepare(_ id: UInt64, on request: ConnectionRequest) throws -> (ProtectionDomain, [RemoteKeys.Grant], any FrameConnection) {
+        guard let context = request.context else { throw KernelError("rdma_cm", .noSuchAddressOrDevice, detail: "a request without a device") }
+        guard var session = state.withLock({ $0.sessions[id] }) else { throw KernelError("rdma_cm", .noSuchProcess, detail: "the session ended") }
+        let domain = try session.domain ?? ProtectionDomain(context: context)
+        session.domain = domain
+        for region in session.regions where session.registrations[region.id] == nil {
+            guard let memory = region.localMemory, let base = memory.baseAddress else { continue }
+            let (registration, writable) = try Self.register(region, base, memory.count, in: domain)
+            session.registrations[region.id] = registration
+            if let writable { session.mappings.append(writable) }
+        }
+        let grants = session.regions.compactMap { region in
+            session.registrations[region.id].map { RemoteKeys.Grant(region: region.id, rkey: $0.rkey, address: $0.address, length: UInt64($0.length)) }
+        }
+        let demand = session.demand
+        let domainKept = session.domain
+        let registrations = session.registrations
+        let mappings = session.mappings
+        state.withLock { state in
+            state.sessions[id]?.domain = domainKept
+            state.sessions[id]?.registrations = registrations
+            state.sessions[id]?.mappings = mappings
+        }
+        return (domain, grants, demand)
+    }
+}
+#endif

@@ -1,0 +1,48 @@
+import PagerKernel
+import PagerTransport
+
+/// One-sided reads served beside the connections (RDMA READ, spec §4.15): queue pairs
+/// admitted for authenticated sessions only, the regions' memory registered for remote read,
+/// RDMA_KEY frames sent on the session's demand connection. Implemented by the RDMA transport
+/// (PagerRDMATransport, `RDMA` trait); the server knows only this.
+public protocol ReadService: AnyObject, Sendable {
+    /// A new session authenticated and was welcomed with `rdma`: its queue pairs may connect
+    /// under `admissionKey` (the demand connection's, spec §5); the keys for `regions` (those
+    /// in this process's memory and not live) go on `demand` once its queue pair is admitted.
+    func open(session: UInt64, admissionKey: [UInt8], regions: [ServedRegion], demand: any FrameConnection)
+    /// The session ended: its queue pairs, registrations and admission go.
+    func close(session: UInt64)
+}
+
+extension ServedRegion {
+    /// The region's bytes in this process (a mapped file, or memory handed in), nil for another
+    /// process's memory (read with `process_vm_readv`, which no device can READ).
+    public var localMemory: UnsafeRawBufferPointer? { base.map { UnsafeRawBufferPointer(start: $0, count: Int(length)) } }
+}
+
+/// A second mapping of a served file, readable and writable (``ServedRegion/writableFileMapping()``).
+public final class WritableFileMapping: @unchecked Sendable {
+    private let file: MemoryFile
+    private let mapping: MemoryMapping
+    public var base: UnsafeMutableRawPointer { mapping.base }
+    public var length: Int { mapping.length }
+
+    init(file: MemoryFile, mapping: consuming MemoryMapping) {
+        self.file = file
+        self.mapping = mapping
+    }
+}
+
+extension ServedRegion {
+    /// The region's file mapped again shared and writable; nil when the region is not a file.
+    /// For RDMA registration on kernels before 6.2, which pin memory for a device only through
+    /// a writable mapping (`FOLL_FORCE` on a shared read-only one fails with EFAULT). Nothing
+    /// writes through it: the registration allows remote reads only.
+    public func writableFileMapping() throws(KernelError) -> WritableFileMapping? {
+        guard let owner else { return nil }
+        let file = try MemoryFile(path: name, writable: true)
+        let mapping = try MemoryMapping.map(file, length: Int(length), shared: true, writable: true)
+        guard Int(length) == owner.mapping.length else { return nil }
+        return WritableFileMapping(file: file, mapping: mapping)
+    }
+}
