@@ -111,7 +111,7 @@ rdma_migrate() {
     count=${reads%% *}
     if [ "$workload_status" = 0 ] && [ "$dest_status" = 0 ] && grep -q "ok pages=16384 .*mismatches=0" /tmp/workload.log \
         && [ -n "$count" ] && [ "$count" -gt 0 ] && { [ -z "$expect" ] || grep -q "$expect" /tmp/dest.log; }; then
-        ok "$name: every page right; $(grep -o 'pagerd dest: [0-9]* pages.*' /tmp/dest.log | head -1 | cut -c14-); $reads; $(grep -oE 'faults +[0-9]+, fault to install: p50 [0-9.]+ .s' /tmp/dest.log | tr -s ' ')"
+        ok "$name: every page right; $(grep -o 'pagerd dest: [0-9]* pages.*' /tmp/dest.log | head -1 | cut -c14-); $reads; $(grep -oE 'faults +[0-9]+, fault to install: p50 [0-9.]+' /tmp/dest.log | tr -s ' ')"
     else
         echo "--- workload (exit $workload_status)"; tail -3 /tmp/workload.log
         echo "--- dest (exit $dest_status)"; tail -14 /tmp/dest.log
@@ -129,7 +129,7 @@ i=0
 while [ ! -S /tmp/t.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 if /bin/pager-workload run --socket /tmp/t.sock --size-mib 64 --seed 7 --access random --write-every 13 > /tmp/workload.log 2>&1 \
     && wait $dest && grep -q "mismatches=0" /tmp/workload.log; then
-    ok "tcp-migration-demand-only (baseline): every page right; $(grep -o 'pagerd dest: [0-9]* pages.*' /tmp/dest.log | head -1 | cut -c14-); $(grep -oE 'faults +[0-9]+, fault to install: p50 [0-9.]+ .s' /tmp/dest.log | tr -s ' ')"
+    ok "tcp-migration-demand-only (baseline): every page right; $(grep -o 'pagerd dest: [0-9]* pages.*' /tmp/dest.log | head -1 | cut -c14-); $(grep -oE 'faults +[0-9]+, fault to install: p50 [0-9.]+' /tmp/dest.log | tr -s ' ')"
 else
     tail -5 /tmp/workload.log /tmp/dest.log
     fail "tcp-migration-demand-only: the baseline migration failed"
