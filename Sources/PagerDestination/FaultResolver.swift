@@ -55,6 +55,9 @@ public final class FaultResolver: @unchecked Sendable {
         public var progress: MigrationProgress?
         /// One-sided reads of the source's memory (RDMA): faults are read there first.
         public var pageReads: (any PageReads)?
+        /// The session negotiated `rdma`: RDMA_KEY frames are expected even where no reads
+        /// could be set up (they are then ignored, and every page comes over TCP).
+        public var rdmaNegotiated = false
 
         public init() {}
     }
@@ -211,8 +214,13 @@ public final class FaultResolver: @unchecked Sendable {
                     configuration.poisonGuard?.recordPoisoned(pages: poisoned)
                 } else {
                     poisoned = configuration.poisonGuard?.poisonMissing() ?? 0
-                    if let owner = configuration.poisonGuard?.owner {
-                        logger.error("this kernel cannot poison pages (no UFFDIO_POISON): the workload (pid \(owner)) was killed rather than let it read zeros where pages could not be fetched")
+                    if let guarded = configuration.poisonGuard {
+                        let pid = guarded.owner.map(String.init) ?? "unknown"
+                        if let failure = guarded.ownerStopFailure {
+                            logger.critical("this kernel cannot poison pages (no UFFDIO_POISON), and the workload (pid \(pid)) could not be killed (\(failure)): its userfaultfd stays open while this daemon runs, so its faults wait instead of reading zeros")
+                        } else {
+                            logger.error("this kernel cannot poison pages (no UFFDIO_POISON): the workload (pid \(pid)) was killed rather than let it read zeros where pages could not be fetched")
+                        }
                     }
                 }
                 if let progress = configuration.progress {

@@ -106,6 +106,7 @@ public final class HandoffListener: @unchecked Sendable {
     /// Returns `reason` itself when nothing was poisoned, else the reason with what was.
     static func refuse(_ descriptors: [FileDescriptor], from connection: FileDescriptor, because reason: any Error) -> any Error {
         var poisoned = 0
+        var stopped: Int32?
         let pid = try? UnixSocket.peerProcess(connection)
         for fd in descriptors {
             guard let pid, let uffd = try? Userfaultfd(adopting: fd) else {
@@ -115,13 +116,20 @@ public final class HandoffListener: @unchecked Sendable {
             if !PoisonGuard.kernelCanPoison {
                 // Nothing can be poisoned on this kernel: the workload must not outlive the
                 // descriptor that holds its missing pages.
-                let registered = (try? Userfaultfd.missingRegisteredMappings(smaps: readWholeFile("/proc/\(pid)/smaps"))) ?? []
-                if !registered.isEmpty, PoisonGuard.stopOwner(pid) {
-                    return HandoffError(message: "\(reason); this kernel cannot poison pages (no UFFDIO_POISON), so the workload (pid \(pid)), whose memory its userfaultfd covered, was killed (never zeros)")
+                // smaps unreadable: the descriptor is taken to cover the sender's memory.
+                let registered = (try? Userfaultfd.missingRegisteredMappings(smaps: readWholeFile("/proc/\(pid)/smaps")))
+                if registered?.isEmpty == true { continue }
+                if let failure = PoisonGuard.stopOwner(pid) {
+                    PoisonGuard.holdOpen(uffd)
+                    return HandoffError(message: "\(reason); this kernel cannot poison pages (no UFFDIO_POISON) and the workload (pid \(pid)) could not be killed (\(failure)): its userfaultfd is held open, so its faults wait instead of reading zeros")
                 }
+                stopped = pid
                 continue
             }
             poisoned += (try? uffd.poisonRegisteredMappings(ofProcess: pid)) ?? 0
+        }
+        if let stopped {
+            return HandoffError(message: "\(reason); this kernel cannot poison pages (no UFFDIO_POISON), so the workload (pid \(stopped)), whose memory its userfaultfd covered, was killed (never zeros)")
         }
         guard poisoned > 0 else { return reason }
         return HandoffError(message: "\(reason); \(poisoned) missing pages its userfaultfd covered were poisoned (the workload gets SIGBUS there, never zeros)")

@@ -96,14 +96,20 @@ extension FaultResolver {
             endings.change { $0.completeAcknowledged = true }
         case .message(.completeAck):
             break // for a region this destination declined
+        case .message(.rdmaKey(let r, _, _, _)) where r != region.id:
+            // Another region of the source's: announced (else a lie), not mapped here.
+            guard configuration.otherRegions.contains(r) else {
+                return misbehaved(.sourceMisbehaved("RDMA_KEY for region \(r), which the source did not announce"))
+            }
         case .message(.rdmaKey(let r, let rkey, let address, let length)):
-            // Only with reads set up (the session negotiated rdma): a key otherwise is a lie.
             guard let reads = configuration.pageReads else {
-                return misbehaved(.sourceMisbehaved("RDMA_KEY for region \(r), but this destination reads no memory with RDMA"))
+                // A session that negotiated rdma whose queue pair this side could not set up
+                // goes on over TCP; without rdma negotiated, a key is a lie.
+                if configuration.rdmaNegotiated { break }
+                return misbehaved(.sourceMisbehaved("RDMA_KEY for region \(r), but the session did not negotiate rdma"))
             }
             do {
-                try reads.grant(region: r, rkey: rkey, address: address, length: length,
-                                regionLength: r == region.id ? region.length : nil)
+                try reads.grant(region: r, rkey: rkey, address: address, length: length, regionLength: region.length)
             } catch {
                 return misbehaved(.sourceMisbehaved("\(error)"))
             }

@@ -65,10 +65,22 @@ public enum GuardianProcess {
             var stopped: [Int32] = []
             var unknown = 0
             for g in guards.values {
-                if g.owner > 0, PoisonGuard.stopOwner(g.owner) { stopped.append(g.owner) } else { unknown += 1 }
-                try? g.uffd.close()
+                // The daemon's own pid is never an owner (the record could only lie about it).
+                if g.owner > 0, g.owner != daemon, PoisonGuard.stopOwner(g.owner) == nil {
+                    stopped.append(g.owner)
+                    try? g.uffd.close()
+                } else {
+                    // Not stopped: its copy stays open while the guardian lives, so faults wait
+                    // instead of reading zeros; the guardian then waits for that workload.
+                    unknown += 1
+                }
             }
-            say("pagerd (pid \(daemon)) ended holding the memory of \(guards.count) workload(s); this kernel cannot poison pages (no UFFDIO_POISON), so the workloads were killed (pids \(stopped.map(String.init).joined(separator: ", ")))" + (unknown > 0 ? "; \(unknown) without a known owner could not be stopped" : "") + " (never zeros)")
+            say("pagerd (pid \(daemon)) ended holding the memory of \(guards.count) workload(s); this kernel cannot poison pages (no UFFDIO_POISON), so the workloads were killed (pids \(stopped.map(String.init).joined(separator: ", ")))" + (unknown > 0 ? "; \(unknown) could not be stopped: their userfaultfds stay open here until they exit (faults wait, never zeros)" : " (never zeros)"))
+            // The copies not closed above are held until their workloads are gone; one
+            // without a known owner, for as long as this process lives.
+            let waiting = guards.values.filter { $0.owner > 0 && $0.owner != daemon }.map(\.owner)
+            if unknown > waiting.count { while true { pause() } }
+            for owner in waiting { while kill(owner, 0) == 0 { sleep(1) } }
             return status
         }
         var pages = 0

@@ -1,6 +1,7 @@
 import CPagerKernel
 import Glibc
 import Synchronization
+import SystemPackage
 
 /// Memory this process must poison if it stops serving it before every page is local.
 ///
@@ -48,11 +49,28 @@ public final class PoisonGuard: @unchecked Sendable {
 
     /// Whether this kernel has `UFFDIO_POISON` (`UFFD_FEATURE_POISON`, Linux 6.6), probed once;
     /// the fatal-signal handler learns the answer with the first guard.
+    /// A probe that cannot make a userfaultfd (no permission, seccomp, no descriptors left)
+    /// falls back to the kernel's version: 6.6 or later can.
     public static let kernelCanPoison: Bool = {
-        let can = (try? Userfaultfd.supportedFeatures().contains(.poison)) ?? false
+        let can: Bool
+        if let features = try? Userfaultfd.supportedFeatures() {
+            can = features.contains(.poison)
+        } else {
+            let release = (try? readWholeFile("/proc/sys/kernel/osrelease")) ?? ""
+            let numbers = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
+            can = numbers.count < 2 || (numbers[0], numbers[1]) >= (6, 6)
+        }
         pager_poison_guard_set_unsupported(can ? 0 : 1)
         return can
     }()
+
+    /// Why the owner could not be stopped where the kernel cannot poison (nil: it was, or
+    /// nothing needed it). Its userfaultfd is then held open for as long as this process
+    /// lives, and the guardian keeps its copy: its faults wait rather than read zeros.
+    public var ownerStopFailure: String? { stopFailure.withLock { $0 } }
+    private let stopFailure = Mutex<String?>(nil)
+    /// Descriptors held open for workloads that could not be stopped (see ``ownerStopFailure``).
+    private static let held = Mutex<[Userfaultfd]>([])
 
     /// What became of pages that could not be fetched, for messages: "were poisoned (...)",
     /// or, on a kernel without `UFFDIO_POISON`, that their workload was killed.
@@ -62,8 +80,15 @@ public final class PoisonGuard: @unchecked Sendable {
     }
 
     /// Where the kernel cannot poison: kills `owner` and waits until it is gone (before the
-    /// userfaultfd that holds its missing pages closes). True when it is gone.
-    public static func stopOwner(_ owner: Int32) -> Bool { pager_stop_owner(owner) == 0 }
+    /// userfaultfd that holds its missing pages closes). Nil when it is gone, else why not.
+    public static func stopOwner(_ owner: Int32) -> String? {
+        let r = pager_stop_owner(owner)
+        return r == 0 ? nil : "\(Errno(rawValue: -r))"
+    }
+
+    /// Keeps `uffd` open for as long as this process lives: for a workload that could not be
+    /// stopped where the kernel cannot poison (closing it would let the workload read zeros).
+    public static func holdOpen(_ uffd: Userfaultfd) { held.withLock { $0.append(uffd) } }
 
     deinit {
         if case .armed = phase.withLock({ $0 }) { poisonMissing() }
@@ -87,9 +112,15 @@ public final class PoisonGuard: @unchecked Sendable {
                 var pages = 0
                 if !Self.kernelCanPoison {
                     // Nothing can be poisoned: the owner goes, with every page it was missing.
-                    if let owner, Self.stopOwner(owner) { pages = ranges.reduce(0) { $0 + Int($1.range.length) / $1.pageSize } }
+                    let failure = owner.map { Self.stopOwner($0) } ?? "the workload's process is not known"
+                    if let failure {
+                        stopFailure.withLock { $0 = failure }
+                        Self.holdOpen(uffd)
+                    } else {
+                        pages = ranges.reduce(0) { $0 + Int($1.range.length) / $1.pageSize }
+                        if let cover { cover.guardian.uncover(cover.id) }
+                    }
                     phase = .poisoned(pages: pages)
-                    if let cover { cover.guardian.uncover(cover.id) }
                     return pages
                 }
                 for r in ranges {

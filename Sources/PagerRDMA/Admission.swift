@@ -90,6 +90,16 @@ public enum AdmissionError: Error, Sendable, Equatable, CustomStringConvertible 
     case channelTaken(session: UInt64, channel: AdmissionRequest.Channel)
     case replayed(session: UInt64)
 
+    /// What the peer is told (the reject's private data): the same for a session that does not
+    /// exist and a wrong MAC, so that a peer without the key learns nothing about which
+    /// sessions exist (as §5 keeps for TCP).
+    public var reasonForPeer: String {
+        switch self {
+        case .unknownSession, .badMAC, .replayed: "not admitted: the request is not from an authenticated session's peer"
+        default: description
+        }
+    }
+
     public var description: String {
         switch self {
         case .malformed(let what): "malformed RDMA connection request: \(what)"

@@ -1,6 +1,5 @@
 #if RDMA
 import CRDMA
-import Glibc
 import PagerKernel
 import SystemPackage
 
@@ -38,6 +37,8 @@ public final class RDMAConnection: @unchecked Sendable {
     let completionChannel: UnsafeMutablePointer<ibv_comp_channel>
     let cq: UnsafeMutablePointer<ibv_cq>
     public let queue: VerbsQueue
+    /// The depths it was made with.
+    public let settings: QueueSettings
     /// The peer's private data: the connection request's (on the accepting side).
     public let peerPrivateData: [UInt8]
     private var connected = false
@@ -78,6 +79,7 @@ public final class RDMAConnection: @unchecked Sendable {
         self.completionChannel = completionChannel
         self.cq = cq
         queue = VerbsQueue(qp: qp, cq: cq)
+        self.settings = settings
         self.peerPrivateData = peerPrivateData
     }
 
@@ -107,12 +109,12 @@ public final class RDMAConnection: @unchecked Sendable {
             return error
         }
         let peer = "\(address):\(port)"
-        var destination = try socketAddress(address, port: port)
         let milliseconds = Int32(clamping: max(1, deadline.remainingNanoseconds / 1_000_000))
-        let resolved = withUnsafeMutablePointer(to: &destination) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { rdma_resolve_addr(id, nil, $0, milliseconds) }
+        let resolved = pager_rdma_resolve_ipv4(id, address, port, milliseconds)
+        if resolved != 0 {
+            throw fail(KernelError("rdma_resolve_addr", Errno(rawValue: -resolved),
+                                   detail: resolved == -Errno.invalidArgument.rawValue ? "\"\(address)\" is not an IPv4 address" : peer))
         }
-        if resolved != 0 { throw fail(verbsError("rdma_resolve_addr", detail: peer)) }
         try expect(RDMA_CM_EVENT_ADDR_RESOLVED, on: events, until: deadline, what: "resolving \(peer)", cleanup: fail)
         if rdma_resolve_route(id, milliseconds) != 0 { throw fail(verbsError("rdma_resolve_route", detail: peer)) }
         try expect(RDMA_CM_EVENT_ROUTE_RESOLVED, on: events, until: deadline, what: "the route to \(peer)", cleanup: fail)
@@ -208,15 +210,10 @@ public final class RDMAListener: @unchecked Sendable {
             rdma_destroy_event_channel(events)
             throw error
         }
-        var local: sockaddr_in
-        do { local = try socketAddress(address, port: port) } catch {
-            rdma_destroy_id(id)
-            rdma_destroy_event_channel(events)
-            throw error
-        }
-        let bound = withUnsafeMutablePointer(to: &local) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { rdma_bind_addr(id, $0) } }
+        let bound = pager_rdma_bind_ipv4(id, address, port)
         if bound != 0 || rdma_listen(id, backlog) != 0 {
-            let error = verbsError(bound != 0 ? "rdma_bind_addr" : "rdma_listen", detail: "\(address):\(port)")
+            let error = bound != 0 ? KernelError("rdma_bind_addr", Errno(rawValue: -bound), detail: "\(address):\(port)")
+                                   : verbsError("rdma_listen", detail: "\(address):\(port)")
             rdma_destroy_id(id)
             rdma_destroy_event_channel(events)
             throw error

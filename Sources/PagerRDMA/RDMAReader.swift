@@ -45,6 +45,7 @@ public final class RDMAReader: @unchecked Sendable {
     public var keys: RemoteKeys
     public private(set) var state: State = .live
     private let pools: [StagingMemory]
+    private let maximumPending: Int
     private var trackers: [ReadTracker]
     /// Counts, for the summary.
     public private(set) var readsCompleted = 0
@@ -53,9 +54,12 @@ public final class RDMAReader: @unchecked Sendable {
     /// `pools` in increasing order of slot size (e.g. 4 KiB slots, then 2 MiB slots): a READ goes
     /// to the pool with the largest slots not larger than it (a run of adjacent slots there), so
     /// a 64 KiB block takes sixteen 4 KiB slots and a huge page one 2 MiB slot.
-    public init(queue: VerbsQueue, pools: [StagingMemory], keys: RemoteKeys = RemoteKeys()) {
-        precondition(!pools.isEmpty && pools.count < 256)
+    /// At most `maximumPending` READs are in flight (the send queue's depth): more are returned
+    /// as not posted.
+    public init(queue: VerbsQueue, pools: [StagingMemory], keys: RemoteKeys = RemoteKeys(), maximumPending: Int = 128) {
+        precondition(!pools.isEmpty && pools.count < 256 && maximumPending > 0)
         self.queue = queue
+        self.maximumPending = maximumPending
         self.pools = pools
         self.keys = keys
         trackers = pools.indices.map { ReadTracker(slots: pools[$0].count, pool: UInt8($0)) }
@@ -71,8 +75,9 @@ public final class RDMAReader: @unchecked Sendable {
         var work: [ReadWork] = []
         var runs: [(pool: Int, WorkRequestID)] = []
         var notPosted: [ReadTarget] = []
+        let room = maximumPending - pending
         for target in targets {
-            guard work.count < VerbsQueue.maximumChain, let remote = keys.remote(for: target) else {
+            guard work.count < min(VerbsQueue.maximumChain, room), let remote = keys.remote(for: target) else {
                 notPosted.append(target)
                 continue
             }
@@ -91,7 +96,8 @@ public final class RDMAReader: @unchecked Sendable {
             for (p, id) in runs[posted...] {
                 if let target = trackers[p].cancel(id) { notPosted.append(target) }
             }
-            state = .failed("\(error)")
+            // A full send queue refuses for now only; anything else ends the queue.
+            if error.errno != .noMemory { state = .failed("\(error)") }
         }
         return notPosted
     }

@@ -1,13 +1,11 @@
 #if RDMA
 import CRDMA
-// libibverbs and librdmacm report failures through errno, and addresses are sockaddr_in.
-import Glibc
 import PagerKernel
 import SystemPackage
 
 /// The error of the libibverbs or librdmacm call that just failed (they set errno).
 func verbsError(_ operation: String, detail: String = "") -> KernelError {
-    KernelError(operation, Errno(rawValue: Glibc.errno), detail: detail)
+    KernelError(operation, Errno(rawValue: pager_rdma_errno()), detail: detail)
 }
 
 /// A protection domain (`ibv_alloc_pd`): the memory registrations and queue pairs of one
@@ -89,14 +87,4 @@ public struct QueueSettings: Sendable {
     }
 }
 
-/// An IPv4 socket address for librdmacm.
-func socketAddress(_ address: String, port: UInt16) throws(KernelError) -> sockaddr_in {
-    var socket = sockaddr_in()
-    socket.sin_family = sa_family_t(AF_INET)
-    socket.sin_port = in_port_t(port).bigEndian
-    guard inet_pton(AF_INET, address, &socket.sin_addr) == 1 else {
-        throw KernelError("inet_pton", .invalidArgument, detail: "\"\(address)\" is not an IPv4 address")
-    }
-    return socket
-}
 #endif

@@ -41,20 +41,17 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
                                                     until: .after(nanoseconds: UInt64(timeoutMilliseconds) * 1_000_000))
         small = .allocate(byteCount: Self.smallSlots * basePageSize, alignment: basePageSize)
         huge = .allocate(byteCount: Self.hugeSlots * hugePageSize, alignment: hugePageSize)
-        do {
-            let smallRegion = try connection.domain.register(small.baseAddress!, length: small.count, access: .localWrite)
-            let hugeRegion = try connection.domain.register(huge.baseAddress!, length: huge.count, access: .localWrite)
-            registrations = [smallRegion, hugeRegion]
-            let reader = RDMAReader(queue: connection.queue, pools: [
-                StagingMemory(base: small.baseAddress!, slotSize: basePageSize, count: Self.smallSlots, lkey: smallRegion.lkey),
-                StagingMemory(base: huge.baseAddress!, slotSize: hugePageSize, count: Self.hugeSlots, lkey: hugeRegion.lkey),
-            ])
-            state.withLock { $0.reader = reader }
-        } catch {
-            small.deallocate()
-            huge.deallocate()
-            throw error
-        }
+        // Every stored property is set from here: a throw below runs deinit, which frees the
+        // pools (after whatever registration was made).
+        let smallRegion = try connection.domain.register(small.baseAddress!, length: small.count, access: .localWrite)
+        registrations = [smallRegion]
+        let hugeRegion = try connection.domain.register(huge.baseAddress!, length: huge.count, access: .localWrite)
+        registrations.append(hugeRegion)
+        let reader = RDMAReader(queue: connection.queue, pools: [
+            StagingMemory(base: small.baseAddress!, slotSize: basePageSize, count: Self.smallSlots, lkey: smallRegion.lkey),
+            StagingMemory(base: huge.baseAddress!, slotSize: hugePageSize, count: Self.hugeSlots, lkey: hugeRegion.lkey),
+        ], maximumPending: connection.settings.sendDepth)
+        state.withLock { $0.reader = reader }
         self.connection = connection
     }
 

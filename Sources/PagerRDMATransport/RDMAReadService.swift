@@ -68,11 +68,26 @@ public final class RDMAReadService: ReadService, @unchecked Sendable {
         for c in ended?.connections ?? [] { c.connection.disconnect() }
     }
 
+    /// Connection requests, and the events of the queue pairs admitted (a disconnect or a
+    /// device removal takes a queue pair out of its session, freeing its channel for a new one).
     private func acceptLoop() {
         while state.withLock({ $0.running }) {
+            let admitted = state.withLock { state in
+                state.sessions.flatMap { id, session in session.connections.map { (id, $0.channel, $0.connection) } }
+            }
             do {
-                guard let request = try listener.nextRequest(until: .after(nanoseconds: 100_000_000)) else { continue }
-                admit(request)
+                let ready = try pollReadable([listener.eventDescriptor] + admitted.map(\.2.eventDescriptor), timeoutMilliseconds: 100,
+                                             detail: "RDMA CM events")
+                for (i, (session, channel, connection)) in admitted.enumerated() where ready[i + 1] {
+                    guard let event = try connection.nextEvent(until: .after(nanoseconds: 1_000_000)) else { continue }
+                    guard event.contains("DISCONNECTED") || event.contains("DEVICE_REMOVAL") else { continue }
+                    state.withLock { state in
+                        state.sessions[session]?.connections.removeAll { $0.connection === connection }
+                        state.gate.disconnected(session: session, channel: channel)
+                    }
+                    logger.warning("session \(hex(session)): its \(channel) queue pair went (\(event)); a new one may connect")
+                }
+                if ready[0], let request = try listener.nextRequest(until: .after(nanoseconds: 1_000_000)) { admit(request) }
             } catch {
                 logger.error("RDMA: the connection manager failed: \(error)")
                 sleepMilliseconds(100)
@@ -89,12 +104,14 @@ public final class RDMAReadService: ReadService, @unchecked Sendable {
         } catch {
             refusals.add(1, ordering: .relaxed)
             logger.warning("RDMA: refused a queue pair: \(error)")
-            request.reject("\(error)")
+            request.reject(error.reasonForPeer)
             return
         }
+        var accepted: RDMAConnection?
         do {
             let (domain, grants, demand) = try prepare(admitted.session, on: request)
             let connection = try request.accept(domain: domain, until: .after(nanoseconds: 5_000_000_000))
+            accepted = connection
             let kept = state.withLock { state -> Bool in
                 guard state.sessions[admitted.session] != nil else { return false }
                 state.sessions[admitted.session]!.connections.append((admitted.channel, connection))
@@ -109,6 +126,11 @@ public final class RDMAReadService: ReadService, @unchecked Sendable {
             }
             logger.info("session \(hex(admitted.session)): \(admitted.channel) queue pair admitted; READ granted for \(grants.count) region(s)")
         } catch {
+            // Whatever failed after the accept takes its queue pair down with it.
+            if let accepted {
+                accepted.disconnect()
+                state.withLock { state in state.sessions[admitted.session]?.connections.removeAll { $0.connection === accepted } }
+            }
             state.withLock { $0.gate.disconnected(session: admitted.session, channel: admitted.channel) }
             request.reject("the source could not set up the queue pair: \(error)")
             logger.error("session \(hex(admitted.session)): RDMA queue pair not set up: \(error)")

@@ -50,8 +50,6 @@ extension SourceServer {
             let authenticator = try authenticate(channel, hello: hello, ring: ring, deadline: deadline)
             greeting.authenticator = authenticator
             features.insert(.authentication)
-            // Queue pairs are admitted under a key of the handshake's: never without one.
-            if readService != nil && hello.features.contains(.rdma) { features.insert(.rdma) }
             if hello.features.contains(.encryption) {
                 // Sealed from here on: the client's next frame, and ours from WELCOME on (a
                 // refusal before WELCOME goes out in the clear, as the client expects).
@@ -60,6 +58,9 @@ extension SourceServer {
                 greeting.sendKey = keys.serverWriteKey
                 features.insert(.encryption)
             }
+            // Queue pairs are admitted under a key of the handshake's, so never without one;
+            // and never with encryption: READ data is not sealed (spec §4.15).
+            if readService != nil && hello.features.contains(.rdma) && !features.contains(.encryption) { features.insert(.rdma) }
         }
         guard hello.resumeSession == 0 else {
             let session = try resume(hello, authenticated: greeting.authenticator != nil)

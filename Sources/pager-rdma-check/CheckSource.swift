@@ -77,7 +77,7 @@ final class CheckSource: @unchecked Sendable {
             admitted = try state.withLock { (state) throws(AdmissionError) in try state.gate.admit(request.privateData) }
         } catch {
             print("source: refused a queue pair: \(error)")
-            request.reject("\(error)")
+            request.reject(error.reasonForPeer)
             return
         }
         guard let context = request.context else { throw CheckFailure("a connection request without a device") }

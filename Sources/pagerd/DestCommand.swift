@@ -57,6 +57,7 @@ struct DestCommand: ParsableCommand {
         guard reconnectTimeoutS >= 0, reconnectTimeoutS <= 86_400 else { throw ValidationError("--reconnect-timeout-s must be 0 to 86400, got \(reconnectTimeoutS)") }
         if transport == .rdma && !rdmaCompiledIn { throw ValidationError("--transport rdma: \(rdmaNotBuilt)") }
         if transport == .rdma && keys.insecureNoAuth { throw ValidationError("--transport rdma needs authentication: the queue pair is admitted under the session's keys (drop --insecure-no-auth)") }
+        if transport == .rdma && keys.encrypt { throw ValidationError("--transport rdma with --encrypt: pages read by RDMA READ are not encrypted; choose one") }
         if transport == .rdma && precopy { throw ValidationError("--transport rdma does not combine with --precopy yet (live memory is not read by RDMA)") }
     }
 
@@ -217,6 +218,7 @@ struct DestCommand: ParsableCommand {
             configuration.staged = staged
             configuration.poisonGuard = missing
             configuration.progress = tracked.progress
+            configuration.rdmaNegotiated = client.features.contains(.rdma)
             if transport == .rdma { configuration.pageReads = connectReads(client, logger: logger) }
             let connections = current ?? SessionConnections(demand: client.demand, push: client.push)
             let resolver = try FaultResolver(uffd: handoff.uffd, region: region, mappings: handoff.mappings,

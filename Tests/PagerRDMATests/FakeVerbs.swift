@@ -38,6 +38,8 @@ final class FakeVerbsDevice {
     var failNext: ibv_wc_status? = nil
     /// `post_send` refuses the work request at this index of the next chain.
     var refuseAt: Int? = nil
+    /// The errno `post_send` refuses with (ENOMEM: the send queue is full).
+    var refuseWith: Int32 = 12
 
     var verbsQueue: VerbsQueue { VerbsQueue(qp: qp, cq: cq) }
 
@@ -116,7 +118,7 @@ final class FakeVerbsDevice {
         while let wr = next {
             if index == refuse {
                 bad?.pointee = wr
-                return 12 // ENOMEM: the send queue is full
+                return refuseWith
             }
             let sge = wr.pointee.sg_list!.pointee
             let request = Posted(wrID: wr.pointee.wr_id, local: UnsafeMutableRawPointer(bitPattern: UInt(sge.addr))!, lkey: sge.lkey,

@@ -18,7 +18,7 @@ struct RDMAReaderTests {
         static let rkey: UInt32 = 0xbeef
         static let sourceBytes = 4 << 20
 
-        init(smallSlots: Int = 64) throws {
+        init(smallSlots: Int = 64, maximumPending: Int = 128) throws {
             source = .allocate(byteCount: Self.sourceBytes, alignment: 4096)
             for page in 0..<Self.sourceBytes / 4096 { fill(source.baseAddress! + page * 4096, page: page) }
             small = .allocate(byteCount: smallSlots * 4096, alignment: 4096)
@@ -34,7 +34,7 @@ struct RDMAReaderTests {
             reader = RDMAReader(queue: device.verbsQueue,
                                 pools: [StagingMemory(base: small.baseAddress!, slotSize: 4096, count: smallSlots, lkey: 1),
                                         StagingMemory(base: huge.baseAddress!, slotSize: 2 << 20, count: 2, lkey: 2)],
-                                keys: keys)
+                                keys: keys, maximumPending: maximumPending)
         }
 
         deinit {
@@ -137,6 +137,24 @@ struct RDMAReaderTests {
         rig.device.run()
         let (arrived, _, wrong) = try rig.drain()
         #expect(arrived == Array(targets[0..<2]) && wrong == 0)
+        // A full send queue (ENOMEM) refuses for now only; any other refusal ends the queue.
+        #expect(rig.reader.state == .live)
+        rig.device.refuseAt = 0
+        rig.device.refuseWith = 22 // EINVAL
+        #expect(rig.reader.read([Self.page(40)]) == [Self.page(40)])
+        guard case .failed = rig.reader.state else { Issue.record("an EINVAL refusal left the queue live"); return }
+        #expect(rig.reader.read([Self.page(41)]) == [Self.page(41)])
+    }
+
+    @Test("no more READs in flight than the send queue holds: the rest come back for TCP")
+    func sendQueueDepth() throws {
+        let rig = try Rig(maximumPending: 8)
+        let targets = (0..<12).map { Self.page($0 * 2) }
+        #expect(rig.reader.read(targets) == Array(targets[8...]))
+        #expect(rig.reader.pending == 8 && rig.device.history.count == 8)
+        rig.device.run(3)
+        _ = try rig.drain()
+        #expect(rig.reader.read(Array(targets[8...])) == [targets[11]])
     }
 
     @Test("a destroyed queue pair: what was in flight is missing again; late completions install nothing")
