@@ -90,11 +90,13 @@ deb=$(bash Deploy/package.sh "$log/package" | tail -1)
 bash Deploy/package-test.sh "$deb"
 
 echo "== a guest with Debian's 6.1 kernel and soft-RoCE: the RDMA selftest on rxe0, and pagerd on a kernel without UFFDIO_POISON (Deploy/rdma-test.sh)"
-# Static Swift runtime (the guest has no Swift): pagerd and pager-workload as package.sh built
-# them, pager-rdma-check with the RDMA trait.
+# Static Swift runtime (the guest has no Swift): pagerd and pager-rdma-check with the RDMA
+# trait (the packaged pagerd has none: it would need libibverbs on every host), pager-workload
+# as package.sh built it.
 swift build -c release --traits RDMA --product pager-rdma-check --static-swift-stdlib --scratch-path .build-rdma-release
+swift build -c release --traits RDMA --product pagerd --static-swift-stdlib --scratch-path .build-rdma-release
 mkdir -p "$log/guest-bin"
-cp .build-rdma-release/release/pager-rdma-check .build-static/release/pagerd .build-static/release/pager-workload "$log/guest-bin/"
+cp .build-rdma-release/release/pager-rdma-check .build-rdma-release/release/pagerd .build-static/release/pager-workload "$log/guest-bin/"
 rdma_status=0
 bash Deploy/rdma-test.sh "$log/guest-bin" 2>&1 | tee "$log/rdma.txt" || rdma_status=$?
 rdma=$(tail -1 "$log/rdma.txt")

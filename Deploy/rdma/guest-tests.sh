@@ -13,6 +13,21 @@
 passed=0
 failed=0
 ok() { passed=$((passed + 1)); echo "ok $*"; }
+# finish: waits for the workload and pagerd dest (their statuses in workload_status and
+# dest_status), then stops the source.
+finish() {
+    wait $workload
+    workload_status=$?
+    wait $dest
+    dest_status=$?
+    kill $source 2> /dev/null
+    wait $source 2> /dev/null
+}
+# wait_socket PATH: until pagerd dest listens there (10 s at most; busybox sh has no inotify).
+wait_socket() {
+    i=0
+    while [ ! -S "$1" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+}
 fail() { failed=$((failed + 1)); echo "FAIL $*"; }
 
 /bin/pager-rdma-check selftest --device "$RDMA_DEVICE" --address "$RDMA_ADDRESS" > /tmp/selftest.log 2>&1
@@ -51,18 +66,12 @@ migrate() {
     /bin/pagerd dest --connect 127.0.0.1:7000 --uffd-socket /tmp/u.sock --once --key-file /tmp/keys.psk --no-push --no-prefetch \
         --reconnect-timeout-s 2 > /tmp/dest.log 2>&1 &
     dest=$!
-    i=0
-    while [ ! -S /tmp/u.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    wait_socket /tmp/u.sock
     /bin/pager-workload run --socket /tmp/u.sock --size-mib 64 --seed 42 --access random --write-every 13 > /tmp/workload.log 2>&1 &
     workload=$!
     sleep 2
     if [ "$2" = source ]; then kill -"$1" $source; else kill -"$1" $dest; fi
-    wait $workload
-    workload_status=$?
-    wait $dest
-    dest_status=$?
-    kill $source 2> /dev/null
-    wait $source 2> /dev/null
+    finish
 }
 # expect NAME PATTERN: the workload was killed (137, never a run to its end) and dest.log says PATTERN.
 expect_killed() {
@@ -96,17 +105,11 @@ rdma_migrate() {
     /bin/pagerd dest --connect "$RDMA_ADDRESS:7100" --uffd-socket /tmp/r.sock --once --key-file /tmp/keys.psk --transport rdma "$@" \
         > /tmp/dest.log 2>&1 &
     dest=$!
-    i=0
-    while [ ! -S /tmp/r.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    wait_socket /tmp/r.sock
     /bin/pager-workload run --socket /tmp/r.sock --size-mib 64 --seed 7 --access random --write-every 13 > /tmp/workload.log 2>&1 &
     workload=$!
     [ -z "$during" ] || { sleep 1; eval "$during"; }
-    wait $workload
-    workload_status=$?
-    wait $dest
-    dest_status=$?
-    kill $source 2> /dev/null
-    wait $source 2> /dev/null
+    finish
     reads=$(grep -o '[0-9]* RDMA READs brought [0-9]* KiB, [0-9]* requests asked again over TCP' /tmp/dest.log | tail -1)
     count=${reads%% *}
     if [ "$workload_status" = 0 ] && [ "$dest_status" = 0 ] && grep -q "ok pages=16384 .*mismatches=0" /tmp/workload.log \
@@ -125,8 +128,7 @@ rdma_migrate() {
 source=$!
 /bin/pagerd dest --connect "$RDMA_ADDRESS:7101" --uffd-socket /tmp/t.sock --once --key-file /tmp/keys.psk --no-push > /tmp/dest.log 2>&1 &
 dest=$!
-i=0
-while [ ! -S /tmp/t.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+wait_socket /tmp/t.sock
 if /bin/pager-workload run --socket /tmp/t.sock --size-mib 64 --seed 7 --access random --write-every 13 > /tmp/workload.log 2>&1 \
     && wait $dest && grep -q "mismatches=0" /tmp/workload.log; then
     ok "tcp-migration-demand-only (baseline): every page right; $(grep -o 'pagerd dest: [0-9]* pages.*' /tmp/dest.log | head -1 | cut -c14-); $(grep -oE 'faults +[0-9]+, fault to install: p50 [0-9.]+' /tmp/dest.log | tr -s ' ')"

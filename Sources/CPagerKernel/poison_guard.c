@@ -17,7 +17,8 @@ struct guard_slot {
     // handler that sees a descriptor also sees its range.
     _Atomic int fd;
     uint64_t start, len, page_size;
-    pid_t owner;
+    // A pidfd of the memory's owner (-1: none), opened when the range was entered.
+    int owner_pidfd;
 };
 
 static struct guard_slot slots[PAGER_POISON_GUARD_SLOTS];
@@ -31,25 +32,33 @@ void pager_poison_guard_set_unsupported(int unsupported) { atomic_store(&poison_
 
 int pager_poison_guard_unsupported(void) { return atomic_load(&poison_unsupported); }
 
-int pager_stop_owner(pid_t owner) {
+int pager_owner_pidfd(pid_t owner) {
     if (owner <= 0 || owner == getpid()) return -EINVAL;
-    // The pidfd is taken before the kill, so the wait below is for this process and not for
-    // whatever reuses its pid afterwards.
-    int pidfd = (int)syscall(434 /* __NR_pidfd_open */, owner, 0);
-    if (kill(owner, SIGKILL) != 0) {
-        int e = errno;
-        if (pidfd >= 0) close(pidfd);
-        return e == ESRCH ? 0 : -e;
-    }
-    if (pidfd < 0) return 0;
+    int pidfd = (int)syscall(SYS_pidfd_open, owner, 0);
+    return pidfd >= 0 ? pidfd : -errno;
+}
+
+int pager_stop_owner_pidfd(int pidfd) {
+    if (pidfd < 0) return -EINVAL;
+    // Through the pidfd: the process it was opened for, never one that reused its pid.
+    if (syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0) != 0) return errno == ESRCH ? 0 : -errno;
     // Until it is gone: with a SIGKILL pending every one of its threads dies before it runs
     // another instruction, and a thread blocked on a fault dies instead of being woken into a
     // page the kernel would fill with zeros once the userfaultfd closes.
     struct pollfd p = {.fd = pidfd, .events = POLLIN, .revents = 0};
     int r;
     do { r = poll(&p, 1, 5000); } while (r < 0 && errno == EINTR);
-    close(pidfd);
+    if (r < 0) return -errno;
     return r == 1 ? 0 : -ETIMEDOUT;
+}
+
+int pager_stop_owner(pid_t owner) {
+    int pidfd = pager_owner_pidfd(owner);
+    if (pidfd == -ESRCH) return 0; // already gone
+    if (pidfd < 0) return pidfd;
+    int r = pager_stop_owner_pidfd(pidfd);
+    close(pidfd);
+    return r;
 }
 
 static void init_slots(void) {
@@ -61,7 +70,7 @@ static void init_slots(void) {
     while (!atomic_load_explicit(&slots_ready, memory_order_acquire)) {}
 }
 
-int pager_poison_guard_add(int fd, uint64_t start, uint64_t len, uint64_t page_size, pid_t owner) {
+int pager_poison_guard_add(int fd, uint64_t start, uint64_t len, uint64_t page_size, int owner_pidfd) {
     init_slots();
     for (int i = 0; i < PAGER_POISON_GUARD_SLOTS; i++) {
         int expected = -1;
@@ -70,7 +79,7 @@ int pager_poison_guard_add(int fd, uint64_t start, uint64_t len, uint64_t page_s
             slots[i].start = start;
             slots[i].len = len;
             slots[i].page_size = page_size;
-            slots[i].owner = owner;
+            slots[i].owner_pidfd = owner_pidfd;
             atomic_store_explicit(&slots[i].fd, fd, memory_order_release);
             return i;
         }
@@ -122,7 +131,7 @@ int64_t pager_poison_guard_poison_all(void) {
         if (fd < 0) continue;
         if (unsupported) {
             // Every page of the range is out of reach with its owner (counted whole).
-            if (pager_stop_owner(slots[i].owner) == 0) total += (int64_t)(slots[i].len / slots[i].page_size);
+            if (pager_stop_owner_pidfd(slots[i].owner_pidfd) == 0) total += (int64_t)(slots[i].len / slots[i].page_size);
             continue;
         }
         int64_t n = pager_poison_missing(fd, slots[i].start, slots[i].len, slots[i].page_size);

@@ -14,6 +14,9 @@ public enum GuardianProcess {
         var uffd: FileDescriptor
         var ranges: [(range: AddressRange, pageSize: UInt64)] = []
         var owner: Int32 = 0
+        /// A pidfd of the owner, opened when the guard came (-1: none): a pid reused since is
+        /// never the one stopped.
+        var ownerPidfd: Int32 = -1
     }
 
     /// Serves `socket` until the daemon's end closes; returns the exit status (0, or 1 if the
@@ -51,11 +54,17 @@ public enum GuardianProcess {
                         say("ignored guard \(record.guardID) from pagerd (pid \(daemon)): its first record carries no userfaultfd")
                         continue
                     }
-                    guards[record.guardID] = Guarded(uffd: descriptors.removeFirst(), owner: Int32(bitPattern: record.owner))
+                    let owner = Int32(bitPattern: record.owner)
+                    // The daemon's own pid is never an owner (the record could only lie about it).
+                    let pidfd = owner > 0 && owner != daemon ? pager_owner_pidfd(owner) : -1
+                    guards[record.guardID] = Guarded(uffd: descriptors.removeFirst(), owner: owner, ownerPidfd: max(pidfd, -1))
                 }
                 guards[record.guardID]!.ranges.append((record.range, record.pageSize))
             case .release:
-                if let released = guards.removeValue(forKey: record.guardID) { try? released.uffd.close() }
+                if let released = guards.removeValue(forKey: record.guardID) {
+                    try? released.uffd.close()
+                    if released.ownerPidfd >= 0 { close(released.ownerPidfd) }
+                }
             }
         }
         guard !guards.isEmpty else { return status }
@@ -65,8 +74,7 @@ public enum GuardianProcess {
             var stopped: [Int32] = []
             var unknown = 0
             for g in guards.values {
-                // The daemon's own pid is never an owner (the record could only lie about it).
-                if g.owner > 0, g.owner != daemon, PoisonGuard.stopOwner(g.owner) == nil {
+                if g.ownerPidfd >= 0, pager_stop_owner_pidfd(g.ownerPidfd) == 0 {
                     stopped.append(g.owner)
                     try? g.uffd.close()
                 } else {
@@ -78,9 +86,11 @@ public enum GuardianProcess {
             say("pagerd (pid \(daemon)) ended holding the memory of \(guards.count) workload(s); this kernel cannot poison pages (no UFFDIO_POISON), so the workloads were killed (pids \(stopped.map(String.init).joined(separator: ", ")))" + (unknown > 0 ? "; \(unknown) could not be stopped: their userfaultfds stay open here until they exit (faults wait, never zeros)" : " (never zeros)"))
             // The copies not closed above are held until their workloads are gone; one
             // without a known owner, for as long as this process lives.
-            let waiting = guards.values.filter { $0.owner > 0 && $0.owner != daemon }.map(\.owner)
-            if unknown > waiting.count { while true { pause() } }
-            for owner in waiting { while kill(owner, 0) == 0 { sleep(1) } }
+            if guards.values.contains(where: { $0.ownerPidfd < 0 }) { while true { pause() } }
+            for pidfd in guards.values.map(\.ownerPidfd) {
+                var p = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
+                while poll(&p, 1, -1) < 0 && errno == EINTR {}
+            }
             return status
         }
         var pages = 0

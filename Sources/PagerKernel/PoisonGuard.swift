@@ -23,6 +23,9 @@ public final class PoisonGuard: @unchecked Sendable {
     private let ranges: [(range: AddressRange, pageSize: Int)]
     /// The process whose memory this is (from the handoff's `SO_PEERCRED`), if another one.
     public let owner: Int32?
+    /// Its pidfd, opened now: the one stopped is the process that handed the memory over, even
+    /// if its pid is reused later (-1: none).
+    private let ownerPidfd: Int32
     private let phase = Mutex(Phase.armed)
     private let slots: [Int32]
     /// The guardian's cover, while the guard is armed.
@@ -37,9 +40,11 @@ public final class PoisonGuard: @unchecked Sendable {
         self.uffd = uffd
         self.ranges = ranges
         self.owner = owner
-        slots = ranges.map { r in
+        let pidfd = owner.map { pager_owner_pidfd($0) } ?? -1
+        ownerPidfd = pidfd >= 0 ? pidfd : -1
+        slots = ranges.map { [ownerPidfd] r in
             uffd.withUnsafeDescriptor { fd in
-                pager_poison_guard_add(fd.rawValue, r.range.start, r.range.length, UInt64(r.pageSize), owner ?? 0)
+                pager_poison_guard_add(fd.rawValue, r.range.start, r.range.length, UInt64(r.pageSize), ownerPidfd)
             }
         }
         cover = Guardian.current.map { guardian in
@@ -94,6 +99,7 @@ public final class PoisonGuard: @unchecked Sendable {
         if case .armed = phase.withLock({ $0 }) { poisonMissing() }
         for slot in slots where slot >= 0 { pager_poison_guard_remove(slot) }
         if let cover { cover.guardian.uncover(cover.id) }
+        if ownerPidfd >= 0 { close(ownerPidfd) }
     }
 
     /// Whether every range got a slot in the fatal-signal handler's list (256 slots per
@@ -112,7 +118,15 @@ public final class PoisonGuard: @unchecked Sendable {
                 var pages = 0
                 if !Self.kernelCanPoison {
                     // Nothing can be poisoned: the owner goes, with every page it was missing.
-                    let failure = owner.map { Self.stopOwner($0) } ?? "the workload's process is not known"
+                    let failure: String?
+                    if owner == nil {
+                        failure = "the workload's process is not known"
+                    } else if ownerPidfd < 0 {
+                        failure = Self.stopOwner(owner!)
+                    } else {
+                        let r = pager_stop_owner_pidfd(ownerPidfd)
+                        failure = r == 0 ? nil : "\(Errno(rawValue: -r))"
+                    }
                     if let failure {
                         stopFailure.withLock { $0 = failure }
                         Self.holdOpen(uffd)

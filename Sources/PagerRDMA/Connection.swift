@@ -96,13 +96,7 @@ public final class RDMAConnection: @unchecked Sendable {
     /// `rdma_connect`) with `privateData` (the admission request), until `deadline`.
     public static func connect(to address: String, port: UInt16, privateData: [UInt8], settings: QueueSettings = QueueSettings(),
                                until deadline: Deadline) throws(KernelError) -> RDMAConnection {
-        guard let events = rdma_create_event_channel() else { throw verbsError("rdma_create_event_channel") }
-        var rawID: UnsafeMutablePointer<rdma_cm_id>? = nil
-        guard rdma_create_id(events, &rawID, nil, RDMA_PS_TCP) == 0, let id = rawID else {
-            let error = verbsError("rdma_create_id")
-            rdma_destroy_event_channel(events)
-            throw error
-        }
+        let (events, id) = try newIdentifier()
         func fail(_ error: KernelError) -> KernelError {
             rdma_destroy_id(id)
             rdma_destroy_event_channel(events)
@@ -191,6 +185,19 @@ func expect(_ type: rdma_cm_event_type, on events: UnsafeMutablePointer<rdma_eve
     }
 }
 
+/// A new event channel and an RDMA CM identifier on it (`rdma_create_event_channel`,
+/// `rdma_create_id`, reliable-connected port space); the caller destroys both.
+func newIdentifier() throws(KernelError) -> (UnsafeMutablePointer<rdma_event_channel>, UnsafeMutablePointer<rdma_cm_id>) {
+    guard let events = rdma_create_event_channel() else { throw verbsError("rdma_create_event_channel") }
+    var rawID: UnsafeMutablePointer<rdma_cm_id>? = nil
+    guard rdma_create_id(events, &rawID, nil, RDMA_PS_TCP) == 0, let id = rawID else {
+        let error = verbsError("rdma_create_id")
+        rdma_destroy_event_channel(events)
+        throw error
+    }
+    return (events, id)
+}
+
 /// The device's limits (`ibv_query_device`), nil if the query fails.
 func deviceAttributes(_ context: UnsafeMutablePointer<ibv_context>) -> ibv_device_attr? {
     var attributes = ibv_device_attr()
@@ -203,13 +210,7 @@ public final class RDMAListener: @unchecked Sendable {
     let id: UnsafeMutablePointer<rdma_cm_id>
 
     public init(address: String, port: UInt16 = 0, backlog: Int32 = 16) throws(KernelError) {
-        guard let events = rdma_create_event_channel() else { throw verbsError("rdma_create_event_channel") }
-        var rawID: UnsafeMutablePointer<rdma_cm_id>? = nil
-        guard rdma_create_id(events, &rawID, nil, RDMA_PS_TCP) == 0, let id = rawID else {
-            let error = verbsError("rdma_create_id")
-            rdma_destroy_event_channel(events)
-            throw error
-        }
+        let (events, id) = try newIdentifier()
         let bound = pager_rdma_bind_ipv4(id, address, port)
         if bound != 0 || rdma_listen(id, backlog) != 0 {
             let error = bound != 0 ? KernelError("rdma_bind_addr", Errno(rawValue: -bound), detail: "\(address):\(port)")

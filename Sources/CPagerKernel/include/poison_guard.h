@@ -15,10 +15,10 @@
 // Slots in the list: one per handed-over mapping (a workload brings one or a few).
 #define PAGER_POISON_GUARD_SLOTS 256
 
-// Enters [start, start+len) of userfaultfd `fd` (pages of `page_size` bytes), memory of process
-// `owner` (0: unknown, or this process). Returns the slot (>= 0), or -ENOSPC when every slot
-// is taken.
-int pager_poison_guard_add(int fd, uint64_t start, uint64_t len, uint64_t page_size, pid_t owner);
+// Enters [start, start+len) of userfaultfd `fd` (pages of `page_size` bytes), memory of the
+// process `owner_pidfd` refers to (-1: unknown, or this process; the caller keeps it open
+// while the slot lives). Returns the slot (>= 0), or -ENOSPC when every slot is taken.
+int pager_poison_guard_add(int fd, uint64_t start, uint64_t len, uint64_t page_size, int owner_pidfd);
 
 // The kernel has no UFFDIO_POISON (before Linux 6.6): from now on poison_all stops each
 // slot's owner (pager_stop_owner) instead of poisoning, since closing the userfaultfd would
@@ -26,9 +26,16 @@ int pager_poison_guard_add(int fd, uint64_t start, uint64_t len, uint64_t page_s
 void pager_poison_guard_set_unsupported(int unsupported);
 int pager_poison_guard_unsupported(void);
 
-// Kills `owner` (SIGKILL) and waits up to 5 s until it is gone (pidfd_open + poll).
-// Async-signal-safe. Returns 0 (also when it was already gone), -EINVAL for no owner or this
-// process, -ETIMEDOUT, or -errno of kill.
+// A pidfd of `owner` (pidfd_open): >= 0, -EINVAL for no owner or this process, or -errno.
+int pager_owner_pidfd(pid_t owner);
+
+// Kills the process `pidfd` refers to (pidfd_send_signal SIGKILL: never another process that
+// reused its pid) and waits up to 5 s until it is gone (poll on the pidfd). Async-signal-safe,
+// allocates nothing. Returns 0 (also when it was already gone), -EINVAL for no pidfd,
+// -ETIMEDOUT, or -errno.
+int pager_stop_owner_pidfd(int pidfd);
+
+// pager_owner_pidfd, then pager_stop_owner_pidfd: for an owner known only by its pid now.
 int pager_stop_owner(pid_t owner);
 
 // Takes a slot out of the list (its memory is all local, or no longer the process's to guard).
