@@ -53,6 +53,14 @@ public final class MemoryFile: @unchecked Sendable {
 
     deinit { try? descriptor.close() }
 
+    /// Whether `other` is open on the same file (`fstat`: device and inode), e.g. after a path
+    /// was opened again and may have been renamed or replaced meanwhile.
+    public func isSameFile(as other: MemoryFile) -> Bool {
+        var a = stat(), b = stat()
+        guard fstat(descriptor.rawValue, &a) == 0, fstat(other.descriptor.rawValue, &b) == 0 else { return false }
+        return a.st_dev == b.st_dev && a.st_ino == b.st_ino
+    }
+
     /// The file's size (`fstat`).
     public func size() throws(KernelError) -> Int {
         var st = stat()

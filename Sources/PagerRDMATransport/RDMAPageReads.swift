@@ -29,6 +29,8 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
 
     static let smallSlots = 512
     static let hugeSlots = 4
+    /// How long the reads thread polls for a completion before it sleeps on the channel.
+    static let spinNanoseconds: UInt64 = 20_000
 
     /// Connects the demand queue pair of `session` to the source at `address:port` (its RDMA
     /// CM listener, spec §4.15) with the admission request made under `admissionKey`, and
@@ -104,15 +106,34 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
                 return
             }
             if !events.isEmpty { continue }
-            // Nothing completed: arm the completion channel and look once more (a completion
-            // may have come before the arming), then sleep on it and on the connection's events.
+            // Nothing completed: poll a little longer (a READ on a NIC completes in
+            // microseconds, sooner than a wake-up), then arm the completion channel and look
+            // once more (a completion may have come before the arming), then sleep on it and on
+            // the connection's events.
+            let spinEnd = monotonicNanoseconds() + Self.spinNanoseconds
+            var spun: [ReadEvent] = []
+            while spun.isEmpty, state.withLock({ $0.reader?.pending ?? 0 }) > 0, monotonicNanoseconds() < spinEnd {
+                spun = poll(arm: false).events
+            }
+            if !spun.isEmpty {
+                handle(spun, arrived: arrived, failed: failed)
+                continue
+            }
             let (late, _, _) = poll(arm: true)
             if !late.isEmpty {
                 handle(late, arrived: arrived, failed: failed)
                 continue
             }
-            guard let ready = try? pollReadable([connection.completionDescriptor, connection.eventDescriptor], timeoutMilliseconds: 50,
-                                                detail: "RDMA completions") else { continue }
+            let ready: [Bool]
+            do {
+                ready = try pollReadable([connection.completionDescriptor, connection.eventDescriptor], timeoutMilliseconds: 50,
+                                         detail: "RDMA completions")
+            } catch {
+                logger.error("RDMA: \(error): what is in flight is asked for over TCP, and so is everything from now on")
+                abandonAll("the completion channel failed", failed)
+                waitUntilStopped()
+                return
+            }
             if ready[0] { try? connection.acknowledgeCompletionEvent() }
             if ready[1], let event = try? connection.nextEvent(until: .after(nanoseconds: 1_000_000)) {
                 logger.warning("RDMA: \(event) on the queue pair: what is in flight is asked for over TCP, and so is everything from now on")

@@ -41,6 +41,11 @@ extension ServedRegion {
     public func writableFileMapping() throws(KernelError) -> WritableFileMapping? {
         guard let owner else { return nil }
         let file = try MemoryFile(path: name, writable: true)
+        // The path may name another file by now (renamed, replaced): READ must serve the
+        // bytes TCP serves.
+        guard file.isSameFile(as: owner.file) else {
+            throw KernelError("open", .noSuchFileOrDirectory, detail: "\(name) is no longer the file this region serves")
+        }
         let mapping = try MemoryMapping.map(file, length: Int(length), shared: true, writable: true)
         guard Int(length) == owner.mapping.length else { return nil }
         return WritableFileMapping(file: file, mapping: mapping)
