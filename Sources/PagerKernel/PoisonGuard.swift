@@ -87,9 +87,11 @@ public final class PoisonGuard: @unchecked Sendable {
     /// Where the kernel cannot poison: kills `owner` and waits until it is gone (before the
     /// userfaultfd that holds its missing pages closes). Nil when it is gone, else why not.
     public static func stopOwner(_ owner: Int32) -> String? {
-        let r = pager_stop_owner(owner)
-        return r == 0 ? nil : "\(Errno(rawValue: -r))"
+        describeStop(pager_stop_owner(owner))
     }
+
+    /// A `pager_stop_owner*` result as ``stopOwner(_:)`` reports it.
+    private static func describeStop(_ result: Int32) -> String? { result == 0 ? nil : "\(Errno(rawValue: -result))" }
 
     /// Keeps `uffd` open for as long as this process lives: for a workload that could not be
     /// stopped where the kernel cannot poison (closing it would let the workload read zeros).
@@ -124,8 +126,7 @@ public final class PoisonGuard: @unchecked Sendable {
                     } else if ownerPidfd < 0 {
                         failure = Self.stopOwner(owner!)
                     } else {
-                        let r = pager_stop_owner_pidfd(ownerPidfd)
-                        failure = r == 0 ? nil : "\(Errno(rawValue: -r))"
+                        failure = Self.describeStop(pager_stop_owner_pidfd(ownerPidfd))
                     }
                     if let failure {
                         stopFailure.withLock { $0 = failure }

@@ -25,7 +25,6 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
     private let small: UnsafeMutableRawBufferPointer
     private let huge: UnsafeMutableRawBufferPointer
     private let logger: Logger
-    private let counts = Mutex((reads: 0, bytes: 0))
 
     static let smallSlots = 512
     static let hugeSlots = 4
@@ -67,8 +66,8 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
         huge.deallocate()
     }
 
-    public var readsCompleted: Int { counts.withLock { $0.reads } }
-    public var bytesRead: Int { counts.withLock { $0.bytes } }
+    public var readsCompleted: Int { state.withLock { $0.reader?.readsCompleted ?? 0 } }
+    public var bytesRead: Int { state.withLock { $0.reader?.bytesRead ?? 0 } }
 
     public func take(_ requests: [PageRequest]) -> [PageRequest] {
         state.withLock { state in
@@ -168,7 +167,6 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
             case .arrived(let target, let pool, let slots, let bytes):
                 let requests = state.withLock { $0.waiting.removeValue(forKey: target) } ?? []
                 for request in requests { arrived(request, bytes) }
-                counts.withLock { $0.reads += 1; $0.bytes += bytes.count }
                 state.withLock { $0.reader?.release(pool: pool, slots: slots) }
             case .failed(let target, let status):
                 logger.warning("RDMA: READ of \(target) \(status): asked for over TCP")

@@ -47,7 +47,6 @@ extension ServedRegion {
             throw KernelError("open", .noSuchFileOrDirectory, detail: "\(name) is no longer the file this region serves")
         }
         let mapping = try MemoryMapping.map(file, length: Int(length), shared: true, writable: true)
-        guard Int(length) == owner.mapping.length else { return nil }
         return WritableFileMapping(file: file, mapping: mapping)
     }
 }
