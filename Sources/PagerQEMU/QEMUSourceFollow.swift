@@ -207,7 +207,9 @@ final class ResumeGuard: @unchecked Sendable {
                 }
             }
         } catch {
-            // QMP closed: QEMU is gone (the manager destroyed it after the migration).
+            // QMP closed: QEMU is gone (the manager destroyed it after the migration). Said,
+            // in case it was something else.
+            logger.info("the watch on the source QEMU ended: \(error)")
         }
     }
 
