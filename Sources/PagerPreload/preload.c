@@ -31,9 +31,9 @@
  *        with PAGEMAP_SCAN, and the kernel resolves every write by itself (QEMU never waits
  *        on the daemon). The library keeps no copy, so tracking ends when the daemon closes it.
  *   'F'  the fence: the whole mapping write-protected for good on a userfaultfd this library
- *        keeps and never reads, answered {"fenced":true,"size":N}. pagerd asks once the
- *        migration has completed: a resumed source cannot change its RAM (its vCPUs wait in
- *        the kernel) and pagerd kills it.
+ *        keeps, answered {"fenced":true,"size":N}. pagerd asks once the migration has
+ *        completed: a resumed source cannot change its RAM (its vCPUs wait in the kernel),
+ *        the library kills its QEMU at the first such write, and pagerd kills it on RESUME.
  * A failure is answered with {"error": "..."} and leaves QEMU running untouched.
  *
  * Without PAGER_RAM_PATH the library does nothing.

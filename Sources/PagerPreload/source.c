@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <linux/magic.h>
 #include <linux/userfaultfd.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -28,7 +29,7 @@ static struct {
     int complete; /* arrived: the pager said every page is local ({"all_local":true}) */
 } tracked = { .listener = -1 };
 
-/* The fence's userfaultfd, never closed and never read once set: see fence(). */
+/* The fence's userfaultfd, never closed once set; read only by fence_thread: see fence(). */
 static int fence_uffd = -1;
 
 int pager_source_offered(void) { return tracked.listener >= 0; }
@@ -112,11 +113,33 @@ static void serve_tracker(int s) {
     close(uffd); /* the daemon holds the only reference now: closing it ends the tracking */
 }
 
+/* Reads the fence's userfaultfd: the first write to fenced RAM (a vCPU or device of a QEMU
+ * resumed after its guest went to a destination) kills this QEMU, loudly, without waiting
+ * for pagerd's watch on QMP (which ends with the daemon). The write itself never happens:
+ * it waits in the kernel, and nothing here resolves it. */
+static void *fence_thread(void *unused) {
+    (void)unused;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    for (;;) {
+        struct pollfd p = { .fd = fence_uffd, .events = POLLIN };
+        if (poll(&p, 1, -1) < 0) continue;
+        struct uffd_msg msg;
+        if (read(fence_uffd, &msg, sizeof msg) != (ssize_t)sizeof msg) continue;
+        if (msg.event != UFFD_EVENT_PAGEFAULT || !(msg.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)) continue;
+        dprintf(2, "pager-preload: FATAL: a write to the fenced guest RAM (at 0x%llx): this QEMU runs again after its guest went to a destination; killing it so that the guest never runs twice\n",
+                (unsigned long long)msg.arg.pagefault.address);
+        kill(getpid(), SIGKILL);
+    }
+    return NULL;
+}
+
 /* 'F': write-protects the whole RAM mapping for good. The daemon asks once QEMU's migration
  * has completed (the destination's guest may run from then on): a `cont` of this QEMU then
  * cannot change one byte of its RAM. A vCPU or device writing to it waits in the kernel on
- * this userfaultfd, which nobody reads or closes (this process keeps it, so neither the
- * daemon's exit nor its crash lifts the fence); only killing QEMU ends the wait. */
+ * this userfaultfd, which this process keeps (neither the daemon's exit nor its crash lifts
+ * the fence) and which fence_thread reads to kill QEMU at the first such write. */
 static void fence(int s) {
     char json[256];
     if (fence_uffd < 0 && tracked.arrived) {
@@ -153,6 +176,17 @@ static void fence(int s) {
         }
         fence_uffd = uffd;
         dprintf(2, "pager-preload: guest RAM fenced (write-protected for good): this QEMU cannot run its guest again\n");
+    }
+    static int watching;
+    if (!watching) {
+        pthread_t t;
+        int rc = pthread_create(&t, NULL, fence_thread, NULL);
+        if (rc == 0) {
+            pthread_detach(t);
+            watching = 1;
+        } else {
+            dprintf(2, "pager-preload: cannot start the fence's watch thread (%s): the fence holds, but only pagerd's watch on QMP kills a resumed QEMU\n", strerror(rc));
+        }
     }
     snprintf(json, sizeof json, "{\"fenced\":true,\"size\":%zu}", tracked.length);
     (void)pager_send_json(s, json, -1);

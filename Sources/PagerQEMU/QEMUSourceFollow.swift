@@ -168,12 +168,19 @@ public struct QEMUSourceFollower {
     private func guardAgainstResume(_ qmp: QMP) throws -> ResumeGuard {
         qmp.discardEvents() // a RESUME of hours ago (virsh suspend, resume) is not one now
         let pid = qmp.pid
+        let qemu = ProcessHandle(pid) // before the fence: QEMU may be destroyed meanwhile
         let watch = try ResumeGuard(qmp: qmp, logger: logger)
         do {
             let bytes = try SourcePreload.fenceGuestRAM(socket: preloadSocket, qemu: pid)
             logger.info("source RAM fenced (\(bytes >> 20) MiB write-protected for good): this QEMU cannot run its guest again")
         } catch {
-            logger.error("the fence failed (\(error)): only the watch on QMP, while this daemon runs, keeps this QEMU from running its guest again")
+            // A manager (libvirt) destroys the source once the migration completed, maybe
+            // while the fence is asked for: then nothing is left that could run the guest.
+            if qemu.waitForExit(timeoutMilliseconds: 3000) {
+                logger.info("the source QEMU (process \(pid)) exited before its RAM was fenced (its manager destroyed it): it cannot run its guest again")
+            } else {
+                logger.error("the fence failed (\(error)): only the watch on QMP, while this daemon runs, keeps this QEMU from running its guest again")
+            }
         }
         return watch
     }
