@@ -127,9 +127,11 @@ static void *fence_thread(void *unused) {
         if (poll(&p, 1, -1) < 0) continue;
         struct uffd_msg msg;
         if (read(fence_uffd, &msg, sizeof msg) != (ssize_t)sizeof msg) continue;
-        if (msg.event != UFFD_EVENT_PAGEFAULT || !(msg.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)) continue;
-        dprintf(2, "pager-preload: FATAL: a write to the fenced guest RAM (at 0x%llx): this QEMU runs again after its guest went to a destination; killing it so that the guest never runs twice\n",
-                (unsigned long long)msg.arg.pagefault.address);
+        /* Other events (an arrived mapping's pager may have asked for them) are let pass. A
+         * missing-page fault (an arrived mapping: a hole punched since) would wait for good. */
+        if (msg.event != UFFD_EVENT_PAGEFAULT) continue;
+        dprintf(2, "pager-preload: FATAL: %s the fenced guest RAM (at 0x%llx): this QEMU runs again after its guest went to a destination; killing it so that the guest never runs twice\n",
+                msg.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP ? "a write to" : "an access to a missing page of", (unsigned long long)msg.arg.pagefault.address);
         kill(getpid(), SIGKILL);
     }
     return NULL;
