@@ -20,7 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MAGIC = 0x50475231
 T = dict(HELLO=0x0001, WELCOME=0x0002, AUTH_CHALLENGE=0x0003, AUTH_RESPONSE=0x0004, AUTH_CONFIRM=0x0005,
          REGION=0x0010, PAGE_REQUEST=0x0020, PAGE_DATA=0x0021, INVALIDATE=0x0030, INVALIDATE_ACK=0x0031, SWITCHED=0x0032,
-         PUSH_COMPLETE=0x0040, COMPLETE=0x0041, COMPLETE_ACK=0x0042, RECEIVED=0x0043, PING=0x0050, PONG=0x0051,
+         PUSH_COMPLETE=0x0040, COMPLETE=0x0041, COMPLETE_ACK=0x0042, RECEIVED=0x0043, PUSH_READ=0x0044, PING=0x0050, PONG=0x0051,
          RDMA_KEY=0x0060, GOODBYE=0x007E, ERROR=0x007F)
 CODES = {1: "malformed-frame", 2: "unsupported-version", 3: "unknown-region", 4: "out-of-range", 5: "misaligned",
          6: "too-large", 7: "authentication-failed", 8: "io-error", 9: "unexpected-message", 10: "shutting-down",
@@ -177,6 +177,9 @@ def valid():
               "COMPLETE_ACK region=all"))
     v.append(("keepalive", frame("PING", 0, struct.pack(">QQ", 42, 123456789)), "PING token=0x2a timestamp=0x75bcd15"))
     v.append(("keepalive answer", frame("PONG", 0, struct.pack(">QQ", 42, 123456789)), "PONG token=0x2a timestamp=0x75bcd15"))
+    v.append(("the push of 512 KiB of region 1 left to an RDMA READ",
+              frame("PUSH_READ", 0, struct.pack(">IIQ", 1, 512 << 10, 0x40000000)),
+              "PUSH_READ region=1 offset=0x40000000 length=0x80000"))
     v.append(("RDMA memory key for region 1",
               frame("RDMA_KEY", 0, struct.pack(">IIQQ", 1, 0xABCD, 0x7F0000000000, 1 << 30)),
               "RDMA_KEY region=1 rkey=0xabcd address=0x7f0000000000 length=0x40000000"))
@@ -210,6 +213,9 @@ def invalid():
     v.append(("offset + length passes 2^64", "field-out-of-range",
               frame("PAGE_REQUEST", 1, struct.pack(">IIQQ", 7, 1, 0xFFFFFFFFFFFFF000, 0x2000))))
     v.append(("urgent and prefetch together", "field-out-of-range", frame("PAGE_REQUEST", 3, ok_req)))
+    v.append(("PUSH_READ of more than 2 MiB", "field-out-of-range", frame("PUSH_READ", 0, struct.pack(">IIQ", 1, 4 << 20, 0))))
+    v.append(("PUSH_READ length not a multiple of 4096", "misaligned", frame("PUSH_READ", 0, struct.pack(">IIQ", 1, 0x1800, 0))))
+    v.append(("PUSH_READ of nothing", "field-out-of-range", frame("PUSH_READ", 0, struct.pack(">IIQ", 1, 0, 0x1000))))
     v.append(("raw PAGE_DATA with fewer bytes than its length", "field-out-of-range",
               frame("PAGE_DATA", 0, data_hdr(0x2000, 0) + bytes(4096))))
     v.append(("unknown encoding 7", "field-out-of-range", frame("PAGE_DATA", 0, data_hdr(0x1000, 7) + bytes(4096))))

@@ -7,8 +7,9 @@
 #      mid-migration: each time the workload is killed (no page can be poisoned there), never
 #      left to read zeros, and pagerd dest (or its guardian) says so;
 #   4. pagerd source --rdma and pagerd dest --transport rdma on rxe0: a migration with faults
-#      read by RDMA READ (without and with the TCP push), and one whose RDMA device is deleted
-#      mid-migration (recovered over TCP): every page checked by the workload each time.
+#      read by RDMA READ (without the push, and with the push read by RDMA READ too: PUSH_READ
+#      on the push queue pair), and one whose RDMA device is deleted mid-migration (recovered
+#      over TCP): every page checked by the workload each time.
 # Prints `ok NAME: ...` or `FAIL NAME: ...` per check and last `guest tests: N passed, M failed`.
 passed=0
 failed=0
@@ -110,11 +111,11 @@ rdma_migrate() {
     workload=$!
     [ -z "$during" ] || { sleep 1; eval "$during"; }
     finish
-    reads=$(grep -o '[0-9]* RDMA READs brought [0-9]* KiB, [0-9]* requests asked again over TCP' /tmp/dest.log | tail -1)
+    reads=$(grep -o "[0-9]* RDMA READs brought [0-9]* KiB, the push's [0-9]* READs [0-9]* KiB, [0-9]* requests asked again over TCP" /tmp/dest.log | tail -1)
     count=${reads%% *}
     if [ "$workload_status" = 0 ] && [ "$dest_status" = 0 ] && grep -q "ok pages=16384 .*mismatches=0" /tmp/workload.log \
         && [ -n "$count" ] && [ "$count" -gt 0 ] && { [ -z "$expect" ] || grep -q "$expect" /tmp/dest.log; }; then
-        ok "$name: every page right; $(grep -o 'pagerd dest: [0-9]* pages.*' /tmp/dest.log | head -1 | cut -c14-); $reads; $(grep -oE 'faults +[0-9]+, fault to install: p50 [0-9.]+' /tmp/dest.log | tr -s ' ')"
+        ok "$name: every page right; $(grep -o 'pagerd dest: [0-9]* pages.*' /tmp/dest.log | head -1 | cut -c14-); $reads; $(grep -oE 'faults +[0-9]+, fault to install: p50 [0-9.]+' /tmp/dest.log | tr -s ' '); source: $(grep -oE '[0-9]+ MiB sent as bytes, [0-9]+ MiB left to RDMA READs' /tmp/source.log)"
     else
         echo "--- workload (exit $workload_status)"; tail -3 /tmp/workload.log
         echo "--- dest (exit $dest_status)"; tail -14 /tmp/dest.log
@@ -139,7 +140,8 @@ fi
 kill $source 2> /dev/null
 wait $source 2> /dev/null
 during= expect= rdma_migrate rdma-migration-demand-only --no-push
-during= expect= rdma_migrate rdma-migration-with-push
+# The push by READ (PUSH_READ on the push queue pair): the source sends no page data itself.
+during= expect="the push's [1-9][0-9]* READs" rdma_migrate rdma-migration-with-push-by-read
 # The device goes mid-migration (its queue pairs with it): what was in flight, and every
 # fault after, comes over TCP; every page still right.
 during='/usr/bin/rdma link delete rxe0 > /tmp/link-delete.log 2>&1 &' expect="on the queue pair: what is in flight is asked for over TCP" \

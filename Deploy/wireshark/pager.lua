@@ -29,7 +29,7 @@ local DEFAULT_PORT = 7070
 local TYPES = {
     [0x0001] = "HELLO", [0x0002] = "WELCOME", [0x0003] = "AUTH_CHALLENGE", [0x0004] = "AUTH_RESPONSE",
     [0x0005] = "AUTH_CONFIRM", [0x0010] = "REGION", [0x0020] = "PAGE_REQUEST", [0x0021] = "PAGE_DATA",
-    [0x0030] = "INVALIDATE", [0x0031] = "INVALIDATE_ACK", [0x0032] = "SWITCHED", [0x0040] = "PUSH_COMPLETE",
+    [0x0030] = "INVALIDATE", [0x0031] = "INVALIDATE_ACK", [0x0032] = "SWITCHED", [0x0040] = "PUSH_COMPLETE", [0x0044] = "PUSH_READ",
     [0x0041] = "COMPLETE", [0x0042] = "COMPLETE_ACK", [0x0043] = "RECEIVED", [0x0050] = "PING",
     [0x0051] = "PONG", [0x0060] = "RDMA_KEY", [0x007E] = "GOODBYE", [0x007F] = "ERROR",
 }
@@ -149,6 +149,9 @@ def("ping.token", "uint64", "Token", H)
 def("ping.timestamp", "uint64", "Timestamp (ns)", H)
 def("pong.token", "uint64", "Token", H)
 def("pong.timestamp", "uint64", "Timestamp (ns)", H)
+def("push_read.region_id", "uint32", "Region id", D)
+def("push_read.length", "uint32", "Length", H)
+def("push_read.offset", "uint64", "Offset", H)
 def("rdma_key.region_id", "uint32", "Region id", D)
 def("rdma_key.rkey", "uint32", "Remote key", H)
 def("rdma_key.address", "uint64", "Address", H)
@@ -580,6 +583,16 @@ local function ping(name, prefix)
 end
 decode[0x0050] = ping("PING", "ping")
 decode[0x0051] = ping("PONG", "pong")
+
+decode[0x0044] = function(r)
+    local region = r:u32("push_read.region_id")
+    local length, lrange = r:u32("push_read.length")
+    local offset = r:u64("push_read.offset")
+    r:expect_end()
+    check_range("PUSH_READ", offset, UInt64(length), "", r:all())
+    if length > 2097152 then out_of_range("PUSH_READ", "length", length, "at most 2097152", lrange) end
+    return string.format("PUSH_READ region=%d offset=%s length=%s", region, hex(offset), hex(UInt64(length)))
+end
 
 decode[0x0060] = function(r)
     local region = r:u32("rdma_key.region_id"); r:u32("rdma_key.rkey"); r:u64("rdma_key.address")

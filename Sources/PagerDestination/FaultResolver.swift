@@ -55,6 +55,10 @@ public final class FaultResolver: @unchecked Sendable {
         public var progress: MigrationProgress?
         /// One-sided reads of the source's memory (RDMA): faults are read there first.
         public var pageReads: (any PageReads)?
+        /// READs of the push's PUSH_READ ranges (RDMA, the push queue pair): every range is
+        /// taken (what cannot be posted yet is queued there); one handed back could not be
+        /// read at all and comes over TCP.
+        public var pushReads: (any PageReads)?
         /// The session negotiated `rdma`: RDMA_KEY frames are expected even where no reads
         /// could be set up (they are then ignored, and every page comes over TCP).
         public var rdmaNegotiated = false
@@ -273,6 +277,10 @@ public final class FaultResolver: @unchecked Sendable {
             report.reads = reads.readsCompleted
             report.readBytes = UInt64(reads.bytesRead)
         }
+        if let reads = configuration.pushReads {
+            report.pushReads = reads.readsCompleted
+            report.pushReadBytes = UInt64(reads.bytesRead)
+        }
         report.seconds = Double(monotonicNanoseconds() - started) / 1e9
         return report
     }
@@ -321,6 +329,7 @@ public final class FaultResolver: @unchecked Sendable {
     /// (each sees the migration is over and returns).
     private func stopThreads() {
         configuration.pageReads?.stop()
+        configuration.pushReads?.stop()
         let last = lock.withLock { $0.link }
         last.demand.shutdown()
         last.push?.shutdown()

@@ -23,6 +23,12 @@ public protocol PageReads: AnyObject, Sendable {
     var bytesRead: Int { get }
 }
 
+extension FaultResolver.Configuration {
+    /// The session negotiated rdma, or reads were set up for it: RDMA_KEY and PUSH_READ
+    /// frames are expected.
+    var usesRDMA: Bool { rdmaNegotiated || pageReads != nil || pushReads != nil }
+}
+
 extension FaultResolver {
     /// Requests offered to the reads first (urgent before nearby, each in order); the rest
     /// for the demand connection.
@@ -32,29 +38,42 @@ extension FaultResolver {
         if !out.nearby.isEmpty { out.nearby = reads.take(out.nearby) }
     }
 
-    /// Starts the thread that installs what the reads bring (as the demand receiver installs
-    /// PAGE_DATA) and asks again over TCP for what they could not.
+    /// Starts the threads that install what the reads bring (as the receivers install
+    /// PAGE_DATA: the fault reads as demand data, the push's as push data) and ask again over
+    /// TCP for what they could not.
     func startReads() throws(ResolveError) {
-        guard let reads = configuration.pageReads else { return }
-        do {
-            let thread = try KernelThread(name: "dst-reads") { [self] in
-                if configuration.urgentDemand { makeCurrentThreadUrgent() }
-                let assembly = UnitAssembly(unit: unit)
-                reads.serve(arrived: { request, bytes in
-                    lastHeard.store(monotonicNanoseconds(), ordering: .relaxed)
-                    let header = PageDataHeader(requestID: request.requestID, region: request.region, offset: request.offset,
-                                                length: UInt64(bytes.count), flags: request.flags.contains(.urgent) ? .urgent : [],
-                                                encoding: .raw)
-                    bytesReceived.add(UInt64(bytes.count), ordering: .relaxed)
-                    wakeAll(deliver(header, bytes, assembly: assembly, forFault: true))
-                }, failed: { requests in
-                    askAgain(requests)
-                })
+        for (reads, push) in [(configuration.pageReads, false), (configuration.pushReads, true)] {
+            guard let reads else { continue }
+            do {
+                let thread = try KernelThread(name: push ? "dst-push-reads" : "dst-reads") { [self] in
+                    if push && configuration.backgroundPush { try? makeCurrentThreadBackground() }
+                    if !push && configuration.urgentDemand { makeCurrentThreadUrgent() }
+                    let assembly = UnitAssembly(unit: unit)
+                    reads.serve(arrived: { request, bytes in
+                        lastHeard.store(monotonicNanoseconds(), ordering: .relaxed)
+                        let flags: PageDataHeader.Flags = push ? .push : request.flags.contains(.urgent) ? .urgent : []
+                        let header = PageDataHeader(requestID: request.requestID, region: request.region, offset: request.offset,
+                                                    length: UInt64(bytes.count), flags: flags, encoding: .raw)
+                        bytesReceived.add(UInt64(bytes.count), ordering: .relaxed)
+                        wakeAll(deliver(header, bytes, assembly: assembly, forFault: !push))
+                    }, failed: { requests in
+                        askAgain(requests)
+                    })
+                }
+                spawned.change { $0.append(thread) }
+            } catch {
+                throw .kernel(error)
             }
-            spawned.change { $0.append(thread) }
-        } catch {
-            throw .kernel(error)
         }
+    }
+
+    /// A PUSH_READ (§4.11a) for this destination's region: its range handed to the push's
+    /// READs; without them (no push queue pair here), or when they cannot read it, asked for
+    /// over TCP.
+    func pushRead(offset: UInt64, length: UInt32) {
+        let request = PageRequest(requestID: 0, region: region.id, offset: offset, length: UInt64(length), flags: [])
+        let rest = configuration.pushReads?.take([request]) ?? [request]
+        if !rest.isEmpty { askAgain(rest) }
     }
 
     /// Pages a read did not bring: asked for on the demand connection. While the connections

@@ -96,20 +96,34 @@ extension FaultResolver {
             endings.change { $0.completeAcknowledged = true }
         case .message(.completeAck):
             break // for a region this destination declined
+        case .message(.pushRead(let r, _, _)) where r != region.id:
+            // Another region of the source's: announced (else a lie), not mapped here.
+            guard configuration.otherRegions.contains(r), configuration.usesRDMA else {
+                return misbehaved(.sourceMisbehaved("PUSH_READ for region \(r), which the source did not announce\(configuration.usesRDMA ? "" : " (and rdma was not negotiated)")"))
+            }
+        case .message(.pushRead(_, let offset, let length)):
+            guard configuration.usesRDMA, role == .push else {
+                return misbehaved(.sourceMisbehaved("PUSH_READ \(configuration.usesRDMA ? "on the demand channel" : "but the session did not negotiate rdma")"))
+            }
+            guard fits(offset, UInt64(length), within: region.length), offset % region.pageSize == 0, UInt64(length) % region.pageSize == 0 else {
+                return misbehaved(.sourceMisbehaved("PUSH_READ at \(hex(offset))+\(hex(UInt64(length))) is not whole pages of region \(region.id) (\(hex(region.length)) bytes, \(region.pageSize >> 10) KiB pages)"))
+            }
+            pushRead(offset: offset, length: length)
         case .message(.rdmaKey(let r, _, _, _)) where r != region.id:
             // Another region of the source's: announced (else a lie), not mapped here.
             guard configuration.otherRegions.contains(r) else {
                 return misbehaved(.sourceMisbehaved("RDMA_KEY for region \(r), which the source did not announce"))
             }
         case .message(.rdmaKey(let r, let rkey, let address, let length)):
-            guard let reads = configuration.pageReads else {
-                // A session that negotiated rdma whose queue pair this side could not set up
-                // goes on over TCP; without rdma negotiated, a key is a lie.
-                if configuration.rdmaNegotiated { break }
+            guard configuration.usesRDMA else {
                 return misbehaved(.sourceMisbehaved("RDMA_KEY for region \(r), but the session did not negotiate rdma"))
             }
+            // Both queue pairs read with it (one protection domain per session). A session
+            // whose queue pairs this side could not set up goes on over TCP: the key is unused.
             do {
-                try reads.grant(region: r, rkey: rkey, address: address, length: length, regionLength: region.length)
+                for reads in [configuration.pageReads, configuration.pushReads].compactMap({ $0 }) {
+                    try reads.grant(region: r, rkey: rkey, address: address, length: length, regionLength: region.length)
+                }
             } catch {
                 return misbehaved(.sourceMisbehaved("\(error)"))
             }

@@ -87,6 +87,9 @@ public struct ResolveReport: Sendable {
     public var reads = 0
     public var readBytes: UInt64 = 0
     public var readsAskedAgain = 0
+    /// The push's READs (PUSH_READ, §4.11a) that brought their pages, and their bytes.
+    public var pushReads = 0
+    public var pushReadBytes: UInt64 = 0
     public var seconds: Double = 0
 }
 

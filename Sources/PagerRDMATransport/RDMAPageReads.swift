@@ -10,6 +10,11 @@ import Synchronization
 /// source, admitted with the session's admission key, READs into staging pools of 4 KiB and
 /// 2 MiB slots registered in its domain. A failed or flushed READ, or a lost queue pair, puts
 /// its requests back for TCP; from the first failure on every request goes over TCP.
+///
+/// The demand channel's reads take what they can post now (a fault must not wait for a slot:
+/// the rest goes over TCP at once). The push channel's (PUSH_READ, §4.11a) take every range
+/// they hold a key for, post what the slots allow and queue the rest, posting it in order as
+/// completions free slots.
 public final class RDMAPageReads: PageReads, @unchecked Sendable {
     private struct State {
         var reader: RDMAReader?
@@ -18,6 +23,8 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
         var stopped = false
         /// The queue pair failed or went: nothing more is taken.
         var dead = false
+        /// Push ranges taken, not yet posted (no free slot), in order.
+        var backlog: [PageRequest] = []
     }
     private let state = Mutex(State())
     private var connection: RDMAConnection?
@@ -25,23 +32,31 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
     private let small: UnsafeMutableRawBufferPointer
     private let huge: UnsafeMutableRawBufferPointer
     private let logger: Logger
+    /// Queue what cannot be posted yet (the push channel) rather than hand it back.
+    private let queueing: Bool
 
-    static let smallSlots = 512
-    static let hugeSlots = 4
+    /// 4 KiB and 2 MiB slots per channel: faults and their neighbours (2 MiB), the push's
+    /// 512 KiB ranges sixteen at a time (8 MiB).
+    static func slots(_ channel: AdmissionRequest.Channel) -> (small: Int, huge: Int) {
+        channel == .demand ? (512, 4) : (2048, 4)
+    }
     /// How long the reads thread polls for a completion before it sleeps on the channel.
     static let spinNanoseconds: UInt64 = 20_000
 
-    /// Connects the demand queue pair of `session` to the source at `address:port` (its RDMA
-    /// CM listener, spec §4.15) with the admission request made under `admissionKey`, and
-    /// registers the staging pools.
-    public init(address: String, port: UInt16, session: UInt64, admissionKey: [UInt8], logger: Logger,
-                timeoutMilliseconds: Int = 10_000) throws(KernelError) {
+    /// Connects the demand (or with `push` the push) queue pair of `session` to the source at
+    /// `address:port` (its RDMA CM listener, spec §4.15) with the admission request made under
+    /// `admissionKey`, and registers the staging pools.
+    public init(address: String, port: UInt16, session: UInt64, admissionKey: [UInt8], push: Bool = false,
+                logger: Logger, timeoutMilliseconds: Int = 10_000) throws(KernelError) {
         self.logger = logger
-        let request = AdmissionRequest(channel: .demand, session: session, key: admissionKey)
+        queueing = push
+        let channel: AdmissionRequest.Channel = push ? .push : .demand
+        let request = AdmissionRequest(channel: channel, session: session, key: admissionKey)
         let connection = try RDMAConnection.connect(to: address, port: port, privateData: request.bytes,
                                                     until: .after(nanoseconds: UInt64(timeoutMilliseconds) * 1_000_000))
-        small = .allocate(byteCount: Self.smallSlots * basePageSize, alignment: basePageSize)
-        huge = .allocate(byteCount: Self.hugeSlots * hugePageSize, alignment: hugePageSize)
+        let slots = Self.slots(channel)
+        small = .allocate(byteCount: slots.small * basePageSize, alignment: basePageSize)
+        huge = .allocate(byteCount: slots.huge * hugePageSize, alignment: hugePageSize)
         // Every stored property is set from here: a throw below runs deinit, which frees the
         // pools (after whatever registration was made).
         let smallRegion = try connection.domain.register(small.baseAddress!, length: small.count, access: .localWrite)
@@ -49,8 +64,8 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
         let hugeRegion = try connection.domain.register(huge.baseAddress!, length: huge.count, access: .localWrite)
         registrations.append(hugeRegion)
         let reader = RDMAReader(queue: connection.queue, pools: [
-            StagingMemory(base: small.baseAddress!, slotSize: basePageSize, count: Self.smallSlots, lkey: smallRegion.lkey),
-            StagingMemory(base: huge.baseAddress!, slotSize: hugePageSize, count: Self.hugeSlots, lkey: hugeRegion.lkey),
+            StagingMemory(base: small.baseAddress!, slotSize: basePageSize, count: slots.small, lkey: smallRegion.lkey),
+            StagingMemory(base: huge.baseAddress!, slotSize: hugePageSize, count: slots.huge, lkey: hugeRegion.lkey),
         ], maximumPending: connection.settings.sendDepth)
         state.withLock { $0.reader = reader }
         self.connection = connection
@@ -72,13 +87,40 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
     public func take(_ requests: [PageRequest]) -> [PageRequest] {
         state.withLock { state in
             guard !state.stopped, !state.dead, let reader = state.reader else { return requests }
-            let targets = requests.map { ReadTarget(region: $0.region, offset: $0.offset, length: Int($0.length)) }
-            let notPosted = Set(reader.read(targets))
-            var rest: [PageRequest] = []
-            for (request, target) in zip(requests, targets) {
-                if notPosted.contains(target) { rest.append(request) } else { state.waiting[target, default: []].append(request) }
+            guard queueing else { return Self.post(requests, &state, reader) }
+            // A range without a key could never be read: handed back (TCP).
+            var unreadable: [PageRequest] = []
+            for r in requests {
+                if reader.keys.remote(for: Self.target(r)) == nil { unreadable.append(r) } else { state.backlog.append(r) }
             }
-            return rest
+            postBacklog(&state)
+            return unreadable
+        }
+    }
+
+    private static func target(_ r: PageRequest) -> ReadTarget { ReadTarget(region: r.region, offset: r.offset, length: Int(r.length)) }
+
+    /// Posts what it can of `requests` (one chain); returns the rest, in order.
+    private static func post(_ requests: [PageRequest], _ state: inout State, _ reader: RDMAReader) -> [PageRequest] {
+        let targets = requests.map(target)
+        let notPosted = Set(reader.read(targets))
+        var rest: [PageRequest] = []
+        for (request, target) in zip(requests, targets) {
+            if notPosted.contains(target) { rest.append(request) } else { state.waiting[target, default: []].append(request) }
+        }
+        return rest
+    }
+
+    /// Posts the push backlog from its front, a chain at a time, until a range does not fit.
+    private func postBacklog(_ state: inout State) {
+        guard let reader = state.reader else { return }
+        while !state.backlog.isEmpty, !state.dead {
+            let chain = Array(state.backlog.prefix(VerbsQueue.maximumChain))
+            let rest = Self.post(chain, &state, reader)
+            state.backlog.removeFirst(chain.count)
+            state.backlog.insert(contentsOf: rest, at: 0)
+            if reader.state != .live { state.dead = true }
+            if !rest.isEmpty { return }
         }
     }
 
@@ -167,7 +209,10 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
             case .arrived(let target, let pool, let slots, let bytes):
                 let requests = state.withLock { $0.waiting.removeValue(forKey: target) } ?? []
                 for request in requests { arrived(request, bytes) }
-                state.withLock { $0.reader?.release(pool: pool, slots: slots) }
+                state.withLock { state in
+                    state.reader?.release(pool: pool, slots: slots)
+                    if queueing { postBacklog(&state) }
+                }
             case .failed(let target, let status):
                 logger.warning("RDMA: READ of \(target) \(status): asked for over TCP")
                 failed(state.withLock { $0.waiting.removeValue(forKey: target) } ?? [])
@@ -185,8 +230,11 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
         let requests = state.withLock { state -> [PageRequest] in
             state.dead = true
             _ = state.reader?.abandon(reason: reason)
-            defer { state.waiting.removeAll() }
-            return state.waiting.values.flatMap { $0 }
+            defer {
+                state.waiting.removeAll()
+                state.backlog.removeAll()
+            }
+            return state.waiting.values.flatMap { $0 } + state.backlog
         }
         if !requests.isEmpty { failed(requests) }
     }

@@ -68,6 +68,14 @@ public final class RDMAReadService: ReadService, @unchecked Sendable {
         for c in ended?.connections ?? [] { c.connection.disconnect() }
     }
 
+    public func pushGrant(session: UInt64, region: UInt32) -> ReadGrant? {
+        state.withLock { state in
+            guard let s = state.sessions[session], s.connections.contains(where: { $0.channel == .push }),
+                  let registration = s.registrations[region] else { return nil }
+            return ReadGrant(region: region, rkey: registration.rkey, address: registration.address, length: UInt64(registration.length))
+        }
+    }
+
     /// Connection requests, and the events of the queue pairs admitted (a disconnect or a
     /// device removal takes a queue pair out of its session, freeing its channel for a new one).
     private func acceptLoop() {

@@ -104,6 +104,9 @@ extension SourceServer {
         // PUSH_COMPLETE goes once per region on this connection: a prefetch answered after
         // it moves the cursor back into the region, which then has nothing unsent again.
         var completed = Set<UInt32>()
+        // The keys sent on this connection ahead of its PUSH_READs (the same connection: the
+        // destination has the key before the first READ it is asked to make).
+        var keyed: [UInt32: ReadGrant] = [:]
         while session.isCurrent(.push, generation) {
             // A map may have been applied before this loop began (the reader runs first): the
             // maps themselves say so, not only a change of `restarts`.
@@ -159,11 +162,30 @@ extension SourceServer {
                 continue
             }
             let size = UInt64(region.pageSize)
-            let sent = try sender.send(region, offset: UInt64(run.lowerBound) * size, length: UInt64(run.count) * size, requestID: 0,
+            let sent: UInt64
+            if let grant = readGrant(region, session: session) {
+                if keyed[region.id] != grant {
+                    try sender.channel.send(grant.message)
+                    keyed[region.id] = grant
+                }
+                sent = try sender.offerReads(region, offset: UInt64(run.lowerBound) * size, length: UInt64(run.count) * size,
+                                             step: UInt64(pushChunk))
+            } else {
+                sent = try sender.send(region, offset: UInt64(run.lowerBound) * size, length: UInt64(run.count) * size, requestID: 0,
                                        flags: .push, chunk: pushChunk)
+            }
             try rounds.count(region, pages: run.count, bytes: sent, link)
             cursor = run.upperBound
         }
+    }
+}
+
+extension SourceServer {
+    /// The key for leaving `region`'s push to READs: the session negotiated rdma, its push
+    /// queue pair is admitted, and the region's pages fit a PUSH_READ (at most 2 MiB).
+    func readGrant(_ region: ServedRegion, session: SourceSession) -> ReadGrant? {
+        guard session.features.contains(.rdma), region.pageSize <= Int(WireLimits.pushReadBytes), let readService else { return nil }
+        return readService.pushGrant(session: session.id, region: region.id)
     }
 }
 

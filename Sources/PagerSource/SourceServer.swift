@@ -49,6 +49,8 @@ public final class SourceServer: @unchecked Sendable {
         public var prefetchRequests = 0
         public var bytesSent: UInt64 = 0
         public var zeroBytes: UInt64 = 0
+        /// Data the push left to RDMA READs of the destination (PUSH_READ, §4.11a).
+        public var pushReadBytes: UInt64 = 0
         public var failedSessions = 0
         /// Connections refused because the peer did not prove it holds a key (counted in
         /// ``failedSessions`` too).

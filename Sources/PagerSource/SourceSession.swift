@@ -312,6 +312,8 @@ final class SessionCounters: Sendable {
     let prefetchRequests = Atomic<Int>(0)
     let bytesSent = Atomic<UInt64>(0)
     let zeroBytes = Atomic<UInt64>(0)
+    /// Data bytes the push left to the destination's READs (PUSH_READ).
+    let readBytes = Atomic<UInt64>(0)
     /// Bytes sent before a resume that the destination's RECEIVED map says did not arrive.
     let resentBytes = Atomic<UInt64>(0)
 
@@ -321,6 +323,7 @@ final class SessionCounters: Sendable {
         totals.prefetchRequests += prefetchRequests.load(ordering: .relaxed)
         totals.bytesSent += bytesSent.load(ordering: .relaxed)
         totals.zeroBytes += zeroBytes.load(ordering: .relaxed)
+        totals.pushReadBytes += readBytes.load(ordering: .relaxed)
         totals.resentBytes += resentBytes.load(ordering: .relaxed)
     }
 }

@@ -125,6 +125,10 @@ extension Message {
         case .ping(let token, let timestamp), .pong(let token, let timestamp):
             w.u64(token)
             w.u64(timestamp)
+        case .pushRead(let region, let offset, let length):
+            w.u32(region)
+            w.u32(length)
+            w.u64(offset)
         case .rdmaKey(let region, let rkey, let address, let length):
             w.u32(region)
             w.u32(rkey)
@@ -312,6 +316,15 @@ extension Message {
             message = .ping(token: try r.u64("token"), timestamp: try r.u64("timestamp"))
         case .pong:
             message = .pong(token: try r.u64("token"), timestamp: try r.u64("timestamp"))
+        case .pushRead:
+            let region = try r.u32("region_id")
+            let length = try r.u32("length")
+            let offset = try r.u64("offset")
+            try checkRange(.pushRead, offset: offset, length: UInt64(length))
+            if length > WireLimits.pushReadBytes {
+                throw .fieldOutOfRange(.pushRead, field: "length", value: UInt64(length), limit: "at most \(WireLimits.pushReadBytes)")
+            }
+            message = .pushRead(region: region, offset: offset, length: length)
         case .rdmaKey:
             let region = try r.u32("region_id")
             let rkey = try r.u32("rkey")

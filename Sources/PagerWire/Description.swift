@@ -88,6 +88,10 @@ extension Message: CustomStringConvertible {
         case .ping(let token, let timestamp), .pong(let token, let timestamp):
             add("token", hex64(token))
             add("timestamp", hex64(timestamp))
+        case .pushRead(let region, let offset, let length):
+            add("region", "\(region)")
+            add("offset", hex64(offset))
+            add("length", hex64(UInt64(length)))
         case .rdmaKey(let region, let rkey, let address, let length):
             add("region", "\(region)")
             add("rkey", hex32(rkey))

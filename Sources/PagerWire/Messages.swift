@@ -229,6 +229,9 @@ public enum Message: Equatable, Sendable {
     case completeAck(region: UInt32)
     case ping(token: UInt64, timestamp: UInt64)
     case pong(token: UInt64, timestamp: UInt64)
+    /// The push of `length` bytes of `region` at `offset`, holding data: the client READs them
+    /// by its push queue pair (§4.11a, feature ``Features/rdma``); they count as sent.
+    case pushRead(region: UInt32, offset: UInt64, length: UInt32)
     /// RDMA memory key for one-sided reads of a region (reserved for ``Features/rdma``).
     case rdmaKey(region: UInt32, rkey: UInt32, address: UInt64, length: UInt64)
     case goodbye
@@ -252,6 +255,7 @@ public enum Message: Equatable, Sendable {
         case .received: .received
         case .switched: .switched
         case .pushComplete: .pushComplete
+        case .pushRead: .pushRead
         case .complete: .complete
         case .completeAck: .completeAck
         case .ping: .ping

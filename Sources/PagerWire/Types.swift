@@ -19,6 +19,8 @@ public enum WireLimits {
     /// cannot make a connection buffer more than this.
     public static let preAuthenticationMaxPayload: UInt32 = 1024
     public static let regionNameBytes = 255
+    /// The longest range one PUSH_READ names (§4.11a): one 2 MiB page.
+    public static let pushReadBytes: UInt32 = 2 << 20
     public static let clientNameBytes = 64
     /// HELLO's `key_identity`: the longest identity a key file may hold (KeyRing's limit).
     public static let keyIdentityBytes = 64
@@ -44,6 +46,7 @@ public enum MessageType: UInt16, Sendable, CaseIterable, CustomStringConvertible
     case complete = 0x0041
     case completeAck = 0x0042
     case received = 0x0043
+    case pushRead = 0x0044
     case ping = 0x0050
     case pong = 0x0051
     case rdmaKey = 0x0060
@@ -67,6 +70,7 @@ public enum MessageType: UInt16, Sendable, CaseIterable, CustomStringConvertible
         case .complete: "COMPLETE"
         case .completeAck: "COMPLETE_ACK"
         case .received: "RECEIVED"
+        case .pushRead: "PUSH_READ"
         case .ping: "PING"
         case .pong: "PONG"
         case .rdmaKey: "RDMA_KEY"

@@ -219,7 +219,7 @@ struct DestCommand: ParsableCommand {
             configuration.poisonGuard = missing
             configuration.progress = tracked.progress
             configuration.rdmaNegotiated = client.features.contains(.rdma)
-            if transport == .rdma { configuration.pageReads = connectReads(client, logger: logger) }
+            if transport == .rdma { (configuration.pageReads, configuration.pushReads) = connectReads(client, logger: logger) }
             let connections = current ?? SessionConnections(demand: client.demand, push: client.push)
             let resolver = try FaultResolver(uffd: handoff.uffd, region: region, mappings: handoff.mappings,
                                              demand: connections.demand, push: noPush ? nil : connections.push, configuration: configuration, logger: logger)
@@ -242,7 +242,7 @@ struct DestCommand: ParsableCommand {
               requests          \(r.demandRequests) demand, \(r.prefetchRequests) prefetch, \(r.hintedPages) pages hinted, \(r.sweepRequests) final sweep
               pages installed   \(r.installedPages) with data, \(r.zeroPages) zero, \(r.duplicatePages) duplicates dropped, \(r.discardedPages) discarded by the workload
               pages arrived     \(r.arrivals.demand) by demand, \(r.arrivals.prefetch) by prefetch, \(r.arrivals.push) by push, \(r.arrivals.staged) staged by pre-copy
-              bytes received    \(r.bytesReceived >> 20) MiB\(transport == .rdma ? "; \(r.reads) RDMA READs brought \(r.readBytes >> 10) KiB, \(r.readsAskedAgain) requests asked again over TCP" : "")
+              bytes received    \(r.bytesReceived >> 20) MiB\(transport == .rdma ? "; \(r.reads) RDMA READs brought \(r.readBytes >> 10) KiB, the push's \(r.pushReads) READs \(r.pushReadBytes >> 10) KiB, \(r.readsAskedAgain) requests asked again over TCP" : "")
               outages           \(outageSummary((staged?.outages ?? []) + r.outages))
             """)
             // stdout is a file or the journal's pipe for a daemon: a summary must not wait in

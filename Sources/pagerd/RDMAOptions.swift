@@ -35,25 +35,31 @@ func startReadService(_ server: SourceServer, logger: Logger) throws -> () -> Vo
     #endif
 }
 
-/// `pagerd dest --transport rdma`: the session's demand queue pair, for `client`'s session;
-/// nil (logged as an error) when there is none: the workload's memory is already handed over,
-/// so the migration goes on over TCP rather than fail for it.
-func connectReads(_ client: DestinationClient, logger: Logger) -> (any PageReads)? {
+/// `pagerd dest --transport rdma`: the session's demand and push queue pairs, for `client`'s
+/// session; nil (logged as an error) where one is not there: the workload's memory is already
+/// handed over, so the migration goes on over TCP rather than fail for it (faults without
+/// the demand one, the push without the push one).
+func connectReads(_ client: DestinationClient, logger: Logger) -> (faults: (any PageReads)?, push: (any PageReads)?) {
     #if RDMA
     guard client.features.contains(.rdma), let key = client.admissionKey else {
         logger.error("session \(hex(client.session)): the source at \(client.source) did not accept rdma (it needs pagerd source --rdma, and keys on both sides): every page comes over TCP")
-        return nil
+        return (nil, nil)
     }
-    do {
-        let reads = try RDMAPageReads(address: client.source.host, port: client.source.port, session: client.session, admissionKey: key, logger: logger)
-        logger.info("session \(hex(client.session)): RDMA queue pair connected to \(client.source); faults are read with RDMA READ")
-        return reads
-    } catch {
-        logger.error("session \(hex(client.session)): no RDMA queue pair (\(error)): every page comes over TCP")
-        return nil
+    func connect(push: Bool, _ what: String) -> (any PageReads)? {
+        let channel = push ? "push" : "demand"
+        do {
+            let reads = try RDMAPageReads(address: client.source.host, port: client.source.port, session: client.session, admissionKey: key,
+                                          push: push, logger: logger)
+            logger.info("session \(hex(client.session)): RDMA \(channel) queue pair connected to \(client.source); \(what) by RDMA READ")
+            return reads
+        } catch {
+            logger.error("session \(hex(client.session)): no RDMA \(channel) queue pair (\(error)): \(what) over TCP")
+            return nil
+        }
     }
+    return (connect(push: false, "faults are read"), connect(push: true, "the push comes"))
     #else
     logger.error(Logger.Message(stringLiteral: rdmaNotBuilt))
-    return nil
+    return (nil, nil)
     #endif
 }

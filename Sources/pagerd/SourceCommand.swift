@@ -108,7 +108,7 @@ struct SourceCommand: ParsableCommand {
         if let outcome = live?.region.live?.outcome { printPrecopy(outcome, daemon: "pagerd source", paused: "workload") }
         let c = server.counts
         serviceNotifier.status("stopped: \(c.sessions) session(s), \(c.bytesSent >> 20) MiB sent as bytes, \(c.failedSessions) ended by errors")
-        print("pagerd source: \(c.sessions) session(s), \(c.demandRequests) demand and \(c.prefetchRequests) prefetch requests, \(c.bytesSent >> 20) MiB sent as bytes, \(c.zeroBytes >> 20) MiB as zero ranges, \(c.failedSessions) session(s) ended by errors, \(c.authenticationFailures) connection(s) refused for failed authentication, \(c.resumes) connection(s) resumed (\(c.resentBytes >> 10) KiB sent again), \(c.lingerExpired) session(s) not resumed in time; \(c.handshakeSummary)")
+        print("pagerd source: \(c.sessions) session(s), \(c.demandRequests) demand and \(c.prefetchRequests) prefetch requests, \(c.bytesSent >> 20) MiB sent as bytes, \(c.pushReadBytes >> 20) MiB left to RDMA READs, \(c.zeroBytes >> 20) MiB as zero ranges, \(c.failedSessions) session(s) ended by errors, \(c.authenticationFailures) connection(s) refused for failed authentication, \(c.resumes) connection(s) resumed (\(c.resentBytes >> 10) KiB sent again), \(c.lingerExpired) session(s) not resumed in time; \(c.handshakeSummary)")
     }
 }
 

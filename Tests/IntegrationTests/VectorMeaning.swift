@@ -42,6 +42,8 @@ struct VectorMeaning {
         "COMPLETE_ACK": ["region": ("complete_ack.region_id", .number)],
         "PING": ["token": ("ping.token", .number), "timestamp": ("ping.timestamp", .number)],
         "PONG": ["token": ("pong.token", .number), "timestamp": ("pong.timestamp", .number)],
+        "PUSH_READ": ["region": ("push_read.region_id", .number), "offset": ("push_read.offset", .number),
+                      "length": ("push_read.length", .number)],
         "RDMA_KEY": ["region": ("rdma_key.region_id", .number), "rkey": ("rdma_key.rkey", .number),
                      "address": ("rdma_key.address", .number), "length": ("rdma_key.length", .number)],
         "GOODBYE": [:],
@@ -51,7 +53,7 @@ struct VectorMeaning {
     static let typeCodes: [String: UInt64] = [
         "HELLO": 0x01, "WELCOME": 0x02, "AUTH_CHALLENGE": 0x03, "AUTH_RESPONSE": 0x04, "AUTH_CONFIRM": 0x05, "REGION": 0x10,
         "PAGE_REQUEST": 0x20, "PAGE_DATA": 0x21, "INVALIDATE": 0x30, "INVALIDATE_ACK": 0x31, "SWITCHED": 0x32,
-        "PUSH_COMPLETE": 0x40, "COMPLETE": 0x41, "COMPLETE_ACK": 0x42, "RECEIVED": 0x43, "PING": 0x50, "PONG": 0x51,
+        "PUSH_COMPLETE": 0x40, "COMPLETE": 0x41, "COMPLETE_ACK": 0x42, "RECEIVED": 0x43, "PUSH_READ": 0x44, "PING": 0x50, "PONG": 0x51,
         "RDMA_KEY": 0x60, "GOODBYE": 0x7e, "ERROR": 0x7f,
     ]
     /// Every field any meaning names, with the header's type.

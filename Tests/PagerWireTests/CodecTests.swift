@@ -9,7 +9,7 @@ struct CodecTests {
         func aligned(_ max: UInt64) -> UInt64 { (UInt64.random(in: 0...max, using: &rng) / 4096) * 4096 }
         func length() -> UInt64 { 4096 * UInt64.random(in: 1...16, using: &rng) }
         let name = String((0..<Int.random(in: 0...20, using: &rng)).map { _ in "abcé/._-".randomElement(using: &rng)! })
-        switch Int.random(in: 0..<17, using: &rng) {
+        switch Int.random(in: 0..<18, using: &rng) {
         case 0: return .hello(Hello(features: Features(rawValue: rng.next()), maxPayload: UInt32.random(in: 65536...0x210000, using: &rng),
                                     resumeSession: rng.next(), resumeToken: bytes(16), clientName: name, keyIdentity: String(name.prefix(5))))
         case 1: return .welcome(Welcome(features: Features(rawValue: rng.next()), regionCount: UInt32.random(in: 0...9, using: &rng),
@@ -55,6 +55,8 @@ struct CodecTests {
             let sums = Bool.random(using: &rng) ? stride(from: 0, to: data.count, by: 4096).map { CRC32C.checksum(Array(data[$0..<$0 + 4096])) } : nil
             return .pageData(PageData(requestID: 0, region: 1, offset: aligned(1 << 40), length: UInt64(pages) * 4096, flags: .push,
                                       encoding: .sparse, pageMap: map, checksums: sums, data: data))
+        case 16: return .pushRead(region: UInt32.random(in: 0...UInt32.max, using: &rng), offset: aligned(1 << 50),
+                                  length: UInt32(aligned(2 << 20 - 4096)) + 4096)
         default: return .pushComplete(region: 4, bytes: rng.next())
         }
     }
