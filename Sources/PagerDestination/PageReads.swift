@@ -67,12 +67,19 @@ extension FaultResolver {
         }
     }
 
-    /// A PUSH_READ (§4.11a) for this destination's region: its range handed to the push's
-    /// READs; without them (no push queue pair here), or when they cannot read it, asked for
-    /// over TCP.
+    /// A PUSH_READ (§4.11a) for this destination's region: its missing pages put in flight
+    /// (a fault on one asks for it urgently as for any page in flight; the final sweep waits
+    /// for them) and handed to the push's READs; without them (no push queue pair here), or
+    /// when they cannot read them, asked for over TCP.
     func pushRead(offset: UInt64, length: UInt32) {
-        let request = PageRequest(requestID: 0, region: region.id, offset: offset, length: UInt64(length), flags: [])
-        let rest = configuration.pushReads?.take([request]) ?? [request]
+        let first = Int(offset / UInt64(unit)), count = Int(UInt64(length) / UInt64(unit))
+        let runs = lock.withLock { state -> [Range<Int>] in
+            guard case .fetching = state.phase, first < state.pages.pageCount else { return [] }
+            return state.pages.request(first..<min(first + count, state.pages.pageCount))
+        }
+        guard !runs.isEmpty else { return }
+        let requests = runs.map { request($0, []) }
+        let rest = configuration.pushReads?.take(requests) ?? requests
         if !rest.isEmpty { askAgain(rest) }
     }
 
