@@ -9,7 +9,8 @@
 #   4. pagerd source --rdma and pagerd dest --transport rdma on rxe0: a migration with faults
 #      read by RDMA READ (without the push, and with the push read by RDMA READ too: PUSH_READ
 #      on the push queue pair), and one whose RDMA device is deleted mid-migration (recovered
-#      over TCP): every page checked by the workload each time.
+#      over TCP): every page checked by the workload each time; and the trait build's
+#      refusals of RDMA without keys, with encryption, with pre-copy.
 # Prints `ok NAME: ...` or `FAIL NAME: ...` per check and last `guest tests: N passed, M failed`.
 passed=0
 failed=0
@@ -115,7 +116,7 @@ rdma_migrate() {
     count=${reads%% *}
     if [ "$workload_status" = 0 ] && [ "$dest_status" = 0 ] && grep -q "ok pages=16384 .*mismatches=0" /tmp/workload.log \
         && [ -n "$count" ] && [ "$count" -gt 0 ] && { [ -z "$expect" ] || grep -q "$expect" /tmp/dest.log; }; then
-        ok "$name: every page right; $(grep -o 'pagerd dest: [0-9]* pages.*' /tmp/dest.log | head -1 | cut -c14-); $reads; $(grep -oE 'faults +[0-9]+, fault to install: p50 [0-9.]+' /tmp/dest.log | tr -s ' '); source: $(grep -oE '[0-9]+ MiB sent as bytes, [0-9]+ MiB left to RDMA READs' /tmp/source.log)"
+        ok "$name: every page right; $(grep -o 'pagerd dest: [0-9]* pages.*' /tmp/dest.log | head -1 | cut -c14-); $reads; $(grep -oE 'faults +[0-9]+, fault to install: p50 [0-9.]+' /tmp/dest.log | tr -s ' '); source: $(grep -oE '[0-9]+ MiB sent as bytes, [0-9]+ MiB left to RDMA READs' /tmp/source.log || tail -1 /tmp/source.log | cut -c1-200)"
     else
         echo "--- workload (exit $workload_status)"; tail -3 /tmp/workload.log
         echo "--- dest (exit $dest_status)"; tail -14 /tmp/dest.log
@@ -123,6 +124,28 @@ rdma_migrate() {
         fail "$name: expected every page right with faults read by RDMA${expect:+ and: $expect}"
     fi
 }
+# refused NAME WANT ARGS...: the trait build refuses an RDMA option at once (exit 64) with WANT.
+refused() {
+    name=$1
+    want=$2
+    shift 2
+    out=$(/bin/pagerd "$@" 2>&1)
+    status=$?
+    if [ "$status" = 64 ] && echo "$out" | grep -q "$want"; then
+        ok "$name: exit 64, \"$want\""
+    else
+        echo "$out" | tail -3
+        fail "$name: expected exit 64 and \"$want\", got $status"
+    fi
+}
+refused rdma-refuses-no-auth "needs authentication" \
+    dest --connect 10.0.0.9:1 --uffd-socket /tmp/x.sock --insecure-no-auth --transport rdma
+refused rdma-refuses-encrypt "are not encrypted" \
+    qemu-dest --qmp /tmp/x.qmp --ram /tmp/x.ram --connect 10.0.0.9:1 --uffd-socket /tmp/x.sock --incoming tcp:0:1 \
+    --key-file /tmp/keys.psk --encrypt --transport rdma
+refused rdma-refuses-precopy "pre-copy" \
+    qemu-source --qmp /tmp/x.qmp --ram /tmp/x.ram --listen 10.0.0.9:1 --migrate-to tcp:10.0.0.9:2 --track-socket /tmp/x.track \
+    --key-file /tmp/keys.psk --rdma
 # The same migration over TCP only, in the same guest: the figures to compare with.
 /bin/pager-workload fill --file /dev/shm/ram --size-mib 64 --seed 7 > /dev/null
 /bin/pagerd source --listen "$RDMA_ADDRESS:7101" --region /dev/shm/ram --key-file /tmp/keys.psk > /tmp/source.log 2>&1 &

@@ -36,6 +36,10 @@ public struct QEMUDestination {
     public var progress: MigrationProgress?
     /// Told the session's id and the region's name once the source answered.
     public var onSession: (@Sendable (UInt64, String) -> Void)?
+    /// Faults and the push by one-sided READ (`--transport rdma`): offers `rdma` and, for the
+    /// session, connects the reads for faults and for the push (nil where one could not be
+    /// set up: those pages come over TCP).
+    public var rdmaReads: ((DestinationClient) -> (faults: (any PageReads)?, push: (any PageReads)?))?
 
     public init(qmpPath: String, ram: String, source: Endpoint, uffdSocket: String, incoming: String?,
                 authentication: PeerAuthentication, logger: Logger, precopy: Bool = false) {
@@ -136,6 +140,8 @@ public struct QEMUDestination {
         settings.progress = progress
         // After SWITCHED what is staged is current: a resume reports it held like the rest.
         settings.resumer = client.resumer
+        settings.rdmaNegotiated = client.features.contains(.rdma)
+        if let rdmaReads { (settings.pageReads, settings.pushReads) = rdmaReads(client) }
         let resolver = try FaultResolver(uffd: handoff.uffd, region: region, mappings: handoff.mappings,
                                          demand: connections.demand, push: connections.push, configuration: settings, logger: logger)
         resolving.withLock { $0 = resolver }
@@ -184,7 +190,7 @@ public struct QEMUDestination {
             do {
                 return try DestinationClient(source: source, clientName: "pagerd-qemu-dest",
                                              features: Features([.resume, .hugePages, .sparse]).union(precopy ? .invalidation : [])
-                                                 .union(encrypt ? .encryption : []),
+                                                 .union(encrypt ? .encryption : []).union(rdmaReads != nil ? .rdma : []),
                                              authentication: authentication, timeoutMilliseconds: 2_000)
             } catch {
                 guard FaultResolver.mayRetry(error) else { throw QEMUError("the source pagerd at \(source) refused the session: \(error)") }

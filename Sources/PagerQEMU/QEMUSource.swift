@@ -46,6 +46,9 @@ public struct QEMUSource {
     public var authentication: PeerAuthentication
     /// Refuse destinations that do not ask for encryption (see ``SourceServer/requireEncryption``).
     public var requireEncryption = false
+    /// Serve the guest RAM file by one-sided READ too (`--rdma`): starts the RDMA read service
+    /// on the server before it accepts a session; returns what stops it.
+    public var startReads: ((SourceServer) throws -> () -> Void)?
 
     /// Pre-copy rounds of guest RAM before the switch.
     public struct Precopy: Sendable {
@@ -94,10 +97,12 @@ public struct QEMUSource {
         let server = try SourceServer(listen: listen, regions: [region], authentication: authentication, logger: logger)
         server.requireEncryption = requireEncryption
         server.hold() // not one page before the VM stops
+        let stopReads = try startReads?(server)
         let serving = try KernelThread(name: "src-accept") { server.run() }
         defer {
             server.stop()
             serving.join()
+            stopReads?()
         }
         serverReady(server)
         let started = monotonicNanoseconds()

@@ -24,6 +24,9 @@ public struct QEMUSourceFollower {
     public var preloadSocket: String
     public var authentication: PeerAuthentication
     public var requireEncryption = false
+    /// Serve the guest RAM file by one-sided READ too (`--rdma`): starts the RDMA read service
+    /// on the server before it accepts a session; returns what stops it.
+    public var startReads: ((SourceServer) throws -> () -> Void)?
     /// Remove the RAM file once the destination holds every page and this QEMU is gone (a
     /// stale copy of guest memory on this host, and a later migration back here needs the
     /// name free).
@@ -57,10 +60,12 @@ public struct QEMUSourceFollower {
         let server = try SourceServer(listen: listen, regions: [region], authentication: authentication, logger: logger)
         server.requireEncryption = requireEncryption
         server.hold() // not one page before the VM stops
+        let stopReads = try startReads?(server)
         let serving = try KernelThread(name: "src-accept") { server.run() }
         defer {
             server.stop()
             serving.join()
+            stopReads?()
         }
         // x-ignore-shared only while a destination pager waits, and not left behind: with it
         // a `virsh save` or snapshot of this QEMU would write no guest RAM.

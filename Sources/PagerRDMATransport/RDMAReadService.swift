@@ -15,7 +15,8 @@ import Synchronization
 public final class RDMAReadService: ReadService, @unchecked Sendable {
     private struct Session {
         let regions: [ServedRegion]
-        let demand: any FrameConnection
+        /// The session's demand connection now (a resume replaces it).
+        let demand: @Sendable () -> (any FrameConnection)?
         var domain: ProtectionDomain?
         var registrations: [UInt32: MemoryRegion] = [:]
         /// Writable mappings made for registrations on kernels before 6.2 (see prepare).
@@ -53,7 +54,7 @@ public final class RDMAReadService: ReadService, @unchecked Sendable {
         for s in sessions { for c in s.connections { c.connection.disconnect() } }
     }
 
-    public func open(session: UInt64, admissionKey: [UInt8], regions: [ServedRegion], demand: any FrameConnection) {
+    public func open(session: UInt64, admissionKey: [UInt8], regions: [ServedRegion], demand: @escaping @Sendable () -> (any FrameConnection)?) {
         state.withLock { state in
             state.gate.open(session: session, key: admissionKey)
             state.sessions[session] = Session(regions: regions, demand: demand)
@@ -129,8 +130,10 @@ public final class RDMAReadService: ReadService, @unchecked Sendable {
                 connection.disconnect()
                 return
             }
+            // On the demand connection of now: after a resume the first one is gone.
+            guard let connection = demand() else { throw KernelError("rdma_cm", .noSuchProcess, detail: "the session's demand connection is gone") }
             for grant in grants {
-                try demand.send(.rdmaKey(region: grant.region, rkey: grant.rkey, address: grant.address, length: grant.length))
+                try connection.send(.rdmaKey(region: grant.region, rkey: grant.rkey, address: grant.address, length: grant.length))
             }
             logger.info("session \(hex(admitted.session)): \(admitted.channel) queue pair admitted; READ granted for \(grants.count) region(s)")
         } catch {
@@ -162,7 +165,7 @@ public final class RDMAReadService: ReadService, @unchecked Sendable {
     }
 
     /// The session's protection domain and registrations (made once), and its demand connection.
-    private func prepare(_ id: UInt64, on request: ConnectionRequest) throws -> (ProtectionDomain, [RemoteKeys.Grant], any FrameConnection) {
+    private func prepare(_ id: UInt64, on request: ConnectionRequest) throws -> (ProtectionDomain, [RemoteKeys.Grant], @Sendable () -> (any FrameConnection)?) {
         guard let context = request.context else { throw KernelError("rdma_cm", .noSuchAddressOrDevice, detail: "a request without a device") }
         guard var session = state.withLock({ $0.sessions[id] }) else { throw KernelError("rdma_cm", .noSuchProcess, detail: "the session ended") }
         let domain = try session.domain ?? ProtectionDomain(context: context)

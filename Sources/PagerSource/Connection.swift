@@ -20,7 +20,9 @@ extension SourceServer {
                 logger.info("session \(hex(session.id)) from \(channel.peer) (\(client)): demand channel \(resumed ? "resumed" : "open"), \(session.features.protectionDescription)")
                 if !resumed, session.features.contains(.rdma), let readService, let keys = greeting.authenticator?.keys {
                     readService.open(session: session.id, admissionKey: keys.admissionKey,
-                                     regions: regions.filter { $0.live == nil && $0.localMemory != nil }, demand: channel)
+                                     regions: regions.filter { $0.live == nil && $0.localMemory != nil },
+                                     // This one until it is attached (a queue pair may be quick).
+                                     demand: { [weak session] in session.map { $0.currentConnection(.demand) ?? channel } })
                 }
             case .push(let session, let g):
                 joined = (session, .push, false)

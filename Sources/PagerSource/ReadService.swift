@@ -9,8 +9,10 @@ import PagerWire
 public protocol ReadService: AnyObject, Sendable {
     /// A new session authenticated and was welcomed with `rdma`: its queue pairs may connect
     /// under `admissionKey` (the demand connection's, spec §5); the keys for `regions` (those
-    /// in this process's memory and not live) go on `demand` once its queue pair is admitted.
-    func open(session: UInt64, admissionKey: [UInt8], regions: [ServedRegion], demand: any FrameConnection)
+    /// in this process's memory and not live) go on the session's demand connection as it is
+    /// then (`demand`: a resume replaces it; nil once the session is closed) each time a queue
+    /// pair is admitted.
+    func open(session: UInt64, admissionKey: [UInt8], regions: [ServedRegion], demand: @escaping @Sendable () -> (any FrameConnection)?)
     /// The session ended: its queue pairs, registrations and admission go.
     func close(session: UInt64)
     /// The key to `region`'s memory once the session's push queue pair is admitted (the push

@@ -131,6 +131,11 @@ final class SourceSession: @unchecked Sendable {
     }
 
     /// Whether `generation` is still the session's `role` connection and the session is open.
+    /// The connection of `role` attached now (nil once the session is closed).
+    func currentConnection(_ role: ChannelRole) -> (any FrameConnection)? {
+        state.withLock { $0.isOpen ? $0.attachment(role)?.connection : nil }
+    }
+
     func isCurrent(_ role: ChannelRole, _ generation: UInt64) -> Bool {
         state.withLock { $0.isOpen && $0.attachment(role)?.generation == generation && !(role == .push && $0.lostPush == generation) }
     }

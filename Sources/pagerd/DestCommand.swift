@@ -55,10 +55,7 @@ struct DestCommand: ParsableCommand {
         guard Endpoint(connect) != nil else { throw ValidationError("--connect must be ADDR:PORT (IPv4), got \(connect)") }
         guard stallTimeoutMs >= 100 else { throw ValidationError("--stall-timeout-ms must be at least 100, got \(stallTimeoutMs)") }
         guard reconnectTimeoutS >= 0, reconnectTimeoutS <= 86_400 else { throw ValidationError("--reconnect-timeout-s must be 0 to 86400, got \(reconnectTimeoutS)") }
-        if transport == .rdma && !rdmaCompiledIn { throw ValidationError("--transport rdma: \(rdmaNotBuilt)") }
-        if transport == .rdma && keys.insecureNoAuth { throw ValidationError("--transport rdma needs authentication: the queue pair is admitted under the session's keys (drop --insecure-no-auth)") }
-        if transport == .rdma && keys.encrypt { throw ValidationError("--transport rdma with --encrypt: pages read by RDMA READ are not encrypted; choose one") }
-        if transport == .rdma && precopy { throw ValidationError("--transport rdma does not combine with --precopy yet (live memory is not read by RDMA)") }
+        try validateRDMA(transport == .rdma, "--transport rdma", keys: keys, precopy: precopy)
     }
 
     func run() throws {

@@ -44,12 +44,15 @@ struct QEMUSourceCommand: ParsableCommand {
     @Flag(help: "libvirt (or another manager) drives the migration; follow it on QMP. Needs --track-socket for the fence.") var follow = false
     @Option(help: "The source QEMU's PAGER_TRACK_SOCKET: pre-copy rounds of guest RAM before the switch; with --follow, the fence.") var trackSocket: String?
     @OptionGroup var convergence: ConvergenceOptions
+    @Flag(help: "Serve the guest RAM by one-sided RDMA READ too, to a pagerd qemu-dest --transport rdma (an RDMA CM listener on the --listen address and port number; needs keys, an RDMA device, and pagerd built with the RDMA trait; not with pre-copy).")
+    var rdma = false
     @OptionGroup var keys: AuthenticationOptions
     @OptionGroup var operations: OperationsOptions
     @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
 
     func validate() throws {
         guard Endpoint(listen) != nil else { throw ValidationError("--listen must be ADDR:PORT (IPv4), got \(listen)") }
+        try validateRDMA(rdma, "--rdma", keys: keys, precopy: !follow && trackSocket != nil)
         guard follow != (migrateTo != nil) else {
             throw ValidationError("give --migrate-to (this command drives the migration) or --follow (libvirt drives it), one of them")
         }
@@ -98,11 +101,13 @@ struct QEMUSourceCommand: ParsableCommand {
                 var qemuSource = QEMUSource(qmpPath: qmp, ram: ram, listen: Endpoint(listen)!, migrateTo: migrateTo,
                                             authentication: authentication, logger: logger, precopy: precopy)
                 qemuSource.requireEncryption = keys.encrypt
+                if rdma { qemuSource.startReads = { server in try startReadService(server, logger: logger) } }
                 r = try qemuSource.run(serverReady: ready)
             } else {
                 var follower = QEMUSourceFollower(qmpPath: qmp, ram: ram, listen: Endpoint(listen)!, preloadSocket: trackSocket!,
                                                   authentication: authentication, logger: logger)
                 follower.requireEncryption = keys.encrypt
+                if rdma { follower.startReads = { server in try startReadService(server, logger: logger) } }
                 let stop = follower.stopRequested
                 try TerminationSignals.start { signal in
                     logger.info("signal \(signal): stopping (before the switch nothing has been served; after it the destination loses its source)")
@@ -116,7 +121,7 @@ struct QEMUSourceCommand: ParsableCommand {
             if let outcome = r.precopy { printPrecopy(outcome, daemon: "pagerd qemu-source", paused: "guest") }
             print("""
             pagerd qemu-source: device state migrated in \(String(format: 1, r.deviceStateSeconds * 1000)) ms (VM stopped after \(String(format: 1, r.untilStopSeconds * 1000)) ms)
-              served            \(r.counts.demandRequests) demand and \(r.counts.prefetchRequests) prefetch requests, \(r.counts.bytesSent >> 20) MiB as bytes, \(r.counts.zeroBytes >> 20) MiB as zero ranges
+              served            \(r.counts.demandRequests) demand and \(r.counts.prefetchRequests) prefetch requests, \(r.counts.bytesSent >> 20) MiB as bytes, \(rdma ? "\(r.counts.pushReadBytes >> 20) MiB left to RDMA READs, " : "")\(r.counts.zeroBytes >> 20) MiB as zero ranges
               connections       \(r.counts.resumes) connection(s) resumed, \(r.counts.lingerExpired) session(s) not resumed in time
               migrate-issued-ns=\(r.migrateIssuedAt)\(r.precopyStartedAt.map { "\n  precopy-started-ns=\($0)" } ?? "")
             """)
@@ -162,6 +167,8 @@ struct QEMUDestCommand: ParsableCommand {
     @Flag(help: "libvirt (or another manager) drives the incoming migration; follow it.") var follow = false
     @Flag(help: "Receive pre-copy rounds first (the source runs pagerd qemu-source --track-socket).") var precopy = false
     @Option(help: "Fault threads: realtime (SCHED_FIFO 1: the guest's vCPUs keep the CPUs busy), normal, or auto (real-time when this process may use one CPU only).") var demandPriority = DemandPriority.realtime
+    @Option(help: "How faults and the push fetch guest RAM: tcp, or rdma (one-sided RDMA READ from a pagerd qemu-source --rdma; needs keys, an RDMA device, and pagerd built with the RDMA trait; not with --precopy; what RDMA cannot bring still comes over TCP).")
+    var transport = Transport.tcp
     @OptionGroup var keys: AuthenticationOptions
     @OptionGroup var operations: OperationsOptions
     @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
@@ -172,6 +179,7 @@ struct QEMUDestCommand: ParsableCommand {
             throw ValidationError("give --incoming (this command drives the incoming migration) or --follow (libvirt drives it), one of them")
         }
         if follow && precopy { throw ValidationError("--precopy needs the source to drive the switch (pagerd qemu-source --migrate-to): not with --follow") }
+        try validateRDMA(transport == .rdma, "--transport rdma", keys: keys, precopy: precopy)
     }
 
     func run() throws {
@@ -207,6 +215,7 @@ struct QEMUDestCommand: ParsableCommand {
             destination.progress = tracked.progress
             destination.socketGroup = socketGroup
             destination.onSession = { session, region in book.identify(tracked.id, session: session, region: region) }
+            if transport == .rdma { destination.rdmaReads = { client in connectReads(client, logger: logger) } }
             let r = try destination.run(listening: {
                 print("pagerd qemu-dest: waiting for QEMU's handoff on \(uffdSocket)")
                 fflushStandardOutput()
@@ -222,7 +231,7 @@ struct QEMUDestCommand: ParsableCommand {
             print("""
             pagerd qemu-dest: guest running here \(String(format: 1, r.untilRunningSeconds * 1000)) ms after \(follow ? "QEMU's handoff" : "migrate-incoming"); all RAM local after \(String(format: 1, r.untilLocalSeconds)) s
               faults            \(r.resolve.faults), fault to install: p50 \(formatMicros(latency.p50)) p99 \(formatMicros(latency.p99)) max \(formatMicros(latency.max))
-              pages             \(r.resolve.installedPages) installed with data, \(r.resolve.zeroPages) zero, \(r.resolve.bytesReceived >> 20) MiB received
+              pages             \(r.resolve.installedPages) installed with data, \(r.resolve.zeroPages) zero, \(r.resolve.bytesReceived >> 20) MiB received\(transport == .rdma ? "; \(r.resolve.reads) RDMA READs brought \(r.resolve.readBytes >> 10) KiB, the push's \(r.resolve.pushReads) READs \(r.resolve.pushReadBytes >> 10) KiB, \(r.resolve.readsAskedAgain) requests asked again over TCP" : "")
               all-local-ns=\(r.allLocalAt)
             """)
         } catch {

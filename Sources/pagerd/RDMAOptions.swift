@@ -21,6 +21,17 @@ var rdmaCompiledIn: Bool {
 
 let rdmaNotBuilt = "this pagerd was built without RDMA (build it with swift build --traits RDMA, with libibverbs-dev and librdmacm-dev)"
 
+/// The refusals every RDMA option shares (`option` as the user gave it, when `on`): RDMA needs
+/// the trait and keys (queue pairs are admitted under the session's), not encryption (READ
+/// data is not sealed), and not pre-copy (live memory is not read by RDMA) where `precopy`.
+func validateRDMA(_ on: Bool, _ option: String, keys: AuthenticationOptions, precopy: Bool) throws {
+    guard on else { return }
+    if !rdmaCompiledIn { throw ValidationError("\(option): \(rdmaNotBuilt)") }
+    if keys.insecureNoAuth { throw ValidationError("\(option) needs authentication: queue pairs are admitted under the session's keys (drop --insecure-no-auth)") }
+    if keys.encrypt { throw ValidationError("\(option) with --encrypt: pages read by RDMA READ are not encrypted; choose one") }
+    if precopy { throw ValidationError("\(option) does not combine with pre-copy yet (live memory is not read by RDMA)") }
+}
+
 /// `pagerd source --rdma`: an RDMA CM listener on the TCP listener's address and port number,
 /// serving authenticated sessions that offer rdma. Returns what stops it.
 func startReadService(_ server: SourceServer, logger: Logger) throws -> () -> Void {

@@ -55,9 +55,8 @@ struct SourceCommand: ParsableCommand {
 
     func validate() throws {
         guard Endpoint(listen) != nil else { throw ValidationError("--listen must be ADDR:PORT (IPv4), got \(listen)") }
-        if rdma && !rdmaCompiledIn { throw ValidationError("--rdma: \(rdmaNotBuilt)") }
-        if rdma && keys.encrypt { throw ValidationError("--rdma with --encrypt: pages read by RDMA READ are not encrypted; choose one") }
-        if rdma && keys.insecureNoAuth { throw ValidationError("--rdma needs authentication: queue pairs are admitted under the session's keys (drop --insecure-no-auth)") }
+        // Live (pre-copy) regions are served over TCP beside READ-served files.
+        try validateRDMA(rdma, "--rdma", keys: keys, precopy: false)
         guard !regions.isEmpty || liveSocket != nil else { throw ValidationError("give at least one --region FILE or a --live-socket") }
         guard handshakeTimeoutS > 0, handshakeTimeoutS <= 3600 else { throw ValidationError("--handshake-timeout-s must be more than 0 and at most 3600, got \(handshakeTimeoutS)") }
         guard maxHandshakes > 0 else { throw ValidationError("--max-handshakes must be at least 1, got \(maxHandshakes)") }

@@ -29,12 +29,12 @@ struct PageReadsTests {
             self.pushAdmitted = pushAdmitted
         }
 
-        func open(session: UInt64, admissionKey: [UInt8], regions: [ServedRegion], demand: any FrameConnection) {
+        func open(session: UInt64, admissionKey: [UInt8], regions: [ServedRegion], demand: @escaping @Sendable () -> (any FrameConnection)?) {
             opened.withLock { $0.append((session, admissionKey, regions.map(\.id))) }
             regionLength.store(regions[0].length, ordering: .relaxed)
             // As after the demand queue pair's admission (not in the push test: there the push
             // connection's key, sent ahead of its PUSH_READs, must do).
-            if !pushAdmitted { try? demand.send(.rdmaKey(region: 1, rkey: 0x4242, address: base, length: regions[0].length)) }
+            if !pushAdmitted { try? demand()?.send(.rdmaKey(region: 1, rkey: 0x4242, address: base, length: regions[0].length)) }
         }
 
         func close(session: UInt64) { closed.withLock { $0.append(session) } }
