@@ -33,7 +33,10 @@ func nextCMEvent(_ channel: UnsafeMutablePointer<rdma_event_channel>, until dead
 public final class RDMAConnection: @unchecked Sendable {
     let events: UnsafeMutablePointer<rdma_event_channel>
     let id: UnsafeMutablePointer<rdma_cm_id>
-    public let domain: ProtectionDomain
+    /// Released in deinit before the identifier: once a removed device's last identifier is
+    /// gone, librdmacm closes the device, and nothing of it may be freed after that.
+    private var domainKept: ProtectionDomain?
+    public var domain: ProtectionDomain { domainKept! }
     let completionChannel: UnsafeMutablePointer<ibv_comp_channel>
     let cq: UnsafeMutablePointer<ibv_cq>
     public let queue: VerbsQueue
@@ -75,7 +78,7 @@ public final class RDMAConnection: @unchecked Sendable {
         }
         self.events = events
         self.id = id
-        self.domain = domain
+        domainKept = domain
         self.completionChannel = completionChannel
         self.cq = cq
         queue = VerbsQueue(qp: qp, cq: cq)
@@ -83,13 +86,30 @@ public final class RDMAConnection: @unchecked Sendable {
         self.peerPrivateData = peerPrivateData
     }
 
+    /// Everything of the device in the order it must go: the queue pair, its completion queue
+    /// and channel, the domain (unless registrations elsewhere still hold it: release those
+    /// first), the events not read yet (a DEVICE_REMOVAL among them tells librdmacm to close
+    /// the device once its identifiers are gone, which a removed device waits for), the
+    /// identifier.
     deinit {
         if connected { rdma_disconnect(id) }
         rdma_destroy_qp(id)
         ibv_destroy_cq(cq)
         ibv_destroy_comp_channel(completionChannel)
+        domainKept = nil
+        while case .some = try? nextCMEvent(events, until: .after(nanoseconds: 0), what: "the events left") {}
         rdma_destroy_id(id)
         rdma_destroy_event_channel(events)
+    }
+
+    /// Waits up to `nanoseconds` for a DEVICE_REMOVAL among the events not read yet (it may
+    /// follow a DISCONNECTED): true if one came.
+    public func awaitDeviceRemoval(nanoseconds: UInt64) -> Bool {
+        let deadline = Deadline.after(nanoseconds: nanoseconds)
+        while let event = try? nextCMEvent(events, until: deadline, what: "a device removal") {
+            if event.type == RDMA_CM_EVENT_DEVICE_REMOVAL { return true }
+        }
+        return false
     }
 
     /// Connects to a listener at `address:port` (`rdma_resolve_addr`, `rdma_resolve_route`,
@@ -234,10 +254,14 @@ public final class RDMAListener: @unchecked Sendable {
     /// Readable when a connection request is waiting.
     public var eventDescriptor: FileDescriptor { FileDescriptor(rawValue: events.pointee.fd) }
 
-    /// The next connection request until `deadline` (nil: none came). Other events on the
-    /// listener (none are expected) are skipped.
+    /// The next connection request until `deadline` (nil: none came). Throws ENODEV when the
+    /// listener's device was removed (the listener is dead: listen again once it is back);
+    /// other events on the listener (none are expected) are skipped.
     public func nextRequest(until deadline: Deadline) throws(KernelError) -> ConnectionRequest? {
         while let event = try nextCMEvent(events, until: deadline, what: "connection requests") {
+            if event.type == RDMA_CM_EVENT_DEVICE_REMOVAL {
+                throw KernelError("rdma_get_cm_event", .noSuchAddressOrDevice, detail: "the listener's RDMA device was removed")
+            }
             guard event.type == RDMA_CM_EVENT_CONNECT_REQUEST, let requestID = event.id else { continue }
             return ConnectionRequest(id: requestID, event: event)
         }

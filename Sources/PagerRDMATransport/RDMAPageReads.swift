@@ -15,9 +15,18 @@ import Synchronization
 /// the rest goes over TCP at once). The push channel's (PUSH_READ, §4.11a) take every range
 /// they hold a key for, post what the slots allow and queue the rest, posting it in order as
 /// completions free slots.
+///
+/// A queue pair that fails or goes is connected again (a new admission request, a new nonce;
+/// see ``reconnect()``): meanwhile every request goes over TCP.
 public final class RDMAPageReads: PageReads, @unchecked Sendable {
-    private struct State {
+    struct State {
         var reader: RDMAReader?
+        /// The keys granted since the current queue pair's connection began (a new queue pair
+        /// reads with these only: the source sends them after each admission).
+        var keys = RemoteKeys()
+        /// Counts of the queue pairs before the current one.
+        var readsBefore = 0
+        var bytesBefore = 0
         /// What each READ in flight serves.
         var waiting: [ReadTarget: [PageRequest]] = [:]
         var stopped = false
@@ -26,14 +35,22 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
         /// Push ranges taken, not yet posted (no free slot), in order.
         var backlog: [PageRequest] = []
     }
-    private let state = Mutex(State())
-    private var connection: RDMAConnection?
-    private var registrations: [MemoryRegion] = []
+    let state = Mutex(State())
+    /// The queue pair and the pools' registrations in its domain: the reads thread's (and
+    /// deinit's) only.
+    var connection: RDMAConnection?
+    var registrations: [MemoryRegion] = []
     private let small: UnsafeMutableRawBufferPointer
     private let huge: UnsafeMutableRawBufferPointer
-    private let logger: Logger
+    let logger: Logger
     /// Queue what cannot be posted yet (the push channel) rather than hand it back.
     private let queueing: Bool
+    /// What a new queue pair is connected with.
+    let peer: (address: String, port: UInt16, session: UInt64, admissionKey: [UInt8])
+    let channel: AdmissionRequest.Channel
+    /// Reconnects in a row whose queue pair went before its first READ completed (the reads
+    /// thread's only).
+    var fruitless = 0
 
     /// 4 KiB and 2 MiB slots per channel: faults and their neighbours (2 MiB), the push's
     /// 512 KiB ranges sixteen at a time (8 MiB).
@@ -51,38 +68,52 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
         self.logger = logger
         queueing = push
         let channel: AdmissionRequest.Channel = push ? .push : .demand
-        let request = AdmissionRequest(channel: channel, session: session, key: admissionKey)
-        let connection = try RDMAConnection.connect(to: address, port: port, privateData: request.bytes,
-                                                    until: .after(nanoseconds: UInt64(timeoutMilliseconds) * 1_000_000))
+        self.channel = channel
+        peer = (address, port, session, admissionKey)
+        let connection = try Self.connect(peer, channel, timeoutMilliseconds: timeoutMilliseconds)
         let slots = Self.slots(channel)
         small = .allocate(byteCount: slots.small * basePageSize, alignment: basePageSize)
         huge = .allocate(byteCount: slots.huge * hugePageSize, alignment: hugePageSize)
         // Every stored property is set from here: a throw below runs deinit, which frees the
         // pools (after whatever registration was made).
-        let smallRegion = try connection.domain.register(small.baseAddress!, length: small.count, access: .localWrite)
-        registrations = [smallRegion]
-        let hugeRegion = try connection.domain.register(huge.baseAddress!, length: huge.count, access: .localWrite)
-        registrations.append(hugeRegion)
-        let reader = RDMAReader(queue: connection.queue, pools: [
-            StagingMemory(base: small.baseAddress!, slotSize: basePageSize, count: slots.small, lkey: smallRegion.lkey),
-            StagingMemory(base: huge.baseAddress!, slotSize: hugePageSize, count: slots.huge, lkey: hugeRegion.lkey),
-        ], maximumPending: connection.settings.sendDepth)
+        let (reader, registrations) = try stage(on: connection)
+        self.registrations = registrations
         state.withLock { $0.reader = reader }
         self.connection = connection
     }
 
+    /// A queue pair of `channel`, admitted under a fresh admission request (a new nonce).
+    static func connect(_ peer: (address: String, port: UInt16, session: UInt64, admissionKey: [UInt8]), _ channel: AdmissionRequest.Channel,
+                        timeoutMilliseconds: Int) throws(KernelError) -> RDMAConnection {
+        let request = AdmissionRequest(channel: channel, session: peer.session, key: peer.admissionKey)
+        return try RDMAConnection.connect(to: peer.address, port: peer.port, privateData: request.bytes,
+                                          until: .after(nanoseconds: UInt64(timeoutMilliseconds) * 1_000_000))
+    }
+
+    /// The staging pools registered in `connection`'s domain, and a reader over its queue.
+    func stage(on connection: RDMAConnection) throws(KernelError) -> (RDMAReader, [MemoryRegion]) {
+        let slots = Self.slots(channel)
+        let smallRegion = try connection.domain.register(small.baseAddress!, length: small.count, access: .localWrite)
+        let hugeRegion = try connection.domain.register(huge.baseAddress!, length: huge.count, access: .localWrite)
+        let reader = RDMAReader(queue: connection.queue, pools: [
+            StagingMemory(base: small.baseAddress!, slotSize: basePageSize, count: slots.small, lkey: smallRegion.lkey),
+            StagingMemory(base: huge.baseAddress!, slotSize: hugePageSize, count: slots.huge, lkey: hugeRegion.lkey),
+        ], maximumPending: connection.settings.sendDepth)
+        return (reader, [smallRegion, hugeRegion])
+    }
+
     deinit {
-        // The queue pair first (nothing may land in the pools after), then the registrations,
-        // then the memory.
+        // The registrations, then the queue pair and its domain (see RDMAConnection's deinit),
+        // then the memory (nothing can land in it once its registrations are gone).
         state.withLock { $0.reader = nil }
-        connection = nil
         registrations.removeAll()
+        connection = nil
         small.deallocate()
         huge.deallocate()
     }
 
-    public var readsCompleted: Int { state.withLock { $0.reader?.readsCompleted ?? 0 } }
-    public var bytesRead: Int { state.withLock { $0.reader?.bytesRead ?? 0 } }
+    public var readsCompleted: Int { state.withLock { $0.readsBefore + ($0.reader?.readsCompleted ?? 0) } }
+    public var bytesRead: Int { state.withLock { $0.bytesBefore + ($0.reader?.bytesRead ?? 0) } }
 
     public func take(_ requests: [PageRequest]) -> [PageRequest] {
         state.withLock { state in
@@ -126,7 +157,9 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
 
     public func grant(region: UInt32, rkey: UInt32, address: UInt64, length: UInt64, regionLength: UInt64?) throws {
         try state.withLock { (state) throws(RemoteKeyError) in
-            try state.reader?.keys.record(.init(region: region, rkey: rkey, address: address, length: length), regionLength: regionLength)
+            let grant = RemoteKeys.Grant(region: region, rkey: rkey, address: address, length: length)
+            try state.keys.record(grant, regionLength: regionLength)
+            try state.reader?.keys.record(grant, regionLength: regionLength)
         }
         logger.info("RDMA: the source granted READ of region \(region) (\(length >> 20) MiB)")
     }
@@ -134,7 +167,25 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
     public func stop() { state.withLock { $0.stopped = true } }
 
     public func serve(arrived: (PageRequest, UnsafeRawBufferPointer) -> Void, failed: ([PageRequest]) -> Void) {
-        guard let connection else { return }
+        // The queue pair is taken in a call of its own: no reference to it outlives the call
+        // (reconnect() must be able to let it go).
+        func serveCurrent() -> Bool {
+            guard let current = connection else { return false }
+            serveQueuePair(current, arrived: arrived, failed: failed)
+            return true
+        }
+        while serveCurrent() {
+            guard reconnect() else {
+                waitUntilStopped()
+                return
+            }
+        }
+    }
+
+    /// Until the reads are stopped, or the queue pair failed or went (what was in flight is
+    /// then handed to `failed`).
+    private func serveQueuePair(_ connection: RDMAConnection, arrived: (PageRequest, UnsafeRawBufferPointer) -> Void,
+                                failed: ([PageRequest]) -> Void) {
         while true {
             // What completed (polled under the lock, handled outside it: installing takes the
             // resolver's lock, and the fault loop takes this one to post).
@@ -143,7 +194,6 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
             handle(events, arrived: arrived, failed: failed)
             if dead {
                 abandonAll("the queue pair failed", failed)
-                waitUntilStopped()
                 return
             }
             if !events.isEmpty { continue }
@@ -170,16 +220,14 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
                 ready = try pollReadable([connection.completionDescriptor, connection.eventDescriptor], timeoutMilliseconds: 50,
                                          detail: "RDMA completions")
             } catch {
-                logger.error("RDMA: \(error): what is in flight is asked for over TCP, and so is everything from now on")
+                logger.error("RDMA: \(error): what is in flight is asked for over TCP, and so is everything until a new queue pair is in")
                 abandonAll("the completion channel failed", failed)
-                waitUntilStopped()
                 return
             }
             if ready[0] { try? connection.acknowledgeCompletionEvent() }
             if ready[1], let event = try? connection.nextEvent(until: .after(nanoseconds: 1_000_000)) {
-                logger.warning("RDMA: \(event) on the queue pair: what is in flight is asked for over TCP, and so is everything from now on")
+                logger.warning("RDMA: \(event) on the queue pair: what is in flight is asked for over TCP, and so is everything until a new queue pair is in")
                 abandonAll("the queue pair went (\(event))", failed)
-                waitUntilStopped()
                 return
             }
         }
@@ -220,7 +268,7 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
         }
     }
 
-    private func waitUntilStopped() {
+    func waitUntilStopped() {
         while !state.withLock({ $0.stopped }) { sleepMilliseconds(20) }
     }
 

@@ -22,13 +22,26 @@ public final class RDMAReadService: ReadService, @unchecked Sendable {
         /// Writable mappings made for registrations on kernels before 6.2 (see prepare).
         var mappings: [WritableFileMapping] = []
         var connections: [(channel: AdmissionRequest.Channel, connection: RDMAConnection)] = []
+
+        /// Lets go of the device's objects in the order they must go: the queue pairs (their
+        /// peers are told), the registrations and the mappings behind them, the domain.
+        mutating func tearDown() {
+            for c in connections { c.connection.disconnect() }
+            connections.removeAll()
+            registrations.removeAll()
+            mappings.removeAll()
+            domain = nil
+        }
     }
     private struct State {
         var gate = AdmissionGate()
         var sessions: [UInt64: Session] = [:]
         var running = true
     }
-    private let listener: RDMAListener
+    /// Used by the accept thread only (after init): nil while the device is gone.
+    private var listener: RDMAListener?
+    private let address: String
+    private let port: UInt16
     private let state = Mutex(State())
     private let logger: Logger
     private var thread: KernelThread?
@@ -39,6 +52,8 @@ public final class RDMAReadService: ReadService, @unchecked Sendable {
     /// Listens on `address:port` (the TCP listener's) and starts the accept thread.
     public init(address: String, port: UInt16, logger: Logger) throws(KernelError) {
         listener = try RDMAListener(address: address, port: port)
+        self.address = address
+        self.port = port
         self.logger = logger
         thread = try KernelThread(name: "src-rdma-cm") { [self] in acceptLoop() }
     }
@@ -51,7 +66,7 @@ public final class RDMAReadService: ReadService, @unchecked Sendable {
             defer { state.sessions.removeAll() }
             return Array(state.sessions.values)
         }
-        for s in sessions { for c in s.connections { c.connection.disconnect() } }
+        for var s in sessions { s.tearDown() }
     }
 
     public func open(session: UInt64, admissionKey: [UInt8], regions: [ServedRegion], demand: @escaping @Sendable () -> (any FrameConnection)?) {
@@ -66,7 +81,7 @@ public final class RDMAReadService: ReadService, @unchecked Sendable {
             state.gate.close(session: session)
             return state.sessions.removeValue(forKey: session)
         }
-        for c in ended?.connections ?? [] { c.connection.disconnect() }
+        if var ended { ended.tearDown() }
     }
 
     public func pushGrant(session: UInt64, region: UInt32) -> ReadGrant? {
@@ -79,8 +94,24 @@ public final class RDMAReadService: ReadService, @unchecked Sendable {
 
     /// Connection requests, and the events of the queue pairs admitted (a disconnect or a
     /// device removal takes a queue pair out of its session, freeing its channel for a new one).
+    /// A removed device takes the listener and every session's domain with it: the service
+    /// listens again once the device is back (soft-RoCE re-added, a NIC reset), and queue pairs
+    /// admitted then get a new domain and new keys.
     private func acceptLoop() {
+        var relistenLogged = false
         while state.withLock({ $0.running }) {
+            guard let listener else {
+                do {
+                    listener = try RDMAListener(address: address, port: port)
+                    logger.info("RDMA: listening again on \(address):\(port) (the device is back)")
+                    relistenLogged = false
+                } catch {
+                    if !relistenLogged { logger.warning("RDMA: cannot listen on \(address):\(port) yet (\(error)); trying every 500 ms") }
+                    relistenLogged = true
+                    sleepMilliseconds(500)
+                }
+                continue
+            }
             let admitted = state.withLock { state in
                 state.sessions.flatMap { id, session in session.connections.map { (id, $0.channel, $0.connection) } }
             }
@@ -97,11 +128,30 @@ public final class RDMAReadService: ReadService, @unchecked Sendable {
                     logger.warning("session \(hex(session)): its \(channel) queue pair went (\(event)); a new one may connect")
                 }
                 if ready[0], let request = try listener.nextRequest(until: .after(nanoseconds: 1_000_000)) { admit(request) }
+            } catch let error where error.errno == .noSuchAddressOrDevice {
+                logger.warning("RDMA: \(error): every session's queue pairs and registrations go with it (pages come over TCP meanwhile)")
+                forgetDevice()
+                self.listener = nil
             } catch {
                 logger.error("RDMA: the connection manager failed: \(error)")
                 sleepMilliseconds(100)
             }
         }
+    }
+
+    /// The device went: every queue pair, registration and domain is dropped (in that order: a
+    /// registration keeps its domain), the channels freed for queue pairs on the device to come.
+    private func forgetDevice() {
+        let dropped = state.withLock { state -> [Session] in
+            var old: [Session] = []
+            for (id, session) in state.sessions {
+                old.append(session)
+                for c in session.connections { state.gate.disconnected(session: id, channel: c.channel) }
+                state.sessions[id] = Session(regions: session.regions, demand: session.demand)
+            }
+            return old
+        }
+        for var s in dropped { s.tearDown() }
     }
 
     /// A connection request: admitted (the session's domain and registrations made at its
