@@ -84,11 +84,11 @@ public final class RDMAReadService: ReadService, @unchecked Sendable {
         if var ended { ended.tearDown() }
     }
 
-    public func pushGrant(session: UInt64, region: UInt32) -> ReadGrant? {
+    public func pushKey(session: UInt64, region: UInt32) -> Message? {
         state.withLock { state in
             guard let s = state.sessions[session], s.connections.contains(where: { $0.channel == .push }),
                   let registration = s.registrations[region] else { return nil }
-            return ReadGrant(region: region, rkey: registration.rkey, address: registration.address, length: UInt64(registration.length))
+            return .rdmaKey(region: region, rkey: registration.rkey, address: registration.address, length: UInt64(registration.length))
         }
     }
 

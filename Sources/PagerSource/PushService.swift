@@ -106,7 +106,7 @@ extension SourceServer {
         var completed = Set<UInt32>()
         // The keys sent on this connection ahead of its PUSH_READs (the same connection: the
         // destination has the key before the first READ it is asked to make).
-        var keyed: [UInt32: ReadGrant] = [:]
+        var keyed: [UInt32: Message] = [:]
         while session.isCurrent(.push, generation) {
             // A map may have been applied before this loop began (the reader runs first): the
             // maps themselves say so, not only a change of `restarts`.
@@ -163,10 +163,10 @@ extension SourceServer {
             }
             let size = UInt64(region.pageSize)
             let sent: UInt64
-            if let grant = readGrant(region, session: session) {
-                if keyed[region.id] != grant {
-                    try sender.channel.send(grant.message)
-                    keyed[region.id] = grant
+            if let key = pushKey(region, session: session) {
+                if keyed[region.id] != key {
+                    try sender.channel.send(key)
+                    keyed[region.id] = key
                 }
                 sent = try sender.offerReads(region, offset: UInt64(run.lowerBound) * size, length: UInt64(run.count) * size,
                                              step: UInt64(pushChunk))
@@ -183,9 +183,9 @@ extension SourceServer {
 extension SourceServer {
     /// The key for leaving `region`'s push to READs: the session negotiated rdma, its push
     /// queue pair is admitted, and the region's pages fit a PUSH_READ (at most 2 MiB).
-    func readGrant(_ region: ServedRegion, session: SourceSession) -> ReadGrant? {
+    func pushKey(_ region: ServedRegion, session: SourceSession) -> Message? {
         guard session.features.contains(.rdma), region.pageSize <= Int(WireLimits.pushReadBytes), let readService else { return nil }
-        return readService.pushGrant(session: session.id, region: region.id)
+        return readService.pushKey(session: session.id, region: region.id)
     }
 }
 

@@ -15,27 +15,10 @@ public protocol ReadService: AnyObject, Sendable {
     func open(session: UInt64, admissionKey: [UInt8], regions: [ServedRegion], demand: @escaping @Sendable () -> (any FrameConnection)?)
     /// The session ended: its queue pairs, registrations and admission go.
     func close(session: UInt64)
-    /// The key to `region`'s memory once the session's push queue pair is admitted (the push
-    /// then leaves the region's data to READs, PUSH_READ §4.11a); nil before, after it went,
-    /// or for a region not registered.
-    func pushGrant(session: UInt64, region: UInt32) -> ReadGrant?
-}
-
-/// What an RDMA_KEY frame grants: READ of `[address, address + length)` with `rkey`.
-public struct ReadGrant: Sendable, Equatable {
-    public let region: UInt32
-    public let rkey: UInt32
-    public let address: UInt64
-    public let length: UInt64
-
-    public init(region: UInt32, rkey: UInt32, address: UInt64, length: UInt64) {
-        self.region = region
-        self.rkey = rkey
-        self.address = address
-        self.length = length
-    }
-
-    public var message: Message { .rdmaKey(region: region, rkey: rkey, address: address, length: length) }
+    /// The RDMA_KEY frame for `region` once the session's push queue pair is admitted (the
+    /// push then leaves the region's data to READs, PUSH_READ §4.11a, and sends this ahead of
+    /// them); nil before, after the queue pair went, or for a region not registered.
+    func pushKey(session: UInt64, region: UInt32) -> Message?
 }
 
 extension ServedRegion {

@@ -41,8 +41,8 @@ struct PageReadsTests {
 
         let regionLength = Atomic<UInt64>(0)
 
-        func pushGrant(session: UInt64, region: UInt32) -> ReadGrant? {
-            pushAdmitted && region == 1 ? ReadGrant(region: 1, rkey: 0x4343, address: base, length: regionLength.load(ordering: .relaxed)) : nil
+        func pushKey(session: UInt64, region: UInt32) -> Message? {
+            pushAdmitted && region == 1 ? .rdmaKey(region: 1, rkey: 0x4343, address: base, length: regionLength.load(ordering: .relaxed)) : nil
         }
     }
 
@@ -107,9 +107,23 @@ struct PageReadsTests {
         func stop() { state.withLock { $0.stopped = true } }
     }
 
-    @Test("faults are read first, failed reads come over TCP, and both sides hold the same admission key")
-    func seams() throws {
-        let pages = 4096 // 16 MiB
+    /// What one migration through the fakes left.
+    struct Outcome {
+        let report: ResolveReport
+        /// Words not as served, at the touches and in the final check of every word.
+        let bad: Int
+        let session: UInt64
+        let admissionKey: [UInt8]?
+        let counts: SourceServer.Counters
+        let base: UnsafeRawPointer
+    }
+
+    /// `pages` pages served (every 7th zero) with `service` as the read service, migrated into
+    /// fresh memory by a resolver that `configure` sets up (given the served memory), the push
+    /// connection with `push`; every `touchEvery`-th page (in a scattered order) touched
+    /// meanwhile, every word checked at the end. The server is stopped before it returns.
+    func migrate(pages: Int, service: (UInt64) -> FakeService, push: Bool, touchEvery: Int,
+                 _ configure: (inout FaultResolver.Configuration, UnsafeRawPointer) -> Void) throws -> (Outcome, FakeService) {
         let served = try MemoryMapping.anonymous(length: pages * basePageSize)
         func expected(_ p: Int, _ w: Int) -> UInt64 { p % 7 == 0 ? 0 : UInt64(p) &* 0x9E37_79B9 ^ UInt64(w) }
         for p in 0..<pages where p % 7 != 0 {
@@ -120,8 +134,8 @@ struct PageReadsTests {
         logger.logLevel = .warning
         let region = ServedRegion(id: 1, name: "ram", base: served.base, length: pages * basePageSize)
         let server = try SourceServer(listen: Endpoint(host: "127.0.0.1", port: 0), regions: [region], authentication: TestKeys.authentication, logger: logger)
-        let service = FakeService(base: UInt64(UInt(bitPattern: served.base)))
-        server.readService = service
+        let readService = service(UInt64(UInt(bitPattern: served.base)))
+        server.readService = readService
         let serverThread = try KernelThread(name: "test-server") { server.run() }
         defer { server.stop(); serverThread.join() }
 
@@ -132,19 +146,18 @@ struct PageReadsTests {
         let client = try DestinationClient(source: server.listener.endpoint, clientName: "test", features: [.resume, .rdma],
                                            authentication: TestKeys.authentication)
         #expect(client.features.contains(.rdma))
-        let reads = FakeReads(memory: served.base)
         var configuration = FaultResolver.Configuration()
-        configuration.pageReads = reads
+        configure(&configuration, UnsafeRawPointer(served.base))
         let resolver = try FaultResolver(uffd: uffd, region: try client.region(selectedBy: nil),
                                          mappings: [RegionMapping(base: UInt64(UInt(bitPattern: destination.base)), size: UInt64(pages * basePageSize), regionOffset: 0, pageSize: basePageSize)],
-                                         demand: client.demand, push: nil, configuration: configuration, logger: logger)
+                                         demand: client.demand, push: push ? client.push : nil, configuration: configuration, logger: logger)
         let outcome = Mutex<Result<ResolveReport, ResolveError>?>(nil)
         let resolving = try KernelThread(name: "test-resolver") {
             let result = Result<ResolveReport, ResolveError>(catching: { () throws(ResolveError) -> ResolveReport in try resolver.run() })
             outcome.withLock { $0 = result }
         }
         var bad = 0
-        for i in 0..<pages {
+        for i in stride(from: 0, to: pages, by: touchEvery) {
             let p = (i &* 2654435761) % pages
             if touch(destination.page(p) + 8) != expected(p, 1) { bad += 1 }
         }
@@ -155,68 +168,47 @@ struct PageReadsTests {
             let words = destination.page(p).assumingMemoryBound(to: UInt64.self)
             for w in 0..<basePageSize / 8 where words[w] != expected(p, w) { bad += 1 }
         }
-        #expect(bad == 0)
-        // The grant reached the reads; they brought pages, and what they failed came over TCP.
-        #expect(reads.grant?.rkey == 0x4242 && reads.grant?.address == UInt64(UInt(bitPattern: served.base)))
-        #expect(report.reads > 0 && report.reads == reads.readsCompleted && report.readBytes == UInt64(reads.bytesRead))
-        #expect(reads.failures > 0 && report.readsAskedAgain == reads.failures, "\(reads.failures) failed reads, \(report.readsAskedAgain) asked again")
-        // One open with the key the destination derived (never sent: both ends computed it).
-        let opened = service.opened.withLock { $0 }
-        #expect(opened.count == 1 && opened.first?.session == client.session && opened.first?.regions == [1])
-        #expect(opened.first?.key == client.admissionKey && client.admissionKey?.count == 32)
         server.stop()
         serverThread.join()
-        #expect(service.closed.withLock { $0 } == [client.session])
+        return (Outcome(report: report, bad: bad, session: client.session, admissionKey: client.admissionKey, counts: server.counts,
+                        base: UnsafeRawPointer(served.base)), readService)
+    }
+
+    @Test("faults are read first, failed reads come over TCP, and both sides hold the same admission key")
+    func seams() throws {
+        var reads: FakeReads?
+        let (run, service) = try migrate(pages: 4096, service: { FakeService(base: $0) }, push: false, touchEvery: 1) { configuration, memory in
+            reads = FakeReads(memory: memory)
+            configuration.pageReads = reads
+        }
+        let report = run.report
+        let base = UInt64(UInt(bitPattern: run.base))
+        #expect(run.bad == 0)
+        // The grant reached the reads; they brought pages, and what they failed came over TCP.
+        let fake = try #require(reads)
+        #expect(fake.grant?.rkey == 0x4242 && fake.grant?.address == base)
+        #expect(report.reads > 0 && report.reads == fake.readsCompleted && report.readBytes == UInt64(fake.bytesRead))
+        #expect(fake.failures > 0 && report.readsAskedAgain == fake.failures, "\(fake.failures) failed reads, \(report.readsAskedAgain) asked again")
+        // One open with the key the destination derived (never sent: both ends computed it).
+        let opened = service.opened.withLock { $0 }
+        #expect(opened.count == 1 && opened.first?.session == run.session && opened.first?.regions == [1])
+        #expect(opened.first?.key == run.admissionKey && run.admissionKey?.count == 32)
+        #expect(service.closed.withLock { $0 } == [run.session])
     }
 
     @Test("with a push queue pair the push leaves its data to READs (PUSH_READ after RDMA_KEY on the push connection); failed ones come over TCP; every byte right")
     func pushByRead() throws {
         let pages = 8192 // 32 MiB: 64 PUSH_READs of 512 KiB
-        let served = try MemoryMapping.anonymous(length: pages * basePageSize)
-        func expected(_ p: Int, _ w: Int) -> UInt64 { p % 7 == 0 ? 0 : UInt64(p) &* 0x9E37_79B9 ^ UInt64(w) }
-        for p in 0..<pages where p % 7 != 0 {
-            let words = served.page(p).assumingMemoryBound(to: UInt64.self)
-            for w in 0..<basePageSize / 8 { words[w] = expected(p, w) }
-        }
-        var logger = Logger(label: "test")
-        logger.logLevel = .warning
-        let region = ServedRegion(id: 1, name: "ram", base: served.base, length: pages * basePageSize)
-        let server = try SourceServer(listen: Endpoint(host: "127.0.0.1", port: 0), regions: [region], authentication: TestKeys.authentication, logger: logger)
-        let service = FakeService(base: UInt64(UInt(bitPattern: served.base)), pushAdmitted: true)
-        server.readService = service
-        let serverThread = try KernelThread(name: "test-server") { server.run() }
-        defer { server.stop(); serverThread.join() }
-
-        let destination = try MemoryMapping.anonymous(length: pages * basePageSize)
-        let uffd = try Userfaultfd()
-        try uffd.negotiate([.eventRemove, .eventUnmap])
-        try uffd.register(destination.range, mode: .missing)
-        let client = try DestinationClient(source: server.listener.endpoint, clientName: "test", features: [.resume, .rdma],
-                                           authentication: TestKeys.authentication)
-        #expect(client.features.contains(.rdma))
-        let pushReads = FakeReads(memory: served.base)
-        var configuration = FaultResolver.Configuration()
-        configuration.pushReads = pushReads
-        configuration.rdmaNegotiated = true
-        let resolver = try FaultResolver(uffd: uffd, region: try client.region(selectedBy: nil),
-                                         mappings: [RegionMapping(base: UInt64(UInt(bitPattern: destination.base)), size: UInt64(pages * basePageSize), regionOffset: 0, pageSize: basePageSize)],
-                                         demand: client.demand, push: client.push, configuration: configuration, logger: logger)
-        let outcome = Mutex<Result<ResolveReport, ResolveError>?>(nil)
-        let resolving = try KernelThread(name: "test-resolver") {
-            let result = Result<ResolveReport, ResolveError>(catching: { () throws(ResolveError) -> ResolveReport in try resolver.run() })
-            outcome.withLock { $0 = result }
-        }
+        var reads: FakeReads?
         // A few faults meanwhile (over TCP: no demand reads here).
-        var bad = 0
-        for i in stride(from: 0, to: pages, by: 97) where touch(destination.page(i) + 8) != expected(i, 1) { bad += 1 }
-        resolving.join()
-        client.close()
-        let report = try outcome.withLock { try #require($0) }.get()
-        for p in 0..<pages {
-            let words = destination.page(p).assumingMemoryBound(to: UInt64.self)
-            for w in 0..<basePageSize / 8 where words[w] != expected(p, w) { bad += 1 }
+        let (run, _) = try migrate(pages: pages, service: { FakeService(base: $0, pushAdmitted: true) }, push: true, touchEvery: 97) { configuration, memory in
+            reads = FakeReads(memory: memory)
+            configuration.pushReads = reads
+            configuration.rdmaNegotiated = true
         }
-        #expect(bad == 0)
+        let report = run.report
+        let pushReads = try #require(reads)
+        #expect(run.bad == 0)
         // The key came ahead of the PUSH_READs; READs brought most of the region, the third
         // that failed came over TCP, and the source sent no push data itself.
         #expect(pushReads.grant?.rkey == 0x4343)
@@ -226,10 +218,7 @@ struct PageReadsTests {
         // PUSH_COMPLETE comes long before the READs are done: their pages are in flight, so the
         // final sweep (which asks over TCP for what is still missing after the push) waits.
         #expect(report.sweepRequests == 0, "\(report.sweepRequests) sweep requests")
-        server.stop()
-        serverThread.join()
-        let counts = server.counts
-        #expect(counts.pushReadBytes >= report.pushReadBytes && counts.pushReadBytes <= UInt64(pages * basePageSize), "\(counts)")
+        #expect(run.counts.pushReadBytes >= report.pushReadBytes && run.counts.pushReadBytes <= UInt64(pages * basePageSize), "\(run.counts)")
     }
 
     @Test("a source without a read service does not accept rdma")
