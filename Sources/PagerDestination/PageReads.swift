@@ -69,26 +69,36 @@ extension FaultResolver {
 
     /// A PUSH_READ (§4.11a) for this destination's region: its missing pages put in flight
     /// (a fault on one asks for it urgently as for any page in flight; the final sweep waits
-    /// for them) and handed to the push's READs; without them (no push queue pair here), or
-    /// when they cannot read them, asked for over TCP.
+    /// for them) and handed to the push's READs with those in flight already (a prefetch
+    /// request the source answered with nothing: the PUSH_READ made them sent; a second copy
+    /// is dropped); without the push's READs (no push queue pair here), or when they cannot
+    /// read them, asked for over TCP.
     func pushRead(offset: UInt64, length: UInt32) {
         let first = Int(offset / UInt64(unit)), count = Int(UInt64(length) / UInt64(unit))
         let runs = lock.withLock { state -> [Range<Int>] in
             guard case .fetching = state.phase, first < state.pages.pageCount else { return [] }
-            return state.pages.request(first..<min(first + count, state.pages.pageCount))
+            let range = first..<min(first + count, state.pages.pageCount)
+            _ = state.pages.request(range)
+            var runs: [Range<Int>] = []
+            for page in range where state.pages.state(of: page) == .inFlight {
+                if let last = runs.last, last.upperBound == page { runs[runs.count - 1] = last.lowerBound..<page + 1 } else { runs.append(page..<page + 1) }
+            }
+            return runs
         }
         guard !runs.isEmpty else { return }
         let requests = runs.map { request($0, []) }
         let rest = configuration.pushReads?.take(requests) ?? requests
-        if !rest.isEmpty { askAgain(rest) }
+        if !rest.isEmpty { askAgain(rest, counted: false) }
     }
 
     /// Pages a read did not bring: asked for on the demand connection. While the connections
     /// are down they stay in flight, and the resume asks for them again.
-    private func askAgain(_ requests: [PageRequest]) {
+    /// `counted`: a read that did not deliver (``ResolveReport/readsAskedAgain``), not a range
+    /// no read could take.
+    private func askAgain(_ requests: [PageRequest], counted: Bool = true) {
         let link = lock.withLock { state -> Link? in
             guard case .fetching = state.phase, state.link.downSince == nil else { return nil }
-            state.report.readsAskedAgain += requests.count
+            if counted { state.report.readsAskedAgain += requests.count }
             return state.link
         }
         guard let link else { return }

@@ -98,7 +98,7 @@ extension FaultResolver {
             break // for a region this destination declined
         case .message(.pushRead(let r, _, _)) where r != region.id:
             // Another region of the source's: announced (else a lie), not mapped here.
-            guard configuration.otherRegions.contains(r), configuration.usesRDMA else {
+            guard configuration.otherRegions.contains(r), configuration.usesRDMA, role == .push else {
                 return misbehaved(.sourceMisbehaved("PUSH_READ for region \(r), which the source did not announce\(configuration.usesRDMA ? "" : " (and rdma was not negotiated)")"))
             }
         case .message(.pushRead(_, let offset, let length)):

@@ -33,9 +33,11 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
         /// The queue pair failed or went: nothing more is taken.
         var dead = false
         /// Push ranges taken, not yet posted (no free slot), in order.
-        var backlog: [PageRequest] = []
+        var backlog = PushBacklog<PageRequest, ReadTarget>(key: RDMAPageReads.target)
     }
     let state = Mutex(State())
+    /// ``stop()`` said, for waits (the backoff, the wait after giving up).
+    let stopSignal = WaitableState(false)
     /// The queue pair and the pools' registrations in its domain: the reads thread's (and
     /// deinit's) only.
     var connection: RDMAConnection?
@@ -119,17 +121,17 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
         state.withLock { state in
             guard !state.stopped, !state.dead, let reader = state.reader else { return requests }
             guard queueing else { return Self.post(requests, &state, reader) }
-            // A range without a key could never be read: handed back (TCP).
+            // A range without a key could never be read: handed back (TCP). One read or queued
+            // already (the push sent again after a resume) is not read twice.
             var unreadable: [PageRequest] = []
-            for r in requests {
+            for r in requests where state.waiting[Self.target(r)] == nil {
                 if reader.keys.remote(for: Self.target(r)) == nil { unreadable.append(r) } else { state.backlog.append(r) }
             }
-            postBacklog(&state)
-            return unreadable
+            return unreadable + postBacklog(&state)
         }
     }
 
-    private static func target(_ r: PageRequest) -> ReadTarget { ReadTarget(region: r.region, offset: r.offset, length: Int(r.length)) }
+    static func target(_ r: PageRequest) -> ReadTarget { ReadTarget(region: r.region, offset: r.offset, length: Int(r.length)) }
 
     /// Posts what it can of `requests` (one chain); returns the rest, in order.
     private static func post(_ requests: [PageRequest], _ state: inout State, _ reader: RDMAReader) -> [PageRequest] {
@@ -143,16 +145,19 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
     }
 
     /// Posts the push backlog from its front, a chain at a time, until a range does not fit.
-    private func postBacklog(_ state: inout State) {
-        guard let reader = state.reader else { return }
+    /// Returns what can never be posted (it did not fit with nothing in flight: a key shorter
+    /// than the range, a queue refusing posts): for TCP.
+    private func postBacklog(_ state: inout State) -> [PageRequest] {
+        guard let reader = state.reader else { return [] }
         while !state.backlog.isEmpty, !state.dead {
-            let chain = Array(state.backlog.prefix(VerbsQueue.maximumChain))
-            let rest = Self.post(chain, &state, reader)
-            state.backlog.removeFirst(chain.count)
-            state.backlog.insert(contentsOf: rest, at: 0)
+            let rest = Self.post(state.backlog.takeFront(VerbsQueue.maximumChain), &state, reader)
             if reader.state != .live { state.dead = true }
-            if !rest.isEmpty { return }
+            if rest.isEmpty { continue }
+            if reader.pending == 0 { return rest + state.backlog.removeAll() }
+            state.backlog.putBack(rest)
+            return []
         }
+        return []
     }
 
     public func grant(region: UInt32, rkey: UInt32, address: UInt64, length: UInt64, regionLength: UInt64?) throws {
@@ -164,7 +169,10 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
         logger.info("RDMA: the source granted READ of region \(region) (\(length >> 20) MiB)")
     }
 
-    public func stop() { state.withLock { $0.stopped = true } }
+    public func stop() {
+        state.withLock { $0.stopped = true }
+        stopSignal.change { $0 = true }
+    }
 
     public func serve(arrived: (PageRequest, UnsafeRawBufferPointer) -> Void, failed: ([PageRequest]) -> Void) {
         // The queue pair is taken in a call of its own: no reference to it outlives the call
@@ -257,10 +265,11 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
             case .arrived(let target, let pool, let slots, let bytes):
                 let requests = state.withLock { $0.waiting.removeValue(forKey: target) } ?? []
                 for request in requests { arrived(request, bytes) }
-                state.withLock { state in
+                let stuck = state.withLock { state -> [PageRequest] in
                     state.reader?.release(pool: pool, slots: slots)
-                    if queueing { postBacklog(&state) }
+                    return queueing ? postBacklog(&state) : []
                 }
+                if !stuck.isEmpty { failed(stuck) }
             case .failed(let target, let status):
                 logger.warning("RDMA: READ of \(target) \(status): asked for over TCP")
                 failed(state.withLock { $0.waiting.removeValue(forKey: target) } ?? [])
@@ -269,7 +278,7 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
     }
 
     func waitUntilStopped() {
-        while !state.withLock({ $0.stopped }) { sleepMilliseconds(20) }
+        _ = stopSignal.wait(until: { $0 })
     }
 
     /// The queue pair is unusable: everything in flight goes back to TCP, and so does every
@@ -278,11 +287,8 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
         let requests = state.withLock { state -> [PageRequest] in
             state.dead = true
             _ = state.reader?.abandon(reason: reason)
-            defer {
-                state.waiting.removeAll()
-                state.backlog.removeAll()
-            }
-            return state.waiting.values.flatMap { $0 } + state.backlog
+            defer { state.waiting.removeAll() }
+            return state.waiting.values.flatMap { $0 } + state.backlog.removeAll()
         }
         if !requests.isEmpty { failed(requests) }
     }

@@ -17,6 +17,10 @@ public final class RDMAReadService: ReadService, @unchecked Sendable {
         let regions: [ServedRegion]
         /// The session's demand connection now (a resume replaces it).
         let demand: @Sendable () -> (any FrameConnection)?
+        /// Whether the server holds pages now (no keys go out while it does).
+        let held: @Sendable () -> Bool
+        /// Keys of queue pairs admitted while held, sent once released.
+        var pendingKeys: [RemoteKeys.Grant] = []
         var domain: ProtectionDomain?
         var registrations: [UInt32: MemoryRegion] = [:]
         /// Writable mappings made for registrations on kernels before 6.2 (see prepare).
@@ -69,10 +73,11 @@ public final class RDMAReadService: ReadService, @unchecked Sendable {
         for var s in sessions { s.tearDown() }
     }
 
-    public func open(session: UInt64, admissionKey: [UInt8], regions: [ServedRegion], demand: @escaping @Sendable () -> (any FrameConnection)?) {
+    public func open(session: UInt64, admissionKey: [UInt8], regions: [ServedRegion], demand: @escaping @Sendable () -> (any FrameConnection)?,
+                     held: @escaping @Sendable () -> Bool) {
         state.withLock { state in
             state.gate.open(session: session, key: admissionKey)
-            state.sessions[session] = Session(regions: regions, demand: demand)
+            state.sessions[session] = Session(regions: regions, demand: demand, held: held)
         }
     }
 
@@ -112,11 +117,13 @@ public final class RDMAReadService: ReadService, @unchecked Sendable {
                 }
                 continue
             }
+            let keysWaiting = sendReleasedKeys()
             let admitted = state.withLock { state in
                 state.sessions.flatMap { id, session in session.connections.map { (id, $0.channel, $0.connection) } }
             }
             do {
-                let ready = try pollReadable([listener.eventDescriptor] + admitted.map(\.2.eventDescriptor), timeoutMilliseconds: 100,
+                // Keys waiting for the release are looked at every 5 ms: faults come right after.
+                let ready = try pollReadable([listener.eventDescriptor] + admitted.map(\.2.eventDescriptor), timeoutMilliseconds: keysWaiting ? 5 : 100,
                                              detail: "RDMA CM events")
                 for (i, (session, channel, connection)) in admitted.enumerated() where ready[i + 1] {
                     guard let event = try connection.nextEvent(until: .after(nanoseconds: 1_000_000)) else { continue }
@@ -147,7 +154,7 @@ public final class RDMAReadService: ReadService, @unchecked Sendable {
             for (id, session) in state.sessions {
                 old.append(session)
                 for c in session.connections { state.gate.disconnected(session: id, channel: c.channel) }
-                state.sessions[id] = Session(regions: session.regions, demand: session.demand)
+                state.sessions[id] = Session(regions: session.regions, demand: session.demand, held: session.held)
             }
             return old
         }
@@ -180,11 +187,18 @@ public final class RDMAReadService: ReadService, @unchecked Sendable {
                 connection.disconnect()
                 return
             }
-            // On the demand connection of now: after a resume the first one is gone.
-            guard let connection = demand() else { throw KernelError("rdma_cm", .noSuchProcess, detail: "the session's demand connection is gone") }
-            for grant in grants {
-                try connection.send(.rdmaKey(region: grant.region, rkey: grant.rkey, address: grant.address, length: grant.length))
+            // While the server holds pages (a VM still writing its RAM), its keys wait: a READ
+            // now would bring bytes the VM is still changing.
+            let deferred = state.withLock { state -> Bool in
+                guard let s = state.sessions[admitted.session], s.held() else { return false }
+                state.sessions[admitted.session]!.pendingKeys = grants
+                return true
             }
+            if deferred {
+                logger.info("session \(hex(admitted.session)): \(admitted.channel) queue pair admitted; its READ keys go once the pages are released")
+                return
+            }
+            try send(grants, on: demand)
             logger.info("session \(hex(admitted.session)): \(admitted.channel) queue pair admitted; READ granted for \(grants.count) region(s)")
         } catch {
             // Whatever failed after the accept takes its queue pair down with it.
@@ -196,6 +210,40 @@ public final class RDMAReadService: ReadService, @unchecked Sendable {
             request.reject("the source could not set up the queue pair: \(error)")
             logger.error("session \(hex(admitted.session)): RDMA queue pair not set up: \(error)")
         }
+    }
+
+    /// RDMA_KEY frames for `grants` on the session's demand connection of now (after a resume
+    /// the first one is gone).
+    private func send(_ grants: [RemoteKeys.Grant], on demand: @Sendable () -> (any FrameConnection)?) throws {
+        guard let connection = demand() else { throw KernelError("rdma_cm", .noSuchProcess, detail: "the session's demand connection is gone") }
+        for grant in grants {
+            try connection.send(.rdmaKey(region: grant.region, rkey: grant.rkey, address: grant.address, length: grant.length))
+        }
+    }
+
+    /// Sends the keys that waited for the release, of sessions released since; true while
+    /// some still wait.
+    private func sendReleasedKeys() -> Bool {
+        let (due, waiting) = state.withLock { state -> ([(UInt64, [RemoteKeys.Grant], @Sendable () -> (any FrameConnection)?)], Bool) in
+            var due: [(UInt64, [RemoteKeys.Grant], @Sendable () -> (any FrameConnection)?)] = []
+            var waiting = false
+            for (id, s) in state.sessions where !s.pendingKeys.isEmpty {
+                if s.held() { waiting = true; continue }
+                due.append((id, s.pendingKeys, s.demand))
+                state.sessions[id]!.pendingKeys = []
+            }
+            return (due, waiting)
+        }
+        for (id, grants, demand) in due {
+            do {
+                try send(grants, on: demand)
+                logger.info("session \(hex(id)): pages released: READ granted for \(grants.count) region(s)")
+            } catch {
+                // The keys never reached the destination: its faults go over TCP.
+                logger.error("session \(hex(id)): the READ keys could not be sent (\(error)): its pages come over TCP")
+            }
+        }
+        return waiting
     }
 
     /// Registers a region's memory for remote READ. Before Linux 6.2 the kernel pins a

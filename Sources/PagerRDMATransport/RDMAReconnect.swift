@@ -38,10 +38,8 @@ extension RDMAPageReads {
         }
         var delay: UInt64 = 100, attempts = 0, logged = false
         while !state.withLock({ $0.stopped }) {
-            // Sleep in short steps: a stop must not wait for the backoff.
-            let wake = monotonicNanoseconds() + delay * 1_000_000
-            while monotonicNanoseconds() < wake, !state.withLock({ $0.stopped }) { sleepMilliseconds(10) }
-            if state.withLock({ $0.stopped }) { break }
+            // The backoff, ended at once by a stop.
+            if stopSignal.wait(until: { $0 }, deadline: monotonicNanoseconds() + delay * 1_000_000) { break }
             attempts += 1
             do {
                 let connection = try Self.connect(peer, channel, timeoutMilliseconds: 2_000)

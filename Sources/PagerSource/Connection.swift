@@ -22,7 +22,8 @@ extension SourceServer {
                     readService.open(session: session.id, admissionKey: keys.admissionKey,
                                      regions: regions.filter { $0.live == nil && $0.localMemory != nil },
                                      // This one until it is attached (a queue pair may be quick).
-                                     demand: { [weak session] in session.map { $0.currentConnection(.demand) ?? channel } })
+                                     demand: { [weak session] in session.map { $0.currentConnection(.demand) ?? channel } },
+                                     held: { [gate] in gate.isHeld })
                 }
             case .push(let session, let g):
                 joined = (session, .push, false)

@@ -11,8 +11,10 @@ public protocol ReadService: AnyObject, Sendable {
     /// under `admissionKey` (the demand connection's, spec §5); the keys for `regions` (those
     /// in this process's memory and not live) go on the session's demand connection as it is
     /// then (`demand`: a resume replaces it; nil once the session is closed) each time a queue
-    /// pair is admitted.
-    func open(session: UInt64, admissionKey: [UInt8], regions: [ServedRegion], demand: @escaping @Sendable () -> (any FrameConnection)?)
+    /// pair is admitted, but not while `held` (the server's gate: nothing of a VM's RAM before
+    /// it stopped): those wait until it is released.
+    func open(session: UInt64, admissionKey: [UInt8], regions: [ServedRegion], demand: @escaping @Sendable () -> (any FrameConnection)?,
+              held: @escaping @Sendable () -> Bool)
     /// The session ended: its queue pairs, registrations and admission go.
     func close(session: UInt64)
     /// The RDMA_KEY frame for `region` once the session's push queue pair is admitted (the

@@ -21,6 +21,9 @@ final class ReleaseGate: Sendable {
         state.change { $0 = false }
     }
 
+    /// Whether pages are held now.
+    var isHeld: Bool { held.load(ordering: .acquiring) }
+
     /// Wakes every waiting sender to check whether it was abandoned.
     func wakeAll() { state.wakeAll() }
 

@@ -216,7 +216,7 @@ struct DestCommand: ParsableCommand {
             configuration.poisonGuard = missing
             configuration.progress = tracked.progress
             configuration.rdmaNegotiated = client.features.contains(.rdma)
-            if transport == .rdma { (configuration.pageReads, configuration.pushReads) = connectReads(client, logger: logger) }
+            if transport == .rdma { (configuration.pageReads, configuration.pushReads) = connectReads(client, push: !noPush, logger: logger) }
             let connections = current ?? SessionConnections(demand: client.demand, push: client.push)
             let resolver = try FaultResolver(uffd: handoff.uffd, region: region, mappings: handoff.mappings,
                                              demand: connections.demand, push: noPush ? nil : connections.push, configuration: configuration, logger: logger)

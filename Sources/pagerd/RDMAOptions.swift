@@ -50,7 +50,7 @@ func startReadService(_ server: SourceServer, logger: Logger) throws -> () -> Vo
 /// session; nil (logged as an error) where one is not there: the workload's memory is already
 /// handed over, so the migration goes on over TCP rather than fail for it (faults without
 /// the demand one, the push without the push one).
-func connectReads(_ client: DestinationClient, logger: Logger) -> (faults: (any PageReads)?, push: (any PageReads)?) {
+func connectReads(_ client: DestinationClient, push wanted: Bool = true, logger: Logger) -> (faults: (any PageReads)?, push: (any PageReads)?) {
     #if RDMA
     guard client.features.contains(.rdma), let key = client.admissionKey else {
         logger.error("session \(hex(client.session)): the source at \(client.source) did not accept rdma (it needs pagerd source --rdma, and keys on both sides): every page comes over TCP")
@@ -68,7 +68,7 @@ func connectReads(_ client: DestinationClient, logger: Logger) -> (faults: (any 
             return nil
         }
     }
-    return (connect(push: false, "faults are read"), connect(push: true, "the push comes"))
+    return (connect(push: false, "faults are read"), wanted ? connect(push: true, "the push comes") : nil)
     #else
     logger.error(Logger.Message(stringLiteral: rdmaNotBuilt))
     return (nil, nil)

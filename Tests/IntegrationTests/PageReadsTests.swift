@@ -29,7 +29,8 @@ struct PageReadsTests {
             self.pushAdmitted = pushAdmitted
         }
 
-        func open(session: UInt64, admissionKey: [UInt8], regions: [ServedRegion], demand: @escaping @Sendable () -> (any FrameConnection)?) {
+        func open(session: UInt64, admissionKey: [UInt8], regions: [ServedRegion], demand: @escaping @Sendable () -> (any FrameConnection)?,
+                  held: @escaping @Sendable () -> Bool) {
             opened.withLock { $0.append((session, admissionKey, regions.map(\.id))) }
             regionLength.store(regions[0].length, ordering: .relaxed)
             // As after the demand queue pair's admission (not in the push test: there the push
