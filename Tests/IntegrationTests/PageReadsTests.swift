@@ -121,9 +121,10 @@ struct PageReadsTests {
 
     /// `pages` pages served (every 7th zero) with `service` as the read service, migrated into
     /// fresh memory by a resolver that `configure` sets up (given the served memory), the push
-    /// connection with `push`; every `touchEvery`-th page (in a scattered order) touched
+    /// connection with `push`; every `touchEvery`-th page (in a scattered order, or in order
+    /// with `sequential`) touched
     /// meanwhile, every word checked at the end. The server is stopped before it returns.
-    func migrate(pages: Int, service: (UInt64) -> FakeService, push: Bool, touchEvery: Int,
+    func migrate(pages: Int, service: (UInt64) -> FakeService, push: Bool, touchEvery: Int, sequential: Bool = false,
                  _ configure: (inout FaultResolver.Configuration, UnsafeRawPointer) -> Void) throws -> (Outcome, FakeService) {
         let served = try MemoryMapping.anonymous(length: pages * basePageSize)
         func expected(_ p: Int, _ w: Int) -> UInt64 { p % 7 == 0 ? 0 : UInt64(p) &* 0x9E37_79B9 ^ UInt64(w) }
@@ -159,7 +160,7 @@ struct PageReadsTests {
         }
         var bad = 0
         for i in stride(from: 0, to: pages, by: touchEvery) {
-            let p = (i &* 2654435761) % pages
+            let p = sequential ? i : (i &* 2654435761) % pages
             if touch(destination.page(p) + 8) != expected(p, 1) { bad += 1 }
         }
         resolving.join()
@@ -197,12 +198,15 @@ struct PageReadsTests {
         #expect(service.closed.withLock { $0 } == [run.session])
     }
 
-    @Test("with a push queue pair the push leaves its data to READs (PUSH_READ after RDMA_KEY on the push connection); failed ones come over TCP; every byte right")
-    func pushByRead() throws {
+    @Test("with a push queue pair the push leaves its data to READs (PUSH_READ after RDMA_KEY on the push connection); failed ones come over TCP; every byte right; with scattered faults, and with a scan meanwhile (its window ahead goes as prefetch on the push channel)",
+          .timeLimit(.minutes(1)), arguments: [false, true])
+    func pushByRead(sequentialScan: Bool) throws {
         let pages = 8192 // 32 MiB: 64 PUSH_READs of 512 KiB
         var reads: FakeReads?
-        // A few faults meanwhile (over TCP: no demand reads here).
-        let (run, _) = try migrate(pages: pages, service: { FakeService(base: $0, pushAdmitted: true) }, push: true, touchEvery: 97) { configuration, memory in
+        // Faults meanwhile (over TCP: no demand reads here): a few scattered ones, or a scan
+        // (whose window ahead goes as prefetch on the push channel).
+        let (run, _) = try migrate(pages: pages, service: { FakeService(base: $0, pushAdmitted: true) }, push: true,
+                                   touchEvery: sequentialScan ? 1 : 97, sequential: sequentialScan) { configuration, memory in
             reads = FakeReads(memory: memory)
             configuration.pushReads = reads
             configuration.rdmaNegotiated = true
