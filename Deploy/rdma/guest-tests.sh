@@ -144,6 +144,8 @@ refused rdma-refuses-no-auth "needs authentication" \
 refused rdma-refuses-encrypt "are not encrypted" \
     qemu-dest --qmp /tmp/x.qmp --ram /tmp/x.ram --connect 10.0.0.9:1 --uffd-socket /tmp/x.sock --incoming tcp:0:1 \
     --key-file /tmp/keys.psk --encrypt --transport rdma
+refused rdma-device-needs-rdma "needs --transport rdma" \
+    dest --connect 10.0.0.9:1 --uffd-socket /tmp/x.sock --key-file /tmp/keys.psk --rdma-device rxe0
 refused rdma-refuses-precopy "pre-copy" \
     qemu-source --qmp /tmp/x.qmp --ram /tmp/x.ram --listen 10.0.0.9:1 --migrate-to tcp:10.0.0.9:2 --track-socket /tmp/x.track \
     --key-file /tmp/keys.psk --rdma
@@ -165,7 +167,26 @@ kill $source 2> /dev/null
 wait $source 2> /dev/null
 during= expect= rdma_migrate rdma-migration-demand-only --no-push
 # The push by READ (PUSH_READ on the push queue pair): the source sends no page data itself.
-during= expect="the push's [1-9][0-9]* READs" rdma_migrate rdma-migration-with-push-by-read
+during= expect="the push's [1-9][0-9]* READs" rdma_migrate rdma-migration-with-push-by-read --rdma-device rxe0
+# --rdma-device names another device: no queue pair (an error line says why), every page over TCP.
+rm -f /tmp/d.sock /tmp/*.log
+/bin/pager-workload fill --file /dev/shm/ram --size-mib 64 --seed 7 > /dev/null
+/bin/pagerd source --listen "$RDMA_ADDRESS:7102" --region /dev/shm/ram --key-file /tmp/keys.psk --rdma > /tmp/source.log 2>&1 &
+source=$!
+/bin/pagerd dest --connect "$RDMA_ADDRESS:7102" --uffd-socket /tmp/d.sock --once --key-file /tmp/keys.psk --no-push \
+    --transport rdma --rdma-device nosuch0 > /tmp/dest.log 2>&1 &
+dest=$!
+wait_socket /tmp/d.sock
+if /bin/pager-workload run --socket /tmp/d.sock --size-mib 64 --seed 7 --access random --write-every 13 > /tmp/workload.log 2>&1 \
+    && wait $dest && grep -q "mismatches=0" /tmp/workload.log && grep -q "through RDMA device rxe0, not nosuch0" /tmp/dest.log \
+    && grep -q "; 0 RDMA READs brought" /tmp/dest.log; then
+    ok "rdma-device-mismatch: no queue pair on rxe0 for --rdma-device nosuch0, every page right over TCP"
+else
+    tail -5 /tmp/workload.log /tmp/dest.log
+    fail "rdma-device-mismatch: expected the queue pair refused and every page right over TCP"
+fi
+kill $source 2> /dev/null
+wait $source 2> /dev/null
 # The device goes mid-migration (its queue pairs with it): what was in flight, and every
 # fault after, comes over TCP; every page still right.
 during='/usr/bin/rdma link delete rxe0 > /tmp/link-delete.log 2>&1 &' expect="on the queue pair: what is in flight is asked for over TCP" \

@@ -102,6 +102,12 @@ public final class RDMAConnection: @unchecked Sendable {
         rdma_destroy_event_channel(events)
     }
 
+    /// The RDMA device the queue pair is on (`ibv_get_device_name`), e.g. `rxe0`, `mlx5_0`.
+    public var deviceName: String {
+        guard let device = id.pointee.verbs?.pointee.device, let name = ibv_get_device_name(device) else { return "?" }
+        return String(cString: name)
+    }
+
     /// Waits up to `nanoseconds` for a DEVICE_REMOVAL among the events not read yet (it may
     /// follow a DISCONNECTED): true if one came.
     public func awaitDeviceRemoval(nanoseconds: UInt64) -> Bool {

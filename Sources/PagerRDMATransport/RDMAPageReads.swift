@@ -48,7 +48,16 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
     /// Queue what cannot be posted yet (the push channel) rather than hand it back.
     private let queueing: Bool
     /// What a new queue pair is connected with.
-    let peer: (address: String, port: UInt16, session: UInt64, admissionKey: [UInt8])
+    let peer: Peer
+    /// Where new queue pairs go, and under what.
+    struct Peer {
+        let address: String
+        let port: UInt16
+        let session: UInt64
+        let admissionKey: [UInt8]
+        /// The RDMA device they must be on (nil: whichever the route picks).
+        let device: String?
+    }
     let channel: AdmissionRequest.Channel
     /// Reconnects in a row whose queue pair went before its first READ completed (the reads
     /// thread's only).
@@ -65,13 +74,14 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
     /// Connects the demand (or with `push` the push) queue pair of `session` to the source at
     /// `address:port` (its RDMA CM listener, spec §4.15) with the admission request made under
     /// `admissionKey`, and registers the staging pools.
-    public init(address: String, port: UInt16, session: UInt64, admissionKey: [UInt8], push: Bool = false,
+    /// With `device`, a queue pair the route puts on another RDMA device is refused.
+    public init(address: String, port: UInt16, session: UInt64, admissionKey: [UInt8], push: Bool = false, device: String? = nil,
                 logger: Logger, timeoutMilliseconds: Int = 10_000) throws(KernelError) {
         self.logger = logger
         queueing = push
         let channel: AdmissionRequest.Channel = push ? .push : .demand
         self.channel = channel
-        peer = (address, port, session, admissionKey)
+        peer = Peer(address: address, port: port, session: session, admissionKey: admissionKey, device: device)
         let connection = try Self.connect(peer, channel, timeoutMilliseconds: timeoutMilliseconds)
         let slots = Self.slots(channel)
         small = .allocate(byteCount: slots.small * basePageSize, alignment: basePageSize)
@@ -85,11 +95,16 @@ public final class RDMAPageReads: PageReads, @unchecked Sendable {
     }
 
     /// A queue pair of `channel`, admitted under a fresh admission request (a new nonce).
-    static func connect(_ peer: (address: String, port: UInt16, session: UInt64, admissionKey: [UInt8]), _ channel: AdmissionRequest.Channel,
-                        timeoutMilliseconds: Int) throws(KernelError) -> RDMAConnection {
+    /// Refused (ENODEV) when the route puts it on another device than `peer.device`.
+    static func connect(_ peer: Peer, _ channel: AdmissionRequest.Channel, timeoutMilliseconds: Int) throws(KernelError) -> RDMAConnection {
         let request = AdmissionRequest(channel: channel, session: peer.session, key: peer.admissionKey)
-        return try RDMAConnection.connect(to: peer.address, port: peer.port, privateData: request.bytes,
-                                          until: .after(nanoseconds: UInt64(timeoutMilliseconds) * 1_000_000))
+        let connection = try RDMAConnection.connect(to: peer.address, port: peer.port, privateData: request.bytes,
+                                                    until: .after(nanoseconds: UInt64(timeoutMilliseconds) * 1_000_000))
+        if let wanted = peer.device, connection.deviceName != wanted {
+            throw KernelError("rdma_resolve_route", .noSuchAddressOrDevice,
+                              detail: "\(peer.address) is reached through RDMA device \(connection.deviceName), not \(wanted) (--rdma-device)")
+        }
+        return connection
     }
 
     /// The staging pools registered in `connection`'s domain, and a reader over its queue.

@@ -37,6 +37,7 @@ struct DestCommand: ParsableCommand {
     @Flag(help: "Exit after the first migration completes (exit status 1 if it failed).") var once = false
     @Option(help: "How faults fetch pages: tcp, or rdma (one-sided RDMA READ from a pagerd source --rdma; needs keys, an RDMA device, and pagerd built with the RDMA trait; pages RDMA cannot bring still come over TCP).")
     var transport = Transport.tcp
+    @OptionGroup var device: RDMADeviceOption
     @Flag(help: "No background push: pages arrive only when touched or prefetched (for measuring demand paging).") var noPush = false
     @Flag(help: "No prefetch around faults: fetch exactly the faulting page.") var noPrefetch = false
     @Flag(help: "Run the background push at normal priority instead of on idle CPU only (for workloads that keep every CPU busy).") var normalPriorityPush = false
@@ -56,6 +57,7 @@ struct DestCommand: ParsableCommand {
         guard stallTimeoutMs >= 100 else { throw ValidationError("--stall-timeout-ms must be at least 100, got \(stallTimeoutMs)") }
         guard reconnectTimeoutS >= 0, reconnectTimeoutS <= 86_400 else { throw ValidationError("--reconnect-timeout-s must be 0 to 86400, got \(reconnectTimeoutS)") }
         try validateRDMA(transport == .rdma, "--transport rdma", keys: keys, precopy: precopy)
+        try device.validate(transport: transport)
     }
 
     func run() throws {
@@ -216,7 +218,7 @@ struct DestCommand: ParsableCommand {
             configuration.poisonGuard = missing
             configuration.progress = tracked.progress
             configuration.rdmaNegotiated = client.features.contains(.rdma)
-            if transport == .rdma { (configuration.pageReads, configuration.pushReads) = connectReads(client, push: !noPush, logger: logger) }
+            if transport == .rdma { (configuration.pageReads, configuration.pushReads) = connectReads(client, push: !noPush, device: device.rdmaDevice, logger: logger) }
             let connections = current ?? SessionConnections(demand: client.demand, push: client.push)
             let resolver = try FaultResolver(uffd: handoff.uffd, region: region, mappings: handoff.mappings,
                                              demand: connections.demand, push: noPush ? nil : connections.push, configuration: configuration, logger: logger)

@@ -169,6 +169,7 @@ struct QEMUDestCommand: ParsableCommand {
     @Option(help: "Fault threads: realtime (SCHED_FIFO 1: the guest's vCPUs keep the CPUs busy), normal, or auto (real-time when this process may use one CPU only).") var demandPriority = DemandPriority.realtime
     @Option(help: "How faults and the push fetch guest RAM: tcp, or rdma (one-sided RDMA READ from a pagerd qemu-source --rdma; needs keys, an RDMA device, and pagerd built with the RDMA trait; not with --precopy; what RDMA cannot bring still comes over TCP).")
     var transport = Transport.tcp
+    @OptionGroup var device: RDMADeviceOption
     @OptionGroup var keys: AuthenticationOptions
     @OptionGroup var operations: OperationsOptions
     @Option(help: "Log level: trace, debug, info, warning, error.") var logLevel: String = "info"
@@ -180,6 +181,7 @@ struct QEMUDestCommand: ParsableCommand {
         }
         if follow && precopy { throw ValidationError("--precopy needs the source to drive the switch (pagerd qemu-source --migrate-to): not with --follow") }
         try validateRDMA(transport == .rdma, "--transport rdma", keys: keys, precopy: precopy)
+        try device.validate(transport: transport)
     }
 
     func run() throws {
@@ -215,7 +217,7 @@ struct QEMUDestCommand: ParsableCommand {
             destination.progress = tracked.progress
             destination.socketGroup = socketGroup
             destination.onSession = { session, region in book.identify(tracked.id, session: session, region: region) }
-            if transport == .rdma { destination.rdmaReads = { client in connectReads(client, logger: logger) } }
+            if transport == .rdma { destination.rdmaReads = { [device] client in connectReads(client, device: device.rdmaDevice, logger: logger) } }
             let r = try destination.run(listening: {
                 print("pagerd qemu-dest: waiting for QEMU's handoff on \(uffdSocket)")
                 fflushStandardOutput()

@@ -21,6 +21,16 @@ var rdmaCompiledIn: Bool {
 
 let rdmaNotBuilt = "this pagerd was built without RDMA (build it with swift build --traits RDMA, with libibverbs-dev and librdmacm-dev)"
 
+/// `--rdma-device NAME`: the RDMA device the destination's queue pairs must be on.
+struct RDMADeviceOption: ParsableArguments {
+    @Option(help: "With --transport rdma: the RDMA device the queue pairs must be on (e.g. mlx5_0, rxe0; see rdma link); a queue pair the route to the source puts on another is refused (those pages come over TCP, and an error line says so). Default: the device the route picks.")
+    var rdmaDevice: String?
+
+    func validate(transport: Transport) throws {
+        if rdmaDevice != nil && transport != .rdma { throw ValidationError("--rdma-device needs --transport rdma") }
+    }
+}
+
 /// The refusals every RDMA option shares (`option` as the user gave it, when `on`): RDMA needs
 /// the trait and keys (queue pairs are admitted under the session's), not encryption (READ
 /// data is not sealed), and not pre-copy (live memory is not read by RDMA) where `precopy`.
@@ -50,7 +60,7 @@ func startReadService(_ server: SourceServer, logger: Logger) throws -> () -> Vo
 /// session; nil (logged as an error) where one is not there: the workload's memory is already
 /// handed over, so the migration goes on over TCP rather than fail for it (faults without
 /// the demand one, the push without the push one).
-func connectReads(_ client: DestinationClient, push wanted: Bool = true, logger: Logger) -> (faults: (any PageReads)?, push: (any PageReads)?) {
+func connectReads(_ client: DestinationClient, push wanted: Bool = true, device: String?, logger: Logger) -> (faults: (any PageReads)?, push: (any PageReads)?) {
     #if RDMA
     guard client.features.contains(.rdma), let key = client.admissionKey else {
         logger.error("session \(hex(client.session)): the source at \(client.source) did not accept rdma (it needs pagerd source --rdma, and keys on both sides): every page comes over TCP")
@@ -60,7 +70,7 @@ func connectReads(_ client: DestinationClient, push wanted: Bool = true, logger:
         let channel = push ? "push" : "demand"
         do {
             let reads = try RDMAPageReads(address: client.source.host, port: client.source.port, session: client.session, admissionKey: key,
-                                          push: push, logger: logger)
+                                          push: push, device: device, logger: logger)
             logger.info("session \(hex(client.session)): RDMA \(channel) queue pair connected to \(client.source); \(what) by RDMA READ")
             return reads
         } catch {

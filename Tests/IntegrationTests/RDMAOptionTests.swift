@@ -22,4 +22,11 @@ struct RDMAOptionTests {
         #expect(status == 64, "\(output)")
         #expect(output.contains("built without RDMA") && output.contains("--traits RDMA"), "\(output)")
     }
+
+    @Test("--rdma-device without --transport rdma is refused, exit 64", arguments: ["dest", "qemu-dest"])
+    func deviceNeedsTransport(_ daemon: String) throws {
+        let scratch = Scratch()
+        let (status, output) = try runProgram(Binaries.pagerd, DaemonKeyTests.arguments(daemon) + ["--rdma-device", "rxe0", "--key-file", scratch.keyFile])
+        #expect(status == 64 && output.contains("--rdma-device needs --transport rdma"), "\(output)")
+    }
 }
