@@ -79,8 +79,22 @@ struct QEMUFollowTests {
         // The manager's migration, as libvirt's: incoming, migrate, and cont once completed.
         _ = try manager(hosts.dest, scratch.file("dst.manager"), "migrate-incoming", #"{"uri":"tcp:0.0.0.0:4444"}"#)
         _ = try manager(hosts.source, scratch.file("src.manager"), "migrate", "{\"uri\":\"tcp:\(TwoHosts.destAddress):4444\"}")
-        try waitUntil("the source's migration completes", seconds: 60) { try migrationStatus(hosts.source, scratch.file("src.manager")) == "completed" }
-        try waitUntil("the incoming migration completes", seconds: 60) { try migrationStatus(hosts.dest, scratch.file("dst.manager")) == "completed" }
+        // A query that fails is asked again (a QMP server socket takes one client at a time: a
+        // connection right after the last one closed was once reset); a QEMU that is gone
+        // fails every one, and the wait ends with the last error and the QEMU's log.
+        func waitForCompletion(_ what: String, _ ns: String, _ socket: String, log: String) throws {
+            var last = "no answer"
+            do {
+                try waitUntil(what, seconds: 60) {
+                    do { last = try migrationStatus(ns, socket) } catch { last = "\(error)" }
+                    return last == "completed"
+                }
+            } catch {
+                throw HarnessError("\(error); the last query: \(last); \(log): \(((try? readWholeFile(log)) ?? "").suffix(1500))")
+            }
+        }
+        try waitForCompletion("the source's migration completes", hosts.source, scratch.file("src.manager"), log: scratch.file("src.qemu.log"))
+        try waitForCompletion("the incoming migration completes", hosts.dest, scratch.file("dst.manager"), log: scratch.file("dst.qemu.log"))
         _ = try manager(hosts.dest, scratch.file("dst.manager"), "cont")
         try waitFor(qsource, toPrint: "source RAM fenced", seconds: 30)
 
