@@ -24,7 +24,7 @@ struct PrecopyTests {
         #expect(outcome.workload.contains("workload: ok") && outcome.workload.contains("mismatches=0"), "\(outcome.workload)")
         let r = outcome.rounds
         #expect(r.count >= 2, "\(outcome.source)")
-        #expect(r.first?.sent == 262_144, "round 0 sends every page: \(outcome.source)")
+        #expect(r.first?.sent == 262_144, "round 0 sends every page: \(outcome.source)\n\(outcome.dest)")
         #expect(outcome.source.contains("switched to post-copy"), "\(outcome.source)")
         #expect(outcome.dest.contains("pre-copy done"), "\(outcome.dest)")
     }
